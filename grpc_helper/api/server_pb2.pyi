@@ -1,0 +1,62 @@
+from grpc_helper.api import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ServerApiVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVER_API_UNKNOWN: _ClassVar[ServerApiVersion]
+    SERVER_API_SUPPORTED: _ClassVar[ServerApiVersion]
+    SERVER_API_CURRENT: _ClassVar[ServerApiVersion]
+SERVER_API_UNKNOWN: ServerApiVersion
+SERVER_API_SUPPORTED: ServerApiVersion
+SERVER_API_CURRENT: ServerApiVersion
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("name", "version", "current_api_version", "supported_api_version", "is_proxy", "proxy_host", "proxy_port")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IS_PROXY_FIELD_NUMBER: _ClassVar[int]
+    PROXY_HOST_FIELD_NUMBER: _ClassVar[int]
+    PROXY_PORT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    current_api_version: int
+    supported_api_version: int
+    is_proxy: bool
+    proxy_host: str
+    proxy_port: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., current_api_version: _Optional[int] = ..., supported_api_version: _Optional[int] = ..., is_proxy: _Optional[bool] = ..., proxy_host: _Optional[str] = ..., proxy_port: _Optional[int] = ...) -> None: ...
+
+class MultiServiceInfo(_message.Message):
+    __slots__ = ("r", "items")
+    R_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    r: _common_pb2.Result
+    items: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
+    def __init__(self, r: _Optional[_Union[_common_pb2.Result, _Mapping]] = ..., items: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ...) -> None: ...
+
+class ShutdownRequest(_message.Message):
+    __slots__ = ("timeout",)
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    timeout: int
+    def __init__(self, timeout: _Optional[int] = ...) -> None: ...
+
+class ProxyRegisterRequest(_message.Message):
+    __slots__ = ("names", "version", "host", "port")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    version: str
+    host: str
+    port: int
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,178 @@
+"""ConfigManager: layered defaults, static vs user items, persisted user values."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from grpc_helper._persist import read_json_object, write_json
+from grpc_helper.api import ConfigItem, ResultCode
+from grpc_helper.config.items import Config, flatten_items
+from grpc_helper.errors import RpcException
+from grpc_helper.folders import Folders
+
+CONFIG_FILE = "config.json"
+_log = logging.getLogger("grpc_helper.config")
+
+
+def env_name(item_name: str) -> str:
+    """Environment variable of an item: `my-own-setting` -> `MY_OWN_SETTING`."""
+    return item_name.upper().replace("-", "_")
+
+
+def _index(items: list[Config], kind: str) -> dict[str, Config]:
+    out: dict[str, Config] = {}
+    for item in items:
+        other = out.get(item.name)
+        if other is not None and other is not item:
+            raise RpcException(f"Config item {item.name} is declared twice as {kind}", ResultCode.ERROR_MODEL_INVALID)
+        out[item.name] = item
+    return out
+
+
+class ConfigManager:
+    """Holds a server's static and user items.
+
+    Defaults are layered, each overriding the previous one: hard-coded value, system `config.json`,
+    user `config.json`, environment, CLI (`-c`). User items then take their persisted workspace value.
+    """
+
+    def __init__(
+        self,
+        folders: Folders | None = None,
+        cli_config: Mapping[str, str] | None = None,
+        static_items: Iterable[Any] | None = None,
+        user_items: Iterable[Any] | None = None,
+    ) -> None:
+        self.folders = folders or Folders()
+        self.static_items = _index(flatten_items(static_items), "static")
+        self.user_items = _index(flatten_items(user_items), "user")
+        both = sorted(set(self.static_items) & set(self.user_items))
+        if both:
+            raise RpcException(
+                f"Config items declared both static and user: {', '.join(both)}", ResultCode.ERROR_MODEL_INVALID
+            )
+        self._lock = threading.Lock()
+        self._apply_defaults(dict(cli_config or {}))
+        self._load_persisted()
+
+    # --- start-up ---
+    @property
+    def all_items(self) -> dict[str, Config]:
+        return {**self.static_items, **self.user_items}
+
+    def _layers(self, cli_config: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+        system = self.folders.system / CONFIG_FILE if self.folders.system else None
+        user = self.folders.user / CONFIG_FILE if self.folders.user else None
+        names = self.all_items
+        env = {name: os.environ[env_name(name)] for name in names if env_name(name) in os.environ}
+        unknown = sorted(set(cli_config) - set(names))
+        if unknown:
+            _log.warning("Ignoring unknown config items given on the command line: %s", ", ".join(unknown))
+        return [
+            (f"system config file {system}", read_json_object(system, (str,), "config")),
+            (f"user config file {user}", read_json_object(user, (str,), "config")),
+            ("environment", env),
+            ("command line", cli_config),
+        ]
+
+    def _apply_defaults(self, cli_config: dict[str, str]) -> None:
+        layers = self._layers(cli_config)
+        for name, item in self.all_items.items():
+            value, origin = item.hard_coded_default, "hard-coded default"
+            for layer_name, layer in layers:
+                if name in layer:
+                    value, origin = layer[name], layer_name
+            try:
+                item.validate(name, value)
+            except RpcException as exc:
+                raise RpcException(
+                    f"Invalid default value {value!r} for config item {name} (from {origin}): {exc}", exc.rc
+                ) from exc
+            item.set_default(value)
+
+    def _persisted_path(self) -> Path | None:
+        wks = self.folders.workspace
+        return wks / CONFIG_FILE if wks is not None else None
+
+    def _load_persisted(self) -> None:
+        data = read_json_object(self._persisted_path(), (str,), "config")
+        # Entries for items this server doesn't know are kept in the file, untouched
+        self._foreign = {k: v for k, v in data.items() if k not in self.user_items}
+        for name, value in data.items():
+            item = self.user_items.get(name)
+            if item is None:
+                continue
+            try:
+                item.update(value)
+            except RpcException as exc:
+                _log.warning("Ignoring persisted value %r for config item %s (%s); using default", value, name, exc)
+
+    # --- user items operations (used by the config service) ---
+    def _persist(self) -> None:
+        path = self._persisted_path()
+        if path is None:
+            return
+        data = dict(self._foreign)
+        data.update({n: i.str_val for n, i in self.user_items.items() if i.str_val != i.default_value})
+        write_json(path, data)
+
+    def get_user(self, names: Iterable[str], ignore_unknown: bool = False) -> list[ConfigItem]:
+        return [i.snapshot() for i in self._select(names, ignore_unknown)]
+
+    def _select(self, names: Iterable[str], ignore_unknown: bool) -> list[Config]:
+        names = list(names)
+        if not names:
+            return list(self.user_items.values())
+        out = []
+        for name in names:
+            item = self.user_items.get(name)
+            if item is not None:
+                out.append(item)
+            elif not ignore_unknown:
+                raise RpcException(f"Unknown config item: {name}", ResultCode.ERROR_ITEM_UNKNOWN)
+        return out
+
+    def validate_updates(self, updates: Iterable[tuple[str, str]], ignore_unknown: bool) -> list[tuple[Config, str]]:
+        """Check every update; returns (item, value) pairs to apply. Nothing is changed."""
+        checked = []
+        for name, value in updates:
+            if not name:
+                raise RpcException("Missing config item name", ResultCode.ERROR_PARAM_MISSING)
+            item = self.user_items.get(name)
+            if item is None:
+                if ignore_unknown:
+                    continue
+                raise RpcException(f"Unknown config item: {name}", ResultCode.ERROR_ITEM_UNKNOWN)
+            try:
+                item.validate(name, value)
+            except RpcException as exc:
+                # Over RPC, an empty value where not allowed is an invalid parameter (wire API)
+                raise RpcException(str(exc), ResultCode.ERROR_PARAM_INVALID) from exc
+            checked.append((item, value))
+        return checked
+
+    def set_user(self, updates: list[tuple[str, str]], ignore_unknown: bool = False) -> list[ConfigItem]:
+        """Atomically validate and apply updates, then persist. Returns the updated items."""
+        if not updates:
+            raise RpcException("No config item to update", ResultCode.ERROR_PARAM_MISSING)
+        with self._lock:
+            checked = self.validate_updates(updates, ignore_unknown)
+            for item, value in checked:
+                item.update(value)
+            self._persist()
+            return [item.snapshot() for item, _ in checked]
+
+    def reset_user(self, names: list[str], ignore_unknown: bool = False) -> list[ConfigItem]:
+        if not names:
+            raise RpcException("No config item to reset", ResultCode.ERROR_PARAM_MISSING)
+        with self._lock:
+            items = self._select(names, ignore_unknown)
+            for item in items:
+                item.reset()
+            self._persist()
+            return [item.snapshot() for item in items]

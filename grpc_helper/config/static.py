@@ -1,0 +1,98 @@
+"""RpcStaticConfig: the server's own static config items."""
+
+from __future__ import annotations
+
+from grpc_helper.api import ConfigValidator, ResultCode
+from grpc_helper.config.items import Config, ConfigHolder
+from grpc_helper.errors import RpcException
+
+# TimedRotatingFileHandler "when" values
+_ROLLOVER_UNITS = {"S", "M", "H", "D", "MIDNIGHT", *(f"W{d}" for d in range(7))}
+
+
+def validate_rollover_unit(name: str, value: str) -> None:
+    if value.upper() not in _ROLLOVER_UNITS:
+        raise RpcException(
+            f"Invalid value for {name}: {value!r} (expected one of S, M, H, D, MIDNIGHT, W0-W6)",
+            ResultCode.ERROR_PARAM_INVALID,
+        )
+
+
+class RpcStaticConfig(ConfigHolder):
+    """Static items of every RpcServer. Values are process-wide and read when used."""
+
+    MAX_WORKERS = Config(
+        "rpc-max-workers", "Maximum parallel RPC worker threads", "30", validator=ConfigValidator.CONFIG_VALID_POS_INT
+    )
+    SHUTDOWN_GRACE = Config(
+        "rpc-shutdown-grace",
+        "Grace period for pending calls to be terminated on shutdown (seconds)",
+        "30",
+        validator=ConfigValidator.CONFIG_VALID_POS_FLOAT,
+    )
+    SHUTDOWN_TIMEOUT = Config(
+        "rpc-shutdown-timeout",
+        "Final timeout before real shutdown (i.e. end of process; seconds)",
+        "60",
+        validator=ConfigValidator.CONFIG_VALID_POS_FLOAT,
+    )
+    LOGS_FOLDER = Config(
+        "rpc-logs-folder", "Folder (absolute or workspace-relative) where to store rolling logs", "logs"
+    )
+    LOGS_BACKUP = Config(
+        "rpc-logs-backup",
+        "Backup log files to be persisted for each manager on rollover",
+        "10",
+        validator=ConfigValidator.CONFIG_VALID_INT,
+    )
+    LOGS_ROLLOVER_INTERVAL_UNIT = Config(
+        "rpc-logs-interval-unit",
+        "Logs rollover interval unit (TimedRotatingFileHandler 'when')",
+        "H",
+        validator=ConfigValidator.CONFIG_VALID_CUSTOM,
+        custom_validator=validate_rollover_unit,
+    )
+    LOGS_ROLLOVER_INTERVAL = Config(
+        "rpc-logs-interval",
+        "Logs rollover interval (TimedRotatingFileHandler 'interval')",
+        "1",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    MAIN_HOST = Config("rpc-main-host", "Main RPC server host (to be used by proxied services)", "localhost")
+    MAIN_PORT = Config(
+        "rpc-main-port",
+        "Main RPC server port (to be used by proxied services)",
+        "54321",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    CLIENT_TIMEOUT = Config(
+        "rpc-client-timeout",
+        "Timeout for RPC client when server is unreachable or proxy not registered yet (seconds)",
+        "60",
+        validator=ConfigValidator.CONFIG_VALID_POS_FLOAT,
+    )
+    EVENT_RETAIN_TIMEOUT = Config(
+        "rpc-event-retain-timeout",
+        "Retain timeout for event queues on interruption (seconds)",
+        "300",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    EVENT_KEEPALIVE_TIMEOUT = Config(
+        "rpc-event-keepalive-timeout",
+        "Timeout for sending keep alive empty events (seconds)",
+        "60",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    # Beyond the original
+    EVENT_QUEUE_MAX = Config(
+        "rpc-event-queue-max",
+        "Maximum events kept per event queue; on overflow the oldest is dropped",
+        "10000",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    MAX_STREAMS = Config(
+        "rpc-max-streams",
+        "Maximum concurrent long-lived streams (event listeners, proxied calls), served apart from the workers",
+        "1000",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )

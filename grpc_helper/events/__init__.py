@@ -1,0 +1,1 @@
+"""The events service and its client-side listener."""

@@ -1,0 +1,173 @@
+"""Rolling log files, and the logger configuration behind the logger service."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from grpc_helper._persist import read_json_object, write_json
+from grpc_helper.api import LoggerConfig, LoggerLevel, ResultCode
+from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.errors import RpcException
+from grpc_helper.folders import Folders
+
+LOGGERS_FILE = "loggers.json"
+ROOT_LOG = "root"  # the complete log: <logs>/root.log
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+_log = logging.getLogger("grpc_helper.logs")
+
+
+def level_name(level: int) -> str:
+    """LVL_INFO -> "INFO"."""
+    return LoggerLevel.Name(level).removeprefix("LVL_")  # type: ignore[arg-type]
+
+
+def _level_from_name(name: str) -> int | None:
+    try:
+        return LoggerLevel.Value("LVL_" + name.upper())
+    except ValueError:
+        return None
+
+
+def logs_folder(folders: Folders) -> Path | None:
+    """`rpc-logs-folder`, absolute or relative to the workspace (None: no workspace, no files)."""
+    folder = Path(RpcStaticConfig.LOGS_FOLDER.str_val).expanduser()
+    if folder.is_absolute():
+        return folder
+    wks = folders.workspace
+    return wks / folder if wks is not None else None
+
+
+class RollingLogs:
+    """The file handlers of one server: a complete root log and one log per manager."""
+
+    def __init__(self, folders: Folders) -> None:
+        self.folder = logs_folder(folders)
+        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        if self.folder is not None:
+            self._attach(logging.getLogger(), self.folder / f"{ROOT_LOG}.log")
+
+    def _attach(self, logger: logging.Logger, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.TimedRotatingFileHandler(
+            path,
+            when=RpcStaticConfig.LOGS_ROLLOVER_INTERVAL_UNIT.str_val.upper(),
+            interval=RpcStaticConfig.LOGS_ROLLOVER_INTERVAL.int_val,
+            backupCount=RpcStaticConfig.LOGS_BACKUP.int_val,
+            encoding="utf-8",
+            delay=True,
+        )
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+        logger.addHandler(handler)
+        self._handlers.append((logger, handler))
+
+    def add_manager(self, name: str) -> logging.Logger:
+        """The logger of a manager, writing to `<logs>/<name>/<name>.log` (and the root log)."""
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)  # a server logs its activity unless configured otherwise
+        if self.folder is not None:
+            self._attach(logger, self.folder / name / f"{name}.log")
+        return logger
+
+    def close(self) -> None:
+        """Remove and close every handler, so a later server in this process doesn't duplicate lines."""
+        for logger, handler in self._handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        self._handlers.clear()
+
+
+class LoggersConfig:
+    """Levels and enabled state of named loggers: loaded from loggers.json files, changed over RPC."""
+
+    def __init__(self, folders: Folders) -> None:
+        self.folders = folders
+        self._lock = threading.Lock()
+        self._defaults: dict[str, tuple[int, bool]] = {}  # name -> (level, disabled) before any workspace change
+        for folder in (folders.system, folders.user):
+            self._apply_file(folder / LOGGERS_FILE if folder else None)
+        wks = folders.workspace
+        self._persisted = self._apply_file(wks / LOGGERS_FILE if wks else None, remember_defaults=True)
+
+    def _apply_file(self, path: Path | None, remember_defaults: bool = False) -> dict[str, str | bool]:
+        data = read_json_object(path, (str, bool), "loggers")
+        applied: dict[str, str | bool] = {}
+        for name, value in data.items():
+            logger = logging.getLogger(name)
+            if remember_defaults:
+                self._remember(name)
+            if isinstance(value, bool):
+                logger.disabled = not value
+            else:
+                level = _level_from_name(value)
+                if level is None or level == LoggerLevel.LVL_UNKNOWN:
+                    _log.warning("Ignoring unknown level %r for logger %r in %s", value, name, path)
+                    continue
+                logger.setLevel(level)
+                logger.disabled = False
+            applied[name] = value
+        return applied
+
+    def _remember(self, name: str) -> None:
+        if name not in self._defaults:
+            logger = logging.getLogger(name)
+            self._defaults[name] = (logger.level, logger.disabled)
+
+    @staticmethod
+    def describe(name: str) -> LoggerConfig:
+        logger = logging.getLogger(name)
+        level = logger.getEffectiveLevel()
+        if level not in LoggerLevel.values():
+            level = LoggerLevel.LVL_UNKNOWN
+        return LoggerConfig(name=name, enabled=not logger.disabled, level=level)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _check_names(names: Iterable[str]) -> list[str]:
+        names = list(names)
+        if not names:
+            raise RpcException("No logger name given", ResultCode.ERROR_PARAM_MISSING)
+        return names
+
+    def get(self, names: Iterable[str]) -> list[LoggerConfig]:
+        return [self.describe(n) for n in self._check_names(names)]
+
+    def set(self, items: Iterable[LoggerConfig]) -> list[LoggerConfig]:
+        """Atomic: every item is checked before any logger changes. Persisted in the workspace."""
+        items = list(items)
+        if not items:
+            raise RpcException("No logger configuration given", ResultCode.ERROR_PARAM_MISSING)
+        for item in items:
+            if item.level not in LoggerLevel.values():
+                raise RpcException(f"Invalid level {item.level} for logger {item.name!r}", ResultCode.ERROR_PARAM_INVALID)
+        with self._lock:
+            for item in items:
+                self._remember(item.name)
+                logger = logging.getLogger(item.name)
+                if item.level != LoggerLevel.LVL_UNKNOWN:  # unknown level: only the enabled state changes
+                    logger.setLevel(item.level)
+                logger.disabled = not item.enabled
+                self._persisted[item.name] = level_name(self.describe(item.name).level) if item.enabled else False
+            self._save()
+        return [self.describe(item.name) for item in items]
+
+    def reset(self, names: Iterable[str]) -> list[LoggerConfig]:
+        names = self._check_names(names)
+        with self._lock:
+            for name in names:
+                level, disabled = self._defaults.get(name, (logging.getLogger(name).level, False))
+                logger = logging.getLogger(name)
+                logger.setLevel(level)
+                logger.disabled = disabled
+                self._persisted.pop(name, None)
+            self._save()
+        return [self.describe(n) for n in names]
+
+    def _save(self) -> None:
+        wks = self.folders.workspace
+        if wks is not None:
+            write_json(wks / LOGGERS_FILE, self._persisted)

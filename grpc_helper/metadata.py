@@ -1,0 +1,51 @@
+"""Call metadata: who is calling."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass, field
+from functools import cache
+
+# Metadata keys sent by RpcClient (wire API); empty values are omitted
+KEY_CLIENT = "client"
+KEY_USER = "user"
+KEY_HOST = "host"
+KEY_IP = "ip"
+KEY_API_VERSION = "api_version"
+
+
+@cache
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (e.g. arbitrary uid in a container)
+        return ""
+
+
+@cache
+def _local_host() -> str:
+    return socket.gethostname()
+
+
+@cache
+def local_ip() -> str:
+    """This host's own IP address, as other hosts would reach it (best effort)."""
+    try:
+        return socket.gethostbyname(_local_host())
+    except OSError:
+        return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RpcMetadata:
+    """Identity of a client, sent as call metadata. Unset fields default to the local user/host/ip."""
+
+    client: str = ""
+    user: str = field(default_factory=_local_user)
+    host: str = field(default_factory=_local_host)
+    ip: str = field(default_factory=local_ip)
+
+    def as_metadata(self) -> tuple[tuple[str, str], ...]:
+        pairs = ((KEY_CLIENT, self.client), (KEY_USER, self.user), (KEY_HOST, self.host), (KEY_IP, self.ip))
+        return tuple((k, v) for k, v in pairs if v)

@@ -1,0 +1,1 @@
+"""Proxied services: registrations, persistent backend channels, byte-level forwarding."""

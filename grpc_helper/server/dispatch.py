@@ -1,0 +1,265 @@
+"""Turn a manager's methods into gRPC method handlers.
+
+This is the hot path of every call, so the wrappers do the minimum: an API version check
+against the call metadata, one dict write to record the pending call (for debug dumps and
+`current_call()`), and exception-to-`Result` conversion. Tracing costs nothing unless the
+service logger is at DEBUG.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from threading import get_ident
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+from grpc_helper.api import Result, ResultCode
+from grpc_helper.errors import RpcException, result_from_exception
+from grpc_helper.metadata import KEY_API_VERSION
+
+# --- generated code introspection ---
+
+
+class _Capture:
+    """Stands in for a grpc.Server to learn what a generated `add_XxxServicer_to_server` registers."""
+
+    def __init__(self) -> None:
+        self.service: str | None = None
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
+        # Older generated code only calls this one; grpcio's generic handler keeps its map privately
+        for h in generic_handlers:
+            if self.service is None and hasattr(h, "service_name"):
+                self.service = h.service_name()
+                self.handlers = dict(getattr(h, "_method_handlers", {}))
+
+
+def capture_service(register_method: Callable[[Any, Any], None], servicer: Any) -> tuple[str, dict[str, Any]]:
+    """(full service name, {method name: RpcMethodHandler}) as generated for `servicer`."""
+    cap = _Capture()
+    register_method(servicer, cap)
+    if cap.service is None:
+        raise RpcException(f"{register_method!r} registered no service", ResultCode.ERROR_MODEL_INVALID)
+    return cap.service, cap.handlers
+
+
+def response_class(service: str, method: str) -> type[Message]:
+    """The generated response message class of a method, from the default descriptor pool."""
+    desc = descriptor_pool.Default().FindServiceByName(service).methods_by_name[method]
+    return message_factory.GetMessageClass(desc.output_type)
+
+
+def has_result_field(cls: type[Message]) -> bool:
+    field = cls.DESCRIPTOR.fields_by_name.get("r")
+    return field is not None and field.message_type is not None and field.message_type.full_name == "Result"
+
+
+# --- which manager methods are served ---
+
+
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    try:
+        return inspect.signature(fn, eval_str=True).return_annotation
+    except Exception:  # unresolvable string annotations: keep the raw value
+        return inspect.signature(fn).return_annotation
+
+
+def _mentions_result(annotation: Any) -> bool:
+    if annotation is Result or annotation == "Result":
+        return True
+    return any(_mentions_result(a) for a in typing.get_args(annotation))
+
+
+def implemented_method(manager: Any, service: str, method: str) -> Callable[[Any], Any] | None:
+    """The manager's bound method if it is to be served: exactly one parameter and a return annotation."""
+    fn = getattr(manager, method, None)
+    if fn is None or not callable(fn):
+        return None
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    if len(sig.parameters) != 1 or sig.return_annotation is inspect.Signature.empty:
+        return None
+    if _mentions_result(_return_annotation(fn)):
+        raise RpcException(
+            f"{type(manager).__name__}.{method} ({service}) declares Result as return type: "
+            "return a message holding a Result (e.g. ResultStatus) instead",
+            ResultCode.ERROR_MODEL_INVALID,
+        )
+    return fn
+
+
+# --- pending calls ---
+
+
+class PendingCall(NamedTuple):
+    """A call being served: what `current_call()` returns and what debug dumps list."""
+
+    server: int  # id() of the serving RpcServer
+    method: str
+    metadata: tuple[Any, ...]
+    request: Any
+    context: grpc.ServicerContext
+    start: float
+
+
+# Thread ident -> call. The sync gRPC server runs a whole call on one pool thread, so this is exact.
+PENDING: dict[int, PendingCall] = {}
+
+
+def current_call() -> PendingCall | None:
+    """The call served by the current thread, if any (metadata, context, ...)."""
+    return PENDING.get(get_ident())
+
+
+# --- API version check ---
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    supported: int
+    current: int
+
+    def check(self, metadata: tuple[Any, ...]) -> Result | None:
+        """An error `Result` if the call's api_version is out of range, None if fine or absent."""
+        for key, value in metadata:
+            if key == KEY_API_VERSION:
+                break
+        else:
+            return None
+        try:
+            version = int(value)
+        except (TypeError, ValueError):
+            return Result(code=ResultCode.ERROR_PARAM_INVALID, msg=f"Invalid api_version metadata: {value!r}")
+        if version < self.supported:
+            return Result(
+                code=ResultCode.ERROR_API_CLIENT_TOO_OLD,
+                msg=f"Client API version {version} is older than the supported version {self.supported}",
+            )
+        if version > self.current:
+            return Result(
+                code=ResultCode.ERROR_API_SERVER_TOO_OLD,
+                msg=f"Client API version {version} is newer than the server's current version {self.current}",
+            )
+        return None
+
+
+# --- wrappers ---
+
+
+@dataclass
+class CallSite:
+    """Everything a wrapper needs to know about one method."""
+
+    server_id: int
+    path: str  # /Service/method
+    response_cls: type[Message]
+    versions: VersionRange
+    logger: logging.Logger
+
+    def error_response(self, context: grpc.ServicerContext, result: Result) -> Message:
+        if has_result_field(self.response_cls):
+            return self.response_cls(r=result)
+        # A response without `r` can't carry the error: use the gRPC status instead
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{ResultCode.Name(result.code)}: {result.msg}")
+        raise AssertionError("unreachable")
+
+    def failure(self, context: grpc.ServicerContext, exc: BaseException) -> Message:
+        if isinstance(exc, RpcException):
+            self.logger.warning("%s failed: %s (%s)", self.path, exc, ResultCode.Name(exc.rc) if exc.rc < 100 else exc.rc)
+        else:
+            self.logger.exception("%s failed with an unexpected error", self.path)
+        return self.error_response(context, result_from_exception(exc))
+
+
+def _trace(site: CallSite, request: Any, metadata: Any) -> None:
+    site.logger.debug("%s <- %s %s", site.path, dict(metadata), str(request).replace("\n", " "))
+
+
+def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: bool, response_streaming: bool) -> Any:
+    """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion."""
+    pending = PENDING
+    versions = site.versions
+    logger = site.logger
+    path = site.path
+    sid = site.server_id
+
+    if not response_streaming:
+
+        def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            md = context.invocation_metadata()
+            err = versions.check(md)
+            if err is not None:
+                return site.error_response(context, err)
+            if logger.isEnabledFor(logging.DEBUG):
+                _trace(site, request, md)
+            key = get_ident()
+            pending[key] = PendingCall(sid, path, md, "<stream>" if request_streaming else request, context, time.time())
+            try:
+                return fn(request)
+            except Exception as exc:
+                return site.failure(context, exc)
+            finally:
+                pending.pop(key, None)
+
+        return unary_behavior
+
+    def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        md = context.invocation_metadata()
+        err = versions.check(md)
+        if err is not None:
+            yield site.error_response(context, err)
+            return
+        if logger.isEnabledFor(logging.DEBUG):
+            _trace(site, request, md)
+        key = get_ident()
+        pending[key] = PendingCall(sid, path, md, "<stream>" if request_streaming else request, context, time.time())
+        try:
+            yield from fn(request)
+        except Exception as exc:
+            # The error becomes the stream's last message
+            yield site.failure(context, exc)
+        finally:
+            pending.pop(key, None)
+
+    return stream_behavior
+
+
+def make_handler(original: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
+    """A method handler like `original` (same kind and serializers) with a new behavior."""
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(original.request_streaming, original.response_streaming)]
+    return factory(
+        behavior,
+        request_deserializer=original.request_deserializer,
+        response_serializer=original.response_serializer,
+    )
+
+
+def generated_default(manager: Any, method: str) -> Any:
+    """The generated servicer's own implementation of `method` (it answers UNIMPLEMENTED), bound to manager."""
+    for klass in type(manager).__mro__:
+        if method in vars(klass) and klass.__module__.endswith("_pb2_grpc"):
+            return getattr(klass, method).__get__(manager)
+
+    def unimplemented(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
+    return unimplemented

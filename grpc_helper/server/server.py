@@ -1,0 +1,328 @@
+"""RpcServer: lifecycle of a gRPC server and its default services."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from grpc_helper.api import ConfigApiVersion, EventApiVersion, LoggerApiVersion, ResultCode, ServerApiVersion
+from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigServiceServicer_to_server
+from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
+from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerServiceServicer_to_server
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
+from grpc_helper.client import RpcClient
+from grpc_helper.config.manager import ConfigManager
+from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.descriptor import RpcServiceDescriptor
+from grpc_helper.errors import RpcException
+from grpc_helper.folders import Folders
+from grpc_helper.logs import LoggersConfig, RollingLogs
+from grpc_helper.manager import RpcManager
+from grpc_helper.server import debug
+from grpc_helper.server.dispatch import (
+    CallSite,
+    VersionRange,
+    capture_service,
+    generated_default,
+    implemented_method,
+    make_handler,
+    response_class,
+    wrap_method,
+)
+
+_log = logging.getLogger("grpc_helper.server")
+
+# Disable SO_REUSEPORT: with it, a second server could silently share a busy port
+_SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
+class RpcServer:
+    """A gRPC server running in its own threads, with the default services `srv`, `config`, `log`
+    (and `events` when `with_events`) plus the given descriptors.
+
+    Lifecycle: the constructor starts serving; `shutdown()` stops it (idempotent, thread safe);
+    `wait_shutdown()` blocks until it is over (Ctrl-C / SIGTERM trigger a shutdown meanwhile).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        descriptors: list[RpcServiceDescriptor] | None = None,
+        folders: Folders | None = None,
+        cli_config: Mapping[str, str] | None = None,
+        static_items: Iterable[Any] | None = None,
+        user_items: Iterable[Any] | None = None,
+        with_events: bool = False,
+        with_debug_signal: bool = True,
+    ) -> None:
+        self.folders = folders or Folders()
+        self._shutdown_lock = threading.Lock()
+        self._stopping = False
+        self._stopped = threading.Event()  # finalized
+        self._terminated = threading.Event()  # finalized, and remote shutdown delay elapsed
+        self._remote_shutdown = False
+        self._logs: RollingLogs | None = None
+        self._grpc: grpc.Server | None = None
+        self._previous_usr2: Any = None
+        self.client: RpcClient | Any = None
+        self.descriptors: list[RpcServiceDescriptor] = []
+        try:
+            self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events)
+        except BaseException:
+            self._finalize()
+            raise
+        if with_debug_signal and threading.current_thread() is threading.main_thread():
+            self._previous_usr2 = signal.signal(signal.SIGUSR2, lambda *_: self.dump_debug())
+
+    # --- start ---
+    def _start(
+        self,
+        port: int,
+        descriptors: list[RpcServiceDescriptor],
+        cli_config: Mapping[str, str] | None,
+        static_items: Iterable[Any] | None,
+        user_items: Iterable[Any] | None,
+        with_events: bool,
+    ) -> None:
+        self.config = ConfigManager(self.folders, cli_config, [RpcStaticConfig, *(static_items or [])], user_items)
+        self._logs = RollingLogs(self.folders)
+        self.loggers = LoggersConfig(self.folders)
+        self.logger = self._logs.add_manager("srv")
+
+        self.descriptors = self._default_descriptors(with_events) + descriptors
+        names = [d.name for d in self.descriptors]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise RpcException(f"Duplicate service names: {', '.join(duplicates)}", ResultCode.ERROR_MODEL_INVALID)
+
+        # Manager calls run on a bounded pool; long-lived streams (event listeners, proxied calls)
+        # get a separate pool so they can never starve the workers.
+        self._workers = ThreadPoolExecutor(RpcStaticConfig.MAX_WORKERS.int_val, thread_name_prefix="rpc-worker")
+        self.streams = ThreadPoolExecutor(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
+        self._grpc = grpc.server(self._workers, options=_SERVER_OPTIONS)
+
+        from grpc_helper.proxy.registry import ProxyRegistry  # proxying needs the server's pools
+
+        self.proxies = ProxyRegistry(self, [d for d in self.descriptors if d.is_proxy])
+        services = [self._register(d) for d in self.descriptors]
+
+        self.health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self.streams)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self._grpc,
+        )
+
+        self.port = self._bind(port)
+        self._grpc.start()
+        _log.info("RPC server listening on port %s", self.port)
+
+        self.client = self.auto_client = RpcClient(
+            "127.0.0.1",
+            self.port,
+            {d.name: (d.client_stub, d.current_version) for d in self.descriptors},
+            timeout=RpcStaticConfig.CLIENT_TIMEOUT.float_val,
+            name="auto-client",
+        )
+        managers = self.managers
+        for name, manager in managers.items():
+            if isinstance(manager, RpcManager):
+                manager._attach(self, name)
+        for manager in managers.values():
+            if isinstance(manager, RpcManager):
+                manager._load()
+        self.proxies.load()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for d, service in zip(self.descriptors, services, strict=True):
+            self.set_service_health(d, not d.is_proxy or self.proxies.is_registered(d.name), service)
+
+    def _default_descriptors(self, with_events: bool) -> list[RpcServiceDescriptor]:
+        from grpc_helper.server.services import ConfigServiceManager, LoggerServiceManager, ServerServiceManager
+
+        module = importlib.import_module("grpc_helper")
+        out = [
+            RpcServiceDescriptor(
+                module,
+                "srv",
+                ServerApiVersion,
+                ServerServiceManager(),
+                add_RpcServerServiceServicer_to_server,
+                RpcServerServiceStub,
+            ),
+            RpcServiceDescriptor(
+                module,
+                "config",
+                ConfigApiVersion,
+                ConfigServiceManager(),
+                add_ConfigServiceServicer_to_server,
+                ConfigServiceStub,
+            ),
+            RpcServiceDescriptor(
+                module,
+                "log",
+                LoggerApiVersion,
+                LoggerServiceManager(),
+                add_LoggerServiceServicer_to_server,
+                LoggerServiceStub,
+            ),
+        ]
+        if with_events:
+            from grpc_helper.events.service import EventsManager
+
+            out.append(
+                RpcServiceDescriptor(
+                    module, "events", EventApiVersion, EventsManager(), add_EventServiceServicer_to_server, EventServiceStub
+                )
+            )
+        return out
+
+    def _register(self, d: RpcServiceDescriptor) -> str:
+        """Hook one descriptor into the gRPC server; returns the full service name."""
+        service, generated = capture_service(d.register_method, d.manager)
+        versions = VersionRange(d.supported_version, d.current_version)
+        if d.is_proxy:
+            handlers = self.proxies.handlers(d, service, generated, versions)
+        else:
+            logger = self._logs.add_manager(d.name) if self._logs and d.name != "srv" else self.logger
+            long_lived = getattr(d.manager, "_long_lived_methods", ())
+            handlers = {}
+            for method, original in generated.items():
+                fn = implemented_method(d.manager, service, method)
+                if fn is None:
+                    handlers[method] = make_handler(original, generated_default(d.manager, method))
+                    continue
+                site = CallSite(id(self), f"/{service}/{method}", response_class(service, method), versions, logger)
+                behavior = wrap_method(site, fn, original.request_streaming, original.response_streaming)
+                if method in long_lived:
+                    behavior.experimental_thread_pool = self.streams
+                handlers[method] = make_handler(original, behavior)
+        assert self._grpc is not None
+        self._grpc.add_registered_method_handlers(service, handlers)
+        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        d._service_name = service  # type: ignore[attr-defined]
+        return service
+
+    def _bind(self, port: int) -> int:
+        assert self._grpc is not None
+        errors = []
+        for address in (f"[::]:{port}", f"0.0.0.0:{port}"):  # IPv4 only when the host has no IPv6
+            try:
+                return self._grpc.add_insecure_port(address)
+            except RuntimeError as exc:
+                errors.append(f"{address}: {exc}")
+        raise RpcException(f"Can't listen on port {port}: {'; '.join(errors)}", ResultCode.ERROR_PORT_BUSY)
+
+    # --- state ---
+    @property
+    def managers(self) -> dict[str, Any]:
+        return {d.name: d.manager for d in self.descriptors if not d.is_proxy}
+
+    @property
+    def is_running(self) -> bool:
+        return self._grpc is not None and not self._stopping
+
+    def set_service_health(self, d: RpcServiceDescriptor, serving: bool, service: str | None = None) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(service or d._service_name, status)  # type: ignore[attr-defined]
+
+    # --- shutdown ---
+    def shutdown(self) -> None:
+        """Stop accepting calls, notify managers, wait up to `rpc-shutdown-grace` for pending calls, finalize.
+
+        Idempotent and thread safe: a concurrent caller returns once the first shutdown is complete.
+        """
+        with self._shutdown_lock:
+            if self._stopping or self._grpc is None:
+                return
+            self._stopping = True
+            _log.info("RPC server on port %s shutting down", self.port)
+            self.health.enter_graceful_shutdown()  # every status NOT_SERVING
+            stopped = self._grpc.stop(RpcStaticConfig.SHUTDOWN_GRACE.float_val)
+            for name, manager in reversed(list(self.managers.items())):
+                if isinstance(manager, RpcManager):
+                    try:
+                        manager._shutdown()
+                    except Exception:
+                        _log.exception("Manager %s failed to shut down", name)
+            self.proxies.shutdown()
+            stopped.wait()
+            self._finalize()
+            _log.info("RPC server on port %s shut down", self.port)
+        if not self._remote_shutdown:
+            self._terminated.set()
+
+    def _finalize(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for pool in ("_workers", "streams"):
+            if hasattr(self, pool):
+                getattr(self, pool).shutdown(wait=False, cancel_futures=True)
+        if self._logs is not None:
+            self._logs.close()
+        if self._previous_usr2 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR2, self._previous_usr2)
+            self._previous_usr2 = None
+        self._stopped.set()
+
+    def shutdown_remotely(self, timeout: int) -> None:
+        """The `srv.shutdown` RPC: shut down in the background, then wait `timeout` seconds
+        (`rpc-shutdown-timeout` if 0, none if < 0) before the process may end."""
+        self._remote_shutdown = True
+
+        def run() -> None:
+            self.shutdown()
+            delay = float(timeout) if timeout > 0 else RpcStaticConfig.SHUTDOWN_TIMEOUT.float_val if timeout == 0 else 0
+            self._terminated.wait(delay)  # a local shutdown or signal may end the wait early
+            self._terminated.set()
+
+        threading.Thread(target=run, name="rpc-remote-shutdown", daemon=True).start()
+
+    def wait_shutdown(self, timeout: float | None = None) -> bool:
+        """Block until the server is shut down (True) or `timeout` expires (False).
+
+        On the main thread, SIGINT and SIGTERM trigger a graceful shutdown meanwhile; the previous
+        handlers are restored afterwards.
+        """
+        with self._capture_signals():
+            return self._terminated.wait(timeout)
+
+    @contextmanager
+    def _capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, _frame: Any) -> None:
+            _log.info("Received %s", signal.Signals(signum).name)
+
+            def stop() -> None:
+                self.shutdown()
+                self._terminated.set()  # also ends a remote shutdown's final delay
+
+            threading.Thread(target=stop, name="rpc-signal-shutdown", daemon=True).start()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # --- debug ---
+    def dump_debug(self) -> Path:
+        """Write `RpcServerDump-YYYYMMDDhhmmss.txt` (threads' stacks and pending calls) in the logs folder."""
+        folder = self._logs.folder if self._logs and self._logs.folder else Path.cwd()
+        path = debug.write_dump(folder, id(self))
+        _log.warning("Debug dump written to %s", path)
+        return path
