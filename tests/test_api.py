@@ -1,0 +1,186 @@
+"""Public surface, generated code freshness, and wire compatibility with grpc-helper-api 2.x."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import descriptor_pool
+
+import grpc_helper
+import grpc_helper.api as api
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PUBLIC = {
+    "Config",
+    "ConfigHolder",
+    "ConfigManager",
+    "EventsListener",
+    "Folders",
+    "RpcCliParser",
+    "RpcClient",
+    "RpcException",
+    "RpcManager",
+    "RpcMetadata",
+    "RpcProxiedManager",
+    "RpcServer",
+    "RpcServiceDescriptor",
+    "RpcStaticConfig",
+    "__title__",
+    "__version__",
+    "current_call",
+}
+
+
+def test_public_surface() -> None:
+    assert set(grpc_helper.__all__) == PUBLIC
+    for name in grpc_helper.__all__:
+        assert getattr(grpc_helper, name) is not None
+
+
+def test_title_and_version_from_metadata() -> None:
+    from importlib.metadata import version
+
+    assert grpc_helper.__title__ == "grpc-helper"
+    assert grpc_helper.__version__ == version("grpc-helper")
+
+
+def test_api_reexports_every_message_and_enum() -> None:
+    from grpc_helper.api import common_pb2, config_pb2, events_pb2, logger_pb2, server_pb2
+
+    for module in (common_pb2, config_pb2, events_pb2, logger_pb2, server_pb2):
+        names = [*module.DESCRIPTOR.message_types_by_name, *module.DESCRIPTOR.enum_types_by_name]
+        for name in names:
+            assert getattr(api, name) is getattr(module, name), name
+            assert name in api.__all__
+
+
+def test_generated_code_is_fresh(tmp_path: Path) -> None:
+    """Generated *_pb2 files must match the protos: rerun scripts/gen-protos.py after any change."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-protos.py"), "--out", str(tmp_path)], check=True)
+    fresh = sorted(tmp_path.rglob("*.py*"))
+    assert fresh
+    for path in fresh:
+        committed = ROOT / path.relative_to(tmp_path)
+        assert committed.exists(), f"{committed} is missing: run scripts/gen-protos.py"
+        assert committed.read_text() == path.read_text(), f"{committed} is stale: run scripts/gen-protos.py"
+
+
+# --- wire contract (WIRE-API.md) ---
+
+RESULT_CODES = {
+    "OK": 0, "ERROR": 1, "ARGS": 2, "ERROR_PORT_BUSY": 10, "ERROR_API_CLIENT_TOO_OLD": 11,
+    "ERROR_API_SERVER_TOO_OLD": 12, "ERROR_RPC": 13, "ERROR_PROXY_UNREGISTERED": 14, "ERROR_STREAM_SHUTDOWN": 15,
+    "ERROR_PARAM_MISSING": 20, "ERROR_PARAM_INVALID": 21, "ERROR_PARAM_UNSUPPORTED": 22, "ERROR_ITEM_UNKNOWN": 30,
+    "ERROR_ITEM_CONFLICT": 31, "ERROR_ITEM_BUSY": 32, "ERROR_ITEM_MULTIPLE": 33, "ERROR_MODEL_INVALID": 40,
+    "ERROR_MODEL_SYNTAX": 41, "ERROR_REQUEST_FAILED": 50, "ERROR_REQUEST_TIMEOUT": 51,
+    "ERROR_REQUEST_UNSUPPORTED": 52, "ERROR_STATE_UNREACHABLE": 60, "ERROR_STATE_UNEXPECTED": 61, "ERROR_CUSTOM": 100,
+}  # fmt: skip
+
+ENUMS = {
+    "ResultCode": RESULT_CODES,
+    "ServerApiVersion": {"SERVER_API_UNKNOWN": 0, "SERVER_API_SUPPORTED": 1, "SERVER_API_CURRENT": 1},
+    "ConfigApiVersion": {"CONFIG_API_UNKNOWN": 0, "CONFIG_API_SUPPORTED": 1, "CONFIG_API_CURRENT": 2},
+    "ConfigValidator": {
+        "CONFIG_VALID_STRING": 0, "CONFIG_VALID_CUSTOM": 1, "CONFIG_VALID_INT": 2, "CONFIG_VALID_POS_INT": 3,
+        "CONFIG_VALID_FLOAT": 4, "CONFIG_VALID_POS_FLOAT": 5,
+    },
+    "LoggerApiVersion": {"LOGGER_API_UNKNOWN": 0, "LOGGER_API_SUPPORTED": 1, "LOGGER_API_CURRENT": 1},
+    "LoggerLevel": {
+        "LVL_UNKNOWN": 0, "LVL_DEBUG": 10, "LVL_INFO": 20, "LVL_WARNING": 30, "LVL_ERROR": 40, "LVL_CRITICAL": 50,
+    },
+    "EventApiVersion": {"EVENT_API_UNKNOWN": 0, "EVENT_API_SUPPORTED": 1, "EVENT_API_CURRENT": 2},
+}  # fmt: skip
+
+# message -> {field: (number, type name or message/enum name, repeated)}
+MESSAGES = {
+    "Result": {"code": (1, "ResultCode", False), "msg": (2, "string", False), "stack": (3, "string", False)},
+    "ResultStatus": {"r": (1, "Result", False)},
+    "Empty": {},
+    "Filter": {"names": (1, "string", True), "ignore_unknown": (2, "bool", False)},
+    "ServiceInfo": {
+        "name": (1, "string", False), "version": (2, "string", False), "current_api_version": (3, "uint32", False),
+        "supported_api_version": (4, "uint32", False), "is_proxy": (5, "bool", False),
+        "proxy_host": (6, "string", False), "proxy_port": (7, "uint32", False),
+    },
+    "MultiServiceInfo": {"r": (1, "Result", False), "items": (2, "ServiceInfo", True)},
+    "ShutdownRequest": {"timeout": (1, "int32", False)},
+    "ProxyRegisterRequest": {
+        "names": (1, "string", True), "version": (2, "string", False), "host": (3, "string", False),
+        "port": (4, "uint32", False),
+    },
+    "ConfigItem": {
+        "name": (1, "string", False), "description": (2, "string", False), "value": (3, "string", False),
+        "default_value": (4, "string", False), "can_be_empty": (5, "bool", False),
+        "validator": (6, "ConfigValidator", False),
+    },
+    "ConfigStatus": {"r": (1, "Result", False), "items": (2, "ConfigItem", True)},
+    "ConfigItemUpdate": {"name": (1, "string", False), "value": (2, "string", False)},
+    "ConfigUpdate": {"items": (1, "ConfigItemUpdate", True), "ignore_unknown": (2, "bool", False)},
+    "LoggerConfig": {"name": (1, "string", False), "enabled": (2, "bool", False), "level": (3, "LoggerLevel", False)},
+    "LoggerStatus": {"r": (1, "Result", False), "items": (2, "LoggerConfig", True)},
+    "LoggerUpdate": {"items": (1, "LoggerConfig", True)},
+    "EventProperty": {"name": (1, "string", False), "value": (2, "string", False)},
+    "Event": {"name": (1, "string", False), "properties": (2, "EventProperty", True)},
+    "EventStatus": {"r": (1, "Result", False), "event": (2, "Event", False), "client_id": (3, "uint32", False)},
+    "EventFilter": {"names": (1, "string", True), "client_id": (2, "uint32", False)},
+    "EventInterrupt": {"client_id": (1, "uint32", False)},
+    "EventQueueStatus": {"r": (1, "Result", False), "client_ids": (2, "uint32", True)},
+}  # fmt: skip
+
+SERVICES = {
+    "RpcServerService": {
+        "info": ("Filter", "MultiServiceInfo", False), "shutdown": ("ShutdownRequest", "ResultStatus", False),
+        "proxy_register": ("ProxyRegisterRequest", "ResultStatus", False),
+        "proxy_forget": ("Filter", "ResultStatus", False),
+    },
+    "ConfigService": {
+        "get": ("Filter", "ConfigStatus", False), "set": ("ConfigUpdate", "ConfigStatus", False),
+        "reset": ("Filter", "ConfigStatus", False),
+    },
+    "LoggerService": {
+        "get": ("Filter", "LoggerStatus", False), "set": ("LoggerUpdate", "LoggerStatus", False),
+        "reset": ("Filter", "LoggerStatus", False),
+    },
+    "EventService": {
+        "listen": ("EventFilter", "EventStatus", True), "interrupt": ("EventInterrupt", "ResultStatus", False),
+        "send": ("Event", "ResultStatus", False), "inspect": ("Empty", "EventQueueStatus", False),
+    },
+}  # fmt: skip
+
+_SCALARS = {9: "string", 8: "bool", 13: "uint32", 5: "int32"}
+
+
+@pytest.mark.parametrize("name", sorted(ENUMS))
+def test_enum_values(name: str) -> None:
+    enum = descriptor_pool.Default().FindEnumTypeByName(name)
+    assert enum.full_name == name, "no proto package: names are global"
+    assert {v.name: v.number for v in enum.values} == ENUMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGES))
+def test_message_fields(name: str) -> None:
+    msg = descriptor_pool.Default().FindMessageTypeByName(name)
+    assert msg.full_name == name
+    fields = {}
+    for f in msg.fields:
+        kind = f.message_type.name if f.message_type else f.enum_type.name if f.enum_type else _SCALARS[f.type]
+        fields[f.name] = (f.number, kind, f.is_repeated)
+    assert fields == MESSAGES[name]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_methods(name: str) -> None:
+    service = descriptor_pool.Default().FindServiceByName(name)
+    assert service.full_name == name
+    methods = {m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in service.methods}
+    assert methods == SERVICES[name]
+    assert not any(m.client_streaming for m in service.methods)
+
+
+def test_proto_files_have_no_package() -> None:
+    for proto in (ROOT / "protos" / "grpc_helper" / "api").glob("*.proto"):
+        assert not any(line.strip().startswith("package ") for line in proto.read_text().splitlines()), proto

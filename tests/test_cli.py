@@ -1,0 +1,71 @@
+"""RpcCliParser and Folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from grpc_helper import Folders, RpcCliParser
+
+
+def test_defaults() -> None:
+    args = RpcCliParser("test").with_rpc_args().parse([])
+    assert args.port == 54321
+    assert args.folders.system == Path("/etc/grpc_helper")
+    assert args.folders._user == Path("~/.config/grpc_helper").expanduser()
+    assert args.folders._workspace == Path("./grpc_helper")
+    assert not args.folders._workspace.is_absolute()
+    assert args.config == {}
+
+
+def test_options(tmp_path: Path) -> None:
+    args = (
+        RpcCliParser("test")
+        .with_rpc_args(1234, "/sys", "/usr", "wks")
+        .parse(
+            [
+                "--system", str(tmp_path / "s"), "--user", str(tmp_path / "u"), "-w", str(tmp_path / "w"),
+                "-p", "4321", "-c", "rpc-max-workers=4", "--config", "my-item=a=b", "-c", "empty=",
+            ]
+        )
+    )  # fmt: skip
+    assert args.port == 4321
+    assert args.folders.system == tmp_path / "s"
+    assert args.config == {"rpc-max-workers": "4", "my-item": "a=b", "empty": ""}
+    assert args.folders.workspace == tmp_path / "w"
+
+
+def test_with_rpc_args_defaults() -> None:
+    args = RpcCliParser("test").with_rpc_args(1234, "/sys", "~/usr", "wks").parse([])
+    assert args.port == 1234
+    assert args.folders.system == Path("/sys")
+    assert args.folders._user == Path.home() / "usr"
+
+
+@pytest.mark.parametrize("bad", ["noequal", "Upper=1", "1abc=2", "=value", "a_b=c"])
+def test_bad_config_syntax(bad: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as exc:
+        RpcCliParser("test").with_rpc_args().parse(["-c", bad])
+    assert str(exc.value) == f"Invalid syntax for config item definition: {bad}"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        RpcCliParser("test", "1.2.3").with_rpc_args().parse(["-V"])
+    assert exc.value.code == 0
+    assert "1.2.3" in capsys.readouterr().out
+
+
+def test_folders_created_on_access(tmp_path: Path) -> None:
+    f = Folders(tmp_path / "sys", tmp_path / "usr", tmp_path / "wks")
+    assert not (tmp_path / "usr").exists() and not (tmp_path / "wks").exists()
+    assert f.user == tmp_path / "usr" and (tmp_path / "usr").is_dir()
+    assert f.workspace == tmp_path / "wks" and (tmp_path / "wks").is_dir()
+    assert f.system == tmp_path / "sys" and not (tmp_path / "sys").exists()
+
+
+def test_folders_unset() -> None:
+    f = Folders()
+    assert f.system is None and f.user is None and f.workspace is None

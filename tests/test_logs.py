@@ -1,0 +1,178 @@
+"""Rolling logs and the logger service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+from pathlib import Path
+
+import pytest
+from conftest import EchoManager, Servers, echo_descriptor
+
+from grpc_helper import Folders, RpcException, RpcStaticConfig
+from grpc_helper.api import Filter, LoggerConfig, LoggerLevel, LoggerUpdate, ResultCode
+from grpc_helper_samples.api import EchoRequest, EchoResponse
+
+
+def rc_of(fn) -> int:
+    with pytest.raises(RpcException) as exc:
+        fn()
+    return exc.value.rc
+
+
+def flush_all() -> None:
+    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in logging.root.manager.loggerDict]]:
+        for h in getattr(logger, "handlers", []):
+            h.flush()
+
+
+class Talker(EchoManager):
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        self.logger.info("talking: %s", request.text)
+        return EchoResponse()
+
+
+class TestRollingLogs:
+    def test_manager_and_root_files(self, servers: Servers, folders: Folders) -> None:
+        srv = servers(0, [echo_descriptor(Talker())], folders=folders)
+        srv.client.echo.echo(EchoRequest(text="first line"))
+        flush_all()
+        assert folders.workspace
+        logs = folders.workspace / "logs"
+        manager_log = (logs / "echo" / "echo.log").read_text()
+        assert "talking: first line" in manager_log
+        # records carry the thread and logger names
+        assert "[rpc-worker" in manager_log and " echo: " in manager_log
+        assert "talking: first line" in (logs / "root.log").read_text()
+
+    def test_absolute_logs_folder(self, servers: Servers, folders: Folders, tmp_path: Path) -> None:
+        target = tmp_path / "abs-logs"
+        srv = servers(0, [echo_descriptor(Talker())], folders=folders, cli_config={"rpc-logs-folder": str(target)})
+        srv.client.echo.echo(EchoRequest(text="abs"))
+        flush_all()
+        assert "talking: abs" in (target / "echo" / "echo.log").read_text()
+
+    def test_rotation_settings_come_from_config(self, servers: Servers, folders: Folders) -> None:
+        servers(
+            0,
+            [echo_descriptor(Talker())],
+            folders=folders,
+            cli_config={"rpc-logs-interval-unit": "m", "rpc-logs-interval": "5", "rpc-logs-backup": "3"},
+        )
+        handlers = [h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)]
+        assert len(handlers) == 1
+        assert (handlers[0].when, handlers[0].interval, handlers[0].backupCount) == ("M", 5 * 60, 3)
+
+    def test_files_rotate(self, servers: Servers, folders: Folders) -> None:
+        servers(0, [echo_descriptor(Talker())], folders=folders, cli_config={"rpc-logs-interval-unit": "S"})
+        handler = next(h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler))
+        logging.getLogger("echo").info("before rollover")
+        handler.doRollover()  # the same rollover the time trigger performs
+        logging.getLogger("echo").info("after rollover")
+        flush_all()
+        assert folders.workspace
+        files = sorted(p.name for p in (folders.workspace / "logs" / "echo").iterdir())
+        assert len(files) == 2 and "echo.log" in files
+
+    def test_handlers_removed_at_shutdown(self, servers: Servers, folders: Folders) -> None:
+        before = len(logging.getLogger().handlers)
+        srv = servers(0, [echo_descriptor(Talker())], folders=folders)
+        assert len(logging.getLogger().handlers) == before + 1
+        srv.shutdown()
+        assert len(logging.getLogger().handlers) == before
+        assert not logging.getLogger("echo").handlers
+        srv2 = servers(0, [echo_descriptor(Talker())], folders=folders)
+        srv2.client.echo.echo(EchoRequest(text="once"))
+        flush_all()
+        assert folders.workspace
+        assert (folders.workspace / "logs" / "echo" / "echo.log").read_text().count("talking: once") == 1
+
+    def test_no_workspace_no_files(self, servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        srv = servers(0, [echo_descriptor(Talker())])
+        srv.client.echo.echo(EchoRequest(text="x"))
+        assert list(tmp_path.iterdir()) == []
+
+
+class TestLoggerService:
+    def test_get(self, servers: Servers) -> None:
+        c = servers(0, []).client
+        logging.getLogger("some.logger").setLevel(logging.WARNING)
+        out = c.log.get(Filter(names=["some.logger", ""])).items
+        assert out[0] == LoggerConfig(name="some.logger", enabled=True, level=LoggerLevel.LVL_WARNING)
+        assert out[1].name == "" and out[1].level == LoggerLevel.Value(f"LVL_{logging.getLevelName(logging.root.level)}")
+        assert rc_of(lambda: c.log.get(Filter())) == ResultCode.ERROR_PARAM_MISSING
+
+    def test_set_persists_and_reloads(self, servers: Servers, folders: Folders) -> None:
+        srv = servers(0, [], folders=folders)
+        out = srv.client.log.set(
+            LoggerUpdate(
+                items=[
+                    LoggerConfig(name="a.b", enabled=True, level=LoggerLevel.LVL_DEBUG),
+                    LoggerConfig(name="c", enabled=False, level=LoggerLevel.LVL_ERROR),
+                ]
+            )
+        ).items
+        assert [(i.name, i.enabled, i.level) for i in out] == [("a.b", True, 10), ("c", False, 40)]
+        assert logging.getLogger("a.b").level == logging.DEBUG and logging.getLogger("c").disabled
+        assert folders.workspace
+        assert json.loads((folders.workspace / "loggers.json").read_text()) == {"a.b": "DEBUG", "c": False}
+        srv.shutdown()
+        logging.getLogger("a.b").setLevel(logging.NOTSET)
+        logging.getLogger("c").disabled = False
+        servers(0, [], folders=folders)
+        assert logging.getLogger("a.b").level == logging.DEBUG and logging.getLogger("c").disabled
+
+    def test_set_errors_are_atomic(self, servers: Servers) -> None:
+        c = servers(0, []).client
+        assert rc_of(lambda: c.log.set(LoggerUpdate())) == ResultCode.ERROR_PARAM_MISSING
+        logging.getLogger("x1").setLevel(logging.INFO)
+        bad = LoggerUpdate(items=[LoggerConfig(name="x1", enabled=True, level=10), LoggerConfig(name="x2", level=15)])
+        assert rc_of(lambda: c.log.set(bad)) == ResultCode.ERROR_PARAM_INVALID
+        assert logging.getLogger("x1").level == logging.INFO
+
+    def test_reset(self, servers: Servers, folders: Folders) -> None:
+        assert folders.user
+        (folders.user / "loggers.json").write_text(json.dumps({"r.x": "ERROR"}))
+        srv = servers(0, [], folders=folders)
+        assert logging.getLogger("r.x").level == logging.ERROR
+        srv.client.log.set(LoggerUpdate(items=[LoggerConfig(name="r.x", enabled=False, level=LoggerLevel.LVL_DEBUG)]))
+        out = srv.client.log.reset(Filter(names=["r.x"])).items
+        assert out[0] == LoggerConfig(name="r.x", enabled=True, level=LoggerLevel.LVL_ERROR)
+        assert folders.workspace
+        assert json.loads((folders.workspace / "loggers.json").read_text()) == {}
+        assert rc_of(lambda: srv.client.log.reset(Filter())) == ResultCode.ERROR_PARAM_MISSING
+
+    def test_files_load_in_order(self, servers: Servers, folders: Folders) -> None:
+        assert folders.system and folders.user and folders.workspace
+        folders.system.mkdir(parents=True)
+        (folders.system / "loggers.json").write_text(json.dumps({"o.a": "DEBUG", "o.b": "DEBUG", "o.c": "DEBUG"}))
+        (folders.user / "loggers.json").write_text(json.dumps({"o.b": "INFO", "o.c": "INFO"}))
+        (folders.workspace / "loggers.json").write_text(json.dumps({"o.c": False}))
+        servers(0, [], folders=folders)
+        assert logging.getLogger("o.a").level == logging.DEBUG
+        assert logging.getLogger("o.b").level == logging.INFO
+        assert logging.getLogger("o.c").disabled and logging.getLogger("o.c").level == logging.INFO
+
+    def test_unknown_level_in_file_is_ignored(
+        self, servers: Servers, folders: Folders, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        assert folders.user
+        (folders.user / "loggers.json").write_text(json.dumps({"u.a": "LOUD", "u.b": "WARNING"}))
+        servers(0, [], folders=folders)
+        assert logging.getLogger("u.b").level == logging.WARNING
+        assert any("LOUD" in r.getMessage() and "u.a" in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.parametrize("content", ["{bad", "[]", '{"a": 3}'])
+    def test_malformed_file_stops_the_server(self, servers: Servers, folders: Folders, content: str) -> None:
+        assert folders.user
+        (folders.user / "loggers.json").write_text(content)
+        with pytest.raises(RpcException) as exc:
+            servers(0, [], folders=folders)
+        assert exc.value.rc == ResultCode.ERROR_MODEL_INVALID
+        assert "loggers.json" in str(exc.value)
+
+
+def test_logs_folder_item_is_static() -> None:
+    assert RpcStaticConfig.LOGS_FOLDER.str_val == "logs"
