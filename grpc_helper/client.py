@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -108,6 +108,10 @@ class RpcClient:
         for attr, (stub_class, version) in stubs.items():
             setattr(self, attr, _Stub(self, attr, stub_class, version))
 
+    if TYPE_CHECKING:
+        # Stubs are set per instance from the stubs map
+        def __getattr__(self, name: str) -> Any: ...
+
     def close(self) -> None:
         self.channel.close()
 
@@ -159,7 +163,9 @@ class RpcClient:
                 try:
                     response = call(request, timeout=timeout, metadata=metadata)
                 except grpc.RpcError as exc:
-                    response = client._retry(lambda: call(request, timeout=timeout, metadata=metadata), exc, path, timeout)
+                    response = client._retry(
+                        lambda: call(request, timeout=timeout, metadata=metadata), exc, path, timeout
+                    )
                 if check:
                     client._raise_for(response)
                 return response
@@ -175,7 +181,9 @@ class RpcClient:
                 except grpc.RpcError as exc:
                     if tracked.started:  # can't replay a consumed request stream
                         raise rpc_error_to_exception(exc, path) from exc
-                    response = client._retry(lambda: call(tracked, timeout=timeout, metadata=metadata), exc, path, timeout)
+                    response = client._retry(
+                        lambda: call(tracked, timeout=timeout, metadata=metadata), exc, path, timeout
+                    )
                 if check:
                     client._raise_for(response)
                 return response
@@ -185,7 +193,9 @@ class RpcClient:
         def server_stream(request: Any, timeout: float | None = None) -> ResponseStream:
             tracked = _TrackedIterator(request) if spec.kind == "stream_stream" else None
             arg = tracked if tracked is not None else request
-            return ResponseStream(client, lambda: call(arg, timeout=timeout, metadata=metadata), path, timeout, check, tracked)
+            return ResponseStream(
+                client, lambda: call(arg, timeout=timeout, metadata=metadata), path, timeout, check, tracked
+            )
 
         return server_stream
 

@@ -43,7 +43,7 @@ def result_from_exception(exc: BaseException) -> Result:
     """The `Result` a failed manager method answers with."""
     rc = exc.rc if isinstance(exc, RpcException) else ResultCode.ERROR
     stack = "".join(traceback.format_exception(exc))
-    return Result(code=rc, msg=str(exc) or type(exc).__name__, stack=stack)
+    return Result(code=rc, msg=str(exc) or type(exc).__name__, stack=stack)  # type: ignore[arg-type]
 
 
 def rpc_error_to_exception(exc: grpc.RpcError, what: str) -> RpcException:

@@ -143,7 +143,9 @@ class LoggersConfig:
             raise RpcException("No logger configuration given", ResultCode.ERROR_PARAM_MISSING)
         for item in items:
             if item.level not in LoggerLevel.values():
-                raise RpcException(f"Invalid level {item.level} for logger {item.name!r}", ResultCode.ERROR_PARAM_INVALID)
+                raise RpcException(
+                    f"Invalid level {item.level} for logger {item.name!r}", ResultCode.ERROR_PARAM_INVALID
+                )
         with self._lock:
             for item in items:
                 self._remember(item.name)

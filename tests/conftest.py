@@ -13,7 +13,11 @@ import grpc_helper_samples
 from grpc_helper import Folders, RpcException, RpcManager, RpcServer, RpcServiceDescriptor, RpcStaticConfig
 from grpc_helper.api import ResultCode
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
-from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub, add_EchoServiceServicer_to_server
+from grpc_helper_samples.api.echo_pb2_grpc import (
+    EchoServiceServicer,
+    EchoServiceStub,
+    add_EchoServiceServicer_to_server,
+)
 
 
 class EchoManager(EchoServiceServicer, RpcManager):
@@ -25,10 +29,12 @@ class EchoManager(EchoServiceServicer, RpcManager):
         self.shut_down = False
 
     def _load(self) -> None:
+        super()._load()
         self.loaded = True
 
     def _shutdown(self) -> None:
         self.shut_down = True
+        super()._shutdown()
 
     def echo(self, request: EchoRequest) -> EchoResponse:
         if request.text.startswith("fail:"):

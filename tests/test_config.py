@@ -12,10 +12,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Servers
 
 from grpc_helper import Config, ConfigHolder, ConfigManager, Folders, RpcException, RpcStaticConfig
 from grpc_helper.api import ConfigItemUpdate, ConfigUpdate, ConfigValidator, Filter, ResultCode
+
+from conftest import Servers
 
 V = ConfigValidator
 
@@ -83,7 +84,13 @@ class TestConfigItem:
 
     def test_accessors(self) -> None:
         item = Config("num", "desc", "12", validator=V.CONFIG_VALID_INT)
-        assert (item.name, item.str_val, item.int_val, item.float_val, item.default_value) == ("num", "12", 12, 12.0, "12")
+        assert (item.name, item.str_val, item.int_val, item.float_val, item.default_value) == (
+            "num",
+            "12",
+            12,
+            12.0,
+            "12",
+        )
         assert item.item.description == "desc"
         item.update("13")
         assert item.int_val == 13 and item.default_value == "12"
@@ -150,7 +157,9 @@ class TestLayers:
         ConfigManager(None, None, user_items=[UserItems])
         assert UserItems.LABEL.str_val == "from-env"
 
-    def test_invalid_default_names_item_value_and_layer(self, folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_invalid_default_names_item_value_and_layer(
+        self, folders: Folders, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         assert folders.user
         write(folders.user / "config.json", {"my-size": "-1"})
         with pytest.raises(RpcException) as exc:
@@ -239,7 +248,10 @@ class TestConfigService:
 
     def test_set_is_atomic(self, servers: Servers) -> None:
         c = servers(0, [], user_items=[UserItems]).client
-        assert rc_of(lambda: c.config.set(update(("my-label", "new"), ("my-size", "-5")))) == ResultCode.ERROR_PARAM_INVALID
+        assert (
+            rc_of(lambda: c.config.set(update(("my-label", "new"), ("my-size", "-5"))))
+            == ResultCode.ERROR_PARAM_INVALID
+        )
         assert UserItems.LABEL.str_val == "hello"
         out = c.config.set(update(("my-label", "new"), ("my-size", "5")))
         assert {(i.name, i.value) for i in out.items} == {("my-label", "new"), ("my-size", "5")}

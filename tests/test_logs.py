@@ -8,11 +8,12 @@ import logging.handlers
 from pathlib import Path
 
 import pytest
-from conftest import EchoManager, Servers, echo_descriptor
 
 from grpc_helper import Folders, RpcException, RpcStaticConfig
 from grpc_helper.api import Filter, LoggerConfig, LoggerLevel, LoggerUpdate, ResultCode
 from grpc_helper_samples.api import EchoRequest, EchoResponse
+
+from conftest import EchoManager, Servers, echo_descriptor
 
 
 def rc_of(fn) -> int:
@@ -60,13 +61,17 @@ class TestRollingLogs:
             folders=folders,
             cli_config={"rpc-logs-interval-unit": "m", "rpc-logs-interval": "5", "rpc-logs-backup": "3"},
         )
-        handlers = [h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)]
+        handlers = [
+            h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)
+        ]
         assert len(handlers) == 1
         assert (handlers[0].when, handlers[0].interval, handlers[0].backupCount) == ("M", 5 * 60, 3)
 
     def test_files_rotate(self, servers: Servers, folders: Folders) -> None:
         servers(0, [echo_descriptor(Talker())], folders=folders, cli_config={"rpc-logs-interval-unit": "S"})
-        handler = next(h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler))
+        handler = next(
+            h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)
+        )
         logging.getLogger("echo").info("before rollover")
         handler.doRollover()  # the same rollover the time trigger performs
         logging.getLogger("echo").info("after rollover")
@@ -101,7 +106,9 @@ class TestLoggerService:
         logging.getLogger("some.logger").setLevel(logging.WARNING)
         out = c.log.get(Filter(names=["some.logger", ""])).items
         assert out[0] == LoggerConfig(name="some.logger", enabled=True, level=LoggerLevel.LVL_WARNING)
-        assert out[1].name == "" and out[1].level == LoggerLevel.Value(f"LVL_{logging.getLevelName(logging.root.level)}")
+        assert out[1].name == "" and out[1].level == LoggerLevel.Value(
+            f"LVL_{logging.getLevelName(logging.root.level)}"
+        )
         assert rc_of(lambda: c.log.get(Filter())) == ResultCode.ERROR_PARAM_MISSING
 
     def test_set_persists_and_reloads(self, servers: Servers, folders: Folders) -> None:

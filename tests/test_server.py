@@ -12,13 +12,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import EchoManager, Servers, echo_descriptor
 
 import grpc_helper
 from grpc_helper import RpcClient, RpcException, RpcManager, RpcStaticConfig, current_call
 from grpc_helper.api import Filter, Result, ResultCode, ResultStatus, ShutdownRequest
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub
+
+from conftest import EchoManager, Servers, echo_descriptor
 
 
 def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
@@ -409,7 +410,9 @@ class TestDebugDump:
                 return EchoResponse()
 
         srv = servers(0, [echo_descriptor(Slow())], folders=folders)
-        caller = threading.Thread(target=lambda: echo_client(srv.port, name="dumper").echo.echo(EchoRequest(text="zzz")))
+        caller = threading.Thread(
+            target=lambda: echo_client(srv.port, name="dumper").echo.echo(EchoRequest(text="zzz"))
+        )
         caller.start()
         try:
             assert started.wait(10)
@@ -453,3 +456,10 @@ def free_port() -> int:
 
 def _unused(x: Iterable[int]) -> None:  # keep typing imports honest
     pass
+
+
+def test_same_grpc_service_twice_is_refused(servers: Servers) -> None:
+    with pytest.raises(RpcException) as exc:
+        servers(0, [echo_descriptor(), echo_descriptor(name="echo2")])
+    assert exc.value.rc == ResultCode.ERROR_MODEL_INVALID
+    assert "EchoService" in str(exc.value)

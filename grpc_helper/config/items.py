@@ -18,20 +18,30 @@ def _check_int(name: str, value: str, positive: bool) -> None:
     try:
         v = int(value)
     except ValueError:
-        raise RpcException(f"Invalid value for {name}: {value!r} is not an integer", ResultCode.ERROR_PARAM_INVALID)
+        raise RpcException(
+            f"Invalid value for {name}: {value!r} is not an integer", ResultCode.ERROR_PARAM_INVALID
+        ) from None
     if positive and v <= 0:
-        raise RpcException(f"Invalid value for {name}: {value!r} is not a positive integer", ResultCode.ERROR_PARAM_INVALID)
+        raise RpcException(
+            f"Invalid value for {name}: {value!r} is not a positive integer", ResultCode.ERROR_PARAM_INVALID
+        )
 
 
 def _check_float(name: str, value: str, positive: bool) -> None:
     try:
         v = float(value)
     except ValueError:
-        raise RpcException(f"Invalid value for {name}: {value!r} is not a number", ResultCode.ERROR_PARAM_INVALID)
+        raise RpcException(
+            f"Invalid value for {name}: {value!r} is not a number", ResultCode.ERROR_PARAM_INVALID
+        ) from None
     if not math.isfinite(v):
-        raise RpcException(f"Invalid value for {name}: {value!r} is not a finite number", ResultCode.ERROR_PARAM_INVALID)
+        raise RpcException(
+            f"Invalid value for {name}: {value!r} is not a finite number", ResultCode.ERROR_PARAM_INVALID
+        )
     if positive and v <= 0:
-        raise RpcException(f"Invalid value for {name}: {value!r} is not a positive number", ResultCode.ERROR_PARAM_INVALID)
+        raise RpcException(
+            f"Invalid value for {name}: {value!r} is not a positive number", ResultCode.ERROR_PARAM_INVALID
+        )
 
 
 _BUILTIN: dict[int, Callable[[str, str], None]] = {
@@ -105,7 +115,7 @@ class Config:
 
     # --- validation and updates ---
     def validate(self, name: str, value: str) -> None:
-        """Raise `RpcException` if `value` is not acceptable (ERROR_PARAM_MISSING if empty, else ERROR_PARAM_INVALID)."""
+        """Raise `RpcException` if `value` is not acceptable: ERROR_PARAM_MISSING if empty, else ERROR_PARAM_INVALID."""
         if value == "":
             if self.item.can_be_empty:
                 return

@@ -2,17 +2,22 @@
 
 Messages are never decoded: the proxy's handlers have no (de)serializers, so request and
 response bytes go straight through one persistent channel per backend. Only the API version
-check (metadata) and error answers (ERROR_PROXY_UNREGISTERED) are done at the proxy.
+check (metadata) and error answers (ERROR_PROXY_UNREGISTERED) are made at the proxy.
+
+A backend that is unreachable is retried with backoff until `rpc-client-timeout` (or the
+caller's deadline), as long as nothing was exchanged yet; then the caller gets UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from grpc_helper.api import Result, ResultCode
+from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.server.dispatch import VersionRange, response_class
 
 if TYPE_CHECKING:
@@ -20,6 +25,8 @@ if TYPE_CHECKING:
 
 # Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
 _NO_DEADLINE = 1e8
+_FIRST_RETRY_DELAY = 0.05
+_MAX_RETRY_DELAY = 1.0
 
 _KINDS = {
     (False, False): "unary_unary",
@@ -40,6 +47,42 @@ def remaining(context: grpc.ServicerContext) -> float | None:
     return None if left is None or left > _NO_DEADLINE else left
 
 
+class _Requests:
+    """Request stream wrapper remembering whether anything was read (then a retry would lose data)."""
+
+    def __init__(self, it: Iterator[Any]) -> None:
+        self._it, self.started = it, False
+
+    def __iter__(self) -> _Requests:
+        return self
+
+    def __next__(self) -> Any:
+        self.started = True
+        return next(self._it)
+
+
+def _retrying(attempt: Callable[[], Any], context: grpc.ServicerContext, path: str, requests: _Requests | None) -> Any:
+    """Run `attempt()`, retrying while the backend is UNAVAILABLE and nothing was exchanged yet."""
+    deadline: float | None = None
+    delay = _FIRST_RETRY_DELAY
+    while True:
+        try:
+            return attempt()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or (requests is not None and requests.started):
+                context.abort(exc.code(), f"Proxied call {path} failed: {exc.details()}")
+            now = time.monotonic()
+            if deadline is None:
+                limit = RpcStaticConfig.CLIENT_TIMEOUT.float_val
+                left = remaining(context)
+                deadline = now + (limit if left is None else min(limit, left))
+            if now >= deadline:
+                msg = f"Proxied call {path}: backend unreachable: {exc.details()}"
+                context.abort(grpc.StatusCode.UNAVAILABLE, msg)
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+
 def make_forwarder(
     name: str,
     service: str,
@@ -53,12 +96,7 @@ def make_forwarder(
     path = f"/{service}/{method}"
     kind = _KINDS[(original.request_streaming, original.response_streaming)]
     response_cls = response_class(service, method)
-
-    def error_bytes(result: Result, context: grpc.ServicerContext) -> bytes:
-        if "r" in response_cls.DESCRIPTOR.fields_by_name:
-            return response_cls(r=result).SerializeToString()
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"{ResultCode.Name(result.code)}: {result.msg}")
-        raise AssertionError("unreachable")
+    can_answer = "r" in response_cls.DESCRIPTOR.fields_by_name
 
     def prepare(context: grpc.ServicerContext) -> tuple[Any, tuple[Any, ...]] | bytes:
         """(multi-callable, metadata) to forward with, or the bytes of an error answer."""
@@ -69,10 +107,9 @@ def make_forwarder(
             if not isinstance(backend, Result):
                 return backend.method(kind, path), forwarded_metadata(md)
             err = backend
-        return error_bytes(err, context)
-
-    def relay_error(exc: grpc.RpcError, context: grpc.ServicerContext) -> None:
-        context.abort(exc.code(), f"Proxied call {path} failed: {exc.details()}")
+        if not can_answer:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{ResultCode.Name(err.code)}: {err.msg}")
+        return response_cls(r=err).SerializeToString()
 
     if not original.response_streaming:
 
@@ -81,11 +118,9 @@ def make_forwarder(
             if isinstance(prepared, bytes):
                 return prepared
             call, md = prepared
-            try:
-                return call(request, timeout=remaining(context), metadata=md)
-            except grpc.RpcError as exc:
-                relay_error(exc, context)
-                raise
+            requests = _Requests(request) if original.request_streaming else None
+            arg = requests if requests is not None else request
+            return _retrying(lambda: call(arg, timeout=remaining(context), metadata=md), context, path, requests)
 
         behavior: Any = unary_response
     else:
@@ -96,12 +131,25 @@ def make_forwarder(
                 yield prepared
                 return
             call, md = prepared
-            responses = call(request, timeout=remaining(context), metadata=md)
+            requests = _Requests(request) if original.request_streaming else None
+            arg = requests if requests is not None else request
+            holder: list[Any] = []
+
+            def start() -> Any:
+                responses = call(arg, timeout=remaining(context), metadata=md)
+                holder[:] = [responses]
+                return next(responses, None)  # connection errors show up here
+
+            first = _retrying(start, context, path, requests)
+            responses = holder[0]
             context.add_callback(responses.cancel)  # caller gone: cancel the backend call too
+            if first is None:
+                return
+            yield first
             try:
                 yield from responses
             except grpc.RpcError as exc:
-                relay_error(exc, context)
+                context.abort(exc.code(), f"Proxied call {path} failed: {exc.details()}")
 
         behavior = stream_response
 

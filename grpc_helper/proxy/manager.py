@@ -62,7 +62,10 @@ class RpcProxiedManager(RpcManager):
             ProxyRegisterRequest(names=names, version=self._proxied_version(), host=host, port=self.server.port)
         )
         self.logger.info(
-            "Registered %s on main server %s:%s", names, RpcStaticConfig.MAIN_HOST.str_val, RpcStaticConfig.MAIN_PORT.int_val
+            "Registered %s on main server %s:%s",
+            names,
+            RpcStaticConfig.MAIN_HOST.str_val,
+            RpcStaticConfig.MAIN_PORT.int_val,
         )
 
     def _shutdown(self) -> None:

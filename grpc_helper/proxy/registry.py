@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,30 +58,20 @@ class ProxyRegistry:
         }
 
     def _resolve(self, name: str, context: grpc.ServicerContext) -> Backend | Result:
-        """The connected backend for `name`, waiting up to `rpc-client-timeout` for a registration
-        and for the backend to be reachable (bounded by the caller's deadline)."""
-        timeout = RpcStaticConfig.CLIENT_TIMEOUT.float_val
-        left = context.time_remaining()
-        if left is not None:
-            timeout = min(timeout, left)
-        deadline = time.monotonic() + timeout
+        """The backend serving `name`, waiting up to `rpc-client-timeout` (bounded by the caller's
+        deadline) for a registration."""
         target = self._targets.get(name)
         if target is None:
+            timeout = RpcStaticConfig.CLIENT_TIMEOUT.float_val
+            left = context.time_remaining()
+            if left is not None:
+                timeout = min(timeout, left)
             with self._changed:
                 self._changed.wait_for(lambda: name in self._targets or self._closed, timeout)
                 target = self._targets.get(name)
-            if target is None:
-                return Result(
-                    code=ResultCode.ERROR_PROXY_UNREGISTERED, msg=f"Proxied service {name} is not registered"
-                )
-        backend = self._backends.get((target.host, target.port))
-        if backend is None:  # forgotten meanwhile, or shutting down
+        backend = self._backends.get((target.host, target.port)) if target is not None else None
+        if backend is None:  # never registered, forgotten meanwhile, or shutting down
             return Result(code=ResultCode.ERROR_PROXY_UNREGISTERED, msg=f"Proxied service {name} is not registered")
-        if not backend.wait_ready(max(0.0, deadline - time.monotonic())):
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"Proxied service {name} backend {target.host}:{target.port} unreachable within {timeout:g}s",
-            )
         return backend
 
     # --- registrations ---
@@ -146,6 +135,9 @@ class ProxyRegistry:
     # --- queries ---
     def target(self, name: str) -> ProxyTarget | None:
         return self._targets.get(name)
+
+    def has_targets(self) -> bool:
+        return bool(self._targets)
 
     def is_registered(self, name: str) -> bool:
         return name in self._targets

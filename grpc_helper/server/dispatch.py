@@ -135,7 +135,7 @@ class VersionRange:
 
     def check(self, metadata: tuple[Any, ...]) -> Result | None:
         """An error `Result` if the call's api_version is out of range, None if fine or absent."""
-        for key, value in metadata:
+        for key, value in metadata:  # noqa: B007 - value is used after the loop
             if key == KEY_API_VERSION:
                 break
         else:
@@ -179,7 +179,9 @@ class CallSite:
 
     def failure(self, context: grpc.ServicerContext, exc: BaseException) -> Message:
         if isinstance(exc, RpcException):
-            self.logger.warning("%s failed: %s (%s)", self.path, exc, ResultCode.Name(exc.rc) if exc.rc < 100 else exc.rc)
+            self.logger.warning(
+                "%s failed: %s (%s)", self.path, exc, ResultCode.Name(exc.rc) if exc.rc < 100 else exc.rc
+            )
         else:
             self.logger.exception("%s failed with an unexpected error", self.path)
         return self.error_response(context, result_from_exception(exc))
@@ -207,7 +209,9 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
             if logger.isEnabledFor(logging.DEBUG):
                 _trace(site, request, md)
             key = get_ident()
-            pending[key] = PendingCall(sid, path, md, "<stream>" if request_streaming else request, context, time.time())
+            pending[key] = PendingCall(
+                sid, path, md, "<stream>" if request_streaming else request, context, time.time()
+            )
             try:
                 return fn(request)
             except Exception as exc:

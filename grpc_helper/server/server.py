@@ -116,6 +116,9 @@ class RpcServer:
 
         self.proxies = ProxyRegistry(self, [d for d in self.descriptors if d.is_proxy])
         services = [self._register(d) for d in self.descriptors]
+        twice = sorted({s for s in services if services.count(s) > 1})
+        if twice:
+            raise RpcException(f"gRPC services served twice: {', '.join(twice)}", ResultCode.ERROR_MODEL_INVALID)
 
         self.health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self.streams)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -182,7 +185,12 @@ class RpcServer:
 
             out.append(
                 RpcServiceDescriptor(
-                    module, "events", EventApiVersion, EventsManager(), add_EventServiceServicer_to_server, EventServiceStub
+                    module,
+                    "events",
+                    EventApiVersion,
+                    EventsManager(),
+                    add_EventServiceServicer_to_server,
+                    EventServiceStub,
                 )
             )
         return out

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 
 from grpc_helper.api import (
     ConfigItem,
+    ConfigItemUpdate,
     ConfigStatus,
     ConfigUpdate,
+    ConfigValidator,
     Event,
     EventProperty,
     Filter,
@@ -24,7 +26,9 @@ from grpc_helper.api import (
 from grpc_helper.api.config_pb2_grpc import ConfigServiceServicer
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceServicer
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceServicer
+from grpc_helper.client import RpcClient
 from grpc_helper.config.items import Config
+from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.manager import RpcManager
 
@@ -91,7 +95,9 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
             raise RpcException("Missing port", ResultCode.ERROR_PARAM_MISSING)
         names = self._proxied(request.names)
         target = self.server.proxies.register(names, request.version, request.host, request.port)
-        self.logger.info("Proxied services %s registered at %s:%s (%s)", names, target.host, target.port, target.version)
+        self.logger.info(
+            "Proxied services %s registered at %s:%s (%s)", names, target.host, target.port, target.version
+        )
         self._send_event(
             "RPC_PROXY_REGISTER",
             names=",".join(names),
@@ -115,108 +121,110 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
 
 
 class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
-    """`config`: user config items of this server, merged with those of its registered proxied servers."""
+    """`config`: user config items of this server, merged with those of its registered proxied servers.
+
+    `set`/`reset` apply to every server that knows an item, after validating every update everywhere
+    (remote items are checked against their declared validator); `get` fails with ERROR_ITEM_CONFLICT
+    where servers disagree on a value.
+    """
 
     def get(self, request: Filter) -> ConfigStatus:
         local = self.server.config.get_user(request.names, ignore_unknown=True)
-        merged = self._merge(local, [c.config.get(Filter(names=request.names, ignore_unknown=True), timeout=self._timeout) for c in self._remotes()])
-        self._check_unknown(request.names, merged, request.ignore_unknown)
+        merged = _merge([local, *(items.values() for _, items in self._remote_items(request.names))])
+        _check_unknown(request.names, merged.keys(), request.ignore_unknown)
         return ConfigStatus(items=list(merged.values()))
 
     def set(self, request: ConfigUpdate) -> ConfigStatus:
+        config = self.server.config
         updates = [(u.name, u.value) for u in request.items]
-        remotes = self._remotes()
-        if not remotes:
-            return ConfigStatus(items=self.server.config.set_user(updates, request.ignore_unknown))
-        if not updates:
-            raise RpcException("No config item to update", ResultCode.ERROR_PARAM_MISSING)
+        if not self.server.proxies.has_targets():
+            return ConfigStatus(items=config.set_user(updates, request.ignore_unknown))
+        if not updates or any(not name for name, _ in updates):
+            raise RpcException("Missing config item name", ResultCode.ERROR_PARAM_MISSING)
+        names = [name for name, _ in updates]
         with self.lock:
-            # Validate everything first, everywhere: nothing applies unless every update is valid
-            names = [n for n, _ in updates]
-            known = [(c, {i.name: i for i in c.config.get(Filter(names=names, ignore_unknown=True), timeout=self._timeout).items}) for c in remotes]
-            self.server.config.validate_updates([u for u in updates if u[0] in self.server.config.user_items], True)
+            remote = self._remote_items(names)
+            _check_unknown(names, _known(config.user_items, remote), request.ignore_unknown)
+            # Validate everything, everywhere, before anything changes
+            local = [(item.name, value) for item, value in config.validate_updates(updates, ignore_unknown=True)]
             for name, value in updates:
-                if not name:
-                    raise RpcException("Missing config item name", ResultCode.ERROR_PARAM_MISSING)
-                for _, items in known:
+                for _, items in remote:
                     if name in items:
                         _validate_remote(items[name], value)
-            self._check_unknown(
-                names, {n: None for n in names if n in self.server.config.user_items or any(n in i for _, i in known)},
-                request.ignore_unknown,
-            )
-            out = self._merge(self.server.config.set_user(updates, True) if any(n in self.server.config.user_items for n in names) else [], [])
-            for client, items in known:
-                mine = [u for u in updates if u[0] in items]
+            out = {i.name: i for i in config.set_user(local)} if local else {}
+            for client, items in remote:
+                mine = [ConfigItemUpdate(name=n, value=v) for n, v in updates if n in items]
                 if mine:
-                    status = client.config.set(
-                        ConfigUpdate(items=[{"name": n, "value": v} for n, v in mine], ignore_unknown=True),
-                        timeout=self._timeout,
-                    )
+                    status = client.config.set(ConfigUpdate(items=mine, ignore_unknown=True), timeout=_timeout())
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
     def reset(self, request: Filter) -> ConfigStatus:
-        remotes = self._remotes()
-        if not remotes:
-            return ConfigStatus(items=self.server.config.reset_user(request.names, request.ignore_unknown))
-        if not request.names:
+        config = self.server.config
+        if not self.server.proxies.has_targets():
+            return ConfigStatus(items=config.reset_user(request.names, request.ignore_unknown))
+        names = list(request.names)
+        if not names:
             raise RpcException("No config item to reset", ResultCode.ERROR_PARAM_MISSING)
         with self.lock:
-            names = list(request.names)
-            known = [(c, {i.name for i in c.config.get(Filter(names=names, ignore_unknown=True), timeout=self._timeout).items}) for c in remotes]
-            local = [n for n in names if n in self.server.config.user_items]
-            self._check_unknown(
-                names, {n: None for n in names if n in local or any(n in k for _, k in known)}, request.ignore_unknown
-            )
-            out = self._merge(self.server.config.reset_user(local, True) if local else [], [])
-            for client, items in known:
+            remote = self._remote_items(names)
+            _check_unknown(names, _known(config.user_items, remote), request.ignore_unknown)
+            local = [n for n in names if n in config.user_items]
+            out = {i.name: i for i in config.reset_user(local)} if local else {}
+            for client, items in remote:
                 mine = [n for n in names if n in items]
                 if mine:
-                    status = client.config.reset(Filter(names=mine, ignore_unknown=True), timeout=self._timeout)
+                    status = client.config.reset(Filter(names=mine, ignore_unknown=True), timeout=_timeout())
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
-    # --- helpers ---
-    @property
-    def _timeout(self) -> float:
-        from grpc_helper.config.static import RpcStaticConfig
+    def _remote_items(self, names: Iterable[str]) -> list[tuple[RpcClient, dict[str, ConfigItem]]]:
+        """Each registered proxied server's client, with its items among `names` (all if empty)."""
+        flt = Filter(names=list(names), ignore_unknown=True)
+        return [
+            (client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items})
+            for client in self.server.proxies.config_clients()
+        ]
 
-        return RpcStaticConfig.CLIENT_TIMEOUT.float_val
 
-    def _remotes(self) -> list:
-        return self.server.proxies.config_clients()
+def _timeout() -> float:
+    return RpcStaticConfig.CLIENT_TIMEOUT.float_val
 
-    @staticmethod
-    def _merge(local: list[ConfigItem], remote_statuses: list[ConfigStatus]) -> dict[str, ConfigItem]:
-        merged = {i.name: i for i in local}
-        for status in remote_statuses:
-            for item in status.items:
-                seen = merged.get(item.name)
-                if seen is not None and seen.value != item.value:
-                    raise RpcException(
-                        f"Config item {item.name} has different values across servers: {seen.value!r} != {item.value!r}",
-                        ResultCode.ERROR_ITEM_CONFLICT,
-                    )
-                merged.setdefault(item.name, item)
-        return merged
 
-    @staticmethod
-    def _check_unknown(names: Iterable[str], found: dict, ignore_unknown: bool) -> None:
-        unknown = [n for n in names if n and n not in found]
-        if unknown and not ignore_unknown:
-            raise RpcException(f"Unknown config item(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+def _known(local: Iterable[str], remote: list[tuple[RpcClient, dict[str, ConfigItem]]]) -> set[str]:
+    return set(local).union(*(items.keys() for _, items in remote))
+
+
+def _merge(sources: Iterable[Iterable[ConfigItem]]) -> dict[str, ConfigItem]:
+    """Items by name; the same item with different values on two servers is a conflict."""
+    merged: dict[str, ConfigItem] = {}
+    for items in sources:
+        for item in items:
+            seen = merged.setdefault(item.name, item)
+            if seen.value != item.value:
+                raise RpcException(
+                    f"Config item {item.name} differs across servers: {seen.value!r} != {item.value!r}",
+                    ResultCode.ERROR_ITEM_CONFLICT,
+                )
+    return merged
+
+
+def _check_unknown(names: Iterable[str], found: Iterable[str], ignore_unknown: bool) -> None:
+    known = set(found)
+    unknown = [n for n in names if n and n not in known]
+    if unknown and not ignore_unknown:
+        raise RpcException(f"Unknown config item(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
 
 
 def _validate_remote(item: ConfigItem, value: str) -> None:
     """Check a value against a remote item's declared validator (custom ones are checked by their server)."""
-    from grpc_helper.api import ConfigValidator
-
     if item.validator == ConfigValidator.CONFIG_VALID_CUSTOM:
         if value == "" and not item.can_be_empty:
             raise RpcException(f"Empty value not allowed for {item.name}", ResultCode.ERROR_PARAM_INVALID)
         return
-    probe = Config(item.name, default_value=item.default_value, can_be_empty=item.can_be_empty, validator=item.validator)
+    probe = Config(
+        item.name, default_value=item.default_value, can_be_empty=item.can_be_empty, validator=item.validator
+    )
     try:
         probe.validate(item.name, value)
     except RpcException as exc:

@@ -1,0 +1,361 @@
+"""Proxied services: registration, forwarding of every call kind, persistence, failures, config merge."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import grpc_helper_samples
+from grpc_helper import (
+    Config,
+    RpcClient,
+    RpcException,
+    RpcProxiedManager,
+    RpcServer,
+    RpcServiceDescriptor,
+    RpcStaticConfig,
+    current_call,
+)
+from grpc_helper.api import (
+    ConfigItemUpdate,
+    ConfigUpdate,
+    ConfigValidator,
+    Filter,
+    ProxyRegisterRequest,
+    ResultCode,
+)
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse, NotesApiVersion
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+from grpc_helper_samples.api.notes_pb2_grpc import (
+    NotesServiceServicer,
+    NotesServiceStub,
+    add_NotesServiceServicer_to_server,
+)
+
+from conftest import EchoManager, Servers, echo_descriptor
+
+
+def rc_of(fn) -> int:
+    with pytest.raises(RpcException) as exc:
+        fn()
+    return exc.value.rc
+
+
+def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
+    kwargs.setdefault("timeout", 10)
+    return RpcClient("127.0.0.1", port, {"echo": (EchoServiceStub, version)}, **kwargs)
+
+
+def register(main: RpcServer, backend: RpcServer, names: Iterable[str] = ("echo",), version: str = "b-1.0") -> None:
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=list(names), version=version, host="127.0.0.1", port=backend.port)
+    )
+
+
+@pytest.fixture
+def pair(servers: Servers, folders):
+    """A main server proxying `echo`, and a backend serving it, registered."""
+    main = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)
+    backend = servers(0, [echo_descriptor()])
+    register(main, backend)
+    return main, backend
+
+
+class TestRegistration:
+    def test_errors(self, servers: Servers) -> None:
+        local = RpcServiceDescriptor(
+            grpc_helper_samples, "local", NotesApiVersion, NotesServiceServicer(), add_NotesServiceServicer_to_server,
+            NotesServiceStub,
+        )  # fmt: skip
+        main = servers(0, [echo_descriptor(is_proxy=True), local])
+        srv = main.client.srv
+        ok = {"names": ["echo"], "version": "1", "port": 1234}
+        assert (
+            rc_of(lambda: srv.proxy_register(ProxyRegisterRequest(**{**ok, "names": []})))
+            == ResultCode.ERROR_PARAM_MISSING
+        )
+        assert (
+            rc_of(lambda: srv.proxy_register(ProxyRegisterRequest(**{**ok, "version": ""})))
+            == ResultCode.ERROR_PARAM_MISSING
+        )
+        assert (
+            rc_of(lambda: srv.proxy_register(ProxyRegisterRequest(**{**ok, "port": 0})))
+            == ResultCode.ERROR_PARAM_MISSING
+        )
+        assert (
+            rc_of(lambda: srv.proxy_register(ProxyRegisterRequest(**{**ok, "names": ["x"]})))
+            == ResultCode.ERROR_ITEM_UNKNOWN
+        )
+        assert (
+            rc_of(lambda: srv.proxy_register(ProxyRegisterRequest(**{**ok, "names": ["local"]})))
+            == ResultCode.ERROR_PARAM_INVALID
+        )
+        assert rc_of(lambda: srv.proxy_forget(Filter())) == ResultCode.ERROR_PARAM_MISSING
+        assert rc_of(lambda: srv.proxy_forget(Filter(names=["x"]))) == ResultCode.ERROR_ITEM_UNKNOWN
+        assert rc_of(lambda: srv.proxy_forget(Filter(names=["srv"]))) == ResultCode.ERROR_PARAM_INVALID
+
+    def test_info_shows_registration(self, pair) -> None:
+        main, backend = pair
+        info = main.client.srv.info(Filter(names=["echo"])).items[0]
+        assert info.is_proxy and info.version == "b-1.0"
+        assert (info.proxy_host, info.proxy_port) == ("127.0.0.1", backend.port)
+        assert (info.supported_api_version, info.current_api_version) == (1, 2)
+        main.client.srv.proxy_forget(Filter(names=["echo"]))
+        info = main.client.srv.info(Filter(names=["echo"])).items[0]
+        assert (info.version, info.proxy_port) == ("", 0)
+
+    def test_empty_host_means_main_host(self, servers: Servers) -> None:
+        # static items are process-wide: both servers of this process get the same layers
+        cli = {"rpc-main-host": "127.0.0.1"}
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=cli)
+        backend = servers(0, [echo_descriptor()], cli_config=cli)
+        main.client.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="v", port=backend.port))
+        assert main.client.srv.info(Filter(names=["echo"])).items[0].proxy_host == "127.0.0.1"
+        assert echo_client(main.port).echo.echo(EchoRequest(text="via main host")).text == "via main host"
+
+    def test_persisted_and_restored(self, servers: Servers, folders) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)
+        backend = servers(0, [echo_descriptor()])
+        register(main, backend)
+        saved = json.loads((folders.workspace / "proxy.json").read_text())
+        assert saved == {"echo": {"host": "127.0.0.1", "port": backend.port, "version": "b-1.0"}}
+        main.shutdown()
+        main2 = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)
+        assert echo_client(main2.port).echo.echo(EchoRequest(text="restored")).text == "restored"
+        main2.client.srv.proxy_forget(Filter(names=["echo"]))
+        assert json.loads((folders.workspace / "proxy.json").read_text()) == {}
+
+    def test_health_follows_registration(self, servers: Servers) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)])
+        backend = servers(0, [echo_descriptor()])
+        with grpc.insecure_channel(f"127.0.0.1:{main.port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+
+            def status(service: str) -> int:
+                return check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+            assert status("") == health_pb2.HealthCheckResponse.SERVING
+            assert status("RpcServerService") == health_pb2.HealthCheckResponse.SERVING
+            assert status("EchoService") == health_pb2.HealthCheckResponse.NOT_SERVING
+            register(main, backend)
+            assert status("EchoService") == health_pb2.HealthCheckResponse.SERVING
+            main.client.srv.proxy_forget(Filter(names=["echo"]))
+            assert status("EchoService") == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class TestForwarding:
+    def test_four_call_kinds(self, pair) -> None:
+        main, _ = pair
+        c = echo_client(main.port)
+        assert c.echo.echo(EchoRequest(text="x", payload=b"\xff" * 64)).payload == b"\xff" * 64
+        assert [m.index for m in c.echo.repeat(EchoRequest(count=50))] == list(range(50))
+        assert c.echo.collect(EchoRequest(text=t) for t in "proxy").text == "proxy"
+        assert [m.text for m in c.echo.chat(EchoRequest(text=t) for t in "ab")] == ["A", "B"]
+
+    def test_errors_from_backend_pass_through(self, pair) -> None:
+        main, _ = pair
+        assert (
+            rc_of(lambda: echo_client(main.port).echo.echo(EchoRequest(text="fail:32"))) == ResultCode.ERROR_ITEM_BUSY
+        )
+
+    def test_metadata_and_deadline_reach_backend(self, servers: Servers) -> None:
+        seen: dict = {}
+
+        class Spy(EchoManager):
+            def echo(self, request: EchoRequest) -> EchoResponse:
+                call = current_call()
+                assert call is not None
+                seen["md"] = dict(call.metadata)
+                seen["left"] = call.context.time_remaining()
+                return EchoResponse()
+
+        main = servers(0, [echo_descriptor(is_proxy=True)])
+        backend = servers(0, [echo_descriptor(Spy())])
+        register(main, backend)
+        with grpc.insecure_channel(f"127.0.0.1:{main.port}") as channel:
+            EchoServiceStub(channel).echo(
+                EchoRequest(),
+                timeout=7,
+                metadata=(("client", "c1"), ("user", "u1"), ("api_version", "2"), ("x-custom", "v")),
+            )
+        assert {k: seen["md"][k] for k in ("client", "user", "api_version", "x-custom")} == {
+            "client": "c1", "user": "u1", "api_version": "2", "x-custom": "v"
+        }  # fmt: skip
+        assert 0 < seen["left"] <= 7
+
+    def test_version_check_at_the_proxy(self, servers: Servers) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)])  # nothing registered
+        t0 = time.monotonic()
+        assert (
+            rc_of(lambda: echo_client(main.port, version=3).echo.echo(EchoRequest()))
+            == ResultCode.ERROR_API_SERVER_TOO_OLD
+        )
+        assert (
+            rc_of(lambda: echo_client(main.port, version=0).echo.echo(EchoRequest()))
+            == ResultCode.ERROR_API_CLIENT_TOO_OLD
+        )
+        assert time.monotonic() - t0 < 5  # answered at once, no wait for a registration
+
+    def test_one_channel_per_backend(self, pair) -> None:
+        main, backend = pair
+        c = echo_client(main.port)
+        for _ in range(20):
+            c.echo.echo(EchoRequest())
+        backends = main.proxies._backends
+        assert list(backends) == [("127.0.0.1", backend.port)]
+
+
+class TestFailures:
+    def test_unregistered_times_out(self, servers: Servers) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)])
+        RpcStaticConfig.CLIENT_TIMEOUT.update("1")
+        t0 = time.monotonic()
+        assert rc_of(lambda: echo_client(main.port).echo.echo(EchoRequest())) == ResultCode.ERROR_PROXY_UNREGISTERED
+        assert 1.0 <= time.monotonic() - t0 < 10
+        msgs = list(echo_client(main.port, exception=False).echo.repeat(EchoRequest(count=3)))
+        assert [m.r.code for m in msgs] == [ResultCode.ERROR_PROXY_UNREGISTERED]
+
+    def test_early_calls_wait_for_registration_without_starving(self, servers: Servers) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config={"rpc-max-workers": "2"})
+        backend = servers(0, [echo_descriptor()])
+        results: list[str] = []
+        lock = threading.Lock()
+
+        def early(i: int) -> None:
+            text = echo_client(main.port, timeout=30).echo.echo(EchoRequest(text=str(i)), timeout=30).text
+            with lock:
+                results.append(text)
+
+        callers = [threading.Thread(target=early, args=(i,)) for i in range(10)]
+        for t in callers:
+            t.start()
+        # 10 waiting calls, 2 workers: the server still answers its own services
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert main.client.srv.info(Filter(), timeout=5).items
+        assert time.monotonic() - t0 < 5
+        register(main, backend)
+        for t in callers:
+            t.join(30)
+        assert sorted(results, key=int) == [str(i) for i in range(10)]
+
+    def test_registered_backend_down(self, servers: Servers) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)])
+        backend = servers(0, [echo_descriptor()])
+        register(main, backend)
+        backend.shutdown()
+        RpcStaticConfig.CLIENT_TIMEOUT.update("1")
+        t0 = time.monotonic()
+        assert rc_of(lambda: echo_client(main.port, timeout=None).echo.echo(EchoRequest())) == ResultCode.ERROR_RPC
+        assert time.monotonic() - t0 < 10
+
+    def test_backend_dies_mid_stream(self, servers: Servers) -> None:
+        sent, hold = threading.Event(), threading.Event()
+
+        class Slow(EchoManager):
+            def repeat(self, request: EchoRequest) -> Iterable[EchoResponse]:
+                yield EchoResponse(index=0)
+                sent.set()
+                hold.wait(30)
+                yield EchoResponse(index=1)
+
+        main = servers(0, [echo_descriptor(is_proxy=True)])
+        backend = servers(0, [echo_descriptor(Slow())])
+        register(main, backend)
+        client = echo_client(main.port)
+        other_stream = client.echo.repeat(EchoRequest(count=3))  # a concurrent call on the same backend channel
+        stream = client.echo.repeat(EchoRequest(count=2))
+        assert next(stream).index == 0
+        assert sent.wait(10)
+        RpcStaticConfig.SHUTDOWN_GRACE.update("0.2")
+        backend.shutdown()  # cancels the stuck streams after the grace
+        hold.set()
+        with pytest.raises(RpcException) as exc:
+            next(stream)
+        assert exc.value.rc == ResultCode.ERROR_RPC
+        with pytest.raises(RpcException):
+            list(other_stream)
+        # everything else keeps working: the main server, and calls once a live backend registers
+        assert main.client.srv.info(Filter()).items
+        register(main, servers(0, [echo_descriptor()]))
+        assert client.echo.echo(EchoRequest(text="still")).text == "still"
+
+
+class Proxied(EchoManager, RpcProxiedManager):
+    def _proxied_services(self) -> list[str]:
+        return ["echo"]
+
+    def _proxied_version(self) -> str:
+        return "proxied-2.0"
+
+
+class TestProxiedManager:
+    def test_registers_at_load_and_forgets_at_shutdown(self, servers: Servers) -> None:
+        main = servers(0, [echo_descriptor(is_proxy=True)], with_events=False)
+        manager = Proxied()
+        backend = servers(0, [echo_descriptor(manager)], cli_config={"rpc-main-port": str(main.port)})
+        info = main.client.srv.info(Filter(names=["echo"])).items[0]
+        assert (info.version, info.proxy_port) == ("proxied-2.0", backend.port)
+        assert echo_client(main.port).echo.echo(EchoRequest(text="registered")).text == "registered"
+        assert hasattr(manager.proxy_client, "srv") and hasattr(manager.proxy_client, "events")
+        backend.shutdown()
+        assert not main.proxies.is_registered("echo")
+
+    def test_retries_while_main_is_not_up(self, servers: Servers) -> None:
+        from test_server import free_port
+
+        main_port = free_port()
+        created: list[RpcServer] = []
+        starter = threading.Thread(
+            target=lambda: created.append(
+                servers(0, [echo_descriptor(Proxied())], cli_config={"rpc-main-port": str(main_port)})
+            )
+        )
+        starter.start()
+        starter.join(0.5)
+        assert not created, "the proxied server waits for the main server"
+        main = servers(main_port, [echo_descriptor(is_proxy=True)])
+        starter.join(60)
+        assert created
+        assert echo_client(main.port).echo.echo(EchoRequest(text="late main")).text == "late main"
+
+
+class TestConfigMerge:
+    def test_merged_get_set_reset_and_conflicts(self, servers: Servers) -> None:
+        main_item = Config("shared-item", default_value="1", validator=ConfigValidator.CONFIG_VALID_INT)
+        backend_item = Config("shared-item", default_value="2", validator=ConfigValidator.CONFIG_VALID_INT)
+        only_backend = Config("backend-only", default_value="5", validator=ConfigValidator.CONFIG_VALID_POS_INT)
+        main = servers(0, [echo_descriptor(is_proxy=True)], user_items=[main_item])
+        backend = servers(0, [echo_descriptor()], user_items=[backend_item, only_backend])
+        c = main.client.config
+        assert [i.name for i in c.get(Filter()).items] == ["shared-item"]  # nothing registered yet
+        register(main, backend)
+        assert rc_of(lambda: c.get(Filter())) == ResultCode.ERROR_ITEM_CONFLICT
+        assert c.get(Filter(names=["backend-only"])).items[0].value == "5"
+        # invalid anywhere: nothing applied
+        bad = ConfigUpdate(
+            items=[ConfigItemUpdate(name="shared-item", value="3"), ConfigItemUpdate(name="backend-only", value="0")]
+        )
+        assert rc_of(lambda: c.set(bad)) == ResultCode.ERROR_PARAM_INVALID
+        assert (main_item.str_val, backend_item.str_val) == ("1", "2")
+        good = ConfigUpdate(
+            items=[ConfigItemUpdate(name="shared-item", value="3"), ConfigItemUpdate(name="backend-only", value="9")]
+        )
+        out = {i.name: i.value for i in c.set(good).items}
+        assert out == {"shared-item": "3", "backend-only": "9"}
+        assert (main_item.str_val, backend_item.str_val, only_backend.str_val) == ("3", "3", "9")
+        assert {i.name: i.value for i in c.get(Filter()).items} == {"shared-item": "3", "backend-only": "9"}
+        assert (
+            rc_of(lambda: c.set(ConfigUpdate(items=[ConfigItemUpdate(name="nope", value="1")])))
+            == ResultCode.ERROR_ITEM_UNKNOWN
+        )
+        out = {i.name: i.value for i in c.reset(Filter(names=["shared-item", "backend-only"])).items}
+        assert out["backend-only"] == "5"
+        assert (main_item.str_val, backend_item.str_val) == ("1", "2")
+        assert rc_of(lambda: c.reset(Filter(names=["nope"]))) == ResultCode.ERROR_ITEM_UNKNOWN
