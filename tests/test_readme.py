@@ -1,0 +1,31 @@
+"""The README stays true: its example runs, and its config table matches the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from grpc_helper import RpcStaticConfig
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_usage_example_runs(tmp_path: Path) -> None:
+    block = re.search(r"<!-- test: readme-example -->\n```python\n(.*?)```", README, re.DOTALL)
+    assert block, "the README example is marked with <!-- test: readme-example -->"
+    script = tmp_path / "example.py"
+    script.write_text(block.group(1))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_config_table_matches_static_items() -> None:
+    rows = re.findall(r"^\| `(rpc-[a-z-]+)` \| `([A-Z_]+)` \|.*\| `([^`]*)` \|$", README, re.MULTILINE)
+    table = {name: (attr, default) for name, attr, default in rows}
+    items = {i.name: i for i in RpcStaticConfig.config_items()}
+    assert set(table) == set(items)
+    for name, (attr, default) in table.items():
+        assert getattr(RpcStaticConfig, attr) is items[name]
+        assert items[name].hard_coded_default == default, name
