@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/dev-setup.sh
-exec .venv/bin/python -m pytest -n 2 "$@"
+# Container tests share one compose stack: keep them on one worker (xdist_group)
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
