@@ -359,3 +359,31 @@ class TestConfigMerge:
         assert out["backend-only"] == "5"
         assert (main_item.str_val, backend_item.str_val) == ("1", "2")
         assert rc_of(lambda: c.reset(Filter(names=["nope"]))) == ResultCode.ERROR_ITEM_UNKNOWN
+
+
+def test_register_and_forget_send_events(servers: Servers) -> None:
+    from grpc_helper.api import EventFilter, EventInterrupt
+
+    main = servers(0, [echo_descriptor(is_proxy=True)], with_events=True)
+    backend = servers(0, [echo_descriptor()])
+    stream = main.client.events.listen(EventFilter(names=["RPC_PROXY_REGISTER", "RPC_PROXY_FORGET"]))
+    client_id = next(stream).client_id
+
+    def next_event():
+        for status in stream:
+            if status.event.name:  # skip keep-alives
+                return status.event
+        raise AssertionError("stream ended")
+
+    try:
+        register(main, backend, version="v9")
+        event = next_event()
+        assert event.name == "RPC_PROXY_REGISTER"
+        props = {p.name: p.value for p in event.properties}
+        assert props == {"names": "echo", "version": "v9", "port": str(backend.port), "host": "127.0.0.1"}
+        main.client.srv.proxy_forget(Filter(names=["echo"]))
+        event = next_event()
+        assert event.name == "RPC_PROXY_FORGET"
+        assert {p.name: p.value for p in event.properties} == {"names": "echo"}
+    finally:
+        main.client.events.interrupt(EventInterrupt(client_id=client_id))

@@ -463,3 +463,16 @@ def test_same_grpc_service_twice_is_refused(servers: Servers) -> None:
         servers(0, [echo_descriptor(), echo_descriptor(name="echo2")])
     assert exc.value.rc == ResultCode.ERROR_MODEL_INVALID
     assert "EchoService" in str(exc.value)
+
+
+def test_failed_load_leaves_nothing_running(servers: Servers) -> None:
+    class Failing(EchoManager):
+        def _load(self) -> None:
+            raise RpcException("cannot load", ResultCode.ERROR_STATE_UNEXPECTED)
+
+    port = free_port()
+    with pytest.raises(RpcException) as exc:
+        servers(port, [echo_descriptor(Failing())])
+    assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
+    # the port is free again: a new server can take it
+    assert servers(port, []).port == port

@@ -80,6 +80,11 @@ class RpcServer:
         try:
             self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events)
         except BaseException:
+            # A failed start (bad config, busy port, a manager's _load...) leaves nothing running
+            if self._grpc is not None:
+                self._grpc.stop(None)
+            if hasattr(self, "proxies"):
+                self.proxies.shutdown()
             self._finalize()
             raise
         if with_debug_signal and threading.current_thread() is threading.main_thread():
