@@ -11,6 +11,7 @@ from grpc_helper.client import RpcClient
 from grpc_helper.config import Config, ConfigHolder, ConfigManager, RpcStaticConfig
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
+from grpc_helper.events import EventsListener
 from grpc_helper.folders import Folders
 from grpc_helper.manager import RpcManager
 from grpc_helper.metadata import RpcMetadata
@@ -27,6 +28,7 @@ __all__ = [
     "Config",
     "ConfigHolder",
     "ConfigManager",
+    "EventsListener",
     "Folders",
     "RpcCliParser",
     "RpcClient",

@@ -1,0 +1,494 @@
+"""`grpc-helper`: operator command line for any grpc-helper server.
+
+    grpc-helper [--host H] [--port P] [--timeout S] [--json] COMMAND ...
+
+Output is an aligned table (or a short confirmation) by default, JSON with `--json`. Errors go to
+stderr as `error: <RESULT_CODE>: <message>`; exit codes: 0 success, 1 RPC or result error (or a
+health status other than SERVING), 2 usage error, 130 when `events listen` is stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import grpc_helper
+from grpc_helper.api import (
+    ConfigApiVersion,
+    ConfigItem,
+    ConfigItemUpdate,
+    ConfigUpdate,
+    ConfigValidator,
+    Event,
+    EventApiVersion,
+    EventFilter,
+    EventInterrupt,
+    EventProperty,
+    Filter,
+    LoggerApiVersion,
+    LoggerConfig,
+    LoggerLevel,
+    LoggerUpdate,
+    ProxyRegisterRequest,
+    ResultCode,
+    ServerApiVersion,
+    ServiceInfo,
+    ShutdownRequest,
+)
+from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
+from grpc_helper.api.events_pb2_grpc import EventServiceStub
+from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
+from grpc_helper.client import RpcClient
+from grpc_helper.errors import RpcException, rc_name
+from grpc_helper.metadata import RpcMetadata
+
+PROG = "grpc-helper"
+CLIENT_NAME = "grpc-helper-ctl"
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 54321
+DEFAULT_TIMEOUT = 10.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # shell convention for "ended by SIGINT"
+
+_LEVELS = [name.removeprefix("LVL_") for name in LoggerLevel.keys() if name != "LVL_UNKNOWN"]
+_VALIDATORS = {
+    ConfigValidator.CONFIG_VALID_STRING: "string",
+    ConfigValidator.CONFIG_VALID_CUSTOM: "custom",
+    ConfigValidator.CONFIG_VALID_INT: "int",
+    ConfigValidator.CONFIG_VALID_POS_INT: "pos-int",
+    ConfigValidator.CONFIG_VALID_FLOAT: "float",
+    ConfigValidator.CONFIG_VALID_POS_FLOAT: "pos-float",
+}
+
+
+class CtlError(Exception):
+    """A failure to report as `error: <rc>: <message>` (exit code 1)."""
+
+    def __init__(self, message: str, rc: int = ResultCode.ERROR) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+# --- argument types ---
+
+
+def _positive_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number: {value!r}")
+    return v
+
+
+def _positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {value!r}")
+    return v
+
+
+def _port(value: str) -> int:
+    v = _positive_int(value)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}")
+    return v
+
+
+def _key_value(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return name, val
+
+
+def _logger_name(value: str) -> str:
+    # The wire name of the root logger is ""; "root" is easier to type
+    return "" if value == "root" else value
+
+
+def _logger_state(value: str) -> tuple[bool, int]:
+    """`on`, `off` or a level name -> (enabled, level); LVL_UNKNOWN leaves the level unchanged."""
+    lowered = value.lower()
+    if lowered in ("on", "off"):
+        return lowered == "on", LoggerLevel.LVL_UNKNOWN
+    if value.upper() in _LEVELS:
+        return True, LoggerLevel.Value("LVL_" + value.upper())
+    raise argparse.ArgumentTypeError(f"invalid level {value!r} (expected one of {', '.join(_LEVELS)}, on, off)")
+
+
+# --- parser ---
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Operate a grpc-helper server (info, config, logs, events, ...)")
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {grpc_helper.__version__}")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"server host (default: {DEFAULT_HOST})")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"server port (default: {DEFAULT_PORT})")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for an unreachable server, and for each call (default: {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument("--json", action="store_true", help="JSON output")
+    # --json is also accepted after the command; SUPPRESS keeps the global value when it is not given there
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    cmds = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def leaf(parent: Any, name: str, handler: Callable[[Ctl], int], help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help, parents=[json_opt])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def group(name: str, help: str) -> Any:
+        sub = cmds.add_parser(name, help=help, description=help)
+        return sub.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+    info = leaf(cmds, "info", Ctl.info, "list served services (all, or the named ones)")
+    info.add_argument("names", nargs="*", metavar="NAME")
+
+    config = group("config", "user config items (merged with those of registered proxied servers)")
+    leaf(config, "get", Ctl.config_get, "show config items (all, or the named ones)").add_argument(
+        "names", nargs="*", metavar="NAME"
+    )
+    leaf(config, "set", Ctl.config_set, "update config items (atomically; persisted)").add_argument(
+        "updates", nargs="+", type=_key_value, metavar="NAME=VALUE"
+    )
+    leaf(config, "reset", Ctl.config_reset, "reset config items to their defaults").add_argument(
+        "names", nargs="+", metavar="NAME"
+    )
+
+    log = group("log", "logger levels (the root logger is 'root')")
+    leaf(log, "get", Ctl.log_get, "show loggers").add_argument("names", nargs="+", type=_logger_name, metavar="NAME")
+    log_set = leaf(log, "set", Ctl.log_set, "set a logger level, or enable/disable it (persisted)")
+    log_set.add_argument("name", type=_logger_name, metavar="NAME")
+    log_set.add_argument("state", type=_logger_state, metavar="LEVEL|on|off")
+    leaf(log, "reset", Ctl.log_reset, "reset loggers to their defaults").add_argument(
+        "names", nargs="+", type=_logger_name, metavar="NAME"
+    )
+
+    events = group("events", "events service")
+    listen = leaf(events, "listen", Ctl.events_listen, "print events as they come (all, or the named ones)")
+    listen.add_argument("names", nargs="*", metavar="NAME")
+    listen.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
+    listen.add_argument("--client-id", type=_positive_int, metavar="ID", help="resume this event queue")
+    listen.add_argument(
+        "--timeout-s",
+        dest="duration",
+        type=_positive_float,
+        metavar="S",
+        help="stop after S seconds (an error if fewer than --count events came)",
+    )
+    send = leaf(events, "send", Ctl.events_send, "send an event")
+    send.add_argument("name", metavar="NAME")
+    send.add_argument("properties", nargs="*", type=_key_value, metavar="KEY=VALUE")
+
+    proxy = group("proxy", "proxied services registrations")
+    register = leaf(proxy, "register", Ctl.proxy_register, "forward proxied services to a server")
+    register.add_argument("names", nargs="+", metavar="NAME")
+    register.add_argument("--version", dest="proxy_version", required=True, metavar="V", help="version string")
+    register.add_argument("--port", dest="proxy_port", type=_port, required=True, metavar="P", help="serving port")
+    register.add_argument(
+        "--host", dest="proxy_host", default="", metavar="H", help="serving host (default: the rpc-main-host)"
+    )
+    leaf(proxy, "forget", Ctl.proxy_forget, "stop forwarding proxied services").add_argument(
+        "names", nargs="+", metavar="NAME"
+    )
+
+    shutdown = leaf(cmds, "shutdown", Ctl.shutdown, "shut the server down")
+    shutdown.add_argument(
+        "--timeout",
+        dest="shutdown_timeout",
+        type=int,
+        default=-1,
+        metavar="T",
+        help="seconds the process then waits before ending: >0 T, 0 rpc-shutdown-timeout, <0 none (default: -1)",
+    )
+
+    health = leaf(cmds, "health", Ctl.health, "standard gRPC health check: exit code 0 when SERVING, 1 otherwise")
+    health.add_argument(
+        "service", nargs="?", default="", metavar="SERVICE", help="gRPC service name, e.g. EchoService (default: all)"
+    )
+    return p
+
+
+# --- output ---
+
+
+def message_dict(msg: Message) -> dict[str, Any]:
+    """A response as JSON-ready dict: proto field names, every field present, without the (OK) `r` result."""
+    out = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+    out.pop("r", None)
+    return out
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces (no trailing spaces)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]
+    )
+
+
+def _proxy_cell(info: ServiceInfo) -> str:
+    if not info.is_proxy:
+        return "-"
+    return f"{info.proxy_host}:{info.proxy_port}" if info.proxy_port else "(unregistered)"
+
+
+def _config_rows(items: Sequence[ConfigItem]) -> list[list[str]]:
+    return [
+        [i.name, i.value, i.default_value, _VALIDATORS.get(i.validator, str(i.validator)), i.description] for i in items
+    ]
+
+
+def _logger_rows(items: Sequence[LoggerConfig]) -> list[list[str]]:
+    return [
+        [i.name or "root", LoggerLevel.Name(i.level).removeprefix("LVL_"), "yes" if i.enabled else "no"] for i in items
+    ]
+
+
+def format_event(event: Event) -> str:
+    """`NAME key=value ...`, values shell-quoted (so a line can be replayed with `events send`)."""
+    props = " ".join(f"{p.name}={shlex.quote(p.value)}" for p in event.properties)
+    return f"{event.name} {props}".rstrip()
+
+
+# --- commands ---
+
+
+class Ctl:
+    """One command run: parsed arguments, a client of the server, output helpers."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.timeout: float = args.timeout
+        self._client: RpcClient | None = None
+
+    @property
+    def client(self) -> RpcClient:
+        if self._client is None:
+            self._client = RpcClient(
+                self.args.host,
+                self.args.port,
+                {
+                    "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+                    "config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT),
+                    "log": (LoggerServiceStub, LoggerApiVersion.LOGGER_API_CURRENT),
+                    "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
+                },
+                timeout=self.timeout,  # retry an unreachable server that long, then fail
+                name=CLIENT_NAME,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def out(self, msg: Message, text: Callable[[], str]) -> int:
+        """Print the response as JSON, or as `text()`."""
+        print(json.dumps(message_dict(msg), indent=2) if self.args.json else text())
+        return EXIT_OK
+
+    # info
+    def info(self) -> int:
+        r = self.client.srv.info(Filter(names=self.args.names), timeout=self.timeout)
+        return self.out(
+            r,
+            lambda: table(
+                ["NAME", "VERSION", "API", "PROXY"],
+                [
+                    [i.name, i.version, f"{i.supported_api_version}-{i.current_api_version}", _proxy_cell(i)]
+                    for i in r.items
+                ],
+            ),
+        )
+
+    # config
+    def _config_out(self, r: Any) -> int:
+        return self.out(r, lambda: table(["NAME", "VALUE", "DEFAULT", "TYPE", "DESCRIPTION"], _config_rows(r.items)))
+
+    def config_get(self) -> int:
+        return self._config_out(self.client.config.get(Filter(names=self.args.names), timeout=self.timeout))
+
+    def config_set(self) -> int:
+        update = ConfigUpdate(items=[ConfigItemUpdate(name=n, value=v) for n, v in self.args.updates])
+        return self._config_out(self.client.config.set(update, timeout=self.timeout))
+
+    def config_reset(self) -> int:
+        return self._config_out(self.client.config.reset(Filter(names=self.args.names), timeout=self.timeout))
+
+    # log
+    def _log_out(self, r: Any) -> int:
+        return self.out(r, lambda: table(["NAME", "LEVEL", "ENABLED"], _logger_rows(r.items)))
+
+    def log_get(self) -> int:
+        return self._log_out(self.client.log.get(Filter(names=self.args.names), timeout=self.timeout))
+
+    def log_set(self) -> int:
+        enabled, level = self.args.state
+        update = LoggerUpdate(items=[LoggerConfig(name=self.args.name, enabled=enabled, level=level)])
+        return self._log_out(self.client.log.set(update, timeout=self.timeout))
+
+    def log_reset(self) -> int:
+        return self._log_out(self.client.log.reset(Filter(names=self.args.names), timeout=self.timeout))
+
+    # events
+    def events_send(self) -> int:
+        event = Event(name=self.args.name, properties=[EventProperty(name=k, value=v) for k, v in self.args.properties])
+        r = self.client.events.send(event, timeout=self.timeout)
+        return self.out(r, lambda: f"sent {format_event(event)}")
+
+    def events_listen(self) -> int:
+        """Print events until --count of them came, --timeout-s elapsed, or Ctrl-C; then interrupt the queue."""
+        args = self.args
+        flt = EventFilter(names=args.names, client_id=args.client_id or 0)
+        # The call deadline implements --timeout-s; the client's own timeout bounds the wait for the server
+        stream = self.client.events.listen(flt, timeout=args.duration)
+        client_id = 0
+        received = 0
+        reachable = True  # whether the server can still be told to interrupt the queue
+        try:
+            for status in stream:
+                if not client_id:
+                    client_id = status.client_id
+                    # On stderr: stdout only has events (one per line, or one JSON object per line)
+                    print(f"listening with client id {client_id}", file=sys.stderr, flush=True)
+                if not status.event.name:  # the first status, and keep-alives
+                    continue
+                if args.json:
+                    print(json.dumps(message_dict(status.event)), flush=True)
+                else:
+                    print(format_event(status.event), flush=True)
+                received += 1
+                if args.count and received >= args.count:
+                    return EXIT_OK
+            reachable = False
+            raise CtlError("the server ended the event stream", ResultCode.ERROR_STREAM_SHUTDOWN)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except RpcException as exc:
+            if args.duration is None or _grpc_code(exc) != grpc.StatusCode.DEADLINE_EXCEEDED:
+                reachable = False
+                raise
+            if args.count:
+                raise CtlError(
+                    f"{received} of {args.count} event(s) received within {args.duration:g}s",
+                    ResultCode.ERROR_REQUEST_TIMEOUT,
+                ) from None
+            return EXIT_OK
+        finally:
+            # Interrupt first, so that the server retains the queue (resumable with --client-id)
+            if client_id and reachable:
+                self._interrupt(client_id)
+            stream.cancel()
+
+    def _interrupt(self, client_id: int) -> None:
+        """Stop the server-side listening loop; the queue is then retained (see rpc-event-retain-timeout)."""
+        try:
+            self.client.events.interrupt(EventInterrupt(client_id=client_id), timeout=self.timeout)
+        except RpcException as exc:
+            # Already stopped on the server side (stream cancelled first) is fine
+            if exc.rc not in (ResultCode.ERROR_STATE_UNEXPECTED, ResultCode.ERROR_ITEM_UNKNOWN):
+                print(f"warning: could not interrupt event queue {client_id}: {exc}", file=sys.stderr)
+
+    # proxy
+    def proxy_register(self) -> int:
+        a = self.args
+        request = ProxyRegisterRequest(names=a.names, version=a.proxy_version, host=a.proxy_host, port=a.proxy_port)
+        r = self.client.srv.proxy_register(request, timeout=self.timeout)
+        where = f"{a.proxy_host or '<rpc-main-host>'}:{a.proxy_port}"
+        return self.out(r, lambda: f"registered {', '.join(a.names)} at {where} (version {a.proxy_version})")
+
+    def proxy_forget(self) -> int:
+        r = self.client.srv.proxy_forget(Filter(names=self.args.names), timeout=self.timeout)
+        return self.out(r, lambda: f"forgot {', '.join(self.args.names)}")
+
+    # shutdown
+    def shutdown(self) -> int:
+        r = self.client.srv.shutdown(ShutdownRequest(timeout=self.args.shutdown_timeout), timeout=self.timeout)
+        return self.out(r, lambda: "shutdown requested")
+
+    # health
+    def health(self) -> int:
+        """One attempt, bounded by --timeout: a health probe must answer fast, not wait for the server."""
+        metadata = RpcMetadata(client=CLIENT_NAME, user="", host="", ip="")  # no local lookups: keep it fast
+        stubs: dict[str, tuple[type, int | None]] = {"health": (health_pb2_grpc.HealthStub, None)}
+        with RpcClient(self.args.host, self.args.port, stubs, timeout=None, name=metadata) as client:
+            request = health_pb2.HealthCheckRequest(service=self.args.service)
+            try:
+                r = client.health.Check(request, timeout=self.timeout)
+            except RpcException as exc:
+                if _grpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+                    raise CtlError(
+                        f"Unknown service for health check: {self.args.service!r}", ResultCode.ERROR_ITEM_UNKNOWN
+                    ) from exc
+                raise
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+        print(json.dumps({"status": status}) if self.args.json else status)
+        return EXIT_OK if r.status == health_pb2.HealthCheckResponse.SERVING else EXIT_ERROR
+
+
+def _grpc_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status code behind an RpcException(ERROR_RPC), if any."""
+    cause = exc.__cause__
+    return cause.code() if isinstance(cause, grpc.Call) else None
+
+
+def _describe(exc: RpcException, ctl: Ctl) -> str:
+    """The error message, with the server address when it could not be reached."""
+    if exc.rc == ResultCode.ERROR_RPC:
+        where = f"{ctl.args.host}:{ctl.args.port}"
+        code = _grpc_code(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return f"can't reach {where}: {exc}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no answer from {where} within {ctl.timeout:g}s: {exc}"
+    return str(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 1 error, 2 usage error, 130 interrupted listen)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error (2), or --help / --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    ctl = Ctl(args)
+    try:
+        return int(args.handler(ctl))
+    except RpcException as exc:
+        print(f"error: {rc_name(exc.rc)}: {_describe(exc, ctl)}", file=sys.stderr)
+    except CtlError as exc:
+        print(f"error: {rc_name(exc.rc)}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        ctl.close()
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

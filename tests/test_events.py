@@ -1,0 +1,282 @@
+"""The events service and EventsListener, on real servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from grpc_helper import EventsListener, RpcClient, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper.api import (
+    Empty,
+    Event,
+    EventApiVersion,
+    EventFilter,
+    EventInterrupt,
+    EventProperty,
+    Filter,
+    ResultCode,
+)
+from grpc_helper.api.events_pb2_grpc import EventServiceStub
+
+from conftest import Servers
+
+
+def rc_of(fn: Callable[[], Any]) -> int:
+    with pytest.raises(RpcException) as exc:
+        fn()
+    return exc.value.rc
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def event(name: str, **props: str) -> Event:
+    return Event(name=name, properties=[EventProperty(name=k, value=v) for k, v in props.items()])
+
+
+class Stream:
+    """A raw listen stream: first status, then non-empty events."""
+
+    def __init__(self, client: RpcClient, names: list[str] | None = None, client_id: int = 0) -> None:
+        self.it = client.events.listen(EventFilter(names=names or [], client_id=client_id))
+        self.client_id = next(self.it).client_id
+
+    def next_event(self) -> Event:
+        for status in self.it:
+            if status.event.name:
+                return status.event
+        raise AssertionError("stream ended")
+
+
+@pytest.fixture
+def srv(servers: Servers, folders) -> RpcServer:
+    return servers(0, [], folders=folders, with_events=True)
+
+
+class TestService:
+    def test_first_status_and_delivery_in_order(self, srv: RpcServer) -> None:
+        s = Stream(srv.client)
+        assert s.client_id > 0
+        for i in range(5):
+            srv.client.events.send(event("TICK", i=str(i)))
+        got = [s.next_event() for _ in range(5)]
+        assert [e.properties[0].value for e in got] == ["0", "1", "2", "3", "4"]
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+
+    def test_filter_by_name(self, srv: RpcServer) -> None:
+        s = Stream(srv.client, ["WANTED"])
+        srv.client.events.send(event("OTHER"))
+        srv.client.events.send(event("WANTED", n="1"))
+        assert s.next_event().name == "WANTED"
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+
+    def test_errors(self, srv: RpcServer) -> None:
+        ev = srv.client.events
+        assert rc_of(lambda: next(ev.listen(EventFilter(names=[""])))) == ResultCode.ERROR_PARAM_MISSING
+        assert rc_of(lambda: next(ev.listen(EventFilter(names=["a b"])))) == ResultCode.ERROR_PARAM_INVALID
+        assert rc_of(lambda: next(ev.listen(EventFilter(client_id=424242)))) == ResultCode.ERROR_ITEM_UNKNOWN
+        assert rc_of(lambda: ev.send(Event())) == ResultCode.ERROR_PARAM_MISSING
+        assert rc_of(lambda: ev.send(Event(name="with space"))) == ResultCode.ERROR_PARAM_INVALID
+        assert rc_of(lambda: ev.interrupt(EventInterrupt(client_id=424242))) == ResultCode.ERROR_ITEM_UNKNOWN
+        s = Stream(srv.client)
+        ev.interrupt(EventInterrupt(client_id=s.client_id))
+        assert rc_of(lambda: ev.interrupt(EventInterrupt(client_id=s.client_id))) == ResultCode.ERROR_STATE_UNEXPECTED
+
+    def test_interrupt_ends_stream_and_resume_gets_missed_events(self, srv: RpcServer) -> None:
+        s = Stream(srv.client, ["E"])
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+        assert list(s.it) == []  # the stream ends
+        assert srv.client.events.inspect(Empty()).client_ids == [s.client_id]
+        for i in range(3):
+            srv.client.events.send(event("E", i=str(i)))
+        resumed = Stream(srv.client, client_id=s.client_id)
+        assert resumed.client_id == s.client_id
+        assert [resumed.next_event().properties[0].value for _ in range(3)] == ["0", "1", "2"]
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+
+    def test_resume_takes_over_live_stream(self, srv: RpcServer) -> None:
+        first = Stream(srv.client)
+        second = Stream(srv.client, client_id=first.client_id)
+        srv.client.events.send(event("X"))
+        assert second.next_event().name == "X"
+        assert list(first.it) == []  # the previous stream ended
+        srv.client.events.interrupt(EventInterrupt(client_id=first.client_id))
+
+    def test_retained_queue_expires(self, srv: RpcServer) -> None:
+        RpcStaticConfig.EVENT_RETAIN_TIMEOUT.update("1")
+        s = Stream(srv.client)
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+        assert s.client_id in srv.client.events.inspect(Empty()).client_ids
+        assert wait_until(lambda: s.client_id not in srv.client.events.inspect(Empty()).client_ids, 30)
+        assert rc_of(lambda: next(srv.client.events.listen(EventFilter(client_id=s.client_id)))) == (
+            ResultCode.ERROR_ITEM_UNKNOWN
+        )
+
+    def test_disconnect_retains_the_queue(self, srv: RpcServer) -> None:
+        s = Stream(srv.client)
+        s.it.cancel()
+        assert rc_of(lambda: next(s.it)) == ResultCode.ERROR_RPC
+        # the server saw the client go: the queue is retained (interrupting it again is unexpected)
+        assert wait_until(
+            lambda: srv.managers["events"]._queues[s.client_id].listener is None,
+        )
+        srv.client.events.send(event("WHILE_AWAY"))
+        assert Stream(srv.client, client_id=s.client_id).next_event().name == "WHILE_AWAY"
+
+    def test_keepalive(self, srv: RpcServer) -> None:
+        RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.update("1")
+        it = srv.client.events.listen(EventFilter())
+        first = next(it)
+        t0 = time.monotonic()
+        keepalive = next(it)  # nothing was sent: an empty event
+        assert keepalive.event.name == "" and keepalive.r.code == ResultCode.OK
+        assert 0.5 <= time.monotonic() - t0 < 10
+        srv.client.events.interrupt(EventInterrupt(client_id=first.client_id))
+
+    def test_shutdown_ends_streams_with_error(self, srv: RpcServer) -> None:
+        client = RpcClient(
+            "127.0.0.1", srv.port, {"events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT)}, exception=False
+        )
+        it = client.events.listen(EventFilter())
+        next(it)
+        srv.shutdown()
+        statuses = list(it)
+        assert statuses[-1].r.code == ResultCode.ERROR_STREAM_SHUTDOWN
+
+    def test_queue_overflow_drops_oldest(self, srv: RpcServer, caplog: pytest.LogCaptureFixture) -> None:
+        RpcStaticConfig.EVENT_QUEUE_MAX.update("3")
+        s = Stream(srv.client)
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+        with caplog.at_level(logging.WARNING):
+            for i in range(5):
+                srv.client.events.send(event("E", i=str(i)))
+        assert any(str(s.client_id) in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
+        resumed = Stream(srv.client, client_id=s.client_id)
+        assert [resumed.next_event().properties[0].value for _ in range(3)] == ["2", "3", "4"]
+
+    def test_inspect_lists_live_and_retained(self, srv: RpcServer) -> None:
+        live, retained = Stream(srv.client), Stream(srv.client)
+        srv.client.events.interrupt(EventInterrupt(client_id=retained.client_id))
+        assert srv.client.events.inspect(Empty()).client_ids == sorted([live.client_id, retained.client_id])
+
+
+class TestPersistence:
+    def test_queues_and_events_survive_restart(self, servers: Servers, folders) -> None:
+        srv = servers(0, [], folders=folders, with_events=True)
+        s = Stream(srv.client, ["KEEP"])
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+        srv.client.events.send(event("KEEP", n="1"))
+        srv.client.events.send(event("DROP"))
+        srv.client.events.send(event("KEEP", n="2"))
+        live = Stream(srv.client)
+        srv.client.events.send(event("LIVE"))
+        srv.shutdown()
+        data = json.loads((folders.workspace / "queues.json").read_text())
+        assert {int(k) for k in data["queues"]} == {s.client_id, live.client_id}
+
+        srv2 = servers(0, [], folders=folders, with_events=True)
+        assert srv2.client.events.inspect(Empty()).client_ids == sorted([s.client_id, live.client_id])
+        resumed = Stream(srv2.client, client_id=s.client_id)
+        assert [resumed.next_event().properties[0].value for _ in range(2)] == ["1", "2"]
+        fresh = Stream(srv2.client)
+        assert fresh.client_id not in (s.client_id, live.client_id)
+
+    def test_legacy_list_of_ids(self, servers: Servers, folders) -> None:
+        (folders.workspace / "queues.json").write_text("[7, 9]")
+        srv = servers(0, [], folders=folders, with_events=True)
+        assert srv.client.events.inspect(Empty()).client_ids == [7, 9]
+        assert Stream(srv.client).client_id == 10
+
+
+class Collector(EventsListener):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.events: list[Event] = []
+        self.changed = threading.Condition()
+        super().__init__(*args, **kwargs)
+
+    def on_event(self, event: Event) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def wait_count(self, n: int, timeout: float = 30) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.events) >= n, timeout)
+
+
+class TestListener:
+    def test_receives_and_interrupts(self, srv: RpcServer) -> None:
+        listener = Collector(srv.client, ["A"])
+        assert listener.ready.wait(30) and listener.client_id > 0
+        srv.client.events.send(event("B"))
+        srv.client.events.send(event("A"))
+        assert listener.wait_count(1)
+        assert [e.name for e in listener.events] == ["A"]
+        listener.interrupt()
+        assert not listener._thread.is_alive()
+        assert rc_of(listener.interrupt) == ResultCode.ERROR_STATE_UNEXPECTED
+
+    def test_interrupt_unknown_id(self, srv: RpcServer) -> None:
+        RpcStaticConfig.EVENT_RETAIN_TIMEOUT.update("1")
+        listener = Collector(srv.client, [])
+        assert listener.ready.wait(30)
+        srv.client.events.interrupt(EventInterrupt(client_id=listener.client_id))  # by someone else
+        listener._thread.join(30)
+        assert not listener._thread.is_alive()  # the listening loop stopped
+        assert wait_until(lambda: listener.client_id not in srv.client.events.inspect(Empty()).client_ids)
+        assert rc_of(listener.interrupt) == ResultCode.ERROR_ITEM_UNKNOWN
+
+    def test_unknown_id_asks_for_a_new_one(self, srv: RpcServer) -> None:
+        listener = Collector(srv.client, [], client_id=31337)
+        assert wait_until(lambda: listener.ready.is_set())
+        assert listener.client_id not in (0, 31337)
+        listener.interrupt()
+
+    def test_reconnects_after_server_restart(self, servers: Servers, folders) -> None:
+        srv = servers(0, [], folders=folders, with_events=True)
+        port = srv.port
+        client = RpcClient("127.0.0.1", port, {"events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT)})
+        listener = Collector(client, ["R"])
+        assert listener.ready.wait(30)
+        srv.client.events.send(event("R", n="before"))
+        assert listener.wait_count(1)
+        client_id = listener.client_id
+        srv.shutdown()
+        srv2 = servers(port, [], folders=folders, with_events=True)
+        assert wait_until(lambda: listener.ready.is_set(), 60)
+        assert listener.client_id == client_id  # resumed its persisted queue
+        srv2.client.events.send(event("R", n="after"))
+        assert listener.wait_count(2, 60)
+        assert [e.properties[0].value for e in listener.events] == ["before", "after"]
+        listener.interrupt()
+
+
+def test_200_listeners_do_not_starve_the_server(servers: Servers) -> None:
+    srv = servers(0, [], with_events=True, cli_config={"rpc-max-workers": "30"})
+    client = RpcClient("127.0.0.1", srv.port, {"events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT)})
+    listeners = [Collector(client, ["LOAD"]) for _ in range(200)]
+    try:
+        assert all(listener.ready.wait(120) for listener in listeners)
+        t0 = time.monotonic()
+        assert srv.client.srv.info(Filter(), timeout=30).items
+        assert time.monotonic() - t0 < 30
+        for i in range(20):
+            srv.client.events.send(event("LOAD", i=str(i)))
+        assert all(listener.wait_count(20, 120) for listener in listeners)
+        for listener in listeners:
+            assert [e.properties[0].value for e in listener.events] == [str(i) for i in range(20)]
+    finally:
+        for listener in listeners:
+            listener.interrupt()
