@@ -6,5 +6,10 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# Quiet unless it fails (setuptools' editable-install warnings are noise here)
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+if ! { .venv/bin/python -m pip install --quiet --upgrade pip && .venv/bin/python -m pip install --quiet -e ".[dev]"; } >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    exit 1
+fi

@@ -52,13 +52,11 @@ up_docker() {
 }
 
 up_local() {
-    mkdir -p "$STATE"
-    .venv/bin/python deploy/supervisor/render.py \
+    # Same programs and config folders as the containers, as local processes under supervisord
+    PATH="$ROOT/.venv/bin:$PATH" .venv/bin/python deploy/supervise.py --local --state "$STATE" \
         --program main:"$MAIN_PORT" --program echo:$((MAIN_PORT + 1)) --program notes:$((MAIN_PORT + 2)) \
         --system "$ROOT/deploy/system" --user "$ROOT/deploy/user" --workspace-root "$STATE/workspaces" \
-        --extra-args "-c rpc-main-port=$MAIN_PORT -c rpc-main-host=127.0.0.1" \
-        --socket "$STATE/supervisor.sock" --out "$STATE/supervisord.conf" --logdir "$STATE"
-    PATH="$ROOT/.venv/bin:$PATH" .venv/bin/supervisord -c "$STATE/supervisord.conf"
+        --extra-args "-c rpc-main-port=$MAIN_PORT -c rpc-main-host=127.0.0.1"
 }
 
 case "${1:-}" in
@@ -79,7 +77,11 @@ case "${1:-}" in
         if [ "$(mode)" = docker ]; then
             compose down
         elif [ -S "$STATE/supervisor.sock" ]; then
+            # supervisord stops every program with SIGTERM (graceful shutdown), then exits
             .venv/bin/supervisorctl -c "$STATE/supervisord.conf" shutdown
+            while [ -S "$STATE/supervisor.sock" ] && kill -0 "$(cat "$STATE/supervisord.pid" 2>/dev/null)" 2>/dev/null; do
+                sleep 0.2
+            done
         fi
         rm -f "$STATE/mode"
         ;;
