@@ -8,17 +8,21 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import grpc.experimental
 from google.protobuf import descriptor_pool
 
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import RpcException, rpc_error_to_exception
 from grpc_helper.metadata import KEY_API_VERSION, RpcMetadata
 
-# Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
 CHANNEL_OPTIONS = [
+    # Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Read server streams on the consuming thread instead of handing every message over from
+    # gRPC's channel thread (measured: much faster proxied streams and event fan-out)
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
 _FIRST_RETRY_DELAY = 0.05
 _MAX_RETRY_DELAY = 1.0
