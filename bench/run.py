@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import ServerProcess  # noqa: E402
-from workloads import Result, echo, fanout  # noqa: E402
+from servers import ServerProcess
+from workloads import Result, echo, fanout
 
 THREADS = 8
 LISTENERS = 100
@@ -53,7 +53,8 @@ def main() -> int:
     def measure(name: str, fn: Callable[[], Result]) -> None:
         result = fn()
         runs.setdefault(name, []).append(result)
-        print(f"  {name:16s} {result.ops_per_s:10.0f}/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms", flush=True)
+        r = result
+        print(f"  {name:16s} {r.ops_per_s:10.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms", flush=True)
 
     try:
         for round_ in range(1, args.rounds + 1):
@@ -61,10 +62,11 @@ def main() -> int:
             for workload in ("unary", "stream"):
                 if workload not in only:
                     continue
-                d = args.duration
-                measure(f"raw {workload}", lambda w=workload: echo("raw", raw.port, w, THREADS, d))
-                measure(f"helper {workload}", lambda w=workload: echo("helper", helper.port, w, THREADS, d))
-                measure(f"proxied {workload}", lambda w=workload: echo("helper", proxy.port, w, THREADS, d))
+                for name, kind, port in (("raw", "raw", raw.port), ("helper", "helper", helper.port),
+                                         ("proxied", "helper", proxy.port)):  # fmt: skip
+                    measure(
+                        f"{name} {workload}", lambda k=kind, p=port, w=workload: echo(k, p, w, THREADS, args.duration)
+                    )
             if events is not None:
                 measure("fanout", lambda: fanout(events.port, LISTENERS, args.duration))
     finally:
@@ -81,8 +83,8 @@ def main() -> int:
         r, b = results[name], results[base]
         ratio, p99_ratio = r.ops_per_s / b.ops_per_s, r.p99_ms / b.p99_ms
         ok = ratio >= target and (p99_target is None or p99_ratio <= p99_target)
-        p99_goal = f", p99 ≤ {p99_target}×" if p99_target else ""
-        rows.append((name, unit, r, ratio, p99_ratio, f"≥ {target}×{p99_goal}", "PASS" if ok else "FAIL"))
+        p99_goal = f", p99 <= {p99_target}x" if p99_target else ""
+        rows.append((name, unit, r, ratio, p99_ratio, f">= {target}x{p99_goal}", "PASS" if ok else "FAIL"))
 
     for workload, unit in (("unary", "calls/s"), ("stream", "msgs/s")):
         if f"raw {workload}" in results:
@@ -94,10 +96,14 @@ def main() -> int:
         f, b = results["fanout"], results["raw stream"]
         ratio = f.ops_per_s / b.ops_per_s
         ok = ratio >= 0.8 and f.p99_ms < 100
-        rows.append(("fanout (100 listeners)", "deliveries/s", f, ratio, float("nan"), "≥ 0.8× raw stream, p99 < 100 ms", "PASS" if ok else "FAIL"))
+        goal = ">= 0.8x raw stream, p99 < 100 ms"
+        rows.append(("fanout (100 listeners)", "deliveries/s", f, ratio, float("nan"), goal, "PASS" if ok else "FAIL"))
 
     print(f"\nmedian of {args.rounds} rounds, {args.duration:g} s each, {THREADS} client threads, 64-byte payloads")
-    header = f"{'scenario':24s} {'rate':>12s} {'unit':12s} {'p50 ms':>8s} {'p99 ms':>8s} {'ratio':>6s} {'p99 ratio':>9s}  target"
+    header = (
+        f"{'scenario':24s} {'rate':>12s} {'unit':12s} {'p50 ms':>8s} {'p99 ms':>8s} {'ratio':>6s} {'p99 ratio':>9s}"
+        "  target"
+    )
     print(header)
     print("-" * len(header))
     for name, unit, r, ratio, p99_ratio, target, verdict in rows:

@@ -16,7 +16,11 @@ import grpc_helper_samples
 from grpc_helper import RpcManager, RpcServer, RpcServiceDescriptor
 from grpc_helper.api import ProxyRegisterRequest
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
-from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub, add_EchoServiceServicer_to_server
+from grpc_helper_samples.api.echo_pb2_grpc import (
+    EchoServiceServicer,
+    EchoServiceStub,
+    add_EchoServiceServicer_to_server,
+)
 
 
 class RawEcho(EchoServiceServicer):
@@ -47,9 +51,8 @@ class HelperEcho(EchoServiceServicer, RpcManager):
 
 def echo_descriptor(is_proxy: bool = False) -> RpcServiceDescriptor:
     manager = EchoServiceServicer() if is_proxy else HelperEcho()
-    return RpcServiceDescriptor(
-        grpc_helper_samples, "echo", EchoApiVersion, manager, add_EchoServiceServicer_to_server, EchoServiceStub, is_proxy
-    )
+    register, stub = add_EchoServiceServicer_to_server, EchoServiceStub
+    return RpcServiceDescriptor(grpc_helper_samples, "echo", EchoApiVersion, manager, register, stub, is_proxy)
 
 
 def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 
 from grpc_helper import RpcClient
-from grpc_helper.api import EventFilter, EventInterrupt, EventProperty
 from grpc_helper.api import Event as EventMsg
+from grpc_helper.api import EventFilter, EventInterrupt, EventProperty
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
@@ -121,13 +121,17 @@ def _run_fanout(port: int, listeners: int, duration: float, window: int, out: An
     sender = client()
     t0 = time.perf_counter()
     sent = 0
+
+    def delivered_up_to(n: int) -> bool:
+        return delivered[0] >= n * listeners
+
     while time.perf_counter() - t0 < duration:
         with progress:  # keep at most `window` events not yet delivered to everyone
-            progress.wait_for(lambda: delivered[0] >= (sent - window) * listeners, 30)
+            progress.wait_for(lambda n=sent - window: delivered_up_to(n), 30)
         sender.events.send(EventMsg(name="BENCH", properties=[EventProperty(name="t", value=str(time.time_ns()))]))
         sent += 1
     with progress:
-        progress.wait_for(lambda: delivered[0] >= sent * listeners, 60)
+        progress.wait_for(lambda n=sent: delivered_up_to(n), 60)
     elapsed = time.perf_counter() - t0
     for client_id in ids:
         sender.events.interrupt(EventInterrupt(client_id=client_id))
