@@ -17,22 +17,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
-KNOWN = ("main", "echo", "notes")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
 DEFAULT_PORTS = {"main": 54321, "echo": 54322, "notes": 54323}
 
 
 def program_section(
     name: str, port: int, system: str, user: str, workspace_root: str, extra: str, logdir: str | None
 ) -> str:
-    if name not in KNOWN:
-        raise SystemExit(f"supervise: unknown program {name!r} (known: {', '.join(KNOWN)})")
+    # A program is any installed `grpc-helper-<name>` console script (the samples, or your own)
+    executable = shutil.which(f"grpc-helper-{name}") if NAME_RE.fullmatch(name) else None
+    if executable is None:
+        raise SystemExit(f"supervise: no program {name!r}: grpc-helper-{name} is not installed")
     command = [
-        f"grpc-helper-{name}",
+        executable,
         "--system", system,
         "--user", user,
         "-w", f"{workspace_root}/{name}",

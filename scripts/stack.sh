@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-STATE=$ROOT/.stack                       # local mode: workspaces, logs, supervisord files
+STATE=${GRPC_HELPER_STACK_STATE:-$ROOT/.stack}   # local mode: workspaces, logs, supervisord files
 MAIN_PORT=${GRPC_HELPER_MAIN_PORT:-54321}
 PROJECT=${COMPOSE_PROJECT_NAME:-grpc-helper}
 

@@ -1,0 +1,72 @@
+"""The reference topology as local processes under supervisord (no Docker): up, used, down."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+from pathlib import Path
+
+from grpc_helper import RpcClient
+from grpc_helper.api import Filter, ServerApiVersion
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, NotesApiVersion
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port_range(count: int) -> int:
+    """A base port with `count` consecutive free ports (bounded attempts)."""
+    for _ in range(50):
+        base = random.randint(20000, 60000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+def stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = ["bash", str(ROOT / "scripts" / "stack.sh"), command, *(["--local"] if command == "up" else [])]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_local_stack_up_and_down(tmp_path: Path) -> None:
+    port = free_port_range(3)
+    state = tmp_path / "stack"
+    env = {**os.environ, "GRPC_HELPER_MAIN_PORT": str(port), "GRPC_HELPER_STACK_STATE": str(state)}
+    up = stack("up", env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "stack: up (local)" in up.stdout
+        supervisord_pid = int((state / "supervisord.pid").read_text())
+        client = RpcClient(
+            "127.0.0.1",
+            port,
+            {
+                "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+                "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+                "notes": (NotesServiceStub, NotesApiVersion.NOTES_API_CURRENT),
+            },
+            timeout=30,
+        )
+        info = {i.name: i for i in client.srv.info(Filter(names=["echo", "notes"])).items}
+        assert (info["echo"].proxy_port, info["notes"].proxy_port) == (port + 1, port + 2)
+        assert client.echo.echo(EchoRequest(text="local")).text == "local"
+        client.notes.put(Note(key="k", text="v"))
+        assert client.notes.get(NoteKey(key="k")).note.text == "v"
+        assert (state / "workspaces" / "notes" / "notes.json").is_file()
+        assert (state / "logs" / "main.log").is_file()
+        client.close()
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not Path(f"/proc/{supervisord_pid}").exists(), "supervisord stopped"
+    logs = (state / "logs" / "main.log").read_text()
+    assert "shut down" in logs  # graceful SIGTERM shutdown, not a kill
