@@ -78,8 +78,10 @@ case "${1:-}" in
             compose down
         elif [ -S "$STATE/supervisor.sock" ]; then
             # supervisord stops every program with SIGTERM (graceful shutdown), then exits
+            pid=$(cat "$STATE/supervisord.pid")
             .venv/bin/supervisorctl -c "$STATE/supervisord.conf" shutdown
-            while [ -S "$STATE/supervisor.sock" ] && kill -0 "$(cat "$STATE/supervisord.pid" 2>/dev/null)" 2>/dev/null; do
+            for _ in $(seq 300); do   # up to 60 s
+                kill -0 "$pid" 2>/dev/null || break
                 sleep 0.2
             done
         fi
