@@ -1,0 +1,373 @@
+"""The `grpc-helper` operator CLI, each subcommand against a real in-process server."""
+
+from __future__ import annotations
+
+import io
+import json
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from importlib.util import find_spec
+from typing import Any
+
+import pytest
+
+import grpc_helper
+from grpc_helper import Config, RpcClient, RpcException, RpcServer, ctl
+from grpc_helper.api import ConfigValidator, Event, EventFilter, EventInterrupt, EventProperty, ResultCode
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+
+from conftest import Servers, echo_descriptor
+
+HAS_EVENTS = find_spec("grpc_helper.events.service") is not None
+needs_events = pytest.mark.skipif(not HAS_EVENTS, reason="grpc_helper.events.service is not available")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Run:
+    """Runs `ctl.main` against one server and captures its output."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], port: int) -> None:
+        self.capsys, self.port = capsys, port
+
+    def __call__(self, *args: str, port: int | None = None) -> tuple[int, str, str]:
+        self.capsys.readouterr()  # drop anything printed before
+        rc = ctl.main(["--port", str(port or self.port), "--timeout", "10", *args])
+        out, err = self.capsys.readouterr()
+        return rc, out, err
+
+    def ok(self, *args: str) -> str:
+        rc, out, err = self(*args)
+        assert (rc, err) == (0, ""), err
+        return out
+
+    def listen(self, *args: str) -> str:
+        """`events listen ...`: stdout only has the events; stderr says which queue is used."""
+        rc, out, err = self("events", "listen", *args)
+        assert rc == 0 and err.startswith("listening with client id "), err
+        return out
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok("--json", *args))
+
+    def error(self, *args: str, rc: int = 1) -> str:
+        code, out, err = self(*args)
+        assert code == rc, (out, err)
+        return err
+
+
+def make_items() -> list[Config]:
+    # Fresh items per server: Config values are process-wide
+    return [
+        Config("ctl-count", "A counter", "5", validator=ConfigValidator.CONFIG_VALID_POS_INT),
+        Config("ctl-name", "A name", "x"),
+    ]
+
+
+@pytest.fixture
+def server(servers: Servers, folders: Any) -> RpcServer:
+    """A server proxying `echo` (unregistered), with two user items and events when available."""
+    return servers(
+        0, [echo_descriptor(is_proxy=True)], folders=folders, user_items=make_items(), with_events=HAS_EVENTS
+    )
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], server: RpcServer) -> Run:
+    return Run(capsys, server.port)
+
+
+def lines(out: str) -> list[list[str]]:
+    return [line.split() for line in out.strip().splitlines()]
+
+
+class TestInfo:
+    def test_table(self, run: Run) -> None:
+        rows = lines(run.ok("info"))
+        assert rows[0] == ["NAME", "VERSION", "API", "PROXY"]
+        by_name = {r[0]: r for r in rows[1:]}
+        assert by_name["srv"][1:] == [f"grpc-helper:{grpc_helper.__version__}", "1-1", "-"]
+        assert by_name["config"][2] == "1-2"
+        assert by_name["echo"] == ["echo", "1-2", "(unregistered)"]  # no version before registration
+        assert ("events" in by_name) == HAS_EVENTS
+
+    def test_columns_are_aligned(self, run: Run) -> None:
+        out = run.ok("info").splitlines()
+        start = out[0].index("API")
+        assert all(line[start - 2 : start] == "  " for line in out)
+        assert all(line == line.rstrip() for line in out)
+
+    def test_json(self, run: Run) -> None:
+        data = run.json("info", "echo", "srv")
+        assert [i["name"] for i in data["items"]] == ["echo", "srv"]
+        echo = data["items"][0]
+        # every field is there (even defaults), with proto names
+        assert echo["is_proxy"] is True and echo["proxy_port"] == 0 and echo["current_api_version"] == 2
+        assert "r" not in data
+
+    def test_json_after_the_command(self, run: Run) -> None:
+        assert [i["name"] for i in json.loads(run.ok("info", "srv", "--json"))["items"]] == ["srv"]
+
+    def test_unknown_service(self, run: Run) -> None:
+        err = run.error("info", "nope")
+        assert err.startswith("error: ERROR_ITEM_UNKNOWN: ") and "nope" in err
+
+
+class TestConfig:
+    def test_get(self, run: Run) -> None:
+        rows = lines(run.ok("config", "get"))
+        assert rows[0] == ["NAME", "VALUE", "DEFAULT", "TYPE", "DESCRIPTION"]
+        assert rows[1:] == [
+            ["ctl-count", "5", "5", "pos-int", "A", "counter"],
+            ["ctl-name", "x", "x", "string", "A", "name"],
+        ]
+        items = run.json("config", "get", "ctl-name")["items"]
+        assert items == [
+            {
+                "name": "ctl-name",
+                "description": "A name",
+                "value": "x",
+                "default_value": "x",
+                "can_be_empty": False,
+                "validator": "CONFIG_VALID_STRING",
+            }
+        ]
+
+    def test_set_and_reset(self, run: Run, server: RpcServer) -> None:
+        rows = lines(run.ok("config", "set", "ctl-count=7", "ctl-name=a=b"))
+        assert rows[1][:3] == ["ctl-count", "7", "5"] and rows[2][:3] == ["ctl-name", "a=b", "x"]
+        assert server.config.user_items["ctl-count"].int_val == 7
+        items = run.json("config", "reset", "ctl-count")["items"]
+        assert [(i["name"], i["value"]) for i in items] == [("ctl-count", "5")]
+        assert server.config.user_items["ctl-count"].int_val == 5
+
+    def test_errors(self, run: Run, server: RpcServer) -> None:
+        assert run.error("config", "set", "ctl-count=0").startswith("error: ERROR_PARAM_INVALID: ")
+        assert run.error("config", "set", "ctl-count=8", "ctl-count=x").startswith("error: ERROR_PARAM_INVALID: ")
+        assert server.config.user_items["ctl-count"].int_val == 5  # atomic: nothing applied
+        assert run.error("config", "set", "nope=1").startswith("error: ERROR_ITEM_UNKNOWN: ")
+        assert run.error("config", "get", "nope").startswith("error: ERROR_ITEM_UNKNOWN: ")
+        assert run.error("config", "reset", "nope").startswith("error: ERROR_ITEM_UNKNOWN: ")
+        assert "expected NAME=VALUE" in run.error("config", "set", "ctl-count", rc=2)
+        run.error("config", "reset", rc=2)  # names required
+
+
+class TestLog:
+    def test_get_set_reset(self, run: Run) -> None:
+        root = lines(run.ok("log", "get", "root"))[1]
+        assert root[0] == "root" and root[2] == "yes"
+        assert lines(run.ok("log", "get", "ctl.test")) == [
+            ["NAME", "LEVEL", "ENABLED"],
+            ["ctl.test", root[1], "yes"],  # effective level, inherited from root
+        ]
+        assert lines(run.ok("log", "set", "ctl.test", "debug"))[1] == ["ctl.test", "DEBUG", "yes"]
+        assert lines(run.ok("log", "set", "ctl.test", "off"))[1] == ["ctl.test", "DEBUG", "no"]
+        assert lines(run.ok("log", "set", "ctl.test", "ON"))[1] == ["ctl.test", "DEBUG", "yes"]
+        assert lines(run.ok("log", "reset", "ctl.test"))[1] == ["ctl.test", root[1], "yes"]
+
+    def test_json_and_root(self, run: Run) -> None:
+        items = run.json("log", "set", "root", "ERROR")["items"]
+        assert items == [{"name": "", "enabled": True, "level": "LVL_ERROR"}]
+        assert run.json("log", "get", "")["items"][0]["level"] == "LVL_ERROR"
+
+    def test_errors(self, run: Run) -> None:
+        assert "invalid level 'loud'" in run.error("log", "set", "x", "loud", rc=2)
+        run.error("log", "get", rc=2)
+        run.error("log", "set", "x", rc=2)
+
+
+class TestProxy:
+    def test_register_and_forget(self, run: Run, server: RpcServer, servers: Servers) -> None:
+        backend = servers(0, [echo_descriptor()])
+        out = run.ok(
+            "proxy", "register", "echo", "--version", "b-2", "--port", str(backend.port), "--host", "127.0.0.1"
+        )
+        assert out.strip() == f"registered echo at 127.0.0.1:{backend.port} (version b-2)"
+        row = {r[0]: r for r in lines(run.ok("info"))}["echo"]
+        assert row == ["echo", "b-2", "1-2", f"127.0.0.1:{backend.port}"]
+        with RpcClient("127.0.0.1", server.port, {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}) as c:
+            assert c.echo.echo(EchoRequest(text="via ctl"), timeout=10).text == "via ctl"
+        assert run.ok("proxy", "forget", "echo").strip() == "forgot echo"
+        assert {r[0]: r for r in lines(run.ok("info"))}["echo"][-1] == "(unregistered)"
+        assert run.json("proxy", "forget", "echo") == {}
+
+    def test_errors(self, run: Run) -> None:
+        reg = ["proxy", "register", "--version", "v", "--port", "1234"]
+        assert run.error(*reg, "srv").startswith("error: ERROR_PARAM_INVALID: ")
+        assert run.error(*reg, "nope").startswith("error: ERROR_ITEM_UNKNOWN: ")
+        assert run.error("proxy", "forget", "nope").startswith("error: ERROR_ITEM_UNKNOWN: ")
+        run.error("proxy", "register", "echo", "--port", "1234", rc=2)  # --version required
+        run.error("proxy", "register", "echo", "--version", "v", rc=2)  # --port required
+        run.error("proxy", "register", "echo", "--version", "v", "--port", "70000", rc=2)
+
+
+class TestHealth:
+    def test_serving(self, run: Run) -> None:
+        assert run.ok("health") == "SERVING\n"
+        assert run.ok("health", "RpcServerService") == "SERVING\n"
+        assert run.json("health") == {"status": "SERVING"}
+
+    def test_not_serving(self, run: Run) -> None:
+        code, out, err = run("health", "EchoService")  # proxied, not registered
+        assert (code, out, err) == (1, "NOT_SERVING\n", "")
+
+    def test_unknown_service(self, run: Run) -> None:
+        assert run.error("health", "NoSuchService").startswith("error: ERROR_ITEM_UNKNOWN: ")
+
+
+class TestShutdown:
+    def test_shutdown(self, run: Run, server: RpcServer) -> None:
+        assert run.ok("shutdown").strip() == "shutdown requested"
+        assert server.wait_shutdown(30)
+
+
+class TestFailures:
+    def test_dead_server(self, capsys: pytest.CaptureFixture[str]) -> None:
+        port = free_port()
+        for cmd in (["info"], ["config", "get"], ["health"], ["events", "listen"]):
+            t0 = time.monotonic()
+            rc = ctl.main(["--port", str(port), "--timeout", "1", *cmd])
+            elapsed = time.monotonic() - t0
+            err = capsys.readouterr().err
+            assert rc == 1, cmd
+            assert err.startswith(f"error: ERROR_RPC: can't reach localhost:{port}: "), err
+            assert elapsed < 8, (cmd, elapsed)  # --timeout bounds the wait
+
+    def test_usage_errors(self, capsys: pytest.CaptureFixture[str]) -> None:
+        for argv in ([], ["config"], ["nope"], ["--timeout", "0", "info"], ["--port", "x", "info"], ["events"]):
+            assert ctl.main(argv) == 2, argv
+        assert "usage: grpc-helper" in capsys.readouterr().err
+        assert ctl.main(["--help"]) == 0
+        assert "COMMAND" in capsys.readouterr().out
+        assert ctl.main(["-V"]) == 0
+
+    def test_module_entry_point(self, server: RpcServer) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "grpc_helper.ctl", "--port", str(server.port), "health"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, "SERVING\n", "")
+
+
+# --- events ---
+
+
+def queue_with_events(server: RpcServer, name: str, events: list[Event]) -> int:
+    """A retained (interrupted) queue holding `events`: what `listen --client-id` resumes, deterministically."""
+    stream = server.client.events.listen(EventFilter(names=[name]))
+    client_id = next(stream).client_id
+    server.client.events.interrupt(EventInterrupt(client_id=client_id))
+    stream.cancel()
+    for event in events:
+        server.client.events.send(event)
+    return client_id
+
+
+def props(**kwargs: str) -> list[EventProperty]:
+    return [EventProperty(name=k, value=v) for k, v in kwargs.items()]
+
+
+@needs_events
+class TestEvents:
+    def test_send(self, run: Run, server: RpcServer) -> None:
+        client_id = queue_with_events(server, "CTL_SEND", [])
+        assert run.ok("events", "send", "CTL_SEND", "a=1", "b=x y").strip() == "sent CTL_SEND a=1 b='x y'"
+        assert run.json("events", "send", "CTL_SEND") == {}
+        out = run.listen("CTL_SEND", "--client-id", str(client_id), "--count", "2")
+        assert out.splitlines() == ["CTL_SEND a=1 b='x y'", "CTL_SEND"]
+
+    def test_send_errors(self, run: Run) -> None:
+        assert run.error("events", "send", "bad name").startswith("error: ERROR_PARAM_INVALID: ")
+        assert "expected NAME=VALUE" in run.error("events", "send", "X", "novalue", rc=2)
+
+    def test_listen_resume_and_interrupt(self, run: Run, server: RpcServer) -> None:
+        events = [Event(name="CTL_A", properties=props(k="1")), Event(name="CTL_B"), Event(name="CTL_A")]
+        client_id = queue_with_events(server, "CTL_A", events)
+        code, out, err = run("events", "listen", "CTL_A", "--client-id", str(client_id), "--count", "2")
+        assert code == 0 and out.splitlines() == ["CTL_A k=1", "CTL_A"]  # CTL_B filtered out
+        assert err == f"listening with client id {client_id}\n"
+        # The CLI interrupted its queue on exit: a second interrupt finds it already interrupted
+        with pytest.raises(RpcException) as exc:
+            server.client.events.interrupt(EventInterrupt(client_id=client_id))
+        assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
+
+    def test_listen_json(self, run: Run, server: RpcServer) -> None:
+        client_id = queue_with_events(server, "CTL_J", [Event(name="CTL_J", properties=props(k="v"))])
+        out = run.listen("--json", "--client-id", str(client_id), "--count", "1")
+        assert [json.loads(line) for line in out.splitlines()] == [
+            {"name": "CTL_J", "properties": [{"name": "k", "value": "v"}]}
+        ]
+
+    def test_listen_duration(self, run: Run) -> None:
+        code, out, _ = run("events", "listen", "CTL_NEVER", "--timeout-s", "0.3")
+        assert (code, out) == (0, "")  # no --count: the duration is just where it stops
+        err = run.error("events", "listen", "CTL_NEVER", "--timeout-s", "0.3", "--count", "1")
+        assert err.splitlines()[-1] == "error: ERROR_REQUEST_TIMEOUT: 0 of 1 event(s) received within 0.3s"
+
+    def test_listen_unknown_client_id(self, run: Run) -> None:
+        assert run.error("events", "listen", "--client-id", "999999").startswith("error: ERROR_ITEM_UNKNOWN: ")
+
+    def test_listen_live(self, run: Run, server: RpcServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        class Stderr(io.StringIO):
+            """Tells when the CLI is listening (it says so on stderr once its queue exists)."""
+
+            listening = threading.Event()
+
+            def write(self, s: str) -> int:
+                if s.startswith("listening"):
+                    self.listening.set()
+                return super().write(s)
+
+        stderr = Stderr()
+        monkeypatch.setattr(sys, "stderr", stderr)
+        result: dict[str, int] = {}
+        thread = threading.Thread(
+            target=lambda: result.setdefault("rc", run("events", "listen", "CTL_LIVE", "--count", "1")[0]), daemon=True
+        )
+        thread.start()
+        assert stderr.listening.wait(30)
+        server.client.events.send(Event(name="CTL_LIVE", properties=props(n="1")))
+        thread.join(30)
+        assert result == {"rc": 0}
+
+    def test_ctrl_c_interrupts_queue(self, server: RpcServer) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "grpc_helper.ctl", "--port", str(server.port), "events", "listen"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stderr is not None
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stderr, selectors.EVENT_READ)
+                assert sel.select(60), "the CLI did not start listening"
+            line = proc.stderr.readline()
+            assert line.startswith("listening with client id "), line
+            client_id = int(line.split()[-1])
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
+            with pytest.raises(RpcException) as exc:
+                server.client.events.interrupt(EventInterrupt(client_id=client_id))
+            assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_format_event_quotes_values() -> None:
+    event = Event(name="E", properties=props(a="", b="it's", c="plain"))
+    assert ctl.format_event(event) == "E a='' b='it'\"'\"'s' c=plain"
