@@ -1,0 +1,79 @@
+"""Standard health checking and server reflection on every RpcServer."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from grpc_helper_samples.api import EchoRequest, EchoResponse
+
+from conftest import EchoManager, Servers, echo_descriptor
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_reflection_lists_every_service(servers: Servers) -> None:
+    srv = servers(0, [echo_descriptor()], with_events=True)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in next(responses).list_services_response.service}
+    assert {
+        "RpcServerService", "ConfigService", "LoggerService", "EventService", "EchoService",
+        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+    } <= names  # fmt: skip
+
+
+def test_reflection_describes_a_service(servers: Servers) -> None:
+    srv = servers(0, [echo_descriptor()])
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="EchoService")
+        response = next(stub.ServerReflectionInfo(iter([request])))
+    assert response.file_descriptor_response.file_descriptor_proto
+
+
+def test_overall_and_per_service_status(servers: Servers) -> None:
+    srv = servers(0, [echo_descriptor()])
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for service in ("", "RpcServerService", "ConfigService", "LoggerService", "EchoService"):
+            assert check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == SERVING
+        try:
+            check(health_pb2.HealthCheckRequest(service="Nope"), timeout=5)
+            raise AssertionError("unknown service must fail")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_not_serving_when_shutdown_begins(servers: Servers) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(EchoManager):
+        def echo(self, request: EchoRequest) -> EchoResponse:
+            started.set()
+            release.wait(30)
+            return EchoResponse()
+
+    srv = servers(0, [echo_descriptor(Slow())])
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert next(watch).status == SERVING
+    caller = threading.Thread(target=lambda: srv.client.echo.echo(EchoRequest()))
+    caller.start()
+    assert started.wait(10)
+    stopper = threading.Thread(target=srv.shutdown)
+    stopper.start()  # waits for the pending call: meanwhile the health status already changed
+    try:
+        assert next(watch).status == NOT_SERVING
+        assert stopper.is_alive()
+    finally:
+        watch.cancel()  # a watching client would otherwise hold the shutdown for the whole grace period
+        release.set()
+        stopper.join(30)
+        caller.join(30)
+        channel.close()
