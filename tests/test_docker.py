@@ -195,6 +195,7 @@ def test_sample_event_reaches_listener_on_main(stack: Stack) -> None:
 def test_config_set_reaches_samples_and_survives_down_up(stack: Stack) -> None:
     update = ConfigUpdate(items=[ConfigItemUpdate(name="notes-max-length", value="5")])
     with stack.main_client() as c:
+        c.notes.put(Note(key="durable", text="kept"))
         c.config.set(update)
         with pytest.raises(RpcException) as exc:
             c.notes.put(Note(key="long", text="way too long"))  # enforced by the notes container
@@ -204,7 +205,7 @@ def test_config_set_reaches_samples_and_survives_down_up(stack: Stack) -> None:
     stack.wait_registered()
     with stack.main_client() as c:
         assert c.config.get(Filter(names=["notes-max-length"])).items[0].value == "5"
-        assert c.notes.get(NoteKey(key="k1")).note.text == "first"  # data persisted in the workspace volume
+        assert c.notes.get(NoteKey(key="durable")).note.text == "kept"  # data persisted in the workspace volume
         c.config.reset(Filter(names=["notes-max-length"]))
 
 
