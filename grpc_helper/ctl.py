@@ -368,7 +368,7 @@ class Ctl:
         stream = self.client.events.listen(flt, timeout=args.duration)
         client_id = 0
         received = 0
-        reachable = True  # whether the server can still be told to interrupt the queue
+        interrupt = True  # whether the queue is still ours to interrupt on the way out
         try:
             for status in stream:
                 if not client_id:
@@ -384,25 +384,28 @@ class Ctl:
                 received += 1
                 if args.count and received >= args.count:
                     return EXIT_OK
-            reachable = False
-            raise CtlError("the server ended the event stream", ResultCode.ERROR_STREAM_SHUTDOWN)
+            # A normal end: someone interrupted the queue, or resumed it from another stream
+            interrupt = False
+            print(f"event queue {client_id} interrupted or resumed elsewhere", file=sys.stderr)
+            return self._listen_end(received, "", ResultCode.ERROR_STATE_UNEXPECTED)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         except RpcException as exc:
             if args.duration is None or _grpc_code(exc) != grpc.StatusCode.DEADLINE_EXCEEDED:
-                reachable = False
+                interrupt = False  # server gone, or shutting down (ERROR_STREAM_SHUTDOWN)
                 raise
-            if args.count:
-                raise CtlError(
-                    f"{received} of {args.count} event(s) received within {args.duration:g}s",
-                    ResultCode.ERROR_REQUEST_TIMEOUT,
-                ) from None
-            return EXIT_OK
+            return self._listen_end(received, f" within {args.duration:g}s", ResultCode.ERROR_REQUEST_TIMEOUT)
         finally:
             # Interrupt first, so that the server retains the queue (resumable with --client-id)
-            if client_id and reachable:
+            if client_id and interrupt:
                 self._interrupt(client_id)
             stream.cancel()
+
+    def _listen_end(self, received: int, within: str, rc: int) -> int:
+        """Listening stopped before --count events: an error if a count was asked for."""
+        if self.args.count:
+            raise CtlError(f"{received} of {self.args.count} event(s) received{within}", rc)
+        return EXIT_OK
 
     def _interrupt(self, client_id: int) -> None:
         """Stop the server-side listening loop; the queue is then retained (see rpc-event-retain-timeout)."""

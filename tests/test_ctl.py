@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from importlib.util import find_spec
 from typing import Any
 
 import pytest
@@ -23,9 +22,6 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 from conftest import Servers, echo_descriptor
-
-HAS_EVENTS = find_spec("grpc_helper.events.service") is not None
-needs_events = pytest.mark.skipif(not HAS_EVENTS, reason="grpc_helper.events.service is not available")
 
 
 def free_port() -> int:
@@ -76,10 +72,8 @@ def make_items() -> list[Config]:
 
 @pytest.fixture
 def server(servers: Servers, folders: Any) -> RpcServer:
-    """A server proxying `echo` (unregistered), with two user items and events when available."""
-    return servers(
-        0, [echo_descriptor(is_proxy=True)], folders=folders, user_items=make_items(), with_events=HAS_EVENTS
-    )
+    """A server proxying `echo` (unregistered), with two user items and events."""
+    return servers(0, [echo_descriptor(is_proxy=True)], folders=folders, user_items=make_items(), with_events=True)
 
 
 @pytest.fixture
@@ -99,7 +93,7 @@ class TestInfo:
         assert by_name["srv"][1:] == [f"grpc-helper:{grpc_helper.__version__}", "1-1", "-"]
         assert by_name["config"][2] == "1-2"
         assert by_name["echo"] == ["echo", "1-2", "(unregistered)"]  # no version before registration
-        assert ("events" in by_name) == HAS_EVENTS
+        assert by_name["events"][2] == "1-2"
 
     def test_columns_are_aligned(self, run: Run) -> None:
         out = run.ok("info").splitlines()
@@ -279,7 +273,44 @@ def props(**kwargs: str) -> list[EventProperty]:
     return [EventProperty(name=k, value=v) for k, v in kwargs.items()]
 
 
-@needs_events
+class Listening:
+    """`grpc-helper events listen ...` running in a thread, its output in memory."""
+
+    class Stderr(io.StringIO):
+        """Tells when the CLI is listening: it says so on stderr once its queue exists."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.listening = threading.Event()
+
+        def write(self, s: str) -> int:
+            if s.startswith("listening"):
+                self.listening.set()
+            return super().write(s)
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, port: int, *args: str) -> None:
+        # Only this thread prints meanwhile: replacing the process-wide streams is fine
+        self.out, self.err = io.StringIO(), self.Stderr()
+        monkeypatch.setattr(sys, "stdout", self.out)
+        monkeypatch.setattr(sys, "stderr", self.err)
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, args=(port, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, port: int, args: tuple[str, ...]) -> None:
+        self.rc = ctl.main(["--port", str(port), "--timeout", "10", "events", "listen", *args])
+
+    def wait(self) -> int:
+        """Wait until it listens; returns its client id."""
+        assert self.err.listening.wait(30), self.err.getvalue()
+        return int(self.err.getvalue().splitlines()[0].split()[-1])
+
+    def join(self) -> int | None:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the CLI is still listening"
+        return self.rc
+
+
 class TestEvents:
     def test_send(self, run: Run, server: RpcServer) -> None:
         client_id = queue_with_events(server, "CTL_SEND", [])
@@ -319,28 +350,31 @@ class TestEvents:
     def test_listen_unknown_client_id(self, run: Run) -> None:
         assert run.error("events", "listen", "--client-id", "999999").startswith("error: ERROR_ITEM_UNKNOWN: ")
 
-    def test_listen_live(self, run: Run, server: RpcServer, monkeypatch: pytest.MonkeyPatch) -> None:
-        class Stderr(io.StringIO):
-            """Tells when the CLI is listening (it says so on stderr once its queue exists)."""
-
-            listening = threading.Event()
-
-            def write(self, s: str) -> int:
-                if s.startswith("listening"):
-                    self.listening.set()
-                return super().write(s)
-
-        stderr = Stderr()
-        monkeypatch.setattr(sys, "stderr", stderr)
-        result: dict[str, int] = {}
-        thread = threading.Thread(
-            target=lambda: result.setdefault("rc", run("events", "listen", "CTL_LIVE", "--count", "1")[0]), daemon=True
-        )
-        thread.start()
-        assert stderr.listening.wait(30)
+    def test_listen_live(self, server: RpcServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        listening = Listening(monkeypatch, server.port, "CTL_LIVE", "--count", "1")
+        listening.wait()
         server.client.events.send(Event(name="CTL_LIVE", properties=props(n="1")))
-        thread.join(30)
-        assert result == {"rc": 0}
+        assert listening.join() == 0
+        assert listening.out.getvalue() == "CTL_LIVE n=1\n"
+
+    @pytest.mark.parametrize("count", [None, "5"])
+    def test_listen_ends_when_interrupted_elsewhere(
+        self, server: RpcServer, monkeypatch: pytest.MonkeyPatch, count: str | None
+    ) -> None:
+        listening = Listening(monkeypatch, server.port, *(["--count", count] if count else []))
+        server.client.events.interrupt(EventInterrupt(client_id=listening.wait()))
+        assert listening.join() == (1 if count else 0)
+        err = listening.err.getvalue()
+        assert "interrupted or resumed elsewhere" in err
+        if count:
+            assert err.splitlines()[-1] == "error: ERROR_STATE_UNEXPECTED: 0 of 5 event(s) received"
+
+    def test_listen_ends_at_server_shutdown(self, server: RpcServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        listening = Listening(monkeypatch, server.port)
+        listening.wait()
+        server.shutdown()
+        assert listening.join() == 1
+        assert listening.err.getvalue().splitlines()[-1].startswith("error: ERROR_STREAM_SHUTDOWN: ")
 
     def test_ctrl_c_interrupts_queue(self, server: RpcServer) -> None:
         proc = subprocess.Popen(
