@@ -387,3 +387,14 @@ def test_register_and_forget_send_events(servers: Servers) -> None:
         assert {p.name: p.value for p in event.properties} == {"names": "echo"}
     finally:
         main.client.events.interrupt(EventInterrupt(client_id=client_id))
+
+
+def test_config_merge_names_an_unreachable_server(servers: Servers) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    backend = servers(0, [echo_descriptor()])
+    register(main, backend)
+    backend.shutdown()
+    with pytest.raises(RpcException) as exc:
+        main.client.config.get(Filter())
+    assert exc.value.rc == ResultCode.ERROR_RPC
+    assert f"127.0.0.1:{backend.port}" in str(exc.value)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from grpc_helper.api import (
@@ -155,7 +156,8 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
             for client, items in remote:
                 mine = [ConfigItemUpdate(name=n, value=v) for n, v in updates if n in items]
                 if mine:
-                    status = client.config.set(ConfigUpdate(items=mine, ignore_unknown=True), timeout=_timeout())
+                    with _naming(client):
+                        status = client.config.set(ConfigUpdate(items=mine, ignore_unknown=True), timeout=_timeout())
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
@@ -174,17 +176,28 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
             for client, items in remote:
                 mine = [n for n in names if n in items]
                 if mine:
-                    status = client.config.reset(Filter(names=mine, ignore_unknown=True), timeout=_timeout())
+                    with _naming(client):
+                        status = client.config.reset(Filter(names=mine, ignore_unknown=True), timeout=_timeout())
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
     def _remote_items(self, names: Iterable[str]) -> list[tuple[RpcClient, dict[str, ConfigItem]]]:
         """Each registered proxied server's client, with its items among `names` (all if empty)."""
         flt = Filter(names=list(names), ignore_unknown=True)
-        return [
-            (client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items})
-            for client in self.server.proxies.config_clients()
-        ]
+        out = []
+        for client in self.server.proxies.config_clients():
+            with _naming(client):
+                out.append((client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items}))
+        return out
+
+
+@contextmanager
+def _naming(client: RpcClient) -> Iterator[None]:
+    """Say which proxied server failed: the merge spans several servers."""
+    try:
+        yield
+    except RpcException as exc:
+        raise RpcException(f"Config service of proxied server {client.host}:{client.port}: {exc}", exc.rc) from exc
 
 
 def _timeout() -> float:
