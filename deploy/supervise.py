@@ -4,7 +4,8 @@
 One place renders the supervisord configuration for both:
 
 - container: `supervise.py [PROGRAM...]` (programs from the arguments, else the comma-separated
-  GRPC_HELPER_PROGRAMS, default "main"), port from GRPC_HELPER_PORT, extra program arguments from
+  GRPC_HELPER_PROGRAMS, default "main"), the first one on GRPC_HELPER_PORT (default 54321, the
+  health-checked port), any next ones on the following ports, extra program arguments from
   GRPC_HELPER_ARGS; supervisord runs in the foreground as PID 1, logs go to the container log.
 - local: `supervise.py --local --state DIR --program main:54321 --program echo:54322 ...`
   renders DIR/supervisord.conf and starts supervisord as a daemon, logs in DIR/logs.
@@ -77,6 +78,8 @@ nodaemon={"false" if local else "true"}
 pidfile={state}/supervisord.pid
 logfile={logdir + "/supervisord.log" if logdir else "/dev/stdout"}
 logfile_maxbytes={"10MB" if logdir else "0"}
+; in the foreground supervisord also echoes its log to stdout: once is enough
+silent={"false" if local else "true"}
 loglevel=info
 
 [unix_http_server]
@@ -96,11 +99,22 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
     return head + "".join(sections)
 
 
-def parse_programs(specs: list[str], default_port: int | None) -> list[tuple[str, int]]:
+def parse_programs(specs: list[str], base_port: int | None, local: bool) -> list[tuple[str, int]]:
+    """NAME[:PORT] specs; a program without a port gets one by its position or its name.
+
+    Container: the first program listens on base_port (GRPC_HELPER_PORT, default 54321: the
+    exposed and health-checked port), the next ones on the following ports. Local: base_port
+    likewise when given, else the samples' usual ports (main 54321, echo 54322, notes 54323).
+    """
     out = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         name, _, port = spec.partition(":")
-        out.append((name, int(port) if port else default_port or DEFAULT_PORTS.get(name, 54321)))
+        if port:
+            out.append((name, int(port)))
+        elif base_port is not None or not local:
+            out.append((name, (base_port or 54321) + index))
+        else:
+            out.append((name, DEFAULT_PORTS.get(name, 54321)))
     return out
 
 
@@ -121,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = args.program or args.programs or os.environ.get("GRPC_HELPER_PROGRAMS", "main").split(",")
     env_port = os.environ.get("GRPC_HELPER_PORT")
-    programs = parse_programs([s.strip() for s in specs if s.strip()], int(env_port) if env_port else None)
+    names = [s.strip() for s in specs if s.strip()]
+    programs = parse_programs(names, int(env_port) if env_port else None, args.local)
 
     state = Path(args.state).resolve() if args.local else Path("/tmp")
     if args.local:
