@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,20 @@ from grpc_helper_samples.api.echo_pb2_grpc import (
     EchoServiceStub,
     add_EchoServiceServicer_to_server,
 )
+
+
+def rc_of(fn: Callable[[], Any]) -> int:
+    """The `ResultCode` of the `RpcException` that `fn()` raises."""
+    with pytest.raises(RpcException) as exc:
+        fn()
+    return exc.value.rc
+
+
+def free_port() -> int:
+    """A port nobody listens on (bound to find it, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class EchoManager(EchoServiceServicer, RpcManager):

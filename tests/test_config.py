@@ -16,7 +16,7 @@ import pytest
 from grpc_helper import Config, ConfigHolder, ConfigManager, Folders, RpcException, RpcStaticConfig
 from grpc_helper.api import ConfigItemUpdate, ConfigUpdate, ConfigValidator, Filter, ResultCode
 
-from conftest import Servers
+from conftest import Servers, rc_of
 
 V = ConfigValidator
 
@@ -34,12 +34,6 @@ def restore_user_items():
     yield
     for item, default, value in saved:
         item.item.default_value, item.item.value = default, value
-
-
-def rc_of(fn) -> int:
-    with pytest.raises(RpcException) as exc:
-        fn()
-    return exc.value.rc
 
 
 class TestConfigItem:

@@ -6,7 +6,6 @@ import io
 import json
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,13 +20,7 @@ from grpc_helper.api import ConfigValidator, Event, EventFilter, EventInterrupt,
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from conftest import Servers, echo_descriptor
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from conftest import Servers, echo_descriptor, free_port
 
 
 class Run:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -37,6 +36,8 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_CONF = "/tmp/supervisord.conf"
 
@@ -59,12 +60,6 @@ def compose_cmd() -> list[str]:
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
     return ["docker-compose"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from grpc_helper import EventsListener, RpcClient, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper import EventsListener, RpcClient, RpcServer, RpcStaticConfig
 from grpc_helper.api import (
     Empty,
     Event,
@@ -24,13 +24,7 @@ from grpc_helper.api import (
 )
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 
-from conftest import Servers
-
-
-def rc_of(fn: Callable[[], Any]) -> int:
-    with pytest.raises(RpcException) as exc:
-        fn()
-    return exc.value.rc
+from conftest import Servers, rc_of
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:

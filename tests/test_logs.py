@@ -13,13 +13,7 @@ from grpc_helper import Folders, RpcException, RpcStaticConfig
 from grpc_helper.api import Filter, LoggerConfig, LoggerLevel, LoggerUpdate, ResultCode
 from grpc_helper_samples.api import EchoRequest, EchoResponse
 
-from conftest import EchoManager, Servers, echo_descriptor
-
-
-def rc_of(fn) -> int:
-    with pytest.raises(RpcException) as exc:
-        fn()
-    return exc.value.rc
+from conftest import EchoManager, Servers, echo_descriptor, rc_of
 
 
 def flush_all() -> None:

@@ -38,13 +38,7 @@ from grpc_helper_samples.api.notes_pb2_grpc import (
     add_NotesServiceServicer_to_server,
 )
 
-from conftest import EchoManager, Servers, echo_descriptor
-
-
-def rc_of(fn) -> int:
-    with pytest.raises(RpcException) as exc:
-        fn()
-    return exc.value.rc
+from conftest import EchoManager, Servers, echo_descriptor, free_port, rc_of
 
 
 def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
@@ -308,8 +302,6 @@ class TestProxiedManager:
         assert not main.proxies.is_registered("echo")
 
     def test_retries_while_main_is_not_up(self, servers: Servers) -> None:
-        from test_server import free_port
-
         main_port = free_port()
         created: list[RpcServer] = []
         starter = threading.Thread(

@@ -42,16 +42,10 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from conftest import Servers
+from conftest import Servers, rc_of
 
 WAIT = 30  # bound for anything that waits on a process
 StartNotes = Callable[..., RpcServer]
-
-
-def rc_of(fn: Any) -> int:
-    with pytest.raises(RpcException) as exc:
-        fn()
-    return exc.value.rc
 
 
 def free_ports(n: int) -> list[int]:

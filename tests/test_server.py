@@ -19,7 +19,7 @@ from grpc_helper.api import Filter, Result, ResultCode, ResultStatus, ShutdownRe
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub
 
-from conftest import EchoManager, Servers, echo_descriptor
+from conftest import EchoManager, Servers, echo_descriptor, free_port
 
 
 def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
@@ -446,12 +446,6 @@ class TestDebugDump:
         t.start()
         t.join(30)
         assert created and signal.getsignal(signal.SIGUSR2) is previous
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _unused(x: Iterable[int]) -> None:  # keep typing imports honest
