@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -70,10 +71,21 @@ def test_not_serving_when_shutdown_begins(servers: Servers) -> None:
     stopper.start()  # waits for the pending call: meanwhile the health status already changed
     try:
         assert next(watch).status == NOT_SERVING
+        assert list(watch) == []  # then the watch ends: it doesn't hold the shutdown
         assert stopper.is_alive()
     finally:
-        watch.cancel()  # a watching client would otherwise hold the shutdown for the whole grace period
         release.set()
         stopper.join(30)
         caller.join(30)
         channel.close()
+
+
+def test_watchers_do_not_delay_shutdown(servers: Servers) -> None:
+    srv = servers(0, [])
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        assert next(watch).status == SERVING
+        t0 = time.monotonic()
+        srv.shutdown()  # rpc-shutdown-grace is 30 s: a held shutdown would take that long
+        assert time.monotonic() - t0 < 10
+        assert [r.status for r in watch] == [NOT_SERVING]

@@ -47,6 +47,18 @@ _log = logging.getLogger("grpc_helper.server")
 _SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
+class _Health(health.HealthServicer):
+    """The standard health servicer, plus a way to end its Watch streams at shutdown."""
+
+    def end_watches(self) -> None:
+        # grpc_health keeps each watcher's response callback; None ends that stream with OK
+        with self._lock:
+            callbacks = [cb for per_service in self._send_response_callbacks.values() for cb in per_service]
+            self._send_response_callbacks.clear()
+        for callback in callbacks:
+            callback(None)
+
+
 class RpcServer:
     """A gRPC server running in its own threads, with the default services `srv`, `config`, `log`
     (and `events` when `with_events`) plus the given descriptors.
@@ -125,7 +137,7 @@ class RpcServer:
         if twice:
             raise RpcException(f"gRPC services served twice: {', '.join(twice)}", ResultCode.ERROR_MODEL_INVALID)
 
-        self.health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self.streams)
+        self.health = _Health(experimental_non_blocking=True, experimental_thread_pool=self.streams)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -260,7 +272,8 @@ class RpcServer:
                 return
             self._stopping = True
             _log.info("RPC server on port %s shutting down", self.port)
-            self.health.enter_graceful_shutdown()  # every status NOT_SERVING
+            self.health.enter_graceful_shutdown()  # every status NOT_SERVING, sent to watchers
+            self.health.end_watches()  # a connected watcher must not hold the shutdown for the grace period
             stopped = self._grpc.stop(RpcStaticConfig.SHUTDOWN_GRACE.float_val)
             for name, manager in reversed(list(self.managers.items())):
                 if isinstance(manager, RpcManager):
