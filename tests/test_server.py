@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 import grpc_helper
-from grpc_helper import RpcClient, RpcException, RpcManager, RpcStaticConfig, current_call
+import grpc_helper_samples
+from grpc_helper import RpcClient, RpcException, RpcManager, RpcServiceDescriptor, RpcStaticConfig, current_call
 from grpc_helper.api import Filter, Result, ResultCode, ResultStatus, ShutdownRequest
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub
@@ -470,3 +471,25 @@ def test_failed_load_leaves_nothing_running(servers: Servers) -> None:
     assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
     # the port is free again: a new server can take it
     assert servers(port, []).port == port
+
+
+def test_failed_start_shuts_down_loaded_managers(servers: Servers) -> None:
+    from grpc_helper_samples.api import NotesApiVersion
+    from grpc_helper_samples.api.notes_pb2_grpc import (
+        NotesServiceServicer,
+        NotesServiceStub,
+        add_NotesServiceServicer_to_server,
+    )
+
+    class Failing(NotesServiceServicer, RpcManager):
+        def _load(self) -> None:
+            raise RpcException("cannot load", ResultCode.ERROR_STATE_UNEXPECTED)
+
+    first = EchoManager()
+    failing = RpcServiceDescriptor(
+        grpc_helper_samples, "notes", NotesApiVersion, Failing(), add_NotesServiceServicer_to_server, NotesServiceStub
+    )
+    with pytest.raises(RpcException) as exc:
+        servers(0, [echo_descriptor(first), failing])
+    assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
+    assert first.loaded and first.shut_down

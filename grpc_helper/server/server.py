@@ -29,6 +29,7 @@ from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
 from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
+from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.server import debug
 from grpc_helper.server.dispatch import (
     CallSite,
@@ -40,6 +41,7 @@ from grpc_helper.server.dispatch import (
     response_class,
     wrap_method,
 )
+from grpc_helper.server.services import ConfigServiceManager, LoggerServiceManager, ServerServiceManager
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -89,12 +91,14 @@ class RpcServer:
         self._previous_usr2: Any = None
         self.client: RpcClient | Any = None
         self.descriptors: list[RpcServiceDescriptor] = []
+        self._loaded: list[RpcManager] = []  # managers whose _load ran, to shut down in reverse
         try:
             self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events)
         except BaseException:
             # A failed start (bad config, busy port, a manager's _load...) leaves nothing running
             if self._grpc is not None:
                 self._grpc.stop(None)
+            self._shutdown_managers()
             if hasattr(self, "proxies"):
                 self.proxies.shutdown()
             self._finalize()
@@ -129,8 +133,6 @@ class RpcServer:
         self.streams = ThreadPoolExecutor(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
         self._grpc = grpc.server(self._workers, options=_SERVER_OPTIONS)
 
-        from grpc_helper.proxy.registry import ProxyRegistry  # proxying needs the server's pools
-
         self.proxies = ProxyRegistry(self, [d for d in self.descriptors if d.is_proxy])
         services = [self._register(d) for d in self.descriptors]
         twice = sorted({s for s in services if services.count(s) > 1})
@@ -162,14 +164,13 @@ class RpcServer:
         for manager in managers.values():
             if isinstance(manager, RpcManager):
                 manager._load()
+                self._loaded.append(manager)
         self.proxies.load()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for d, service in zip(self.descriptors, services, strict=True):
             self.set_service_health(d, not d.is_proxy or self.proxies.is_registered(d.name), service)
 
     def _default_descriptors(self, with_events: bool) -> list[RpcServiceDescriptor]:
-        from grpc_helper.server.services import ConfigServiceManager, LoggerServiceManager, ServerServiceManager
-
         module = importlib.import_module("grpc_helper")
         out = [
             RpcServiceDescriptor(
@@ -198,6 +199,7 @@ class RpcServer:
             ),
         ]
         if with_events:
+            # Imported here: the events service imports this package's dispatch module
             from grpc_helper.events.service import EventsManager
 
             out.append(
@@ -275,18 +277,21 @@ class RpcServer:
             self.health.enter_graceful_shutdown()  # every status NOT_SERVING, sent to watchers
             self.health.end_watches()  # a connected watcher must not hold the shutdown for the grace period
             stopped = self._grpc.stop(RpcStaticConfig.SHUTDOWN_GRACE.float_val)
-            for name, manager in reversed(list(self.managers.items())):
-                if isinstance(manager, RpcManager):
-                    try:
-                        manager._shutdown()
-                    except Exception:
-                        _log.exception("Manager %s failed to shut down", name)
+            self._shutdown_managers()
             self.proxies.shutdown()
             stopped.wait()
             self._finalize()
             _log.info("RPC server on port %s shut down", self.port)
         if not self._remote_shutdown:
             self._terminated.set()
+
+    def _shutdown_managers(self) -> None:
+        while self._loaded:
+            manager = self._loaded.pop()
+            try:
+                manager._shutdown()
+            except Exception:
+                _log.exception("Manager %s failed to shut down", manager.logger.name)
 
     def _finalize(self) -> None:
         if self.client is not None:
