@@ -159,6 +159,25 @@ class TestLifecycle:
         assert srv.wait_shutdown(30)
         assert time.monotonic() - t0 >= 1.0
 
+    def test_sigterm_delivered_to_another_thread(self, servers: Servers) -> None:
+        """The kernel may deliver SIGTERM to any thread (e.g. one of gRPC's): it must still shut down."""
+        srv = servers(0, [])
+        previous = signal.getsignal(signal.SIGTERM)
+        done = threading.Event()
+        receiver = threading.Thread(target=done.wait, args=(30,))
+        receiver.start()
+        assert receiver.ident is not None
+        threading.Timer(0.2, signal.pthread_kill, (receiver.ident, signal.SIGTERM)).start()
+        t0 = time.monotonic()
+        try:
+            assert srv.wait_shutdown(20)
+            assert time.monotonic() - t0 < 10
+        finally:
+            done.set()
+            receiver.join(30)
+        assert not srv.is_running
+        assert signal.getsignal(signal.SIGTERM) is previous
+
     def test_sigterm_during_wait_shutdown(self, servers: Servers) -> None:
         srv = servers(0, [])
         previous = signal.getsignal(signal.SIGTERM)

@@ -6,6 +6,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ _log = logging.getLogger("grpc_helper.server")
 
 # Disable SO_REUSEPORT: with it, a second server could silently share a busy port
 _SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# How often wait_shutdown() lets the main thread run pending signal handlers (seconds)
+_SIGNAL_POLL = 0.2
 
 
 class _Health(health.HealthServicer):
@@ -326,7 +329,17 @@ class RpcServer:
         handlers are restored afterwards.
         """
         with self._capture_signals():
-            return self._terminated.wait(timeout)
+            if threading.current_thread() is not threading.main_thread():
+                return self._terminated.wait(timeout)
+            # Wake up regularly: the kernel may deliver SIGTERM to one of gRPC's threads, and Python
+            # then runs the handler only once the main thread executes bytecode again
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                step = _SIGNAL_POLL if deadline is None else min(_SIGNAL_POLL, deadline - time.monotonic())
+                if step <= 0:
+                    return self._terminated.is_set()
+                if self._terminated.wait(step):
+                    return True
 
     @contextmanager
     def _capture_signals(self) -> Iterator[None]:
