@@ -209,7 +209,11 @@ def test_restart_main_restores_registrations(stack: Stack) -> None:
     stack.compose("restart", "main")
     with stack.main_client() as c:
         assert wait_for(lambda: c.echo.echo(EchoRequest(text="back"), timeout=5).text == "back", 120, "echo via main")
-    assert "Restored registration of echo" in stack.logs("main")
+    logs = stack.logs("main")
+    assert "Restored registration of echo" in logs
+    # docker stop: supervisord forwarded SIGTERM and the server shut down gracefully, not killed
+    assert "Received SIGTERM" in logs and "shut down" in logs
+    assert "exit status 0" in logs
     assert stack.logs("echo").count("Registered") == echo_registrations, "echo did not need to re-register"
 
 
