@@ -398,3 +398,16 @@ class TestEvents:
 def test_format_event_quotes_values() -> None:
     event = Event(name="E", properties=props(a="", b="it's", c="plain"))
     assert ctl.format_event(event) == "E a='' b='it'\"'\"'s' c=plain"
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(server: RpcServer) -> None:
+    """`grpc-helper --json info | head -1`: no traceback, exit 0."""
+    reader_gone = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m grpc_helper.ctl --port {server.port} --json info | head -c 0; "
+         "exit ${PIPESTATUS[0]}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert reader_gone.returncode == 0, reader_gone.stderr
+    assert "Traceback" not in reader_gone.stderr
