@@ -124,7 +124,7 @@ class TestService:
         assert rc_of(lambda: next(s.it)) == ResultCode.ERROR_RPC
         # the server saw the client go: the queue is retained (interrupting it again is unexpected)
         assert wait_until(
-            lambda: srv.managers["events"]._queues[s.client_id].listener is None,
+            lambda: srv.managers["events"]._queues[s.client_id].owner is None,
         )
         srv.client.events.send(event("WHILE_AWAY"))
         assert Stream(srv.client, client_id=s.client_id).next_event().name == "WHILE_AWAY"

@@ -10,85 +10,153 @@ from typing import Any
 
 from grpc_helper.api import Event, EventFilter, EventInterrupt, ResultCode
 from grpc_helper.errors import RpcException
+from grpc_helper.events.queues import check_name
 
-_FIRST_RETRY_DELAY = 0.1
-_MAX_RETRY_DELAY = 5.0
+FIRST_RETRY_DELAY = 0.1  # seconds before the first reconnection attempt
+MAX_RETRY_DELAY = 5.0  # ... doubling up to this
+
+# Errors that no retry can fix: the listener stops (and keeps the error in `error`)
+_FATAL = {
+    ResultCode.ERROR_PARAM_MISSING,
+    ResultCode.ERROR_PARAM_INVALID,
+    ResultCode.ERROR_API_CLIENT_TOO_OLD,
+    ResultCode.ERROR_API_SERVER_TOO_OLD,
+}
 
 
 class EventsListener(ABC):
-    """Listens to events in a daemon thread, calling `on_event` for each non-empty event.
+    """Listens to events in a daemon thread, calling `on_event` for every non-empty event.
 
-    `client` is an `RpcClient` with an `events` stub. Listening starts at once; `ready` is set
-    when the server has given (or confirmed) `client_id`. After a server restart or a broken
-    stream it reconnects with backoff and resumes its queue; if the server no longer knows the
-    id, it asks for a new one. `interrupt()` stops it; so does an interrupt of its queue by
-    anyone else (the server then ends the stream normally).
+    `client` is an `RpcClient` (or anything) with an `events` stub; `names` filters events (all if
+    empty); `client_id` resumes a queue. Listening starts at once.
+
+    - `client_id`: the id the server gave (or confirmed) for this listener's queue.
+    - `ready`: set once the first status arrived (so `client_id` is known); it stays set.
+    - `connected`: set while a stream is established, cleared while reconnecting.
+    - `error`: the `RpcException` that stopped the listener for good, if any (invalid names, API
+      version mismatch).
+
+    After a broken stream or a server shutdown (ERROR_STREAM_SHUTDOWN) it reconnects with backoff
+    (0.1 s doubling to 5 s, on top of the client's own retries while the server is unavailable) and
+    resumes the same queue, so nothing sent meanwhile is lost. If the server no longer knows the
+    id (ERROR_ITEM_UNKNOWN), it asks for a new one. It stops on `interrupt()`, and also when its
+    stream ends normally: the queue was interrupted, or resumed by another stream, elsewhere.
     """
 
     def __init__(
-        self, client: Any, names: Iterable[str], client_id: int | None = None, logger: logging.Logger | None = None
+        self,
+        client: Any,
+        names: Iterable[str],
+        client_id: int | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.client = client
         self.names = list(names)
+        for name in self.names:
+            check_name(name)  # fail here rather than retrying a request the server always rejects
         self.client_id = client_id or 0
         self.logger = logger or logging.getLogger("grpc_helper.events")
         self.ready = threading.Event()
-        self._stopping = threading.Event()
+        self.connected = threading.Event()
+        self.error: RpcException | None = None
+        self._lock = threading.Lock()  # guards _stopping and _stream between the thread and interrupt()
+        self._stopping = False
         self._stream: Any = None
+        self._wakeup = threading.Event()  # cuts a backoff sleep short on interrupt()
         self._thread = threading.Thread(target=self._run, name=f"events-listener-{id(self):x}", daemon=True)
         self._thread.start()
 
     @abstractmethod
     def on_event(self, event: Event) -> None:
-        """Called (in the listener thread) for every event received."""
+        """Called in the listener thread for every event received (keep-alives are skipped)."""
 
+    @property
+    def is_alive(self) -> bool:
+        """True until the listening thread ended."""
+        return self._thread.is_alive()
+
+    # --- the listening thread ---
     def _run(self) -> None:
-        delay = _FIRST_RETRY_DELAY
-        while not self._stopping.is_set():
+        delay = FIRST_RETRY_DELAY
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                try:
+                    # Starting the call does not block: interrupt() can cancel it from now on
+                    stream = self._stream = self.client.events.listen(
+                        EventFilter(names=self.names, client_id=self.client_id)
+                    )
+                except Exception:  # e.g. a closed channel: no retry will help
+                    self.logger.exception("Event listener can't start listening: stop")
+                    return
             try:
-                self._stream = self.client.events.listen(EventFilter(names=self.names, client_id=self.client_id))
-                for status in self._stream:
-                    if status.client_id and not self.ready.is_set():
-                        self.client_id = status.client_id
-                        self.ready.set()
-                        delay = _FIRST_RETRY_DELAY
-                    if status.event.name:
-                        self._deliver(status.event)
-                # A stream that ends without error was interrupted (or taken over by another stream)
-                self.logger.info("Event stream of queue %s ended by the server", self.client_id)
+                self._consume(stream)
+                if not self._stopping:
+                    self.logger.info("Event queue %s was interrupted or resumed elsewhere: stop", self.client_id)
                 return
             except RpcException as exc:
-                if self._stopping.is_set():
+                if self._stopping:
                     return
                 if exc.rc == ResultCode.ERROR_ITEM_UNKNOWN and self.client_id:
                     self.logger.warning("Event queue %s unknown to the server: asking for a new one", self.client_id)
                     self.client_id = 0
                     continue
-                self.logger.info("Event stream of queue %s broken (%s); reconnecting", self.client_id, exc)
-            if not self._stopping.is_set():
-                self.ready.clear()  # set again once the stream is back
-            self._stopping.wait(delay)
-            delay = min(delay * 2, _MAX_RETRY_DELAY)
+                if exc.rc in _FATAL:
+                    self.logger.error("Event listener stops: %s", exc)
+                    self.error = exc
+                    return
+                if self.connected.is_set():
+                    delay = FIRST_RETRY_DELAY  # it worked until now: reconnect quickly
+                self.logger.info("Event queue %s: stream ended (%s); reconnecting in %.1fs", self.client_id, exc, delay)
+            except Exception:
+                self.logger.exception("Event listener of queue %s failed; reconnecting in %.1fs", self.client_id, delay)
+            finally:
+                self.connected.clear()
+                with self._lock:
+                    self._stream = None
+            self._wakeup.wait(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
 
-    def _deliver(self, event: Event) -> None:
-        try:
-            self.on_event(event)
-        except Exception:
-            self.logger.exception("Event handler failed on %s", event.name)
+    def _consume(self, stream: Iterable[Any]) -> None:
+        first = True
+        for status in stream:
+            if status.r.code != ResultCode.OK:  # a client built with exception=False doesn't raise
+                raise RpcException(status.r.msg, status.r.code)
+            if first:
+                first = False
+                if status.client_id != self.client_id and self.client_id:
+                    self.logger.info("Event queue %s replaced by %s", self.client_id, status.client_id)
+                self.client_id = status.client_id
+                self.connected.set()
+                self.ready.set()
+                continue
+            if status.event.name:
+                try:
+                    self.on_event(status.event)
+                except Exception:
+                    self.logger.exception("Event handler failed on %s", status.event.name)
 
+    # --- stopping ---
     def interrupt(self, timeout: float | None = 30) -> None:
-        """Stop listening: interrupts the server queue and joins the thread.
+        """Stop listening: interrupt the server-side queue (retained for rpc-event-retain-timeout), join the thread.
 
-        Raises `RpcException(ERROR_ITEM_UNKNOWN)` if the server no longer knows the queue.
+        Raises the server's `RpcException`, e.g. ERROR_ITEM_UNKNOWN when it no longer knows the
+        queue; the thread is stopped anyway. Before the first status (no id yet), or when the
+        server is gone, the stream is just cancelled. `timeout` bounds the join (seconds).
         """
-        self._stopping.set()
+        with self._lock:
+            self._stopping = True
+            self._wakeup.set()
         try:
-            if self.client_id:
+            if self.client_id and (self.connected.is_set() or not self._thread.is_alive()):
                 self.client.events.interrupt(EventInterrupt(client_id=self.client_id))
         finally:
-            stream = self._stream
-            if stream is not None and self._thread.is_alive():
-                self._thread.join(min(timeout or 1.0, 1.0))
-                if self._thread.is_alive():
-                    stream.cancel()  # e.g. the server is gone: don't wait for a stream that won't end
-            self._thread.join(timeout)
+            # The server ends an interrupted stream by itself; cancelling also covers a stream being
+            # (re)connected, and an interrupt that failed
+            with self._lock:
+                stream = self._stream
+            if stream is not None:
+                stream.cancel()
+            if self._thread is not threading.current_thread():  # not from on_event
+                self._thread.join(timeout)

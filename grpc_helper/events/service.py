@@ -1,21 +1,41 @@
-"""The events service: named events fanned out to listener queues.
+"""The events service: named events fanned out to per-listener queues.
 
-Design:
-- One `EventQueue` per listener id. `send` appends to every queue whose filter accepts the event
-  (O(listeners), never blocking: full queues drop their oldest event) and notifies it.
-- `listen` runs on the server's stream pool (`_long_lived_methods`), not on the bounded worker
-  pool, and drains its queue in batches. It ends on `interrupt`, on a take-over by another
-  stream resuming the same id, on client disconnect, or with ERROR_STREAM_SHUTDOWN at shutdown.
-- A queue whose listener went away (interrupt or disconnect) is *retained* for
-  `rpc-event-retain-timeout` seconds, still collecting events, so the listener can resume.
-- Persistence (workspace `queues.json`): every queue id, filter, and the events queued for it.
-  Writing happens off the hot path: a background thread writes at most every 100 ms after a change
-  that matters (queue created/retained/dropped, events queued for a retained queue), and at
-  shutdown (when live queues are saved with their pending events, to be resumed after a restart).
-  Events queued for a *live* listener are delivered within milliseconds, so they are not written on
-  each send: a crash loses at most the last 100 ms of retained-queue changes.
-- Delivery is at most once: an event taken from the queue is gone even if the stream breaks
-  while sending it.
+Threads and locking:
+- `send` (worker pool, or a plain call from other managers) walks an immutable tuple of the queues
+  (replaced, never mutated, under `self.lock` when queues come and go), so it takes no manager
+  lock: per accepting queue, one short queue lock, an append and a wake-up if its owner sleeps.
+  O(listeners), never blocking: a full queue drops its oldest event with a warning.
+- `listen` runs on the server's stream pool (`_long_lived_methods`), one thread per live stream,
+  sleeping in `EventQueue.take` and draining everything pending at each wake-up. It ends on
+  `interrupt`, on a take-over (another stream resuming the same id), on client disconnect (a gRPC
+  callback wakes it, releasing the thread at once), and with ERROR_STREAM_SHUTDOWN at shutdown.
+- `self.lock` guards the id -> queue map, id allocation and ownership changes.
+- One background thread (`events-janitor`) drops expired retained queues and writes `queues.json`.
+
+Retention: a queue whose stream went away (interrupt or disconnect) is *retained* for
+`rpc-event-retain-timeout` seconds, still collecting the events its filter accepts, and resumed
+by a `listen` with its `client_id`. A `listen` with the id of a queue that is still being listened
+to takes it over: the previous stream ends normally (no error), as if interrupted, and the new one
+gets everything pending. A non-empty filter given when resuming replaces the queue's filter.
+
+Persistence (workspace `queues.json`, written atomically by `write_json`)::
+
+    {"next_id": 12, "queues": {"3": {"names": ["A"], "events": [{"name": "A", "properties": [["k", "v"]]}]}}}
+
+Every queue id (live or retained) with its filter and pending events, and the next id to hand out
+(ids are never reused while a queue holds them, nor before the uint32 range wraps around). A
+legacy file (the original's plain list of ids) is read as queues accepting every name.
+
+When it is written, i.e. crash safety vs cost: never on the hot path. `send` only raises a flag,
+and only when an accepting queue is retained (events for live listeners are delivered within
+milliseconds, so writing them would cost a file write per event for nothing). The janitor writes
+after any change that matters (queue created, resumed, retained, dropped; events queued for a
+retained queue), coalescing bursts: at most one write per 100 ms, and never more than ~10% of its
+time writing when files get big. At shutdown the file is written last, with the events still
+pending for live listeners. So a crash loses at most the last ~100 ms of changes to retained
+queues, and the few events that were in flight to live listeners; their ids survive.
+
+Delivery is at most once: an event taken from a queue is gone, even if the stream then breaks.
 """
 
 from __future__ import annotations
@@ -24,6 +44,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from grpc_helper._persist import read_json, write_json
 from grpc_helper.api import (
@@ -40,34 +61,32 @@ from grpc_helper.api import (
 from grpc_helper.api.events_pb2_grpc import EventServiceServicer
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
-from grpc_helper.events.queues import EventQueue
+from grpc_helper.events.queues import EventQueue, check_name
 from grpc_helper.manager import RpcManager
 from grpc_helper.server.dispatch import current_call
 
 QUEUES_FILE = "queues.json"
-_FLUSH_INTERVAL = 0.1
-
-
-def _check_name(name: str) -> None:
-    if not name:
-        raise RpcException("Missing event name", ResultCode.ERROR_PARAM_MISSING)
-    if " " in name:
-        raise RpcException(f"Invalid event name (contains a space): {name!r}", ResultCode.ERROR_PARAM_INVALID)
+MAX_CLIENT_ID = 0xFFFFFFFF  # client_id is a uint32; 0 means "none"
+_SAVE_INTERVAL = 0.1  # seconds between two writes of queues.json, at least
+_SAVE_DUTY = 0.1  # ... and at most this share of the janitor's time spent writing
+_EXPIRE_PERIOD = 0.5  # seconds between two checks for expired retained queues
 
 
 class EventsManager(EventServiceServicer, RpcManager):
-    """`events`: listen / interrupt / send / inspect."""
+    """The `events` service: listen / interrupt / send / inspect (see the module doc)."""
 
     _long_lived_methods = ("listen",)
 
     def __init__(self) -> None:
         super().__init__()
         self._queues: dict[int, EventQueue] = {}
+        self._fanout: tuple[EventQueue, ...] = ()  # what send walks; replaced under self.lock
         self._next_id = 1
         self._closing = False
-        self._dirty = threading.Event()
-        self._janitor: threading.Thread | None = None
         self._path: Path | None = None
+        self._dirty = threading.Event()  # queues.json is to be written
+        self._stopping = threading.Event()
+        self._janitor: threading.Thread | None = None
 
     # --- lifecycle ---
     def _load(self) -> None:
@@ -83,78 +102,128 @@ class EventsManager(EventServiceServicer, RpcManager):
             self._closing = True
             queues = list(self._queues.values())
         for q in queues:
-            with q.cond:
-                q.cond.notify_all()
+            q.close()  # their streams end with ERROR_STREAM_SHUTDOWN; the queues are kept
+        self._stopping.set()
         self._dirty.set()
         if self._janitor is not None:
-            self._janitor.join(10)
+            self._janitor.join(30)
         self._save()
         super()._shutdown()
 
+    # --- persistence ---
     def _restore(self) -> None:
-        data = read_json(self._path, {})
-        entries = data.get("queues", {}) if isinstance(data, dict) else {str(i): None for i in data}
-        for key, value in entries.items():
-            try:
-                client_id = int(key)
-                self._queues[client_id] = EventQueue.from_json(client_id, value)
-            except (KeyError, TypeError, ValueError) as exc:
-                self.logger.warning("Ignoring invalid persisted event queue %r in %s: %s", key, self._path, exc)
-        if isinstance(data, dict) and isinstance(data.get("next_id"), int):
-            self._next_id = data["next_id"]
-        self._next_id = max([self._next_id, *(i + 1 for i in self._queues)])
-        if self._queues:
-            self.logger.info("Restored event queues %s", sorted(self._queues))
-
-    def _background(self) -> None:
-        """Expire retained queues and write queues.json when it changed (at most every 100 ms)."""
-        while not self._closing:
-            self._dirty.wait(0.5)
-            if self._closing:
-                return
-            self._expire()
-            if self._dirty.is_set():
-                self._dirty.clear()
-                self._save()
-                time.sleep(_FLUSH_INTERVAL)  # coalesce bursts of changes into one write
-
-    def _expire(self) -> None:
-        retain = RpcStaticConfig.EVENT_RETAIN_TIMEOUT.int_val
-        now = time.monotonic()
+        data = read_json(self._path, None)
+        if data is None:
+            return
+        try:
+            entries, next_id = self._parse(data)
+            queues = {cid: EventQueue.from_json(cid, value, self.logger) for cid, value in entries.items()}
+        except (TypeError, ValueError) as exc:
+            msg = f"Invalid event queues file {self._path}: {exc}"
+            raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
         with self.lock:
-            expired = [
-                q.client_id
-                for q in self._queues.values()
-                if q.listener is None and q.retained_since is not None and now - q.retained_since > retain
-            ]
-            for client_id in expired:
-                del self._queues[client_id]
-        if expired:
-            self.logger.info("Dropped event queues %s (not resumed within %ss)", expired, retain)
-            self._dirty.set()
+            self._queues = queues
+            self._fanout = tuple(queues.values())
+            self._next_id = max([next_id, *(cid + 1 for cid in queues)])
+        if queues:
+            self.logger.info("Restored event queues %s from %s", sorted(queues), self._path)
+
+    @staticmethod
+    def _parse(data: Any) -> tuple[dict[int, Any], int]:
+        """({id: queue data or None}, next id) from the file content, current or legacy shape."""
+        next_id = 1
+        entries: Any = data
+        if isinstance(data, dict):
+            next_id = data.get("next_id", 1)
+            if not isinstance(next_id, int) or isinstance(next_id, bool) or not 0 < next_id <= MAX_CLIENT_ID + 1:
+                raise ValueError(f"invalid next_id {next_id!r}")
+            entries = data.get("queues", {})
+        if isinstance(entries, list):  # legacy: the ids only
+            entries = {key: None for key in entries}
+        if not isinstance(entries, dict):
+            raise ValueError("expected a list of queue ids, or an object with 'queues'")
+        out: dict[int, Any] = {}
+        for key, value in entries.items():
+            cid = int(key) if not isinstance(key, bool) else 0
+            if not 0 < cid <= MAX_CLIENT_ID:
+                raise ValueError(f"invalid queue id {key!r}")
+            out[cid] = value
+        return out, next_id
 
     def _save(self) -> None:
         if self._path is None:
             return
         with self.lock:
-            queues = {str(i): q.to_json() for i, q in self._queues.items()}
+            queues = list(self._queues.values())
             next_id = self._next_id
+        data = {"next_id": next_id, "queues": {str(q.client_id): q.to_json() for q in queues}}
         try:
-            write_json(self._path, {"next_id": next_id, "queues": queues})
+            write_json(self._path, data)
         except OSError as exc:
             self.logger.error("Can't persist event queues in %s: %s", self._path, exc)
 
+    def _background(self) -> None:
+        """The janitor: drop expired retained queues; write queues.json when it changed."""
+        while not self._stopping.is_set():
+            self._dirty.wait(_EXPIRE_PERIOD)
+            if self._stopping.is_set():
+                return  # the final write is _shutdown's
+            self._expire()
+            if self._dirty.is_set():
+                self._dirty.clear()
+                t0 = time.monotonic()
+                self._save()
+                spent = time.monotonic() - t0
+                # Coalesce the changes of the next moment into one write
+                self._stopping.wait(max(_SAVE_INTERVAL, spent / _SAVE_DUTY))
+
+    # --- queues ---
+    def _alloc_id(self) -> int:
+        """A non-zero uint32 id no queue holds (caller holds self.lock); ids go up, wrapping around."""
+        cid = self._next_id
+        for _ in range(len(self._queues) + 1):
+            if not 0 < cid <= MAX_CLIENT_ID:
+                cid = 1
+            if cid not in self._queues:
+                self._next_id = cid + 1
+                return cid
+            cid += 1
+        raise RpcException("No event queue id left", ResultCode.ERROR_STATE_UNREACHABLE)  # 2**32 - 1 queues
+
+    def _expire(self) -> None:
+        retain = RpcStaticConfig.EVENT_RETAIN_TIMEOUT.int_val
+        now = time.monotonic()
+        with self.lock:
+            expired = [cid for cid, q in self._queues.items() if q.expired(now, retain)]
+            for cid in expired:
+                del self._queues[cid]
+            if expired:
+                self._fanout = tuple(self._queues.values())
+        if expired:
+            self.logger.info("Dropped event queues %s (not resumed within %ss)", expired, retain)
+            self._dirty.set()
+
+    def _gone(self, q: EventQueue, token: object) -> None:
+        """gRPC callback at the end of a listen call: if the client went away, retain its queue."""
+        if q.detach(token) and not q.closed:
+            self.logger.info("Event queue %s retained: its listener went away", q.client_id)
+            self._dirty.set()
+
     # --- service ---
     def send(self, request: Event) -> ResultStatus:
-        _check_name(request.name)
+        """Queue `request` for every live or retained queue accepting its name (the event is shared, not copied)."""
+        check_name(request.name)
+        name = request.name
         limit = RpcStaticConfig.EVENT_QUEUE_MAX.int_val
         retained = False
-        for q in list(self._queues.values()):
-            if q.accepts(request.name):
+        for q in self._fanout:
+            names = q.names
+            if not names or name in names:
                 q.push(request, limit)
-                retained = retained or q.listener is None
+                if q.owner is None:
+                    retained = True
         if retained:
-            self._dirty.set()
+            self._dirty.set()  # events kept for an absent listener: worth persisting
         return ResultStatus()
 
     def inspect(self, request: Empty) -> EventQueueStatus:
@@ -167,75 +236,60 @@ class EventsManager(EventServiceServicer, RpcManager):
             q = self._queues.get(request.client_id)
             if q is None:
                 raise RpcException(f"Unknown event queue: {request.client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
-            with q.cond:
-                if q.listener is None:
-                    raise RpcException(
-                        f"Event queue {request.client_id} is already interrupted", ResultCode.ERROR_STATE_UNEXPECTED
-                    )
-                self._retain(q)
+            if not q.detach():
+                raise RpcException(
+                    f"Event queue {request.client_id} is already interrupted", ResultCode.ERROR_STATE_UNEXPECTED
+                )
+        self.logger.info("Event queue %s interrupted", q.client_id)
         self._dirty.set()
         return ResultStatus()
 
-    @staticmethod
-    def _retain(q: EventQueue) -> None:
-        """Detach the listener (caller holds q.cond); the queue is kept for the retain timeout."""
-        q.listener = None
-        q.retained_since = time.monotonic()
-        q.cond.notify_all()
-
     def listen(self, request: EventFilter) -> Iterator[EventStatus]:
-        for name in request.names:
-            _check_name(name)
+        names = list(request.names)
+        for name in names:
+            check_name(name)
         token = object()
         with self.lock:
             if self._closing:
-                raise RpcException("Events service is shutting down", ResultCode.ERROR_STREAM_SHUTDOWN)
+                raise RpcException("The events service is shutting down", ResultCode.ERROR_STREAM_SHUTDOWN)
             if request.client_id:
                 q = self._queues.get(request.client_id)
                 if q is None:
                     raise RpcException(f"Unknown event queue: {request.client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
-                if request.names:
-                    q.names = frozenset(request.names)
+                if names:
+                    q.names = frozenset(names)
             else:
-                q = EventQueue(self._next_id, request.names)
-                self._next_id += 1
+                q = EventQueue(self._alloc_id(), names, logger=self.logger)
                 self._queues[q.client_id] = q
-            with q.cond:
-                if q.listener is not None:
-                    self.logger.info("Event queue %s resumed by a new stream: ending the previous one", q.client_id)
-                q.listener, q.retained_since = token, None
-                q.cond.notify_all()
+                self._fanout = (*self._fanout, q)
+            took_over = q.attach(token)
         self._dirty.set()
-        client_id = q.client_id
+        cid = q.client_id
+        if took_over:
+            self.logger.info("Event queue %s resumed by a new stream: the previous one ends", cid)
 
         call = current_call()
-        if call is not None:  # client gone: wake up the loop so this thread is released at once
-            call.context.add_callback(lambda: self._disconnected(q, token))
+        if call is not None and not call.context.add_callback(lambda: self._gone(q, token)):
+            self._gone(q, token)  # the call is already over
+            return
 
-        yield EventStatus(client_id=client_id)
-        keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
+        yield EventStatus(client_id=cid)
+        last = time.monotonic()  # last time something was sent
         while True:
-            with q.cond:
-                if not q.events and q.listener is token and not self._closing:
-                    q.cond.wait(keepalive)
-                if q.listener is not token:
-                    return  # interrupted, disconnected or taken over
-                if self._closing:
-                    break
-                batch = list(q.events)
-                q.events.clear()
-            if not batch:
-                yield EventStatus(client_id=client_id)  # keep-alive
-                keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
-            for event in batch:
-                yield EventStatus(event=event, client_id=client_id)
-        # Shutdown: the queue is kept (persisted) so the listener can resume on the next server
-        yield EventStatus(
-            r=Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="Events service is shutting down"), client_id=client_id
-        )
-
-    def _disconnected(self, q: EventQueue, token: object) -> None:
-        with q.cond:
-            if q.listener is token:
-                self._retain(q)
-                self._dirty.set()
+            keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
+            batch = q.take(token, max(0.0, last + keepalive - time.monotonic()))
+            if batch is None:
+                break  # interrupted, taken over, client gone, or shutdown
+            if batch:
+                for event in batch:
+                    yield EventStatus(event=event, client_id=cid)
+                last = time.monotonic()
+            elif time.monotonic() - last >= keepalive:
+                yield EventStatus(client_id=cid)  # keep-alive
+                last = time.monotonic()
+        if q.closed:
+            # The queue is kept (and persisted) so the listener resumes it on the next server
+            yield EventStatus(
+                r=Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down"),
+                client_id=cid,
+            )
