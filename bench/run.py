@@ -1,119 +1,247 @@
 #!/usr/bin/env python3
 """grpc-helper benchmarks, side by side with plain grpcio in the same run.
 
-    python bench/run.py [--duration S] [--rounds N] [--only unary|stream|fanout] [--json FILE]
+    python bench/run.py [--duration S] [--rounds N] [--only NAME]... [--json FILE] [--extra]
 
-Every server and every client runs in its own process. Raw and helper runs alternate over
-several rounds (the machine is shared and noisy) and the median of each is reported, with the
-helper/raw ratio against its target.
+NAME: core (raw vs RpcServer + RpcClient), proxy (raw vs proxied), fanout (events vs raw
+streaming), or a workload: unary, stream. Every server and every client runs in its own process.
+Raw and helper measurements alternate (order rotated each round) over several rounds on the same
+servers, and the median of each is reported with the helper/raw ratio against its target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import ServerProcess
-from workloads import Result, echo, fanout
+from stats import Result, median_result
+from workloads import STREAM_COUNT, echo, fanout
 
 THREADS = 8
 LISTENERS = 100
+GROUPS = ("core", "proxy", "fanout")
+WORKLOADS = ("unary", "stream")
+FOREIGN_WARNING = 0.2  # cores used by other processes during a measurement: results are suspect
 
 
-def median(results: list[Result]) -> Result:
-    return Result(
-        statistics.median(r.ops_per_s for r in results),
-        statistics.median(r.p50_ms for r in results),
-        statistics.median(r.p99_ms for r in results),
-    )
+@dataclass(frozen=True)
+class Target:
+    """`name` compared with `base`: rate ratio >= `ratio` and p99 ratio <= `p99_ratio` (or absolute p99)."""
+
+    name: str
+    base: str
+    ratio: float
+    p99_ratio: float | None = None
+    p99_max_ms: float | None = None
+
+    def describe(self) -> str:
+        out = f">= {self.ratio:g}x"
+        if self.p99_ratio is not None:
+            out += f", p99 <= {self.p99_ratio:g}x"
+        if self.p99_max_ms is not None:
+            out += f", p99 < {self.p99_max_ms:g} ms"
+        return out
 
 
-def main() -> int:
+TARGETS = [
+    Target("helper unary", "raw unary", 0.95, p99_ratio=1.2),
+    Target("helper stream", "raw stream", 0.95, p99_ratio=1.2),
+    Target("proxied unary", "raw unary", 0.6, p99_ratio=2.0),
+    Target("proxied stream", "raw stream", 0.6),
+    Target("fanout", "raw stream", 0.8, p99_max_ms=100),
+]
+UNITS = {"unary": "calls/s", "stream": "msgs/s", "fanout": "deliveries/s"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (default 4)")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds before each run (default 0.5)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds, median reported (default 3)")
-    parser.add_argument("--only", choices=["unary", "stream", "fanout"], action="append")
-    parser.add_argument("--json", type=Path, help="write the results there")
-    args = parser.parse_args()
-    only = set(args.only or ["unary", "stream", "fanout"])
+    parser.add_argument("--only", choices=[*GROUPS, *WORKLOADS], action="append", metavar="NAME",
+                        help=f"restrict to {', '.join(GROUPS + WORKLOADS)} (repeatable)")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    extra_help = "diagnostics too: minimal grpcio bytes proxy, plain stub with single-threaded streams"
+    parser.add_argument("--extra", action="store_true", help=extra_help)
+    parser.add_argument("--listener-procs", type=int, default=2, help="client processes for fan-out listeners")
+    parser.add_argument("--window", type=int, default=8, help="fan-out: events in flight at most (default 8)")
+    return parser.parse_args(argv)
 
-    raw, helper = ServerProcess("raw"), ServerProcess("helper")
-    backend = ServerProcess("helper")
-    proxy = ServerProcess("proxy", backend.port)
-    events = ServerProcess("events") if "fanout" in only else None
-    runs: dict[str, list[Result]] = {}
 
-    def measure(name: str, fn: Callable[[], Result]) -> None:
-        result = fn()
-        runs.setdefault(name, []).append(result)
-        r = result
-        print(f"  {name:16s} {r.ops_per_s:10.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms", flush=True)
+@dataclass(frozen=True)
+class Plan:
+    """One measurement of a round: `name` measured by `run()`."""
 
+    name: str
+    run: Callable[[], Result]
+
+
+def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], round_: int) -> list[Plan]:
+    """The measurements of one round, raw and helper variants in an order rotated by round."""
+    only = set(args.only or ())
+    groups = [g for g in GROUPS if g in only] or list(GROUPS)
+    workloads = [w for w in WORKLOADS if w in only] or list(WORKLOADS)
+    if "fanout" in groups and "stream" not in workloads:
+        workloads.append("stream")  # the fan-out baseline
+    plans: list[Plan] = []
+    d, w = args.duration, args.warmup
+
+    def pids(*names: str) -> dict[str, int]:
+        return {("server" if len(names) == 1 else n): servers[n].pid for n in names}
+
+    for workload in workloads:
+        variants: list[tuple[str, str, tuple[str, ...]]] = []  # (name, client kind, servers)
+        variants.append(("raw", "raw", ("raw",)))
+        if "core" in groups:
+            variants.append(("helper", "helper", ("helper",)))
+        if "proxy" in groups:
+            variants.append(("proxied", "helper", ("proxy", "backend")))
+        if args.extra:
+            variants.append(("rawproxy", "helper", ("rawproxy", "backend")))
+            if workload == "stream":
+                variants.append(("raw-st", "raw-st", ("raw",)))
+        if groups == ["fanout"]:
+            variants = variants[:1]
+        shift = round_ % len(variants)
+        for name, client, roles in variants[shift:] + variants[:shift]:
+            port = servers[roles[0]].port
+
+            def run(c: str = client, p: int = port, wl: str = workload, r: tuple[str, ...] = roles) -> Result:
+                return echo(c, p, wl, THREADS, d, w, pids(*r))
+
+            plans.append(Plan(f"{name} {workload}", run))
+    if "fanout" in groups:
+        events = servers["events"]
+
+        def run_fanout() -> Result:
+            return fanout(events.port, LISTENERS, d, args.window, args.listener_procs, warmup=w,
+                          pids={"server": events.pid})  # fmt: skip
+
+        plans.append(Plan("fanout", run_fanout))
+    return plans
+
+
+def start_servers(args: argparse.Namespace) -> dict[str, ServerProcess]:
+    only = set(args.only or GROUPS)
+    needed = {"raw"}
+    if "core" in only or not only & set(GROUPS):
+        needed.add("helper")
+    if "proxy" in only or not only & set(GROUPS):
+        needed |= {"backend", "proxy"}
+    if "fanout" in only or not only & set(GROUPS):
+        needed.add("events")
+    if args.extra:
+        needed |= {"backend", "rawproxy"}
+    servers: dict[str, ServerProcess] = {}
     try:
-        for round_ in range(1, args.rounds + 1):
-            print(f"round {round_}/{args.rounds}", flush=True)
-            for workload in ("unary", "stream"):
-                if workload not in only:
-                    continue
-                for name, kind, port in (("raw", "raw", raw.port), ("helper", "helper", helper.port),
-                                         ("proxied", "helper", proxy.port)):  # fmt: skip
-                    measure(
-                        f"{name} {workload}", lambda k=kind, p=port, w=workload: echo(k, p, w, THREADS, args.duration)
-                    )
-            if events is not None:
-                measure("fanout", lambda: fanout(events.port, LISTENERS, args.duration))
-    finally:
-        for server in (proxy, backend, raw, helper, events):
-            if server is not None:
-                server.close()
+        for name in ("raw", "helper", "backend", "proxy", "rawproxy", "events"):
+            if name in needed:
+                kind = "helper" if name == "backend" else name
+                backend = servers["backend"].port if name in ("proxy", "rawproxy") else 0
+                servers[name] = ServerProcess(kind, backend)
+    except BaseException:
+        for server in servers.values():
+            server.close()
+        raise
+    return servers
 
-    results = {name: median(rs) for name, rs in runs.items()}
-    rows = []
 
-    def row(name: str, base: str, unit: str, target: float, p99_target: float | None) -> None:
-        if name not in results or base not in results:
-            return
-        r, b = results[name], results[base]
-        ratio, p99_ratio = r.ops_per_s / b.ops_per_s, r.p99_ms / b.p99_ms
-        ok = ratio >= target and (p99_target is None or p99_ratio <= p99_target)
-        p99_goal = f", p99 <= {p99_target}x" if p99_target else ""
-        rows.append((name, unit, r, ratio, p99_ratio, f">= {target}x{p99_goal}", "PASS" if ok else "FAIL"))
+def fmt(value: float, spec: str = ".2f") -> str:
+    return "" if value is None or math.isnan(value) else format(value, spec)
 
-    for workload, unit in (("unary", "calls/s"), ("stream", "msgs/s")):
-        if f"raw {workload}" in results:
-            b = results[f"raw {workload}"]
-            rows.append((f"raw {workload}", unit, b, 1.0, 1.0, "baseline", ""))
-        row(f"helper {workload}", f"raw {workload}", unit, 0.95, 1.2)
-        row(f"proxied {workload}", f"raw {workload}", unit, 0.6, 2.0 if workload == "unary" else None)
-    if "fanout" in results and "raw stream" in results:
-        f, b = results["fanout"], results["raw stream"]
-        ratio = f.ops_per_s / b.ops_per_s
-        ok = ratio >= 0.8 and f.p99_ms < 100
-        goal = ">= 0.8x raw stream, p99 < 100 ms"
-        rows.append(("fanout (100 listeners)", "deliveries/s", f, ratio, float("nan"), goal, "PASS" if ok else "FAIL"))
 
-    print(f"\nmedian of {args.rounds} rounds, {args.duration:g} s each, {THREADS} client threads, 64-byte payloads")
+def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str, Any]:
+    """Print the table of medians; return the JSON document."""
+    results = {name: median_result(rs) for name, rs in runs.items()}
+    by_name = {t.name: t for t in TARGETS}
+    rows: list[dict[str, Any]] = []
+    for name, r in results.items():
+        unit = UNITS["fanout" if name == "fanout" else name.split()[-1]]
+        row: dict[str, Any] = {"scenario": name, "unit": unit, **asdict(r), "server_cpu_us": r.server_cpu_us}
+        target = by_name.get(name)
+        base = results.get(target.base) if target else None
+        if target and base:
+            ratio, p99_ratio = r.ops_per_s / base.ops_per_s, r.p99_ms / base.p99_ms
+            ok = ratio >= target.ratio
+            if target.p99_ratio is not None:
+                ok = ok and p99_ratio <= target.p99_ratio
+            if target.p99_max_ms is not None:
+                ok = ok and r.p99_ms < target.p99_max_ms
+            row |= {"base": target.base, "ratio": ratio, "p99_ratio": p99_ratio, "target": target.describe(),
+                    "verdict": "PASS" if ok else "FAIL"}  # fmt: skip
+        elif name.startswith("raw "):
+            row |= {"ratio": 1.0, "p99_ratio": 1.0, "target": "baseline", "verdict": ""}
+        elif f"raw {name.split()[-1]}" in results:  # --extra diagnostics: ratio only
+            base_name = f"raw {name.split()[-1]}"
+            base = results[base_name]
+            row |= {"base": base_name, "ratio": r.ops_per_s / base.ops_per_s, "p99_ratio": r.p99_ms / base.p99_ms,
+                    "target": "diagnostic", "verdict": ""}  # fmt: skip
+        rows.append(row)
+    order = [f"{v} {w}" for w in WORKLOADS for v in ("raw", "raw-st", "helper", "proxied", "rawproxy")] + ["fanout"]
+    rows.sort(key=lambda row: order.index(row["scenario"]) if row["scenario"] in order else len(order))
+
+    print(
+        f"\nmedian of {args.rounds} round(s), {args.duration:g} s each (+{args.warmup:g} s warm-up), "
+        f"{THREADS} client threads, 64-byte payloads, streams of {STREAM_COUNT}, "
+        f"fan-out to {LISTENERS} listeners in {args.listener_procs} process(es), window {args.window}"
+    )
     header = (
-        f"{'scenario':24s} {'rate':>12s} {'unit':12s} {'p50 ms':>8s} {'p99 ms':>8s} {'ratio':>6s} {'p99 ratio':>9s}"
-        "  target"
+        f"{'scenario':16s} {'rate':>9s} {'unit':12s} {'p50 ms':>8s} {'p99 ms':>8s} {'ratio':>6s} {'p99 x':>6s} "
+        f"{'srv cpu':>8s} {'cli cpu':>8s}  target"
     )
     print(header)
-    print("-" * len(header))
-    for name, unit, r, ratio, p99_ratio, target, verdict in rows:
-        p99r = "" if p99_ratio != p99_ratio else f"{p99_ratio:.2f}"  # NaN: not applicable
+    print("-" * (len(header) + 34))
+    for row in rows:
         print(
-            f"{name:24s} {r.ops_per_s:12.0f} {unit:12s} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {ratio:6.2f} {p99r:>9s}  "
-            f"{target} {verdict}"
+            f"{row['scenario']:16s} {row['ops_per_s']:9.0f} {row['unit']:12s} {fmt(row['p50_ms']):>8s} "
+            f"{fmt(row['p99_ms']):>8s} {fmt(row.get('ratio', math.nan)):>6s} {fmt(row.get('p99_ratio', math.nan)):>6s} "
+            f"{fmt(row['server_cpu_us'], '.0f'):>8s} {fmt(row['client_cpu_us'], '.0f'):>8s}  "
+            f"{row.get('target', '')} {row.get('verdict', '')}"
         )
+    print("(cpu: microseconds of CPU per call/msg/delivery, server = all server processes of the scenario)")
+    foreign = [r.foreign_cpu for rs in runs.values() for r in rs if not math.isnan(r.foreign_cpu)]
+    if foreign and max(foreign) > FOREIGN_WARNING:
+        print(f"WARNING: other processes used up to {max(foreign):.2f} cores during measurements: noisy results")
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        | {"threads": THREADS, "listeners": LISTENERS, "stream_count": STREAM_COUNT},
+        "results": rows,
+        "rounds": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    servers = start_servers(args)
+    runs: dict[str, list[Result]] = {}
+    try:
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}/{args.rounds}", flush=True)
+            for plan in plan_round(args, servers, round_):
+                r = plan.run()
+                runs.setdefault(plan.name, []).append(r)
+                print(
+                    f"  {plan.name:16s} {r.ops_per_s:9.0f}/s  p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  "
+                    f"cpu/op srv {r.server_cpu_us:5.0f} us cli {r.client_cpu_us:5.0f} us  "
+                    f"(foreign load {r.foreign_cpu:.2f} cores)",
+                    flush=True,
+                )
+    finally:
+        for server in servers.values():
+            server.close()
+    doc = report(args, runs)
     if args.json:
-        args.json.write_text(json.dumps({n: asdict(r) for n, r in results.items()}, indent=2))
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"results written to {args.json}")
     return 0
 
 

@@ -1,20 +1,35 @@
-"""Server processes for the benchmarks: plain grpcio, RpcServer, a proxying pair, an events server.
+"""Server processes for the benchmarks, each in its own (spawned) process.
 
-Each server runs in its own process (started with multiprocessing) and reports its port(s).
+Kinds:
+- `raw`: what a plain grpcio user writes, `grpc.server(ThreadPoolExecutor(30))` + the generated
+  `add_EchoServiceServicer_to_server` with a plain servicer;
+- `helper`: `RpcServer` serving the same echo service through an `RpcManager`;
+- `proxy`: a main `RpcServer` proxying `echo` (descriptor `is_proxy=True`) to the `helper`
+  server whose port is given, registered with `srv.proxy_register`;
+- `events`: `RpcServer(with_events=True)`;
+- `rawproxy` (diagnostic, `--extra`): the least a proxy can do with grpcio, a generic handler
+  forwarding raw bytes with blocking calls on one channel; a lower bound for `proxy`;
+- `rawevents` (diagnostic, `--extra`): the events service as a plain grpcio user would write it
+  (a `SimpleQueue` per listener, `send` puts into each); a lower bound for `events`.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent import futures
+from queue import SimpleQueue
 from typing import Any
 
 import grpc
 
 import grpc_helper_samples
 from grpc_helper import RpcManager, RpcServer, RpcServiceDescriptor
-from grpc_helper.api import ProxyRegisterRequest
+from grpc_helper.api import Event, EventFilter, EventInterrupt, EventStatus, ProxyRegisterRequest, ResultStatus
+from grpc_helper.api.events_pb2_grpc import EventServiceServicer, add_EventServiceServicer_to_server
+from grpc_helper.client import CHANNEL_OPTIONS
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
     EchoServiceServicer,
@@ -22,43 +37,121 @@ from grpc_helper_samples.api.echo_pb2_grpc import (
     add_EchoServiceServicer_to_server,
 )
 
+KINDS = ("raw", "helper", "proxy", "events", "rawproxy", "rawevents")
+
 
 class RawEcho(EchoServiceServicer):
-    """What a plain grpcio user writes."""
+    """The echo service as a plain grpcio servicer."""
 
     def echo(self, request: EchoRequest, context: Any) -> EchoResponse:
         return EchoResponse(payload=request.payload)
 
     def repeat(self, request: EchoRequest, context: Any) -> Iterable[EchoResponse]:
-        response = EchoResponse(payload=request.payload)
+        payload = request.payload
         for i in range(request.count):
-            response.index = i
-            yield response
+            yield EchoResponse(payload=payload, index=i)
 
 
 class HelperEcho(EchoServiceServicer, RpcManager):
-    """The same service as a grpc-helper manager."""
+    """The same service as a grpc-helper manager: one request parameter, annotated return type."""
 
     def echo(self, request: EchoRequest) -> EchoResponse:
         return EchoResponse(payload=request.payload)
 
-    def repeat(self, request: EchoRequest) -> Iterable[EchoResponse]:
-        response = EchoResponse(payload=request.payload)
+    def repeat(self, request: EchoRequest) -> Iterator[EchoResponse]:
+        payload = request.payload
         for i in range(request.count):
-            response.index = i
-            yield response
+            yield EchoResponse(payload=payload, index=i)
 
 
 def echo_descriptor(is_proxy: bool = False) -> RpcServiceDescriptor:
+    """The echo service descriptor, served by `HelperEcho` or proxied (plain servicer as manager)."""
     manager = EchoServiceServicer() if is_proxy else HelperEcho()
     register, stub = add_EchoServiceServicer_to_server, EchoServiceStub
     return RpcServiceDescriptor(grpc_helper_samples, "echo", EchoApiVersion, manager, register, stub, is_proxy)
 
 
+class _BytesForwarder(grpc.GenericRpcHandler):
+    """`rawproxy`: forwards every call of the echo service to a backend, bytes in, bytes out."""
+
+    def __init__(self, port: int) -> None:
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        path = details.method  # type: ignore[attr-defined]
+        handler = self._handlers.get(path)
+        if handler is None:
+            handler = self._handlers[path] = self._make(path)
+        return handler
+
+    def _make(self, path: str) -> grpc.RpcMethodHandler:
+        def metadata(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
+            md = context.invocation_metadata()
+            return [(k, v) for k, v in md if k != "user-agent" and not k.startswith("grpc-")]  # type: ignore[misc]
+
+        if path.endswith("/repeat"):
+            stream_call = self._channel.unary_stream(path, None, None, _registered_method=True)
+
+            def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+                yield from stream_call(request, metadata=metadata(context))
+
+            return grpc.unary_stream_rpc_method_handler(stream)
+        unary_call = self._channel.unary_unary(path, None, None, _registered_method=True)
+
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            return unary_call(request, metadata=metadata(context))
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+class RawEvents(EventServiceServicer):
+    """`rawevents`: listen/send/interrupt with a queue per listener, nothing more (no retention, no limits)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._queues: dict[int, tuple[frozenset[str], SimpleQueue[Event | None]]] = {}
+
+    def listen(self, request: EventFilter, context: Any) -> Iterator[EventStatus]:
+        queue: SimpleQueue[Event | None] = SimpleQueue()
+        with self._lock:
+            cid = next(self._ids)
+            self._queues[cid] = (frozenset(request.names), queue)
+        context.add_callback(lambda: queue.put(None))
+        yield EventStatus(client_id=cid)
+        while (event := queue.get()) is not None:
+            yield EventStatus(event=event, client_id=cid)
+        with self._lock:
+            self._queues.pop(cid, None)
+
+    def send(self, request: Event, context: Any) -> ResultStatus:
+        with self._lock:
+            queues = list(self._queues.values())
+        for names, queue in queues:
+            if not names or request.name in names:
+                queue.put(request)
+        return ResultStatus()
+
+    def interrupt(self, request: EventInterrupt, context: Any) -> ResultStatus:
+        with self._lock:
+            entry = self._queues.pop(request.client_id, None)
+        if entry is not None:
+            entry[1].put(None)
+        return ResultStatus()
+
+
 def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
-    if kind == "raw":
-        server = grpc.server(futures.ThreadPoolExecutor(30))
-        add_EchoServiceServicer_to_server(RawEcho(), server)
+    """Child process body: start a server of `kind`, report its port, serve until `stop` is set."""
+    if kind in ("raw", "rawproxy", "rawevents"):
+        # Event listeners each hold a thread for the whole stream
+        server = grpc.server(futures.ThreadPoolExecutor(200 if kind == "rawevents" else 30))
+        if kind == "raw":
+            add_EchoServiceServicer_to_server(RawEcho(), server)
+        elif kind == "rawevents":
+            add_EventServiceServicer_to_server(RawEvents(), server)
+        else:
+            server.add_generic_rpc_handlers((_BytesForwarder(arg),))
         ports.put(server.add_insecure_port("127.0.0.1:0"))
         server.start()
         stop.wait()
@@ -68,28 +161,36 @@ def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
         srv = RpcServer(0, [echo_descriptor()], with_debug_signal=False)
     elif kind == "proxy":
         srv = RpcServer(0, [echo_descriptor(is_proxy=True)], with_debug_signal=False)
-        srv.client.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=arg))
+        request = ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=arg)
+        srv.client.srv.proxy_register(request)
     elif kind == "events":
         srv = RpcServer(0, [], with_events=True, with_debug_signal=False)
     else:
-        raise ValueError(kind)
+        raise ValueError(f"unknown server kind {kind!r} (expected one of {', '.join(KINDS)})")
     ports.put(srv.port)
     stop.wait()
     srv.shutdown()
 
 
 class ServerProcess:
-    """A server in a child process; `port` once started, `close()` to stop it."""
+    """A server of `kind` in a child process (`arg`: backend port of a proxy); `close()` stops it."""
 
     def __init__(self, kind: str, arg: int = 0) -> None:
         ctx = mp.get_context("spawn")
         queue, self._stop = ctx.Queue(), ctx.Event()
-        self._proc = ctx.Process(target=_serve, args=(kind, queue, self._stop, arg), daemon=True)
+        self.kind = kind
+        self._proc = ctx.Process(target=_serve, args=(kind, queue, self._stop, arg), daemon=True, name=f"bench-{kind}")
         self._proc.start()
         self.port: int = queue.get(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        assert self._proc.pid is not None
+        return self._proc.pid
 
     def close(self) -> None:
         self._stop.set()
         self._proc.join(30)
         if self._proc.is_alive():
             self._proc.kill()
+            self._proc.join()
