@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=[*GROUPS, *WORKLOADS], action="append", metavar="NAME",
                         help=f"restrict to {', '.join(GROUPS + WORKLOADS)} (repeatable)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results to this file")
-    extra_help = "diagnostics too: minimal grpcio bytes proxy, plain stub with single-threaded streams"
+    extra_help = "diagnostics too: minimal grpcio proxies and events servers (sync and aio), single-threaded stub"
     parser.add_argument("--extra", action="store_true", help=extra_help)
     parser.add_argument("--listener-procs", type=int, default=2, help="client processes for fan-out listeners")
     parser.add_argument("--window", type=int, default=8, help="fan-out: events in flight at most (default 8)")
@@ -107,6 +107,7 @@ def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], roun
             variants.append(("proxied", "helper", ("proxy", "backend")))
         if args.extra:
             variants.append(("rawproxy", "helper", ("rawproxy", "backend")))
+            variants.append(("aioproxy", "helper", ("aioproxy", "backend")))
             if workload == "stream":
                 variants.append(("raw-st", "raw-st", ("raw",)))
         if groups == ["fanout"]:
@@ -120,13 +121,18 @@ def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], roun
 
             plans.append(Plan(f"{name} {workload}", run))
     if "fanout" in groups:
-        events = servers["events"]
+        kinds = [("fanout", "events")]
+        if args.extra:
+            kinds += [("rawevents fanout", "rawevents"), ("aioevents fanout", "aioevents")]
+        shift = round_ % len(kinds)
+        for name, kind in kinds[shift:] + kinds[:shift]:
+            events = servers[kind]
 
-        def run_fanout() -> Result:
-            return fanout(events.port, LISTENERS, d, args.window, args.listener_procs, warmup=w,
-                          pids={"server": events.pid})  # fmt: skip
+            def run_fanout(ev: ServerProcess = events) -> Result:
+                return fanout(ev.port, LISTENERS, d, args.window, args.listener_procs, warmup=w,
+                              pids={"server": ev.pid})  # fmt: skip
 
-        plans.append(Plan("fanout", run_fanout))
+            plans.append(Plan(name, run_fanout))
     return plans
 
 
@@ -140,13 +146,15 @@ def start_servers(args: argparse.Namespace) -> dict[str, ServerProcess]:
     if "fanout" in only or not only & set(GROUPS):
         needed.add("events")
     if args.extra:
-        needed |= {"backend", "rawproxy"}
+        needed |= {"backend", "rawproxy", "aioproxy"}
+        if "events" in needed:
+            needed |= {"rawevents", "aioevents"}
     servers: dict[str, ServerProcess] = {}
     try:
-        for name in ("raw", "helper", "backend", "proxy", "rawproxy", "events"):
+        for name in ("raw", "helper", "backend", "proxy", "rawproxy", "aioproxy", "events", "rawevents", "aioevents"):
             if name in needed:
                 kind = "helper" if name == "backend" else name
-                backend = servers["backend"].port if name in ("proxy", "rawproxy") else 0
+                backend = servers["backend"].port if name in ("proxy", "rawproxy", "aioproxy") else 0
                 servers[name] = ServerProcess(kind, backend)
     except BaseException:
         for server in servers.values():
@@ -159,13 +167,19 @@ def fmt(value: float, spec: str = ".2f") -> str:
     return "" if value is None or math.isnan(value) else format(value, spec)
 
 
+def _diagnostic_base(name: str) -> str:
+    """What a diagnostic row is compared with: raw streaming for fan-out, else raw of the same workload."""
+    workload = name.split()[-1]
+    return "raw stream" if workload == "fanout" else f"raw {workload}"
+
+
 def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str, Any]:
     """Print the table of medians; return the JSON document."""
     results = {name: median_result(rs) for name, rs in runs.items()}
     by_name = {t.name: t for t in TARGETS}
     rows: list[dict[str, Any]] = []
     for name, r in results.items():
-        unit = UNITS["fanout" if name == "fanout" else name.split()[-1]]
+        unit = UNITS[name.split()[-1]]
         row: dict[str, Any] = {"scenario": name, "unit": unit, **asdict(r), "server_cpu_us": r.server_cpu_us}
         target = by_name.get(name)
         base = results.get(target.base) if target else None
@@ -180,13 +194,14 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str,
                     "verdict": "PASS" if ok else "FAIL"}  # fmt: skip
         elif name.startswith("raw "):
             row |= {"ratio": 1.0, "p99_ratio": 1.0, "target": "baseline", "verdict": ""}
-        elif f"raw {name.split()[-1]}" in results:  # --extra diagnostics: ratio only
-            base_name = f"raw {name.split()[-1]}"
+        elif _diagnostic_base(name) in results:  # --extra diagnostics: ratio only
+            base_name = _diagnostic_base(name)
             base = results[base_name]
             row |= {"base": base_name, "ratio": r.ops_per_s / base.ops_per_s, "p99_ratio": r.p99_ms / base.p99_ms,
                     "target": "diagnostic", "verdict": ""}  # fmt: skip
         rows.append(row)
-    order = [f"{v} {w}" for w in WORKLOADS for v in ("raw", "raw-st", "helper", "proxied", "rawproxy")] + ["fanout"]
+    variants = ("raw", "raw-st", "helper", "proxied", "rawproxy", "aioproxy")
+    order = [f"{v} {w}" for w in WORKLOADS for v in variants] + ["fanout", "rawevents fanout", "aioevents fanout"]
     rows.sort(key=lambda row: order.index(row["scenario"]) if row["scenario"] in order else len(order))
 
     print(

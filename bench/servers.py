@@ -11,10 +11,17 @@ Kinds:
   forwarding raw bytes with blocking calls on one channel; a lower bound for `proxy`;
 - `rawevents` (diagnostic, `--extra`): the events service as a plain grpcio user would write it
   (a `SimpleQueue` per listener, `send` puts into each); a lower bound for `events`.
+- `aioproxy`, `aioevents` (diagnostics, `--extra`): the same two minimal servers written with
+  `grpc.aio` coroutines (one event loop, no thread per call or stream): the floor of the other
+  grpcio API.
+
+The diagnostics have no version check, no registry, no retention, no limits: they show what the
+grpcio machinery alone costs on this machine, i.e. how far the targets are reachable at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing as mp
 import threading
@@ -30,6 +37,7 @@ from grpc_helper import RpcManager, RpcServer, RpcServiceDescriptor
 from grpc_helper.api import Event, EventFilter, EventInterrupt, EventStatus, ProxyRegisterRequest, ResultStatus
 from grpc_helper.api.events_pb2_grpc import EventServiceServicer, add_EventServiceServicer_to_server
 from grpc_helper.client import CHANNEL_OPTIONS
+from grpc_helper.proxy.forward import forwarded_metadata
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
     EchoServiceServicer,
@@ -37,7 +45,7 @@ from grpc_helper_samples.api.echo_pb2_grpc import (
     add_EchoServiceServicer_to_server,
 )
 
-KINDS = ("raw", "helper", "proxy", "events", "rawproxy", "rawevents")
+KINDS = ("raw", "helper", "proxy", "events", "rawproxy", "rawevents", "aioproxy", "aioevents")
 
 
 class RawEcho(EchoServiceServicer):
@@ -71,11 +79,10 @@ def echo_descriptor(is_proxy: bool = False) -> RpcServiceDescriptor:
     return RpcServiceDescriptor(grpc_helper_samples, "echo", EchoApiVersion, manager, register, stub, is_proxy)
 
 
-class _BytesForwarder(grpc.GenericRpcHandler):
-    """`rawproxy`: forwards every call of the echo service to a backend, bytes in, bytes out."""
+class _Forwarder(grpc.GenericRpcHandler):
+    """A handler per method path of the echo service, made on first use by `_make`."""
 
-    def __init__(self, port: int) -> None:
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+    def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -86,21 +93,28 @@ class _BytesForwarder(grpc.GenericRpcHandler):
         return handler
 
     def _make(self, path: str) -> grpc.RpcMethodHandler:
-        def metadata(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
-            md = context.invocation_metadata()
-            return [(k, v) for k, v in md if k != "user-agent" and not k.startswith("grpc-")]  # type: ignore[misc]
+        raise NotImplementedError
 
+
+class _BytesForwarder(_Forwarder):
+    """`rawproxy`: forwards every call of the echo service to a backend, bytes in, bytes out."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+
+    def _make(self, path: str) -> grpc.RpcMethodHandler:
         if path.endswith("/repeat"):
             stream_call = self._channel.unary_stream(path, None, None, _registered_method=True)
 
             def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-                yield from stream_call(request, metadata=metadata(context))
+                yield from stream_call(request, metadata=forwarded_metadata(context.invocation_metadata()))
 
             return grpc.unary_stream_rpc_method_handler(stream)
         unary_call = self._channel.unary_unary(path, None, None, _registered_method=True)
 
         def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-            return unary_call(request, metadata=metadata(context))
+            return unary_call(request, metadata=forwarded_metadata(context.invocation_metadata()))
 
         return grpc.unary_unary_rpc_method_handler(unary)
 
@@ -141,8 +155,78 @@ class RawEvents(EventServiceServicer):
         return ResultStatus()
 
 
+class _AioBytesForwarder(_Forwarder):
+    """`aioproxy`: `_BytesForwarder` with coroutines on a `grpc.aio` channel."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+
+    def _make(self, path: str) -> grpc.RpcMethodHandler:
+        if path.endswith("/repeat"):
+            stream_call = self._channel.unary_stream(path)
+
+            async def stream(request: bytes, context: Any) -> Any:
+                async for response in stream_call(request, metadata=forwarded_metadata(context.invocation_metadata())):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(stream)
+        unary_call = self._channel.unary_unary(path)
+
+        async def unary(request: bytes, context: Any) -> Any:
+            return await unary_call(request, metadata=forwarded_metadata(context.invocation_metadata()))
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+class AioEvents(EventServiceServicer):
+    """`aioevents`: `RawEvents` with coroutines and an `asyncio.Queue` per listener."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._queues: dict[int, tuple[frozenset[str], asyncio.Queue[Event | None]]] = {}
+
+    async def listen(self, request: EventFilter, context: Any) -> Any:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        cid = next(self._ids)
+        self._queues[cid] = (frozenset(request.names), queue)
+        try:
+            yield EventStatus(client_id=cid)
+            while (event := await queue.get()) is not None:
+                yield EventStatus(event=event, client_id=cid)
+        finally:
+            self._queues.pop(cid, None)
+
+    async def send(self, request: Event, context: Any) -> ResultStatus:
+        for names, queue in list(self._queues.values()):
+            if not names or request.name in names:
+                queue.put_nowait(request)
+        return ResultStatus()
+
+    async def interrupt(self, request: EventInterrupt, context: Any) -> ResultStatus:
+        entry = self._queues.pop(request.client_id, None)
+        if entry is not None:
+            entry[1].put_nowait(None)
+        return ResultStatus()
+
+
+async def _serve_aio(kind: str, ports: Any, stop: Any, arg: int) -> None:
+    server = grpc.aio.server()
+    if kind == "aioproxy":
+        server.add_generic_rpc_handlers((_AioBytesForwarder(arg),))
+    else:
+        add_EventServiceServicer_to_server(AioEvents(), server)  # type: ignore[no-untyped-call]
+    ports.put(server.add_insecure_port("127.0.0.1:0"))
+    await server.start()
+    await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+    await server.stop(0)
+
+
 def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
     """Child process body: start a server of `kind`, report its port, serve until `stop` is set."""
+    if kind in ("aioproxy", "aioevents"):
+        asyncio.run(_serve_aio(kind, ports, stop, arg))
+        return
     if kind in ("raw", "rawproxy", "rawevents"):
         # Event listeners each hold a thread for the whole stream
         server = grpc.server(futures.ThreadPoolExecutor(200 if kind == "rawevents" else 30))

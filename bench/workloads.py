@@ -234,7 +234,8 @@ def _fanout_sender(
 
     sent = 0
     t0 = time.perf_counter()
-    start = end = start_ns = end_ns = delivered0 = 0
+    start = end = 0.0
+    start_ns = end_ns = delivered0 = 0
     phase = "warmup"
     while True:
         now = time.perf_counter()
