@@ -193,6 +193,31 @@ class TestPersistence:
         assert srv.client.events.inspect(Empty()).client_ids == [7, 9]
         assert Stream(srv.client).client_id == 10
 
+    @pytest.mark.parametrize(
+        "content",
+        [
+            '{"next_id": 3, "queues": {"x": {}}}',  # not an id
+            '{"next_id": 3, "queues": {"0": {}}}',  # 0 means "no id"
+            '{"next_id": -1, "queues": {}}',
+            '{"next_id": 3, "queues": {"4": {"names": "A"}}}',  # names must be a list
+            '{"next_id": 3, "queues": {"4": {"events": [{"name": 5}]}}}',
+            '"queues"',
+            '{"queues": ',  # not JSON at all
+        ],
+    )
+    def test_invalid_file_is_refused_and_kept(self, servers: Servers, folders, content: str) -> None:
+        path = folders.workspace / "queues.json"
+        path.write_text(content)
+        assert rc_of(lambda: servers(0, [], folders=folders, with_events=True)) == ResultCode.ERROR_MODEL_INVALID
+        assert path.read_text() == content  # nothing overwritten: the operator can fix it
+
+    def test_ids_wrap_around_the_uint32_range_skipping_held_ones(self, servers: Servers, folders) -> None:
+        data = {"next_id": 0xFFFFFFFF, "queues": {"1": {"names": [], "events": []}}}
+        (folders.workspace / "queues.json").write_text(json.dumps(data))
+        srv = servers(0, [], folders=folders, with_events=True)
+        assert Stream(srv.client).client_id == 0xFFFFFFFF
+        assert Stream(srv.client).client_id == 2  # wrapped; 1 is still held
+
 
 class Collector(EventsListener):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -232,6 +257,20 @@ class TestListener:
         assert wait_until(lambda: listener.client_id not in srv.client.events.inspect(Empty()).client_ids)
         assert rc_of(listener.interrupt) == ResultCode.ERROR_ITEM_UNKNOWN
 
+    def test_invalid_names_are_refused_at_construction(self, srv: RpcServer) -> None:
+        assert rc_of(lambda: Collector(srv.client, ["A", "has space"])) == ResultCode.ERROR_PARAM_INVALID
+        assert rc_of(lambda: Collector(srv.client, [""])) == ResultCode.ERROR_PARAM_MISSING
+
+    def test_api_version_mismatch_stops_it_with_the_error(self, srv: RpcServer) -> None:
+        too_new = EventApiVersion.EVENT_API_CURRENT + 1
+        client = RpcClient("127.0.0.1", srv.port, {"events": (EventServiceStub, too_new)})
+        listener = Collector(client, [])
+        listener._thread.join(30)
+        assert not listener.is_alive  # no retry can fix this
+        assert listener.error is not None and listener.error.rc == ResultCode.ERROR_API_SERVER_TOO_OLD
+        assert not listener.ready.is_set()
+        client.close()
+
     def test_unknown_id_asks_for_a_new_one(self, srv: RpcServer) -> None:
         listener = Collector(srv.client, [], client_id=31337)
         assert wait_until(lambda: listener.ready.is_set())
@@ -247,9 +286,12 @@ class TestListener:
         srv.client.events.send(event("R", n="before"))
         assert listener.wait_count(1)
         client_id = listener.client_id
+        assert listener.connected.is_set()
         srv.shutdown()
+        assert wait_until(lambda: not listener.connected.is_set())
+        assert listener.ready.is_set()  # it stays set: client_id stays known
         srv2 = servers(port, [], folders=folders, with_events=True)
-        assert wait_until(lambda: listener.ready.is_set(), 60)
+        assert listener.connected.wait(60)
         assert listener.client_id == client_id  # resumed its persisted queue
         srv2.client.events.send(event("R", n="after"))
         assert listener.wait_count(2, 60)
