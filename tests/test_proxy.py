@@ -181,7 +181,9 @@ class TestForwarding:
         assert {k: seen["md"][k] for k in ("client", "user", "api_version", "x-custom")} == {
             "client": "c1", "user": "u1", "api_version": "2", "x-custom": "v"
         }  # fmt: skip
-        assert 0 < seen["left"] <= 7
+        # The caller's 7 s, less the time spent on the way; gRPC encodes `grpc-timeout` with a few
+        # significant digits, rounded up, so each hop may add a few milliseconds
+        assert 6 < seen["left"] <= 7.1
 
     def test_version_check_at_the_proxy(self, servers: Servers) -> None:
         main = servers(0, [echo_descriptor(is_proxy=True)])  # nothing registered
