@@ -297,7 +297,10 @@ class RpcServer:
                 _log.exception("Manager %s failed to shut down", manager.logger.name)
 
     def _finalize(self) -> None:
-        if self.client is not None:
+        # After a remote shutdown, the shutdown call itself may have come through this very client
+        # and still be reading its answer: closing the channel now would cancel it. That client is
+        # closed at the end of the remote shutdown instead.
+        if self.client is not None and not self._remote_shutdown:
             self.client.close()
         for pool in ("_workers", "streams"):
             if hasattr(self, pool):
@@ -318,6 +321,8 @@ class RpcServer:
             self.shutdown()
             delay = float(timeout) if timeout > 0 else RpcStaticConfig.SHUTDOWN_TIMEOUT.float_val if timeout == 0 else 0
             self._terminated.wait(delay)  # a local shutdown or signal may end the wait early
+            if self.client is not None:
+                self.client.close()
             self._terminated.set()
 
         threading.Thread(target=run, name="rpc-remote-shutdown", daemon=True).start()
