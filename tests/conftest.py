@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,19 @@ class EchoManager(EchoServiceServicer, RpcManager):
     def chat(self, request: Iterable[EchoRequest]) -> Iterable[EchoResponse]:
         for i, r in enumerate(request):
             yield EchoResponse(text=r.text.upper(), index=i)
+
+
+class BlockingEcho(EchoManager):
+    """`echo` sets `started`, then blocks until `release` is set (30 s at most) and answers "done"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        self.started.set()
+        self.release.wait(30)
+        return EchoResponse(text="done")
 
 
 def echo_descriptor(manager: Any = None, is_proxy: bool = False, name: str = "echo") -> RpcServiceDescriptor:

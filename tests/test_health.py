@@ -9,9 +9,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from grpc_helper_samples.api import EchoRequest, EchoResponse
+from grpc_helper_samples.api import EchoRequest
 
-from conftest import EchoManager, Servers, echo_descriptor
+from conftest import BlockingEcho, Servers, echo_descriptor
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -52,15 +52,9 @@ def test_overall_and_per_service_status(servers: Servers) -> None:
 
 
 def test_not_serving_when_shutdown_begins(servers: Servers) -> None:
-    started, release = threading.Event(), threading.Event()
-
-    class Slow(EchoManager):
-        def echo(self, request: EchoRequest) -> EchoResponse:
-            started.set()
-            release.wait(30)
-            return EchoResponse()
-
-    srv = servers(0, [echo_descriptor(Slow())])
+    slow = BlockingEcho()
+    started, release = slow.started, slow.release
+    srv = servers(0, [echo_descriptor(slow)])
     channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
     assert next(watch).status == SERVING

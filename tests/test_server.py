@@ -20,7 +20,7 @@ from grpc_helper.api import Filter, Result, ResultCode, ResultStatus, ShutdownRe
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub
 
-from conftest import EchoManager, Servers, echo_descriptor, free_port
+from conftest import BlockingEcho, EchoManager, Servers, echo_descriptor, free_port
 
 
 def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
@@ -86,15 +86,9 @@ class TestLifecycle:
         assert exc.value.rc == ResultCode.ERROR_RPC
 
     def test_shutdown_waits_for_pending_calls(self, servers: Servers) -> None:
-        release, started = threading.Event(), threading.Event()
-
-        class Slow(EchoManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
-                started.set()
-                release.wait(30)
-                return EchoResponse(text="done")
-
-        srv = servers(0, [echo_descriptor(Slow())])
+        slow = BlockingEcho()
+        started, release = slow.started, slow.release
+        srv = servers(0, [echo_descriptor(slow)])
         result: list[str] = []
         caller = threading.Thread(target=lambda: result.append(srv.client.echo.echo(EchoRequest()).text))
         caller.start()
@@ -109,15 +103,9 @@ class TestLifecycle:
         assert result == ["done"]
 
     def test_shutdown_grace_cancels_stuck_calls(self, servers: Servers) -> None:
-        started, release = threading.Event(), threading.Event()
-
-        class Stuck(EchoManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
-                started.set()
-                release.wait(30)
-                return EchoResponse()
-
-        srv = servers(0, [echo_descriptor(Stuck())])
+        stuck = BlockingEcho()
+        started, release = stuck.started, stuck.release
+        srv = servers(0, [echo_descriptor(stuck)])
         RpcStaticConfig.SHUTDOWN_GRACE.update("0.5")  # read when used: takes effect on the running server
         errors: list[RpcException] = []
 
@@ -393,14 +381,9 @@ class TestClient:
         assert results == [0, 1, 2]
 
     def test_per_call_timeout(self, servers: Servers) -> None:
-        release = threading.Event()
-
-        class Slow(EchoManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
-                release.wait(30)
-                return EchoResponse()
-
-        srv = servers(0, [echo_descriptor(Slow())])
+        slow = BlockingEcho()
+        release = slow.release
+        srv = servers(0, [echo_descriptor(slow)])
         try:
             with pytest.raises(RpcException) as exc:
                 srv.client.echo.echo(EchoRequest(), timeout=0.3)
@@ -421,15 +404,9 @@ class TestClient:
 
 class TestDebugDump:
     def test_dump_lists_threads_and_pending_calls(self, servers: Servers, folders) -> None:
-        started, release = threading.Event(), threading.Event()
-
-        class Slow(EchoManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
-                started.set()
-                release.wait(30)
-                return EchoResponse()
-
-        srv = servers(0, [echo_descriptor(Slow())], folders=folders)
+        slow = BlockingEcho()
+        started, release = slow.started, slow.release
+        srv = servers(0, [echo_descriptor(slow)], folders=folders)
         caller = threading.Thread(
             target=lambda: echo_client(srv.port, name="dumper").echo.echo(EchoRequest(text="zzz"))
         )
