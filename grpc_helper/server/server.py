@@ -32,6 +32,7 @@ from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.server import debug
+from grpc_helper.server.config_service import ConfigServiceManager
 from grpc_helper.server.dispatch import (
     CallSite,
     VersionRange,
@@ -42,7 +43,8 @@ from grpc_helper.server.dispatch import (
     response_class,
     wrap_method,
 )
-from grpc_helper.server.services import ConfigServiceManager, LoggerServiceManager, ServerServiceManager
+from grpc_helper.server.logger_service import LoggerServiceManager
+from grpc_helper.server.srv_service import ServerServiceManager
 
 _log = logging.getLogger("grpc_helper.server")
 

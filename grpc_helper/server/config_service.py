@@ -1,10 +1,9 @@
-"""Managers of the default services: `srv` (RpcServerService), `config` and `log`."""
+"""Manager of the default `config` service, merging the items of registered proxied servers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from grpc_helper.api import (
     ConfigItem,
@@ -12,113 +11,15 @@ from grpc_helper.api import (
     ConfigStatus,
     ConfigUpdate,
     ConfigValidator,
-    Event,
-    EventProperty,
     Filter,
-    LoggerStatus,
-    LoggerUpdate,
-    MultiServiceInfo,
-    ProxyRegisterRequest,
     ResultCode,
-    ResultStatus,
-    ServiceInfo,
-    ShutdownRequest,
 )
 from grpc_helper.api.config_pb2_grpc import ConfigServiceServicer
-from grpc_helper.api.logger_pb2_grpc import LoggerServiceServicer
-from grpc_helper.api.server_pb2_grpc import RpcServerServiceServicer
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import Config
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
-from grpc_helper.manager import RpcManager
-
-if TYPE_CHECKING:
-    from grpc_helper.descriptor import RpcServiceDescriptor
-    from grpc_helper.server.server import RpcServer
-
-
-class _DefaultManager(RpcManager):
-    server: RpcServer
-
-    def _select(self, names: Iterable[str], ignore_unknown: bool = False) -> list[RpcServiceDescriptor]:
-        """Descriptors by name (all if none given)."""
-        descriptors = self.server.descriptors
-        names = list(names)
-        if not names:
-            return list(descriptors)
-        by_name = {d.name: d for d in descriptors}
-        unknown = [n for n in names if n not in by_name]
-        if unknown and not ignore_unknown:
-            raise RpcException(f"Unknown service(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
-        return [by_name[n] for n in names if n in by_name]
-
-
-class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
-    """`srv`: server information, remote shutdown, proxy registrations."""
-
-    def info(self, request: Filter) -> MultiServiceInfo:
-        items = []
-        for d in self._select(request.names, request.ignore_unknown):
-            info = ServiceInfo(
-                name=d.name,
-                version=d.version_string,
-                current_api_version=d.current_version,
-                supported_api_version=d.supported_version,
-                is_proxy=d.is_proxy,
-            )
-            if d.is_proxy:
-                target = self.server.proxies.target(d.name)
-                info.version = target.version if target else ""
-                if target is not None:
-                    info.proxy_host, info.proxy_port = target.host, target.port
-            items.append(info)
-        return MultiServiceInfo(items=items)
-
-    def shutdown(self, request: ShutdownRequest) -> ResultStatus:
-        self.logger.info("Remote shutdown requested (timeout %s)", request.timeout)
-        self.server.shutdown_remotely(request.timeout)
-        return ResultStatus()
-
-    def _proxied(self, names: Iterable[str]) -> list[str]:
-        names = list(names)
-        if not names or any(not n for n in names):
-            raise RpcException("Missing service names", ResultCode.ERROR_PARAM_MISSING)
-        for d in self._select(names):
-            if not d.is_proxy:
-                raise RpcException(f"Service {d.name} is not a proxied service", ResultCode.ERROR_PARAM_INVALID)
-        return names
-
-    def proxy_register(self, request: ProxyRegisterRequest) -> ResultStatus:
-        if not request.version:
-            raise RpcException("Missing version", ResultCode.ERROR_PARAM_MISSING)
-        if not request.port:
-            raise RpcException("Missing port", ResultCode.ERROR_PARAM_MISSING)
-        names = self._proxied(request.names)
-        target = self.server.proxies.register(names, request.version, request.host, request.port)
-        self.logger.info(
-            "Proxied services %s registered at %s:%s (%s)", names, target.host, target.port, target.version
-        )
-        self._send_event(
-            "RPC_PROXY_REGISTER",
-            names=",".join(names),
-            version=request.version,
-            port=str(request.port),
-            host=request.host,
-        )
-        return ResultStatus()
-
-    def proxy_forget(self, request: Filter) -> ResultStatus:
-        names = self._proxied(request.names)
-        self.server.proxies.forget(names)
-        self.logger.info("Proxied services %s forgotten", names)
-        self._send_event("RPC_PROXY_FORGET", names=",".join(names))
-        return ResultStatus()
-
-    def _send_event(self, name: str, **properties: str) -> None:
-        events = self.server.managers.get("events")
-        if events is not None:
-            events.send(Event(name=name, properties=[EventProperty(name=k, value=v) for k, v in properties.items()]))
+from grpc_helper.server._base import _DefaultManager
 
 
 class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
@@ -242,16 +143,3 @@ def _validate_remote(item: ConfigItem, value: str) -> None:
         probe.validate(item.name, value)
     except RpcException as exc:
         raise RpcException(str(exc), ResultCode.ERROR_PARAM_INVALID) from exc
-
-
-class LoggerServiceManager(LoggerServiceServicer, _DefaultManager):
-    """`log`: levels and enabled state of loggers, persisted in the workspace."""
-
-    def get(self, request: Filter) -> LoggerStatus:
-        return LoggerStatus(items=self.server.loggers.get(request.names))
-
-    def set(self, request: LoggerUpdate) -> LoggerStatus:
-        return LoggerStatus(items=self.server.loggers.set(request.items))
-
-    def reset(self, request: Filter) -> LoggerStatus:
-        return LoggerStatus(items=self.server.loggers.reset(request.names))
