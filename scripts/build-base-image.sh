@@ -23,8 +23,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
-    apt-get update -qq
-    apt-get install -y -qq debootstrap >/dev/null
+    # Another apt run (e.g. the machine's own at boot) may hold the lock: wait for it rather than fail
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq debootstrap >/dev/null
 fi
 # The machine's own Debian mirror (the only one reachable on air-gapped machines): first URIs entry
 MIRROR=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1 | cut -d' ' -f1)
