@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Regenerate the Python code of every .proto under protos/.
 
-Usage: gen-protos.py [--out DIR]
+Usage: gen-protos.py [--out DIR | --check]
 
 protos/grpc_helper/...          -> grpc_helper/...
 protos/grpc_helper_samples/...  -> services/...   (the samples package lives in services/)
 
-With --out DIR, the same tree is written below DIR instead (used by the staleness test).
+With --out DIR, the same tree is written below DIR instead. With --check, nothing is written: it
+exits 1, naming the files, when a committed generated file is stale or missing, or has no .proto
+any more (CI runs it as a step of its own; the staleness test calls it too).
 Generated files are never edited by hand: change the .proto and rerun this script.
 """
 
@@ -52,10 +54,39 @@ def generated_files(out_root: Path) -> list[Path]:
     return written
 
 
+GENERATED_GLOBS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py")
+
+
+def check() -> list[str]:
+    """Problems with the committed generated code: stale, missing, or orphaned (its .proto is gone)."""
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {path.relative_to(tmp) for path in generated_files(Path(tmp))}
+        for rel in sorted(fresh):
+            committed = ROOT / rel
+            if not committed.exists():
+                problems.append(f"{rel} is missing")
+            elif committed.read_bytes() != (Path(tmp) / rel).read_bytes():
+                problems.append(f"{rel} is stale")
+    for folder in PACKAGE_DIRS.values():
+        for pattern in GENERATED_GLOBS:
+            for path in sorted((ROOT / folder).rglob(pattern)):
+                rel = path.relative_to(ROOT)
+                if rel not in fresh:
+                    problems.append(f"{rel} has no .proto any more")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: the repository)")
+    parser.add_argument("--check", action="store_true", help="only check the committed generated code")
     args = parser.parse_args()
+    if args.check:
+        problems = check()
+        for problem in problems:
+            print(f"gen-protos: {problem}: run scripts/gen-protos.py (and delete orphans)", file=sys.stderr)
+        return 1 if problems else 0
     for path in generated_files(args.out):
         print(path.relative_to(args.out))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,15 +59,25 @@ def test_api_reexports_every_message_and_enum() -> None:
             assert name in api.__all__
 
 
-def test_generated_code_is_fresh(tmp_path: Path) -> None:
+def test_generated_code_is_fresh() -> None:
     """Generated *_pb2 files must match the protos: rerun scripts/gen-protos.py after any change."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-protos.py"), "--out", str(tmp_path)], check=True)
-    fresh = sorted(tmp_path.rglob("*.py*"))
-    assert fresh
-    for path in fresh:
-        committed = ROOT / path.relative_to(tmp_path)
-        assert committed.exists(), f"{committed} is missing: run scripts/gen-protos.py"
-        assert committed.read_text() == path.read_text(), f"{committed} is stale: run scripts/gen-protos.py"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen-protos.py"), "--check"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_generated_code_check_finds_orphans(tmp_path: Path) -> None:
+    """A generated module whose .proto was removed is reported (copy of the script run on a copied tree)."""
+    tree = tmp_path / "repo"
+    for folder in ("scripts", "protos", "grpc_helper", "services"):
+        shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "protos" / "grpc_helper_samples" / "api" / "echo.proto").unlink()
+    run = subprocess.run(
+        [sys.executable, str(tree / "scripts" / "gen-protos.py"), "--check"], capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert "services/api/echo_pb2.py has no .proto any more" in run.stderr
 
 
 # --- wire contract (WIRE-API.md) ---
