@@ -349,6 +349,8 @@ class Ctl:
 
     def log_set(self) -> int:
         enabled, level = self.args.state
+        if level == LoggerLevel.LVL_UNKNOWN:  # on/off: keep the own level (on the wire, LVL_UNKNOWN clears it)
+            level = self.client.log.get(Filter(names=[self.args.name]), timeout=self.timeout).items[0].level
         update = LoggerUpdate(items=[LoggerConfig(name=self.args.name, enabled=enabled, level=level)])
         return self._log_out(self.client.log.set(update, timeout=self.timeout))
 

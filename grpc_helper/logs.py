@@ -22,15 +22,34 @@ _log = logging.getLogger("grpc_helper.logs")
 
 
 def level_name(level: int) -> str:
-    """LVL_INFO -> "INFO"."""
+    """LVL_INFO -> "INFO" (LVL_UNKNOWN -> "UNKNOWN", how a cleared level is persisted)."""
     return LoggerLevel.Name(level).removeprefix("LVL_")  # type: ignore[arg-type]
 
 
 def _level_from_name(name: str) -> int | None:
+    """Level name to value: "INFO" -> LVL_INFO, "UNKNOWN" -> LVL_UNKNOWN; None for a name outside `LoggerLevel`."""
     try:
         return LoggerLevel.Value("LVL_" + name.upper())
     except ValueError:
         return None
+
+
+def _is_root(name: str) -> bool:
+    # logging.getLogger("") and logging.getLogger("root") are both the root logger
+    return name in ("", logging.root.name)
+
+
+def _key(name: str) -> str:
+    """The loggers.json key of a logger: the original persisted the root logger under ""."""
+    return "" if _is_root(name) else name
+
+
+def _existing_logger(name: str) -> logging.Logger | None:
+    """The logger of that name if it exists, without creating it (getLogger would)."""
+    if _is_root(name):
+        return logging.root
+    found = logging.root.manager.loggerDict.get(name)
+    return found if isinstance(found, logging.Logger) else None  # a PlaceHolder is not a logger yet
 
 
 def logs_folder(folders: Folders) -> Path | None:
@@ -83,48 +102,46 @@ class RollingLogs:
 
 
 class LoggersConfig:
-    """Levels and enabled state of named loggers: loaded from loggers.json files, changed over RPC."""
+    """Levels and enabled state of named loggers: loaded from loggers.json files, changed over RPC.
+
+    `LoggerLevel` values are the `logging` levels, LVL_UNKNOWN being NOTSET ("no own level, inherit").
+    """
 
     def __init__(self, folders: Folders) -> None:
         self.folders = folders
         self._lock = threading.Lock()
-        self._defaults: dict[str, tuple[int, bool]] = {}  # name -> (level, disabled) before any workspace change
+        self._root_level = logging.root.level  # what `reset` gives back to the root logger
         for folder in (folders.system, folders.user):
             self._apply_file(folder / LOGGERS_FILE if folder else None)
         wks = folders.workspace
-        self._persisted = self._apply_file(wks / LOGGERS_FILE if wks else None, remember_defaults=True)
+        self._persisted = self._apply_file(wks / LOGGERS_FILE if wks else None)  # key (see _key) -> file value
 
-    def _apply_file(self, path: Path | None, remember_defaults: bool = False) -> dict[str, str | bool]:
-        data = read_json_object(path, (str, bool), "loggers")
+    @staticmethod
+    def _apply_file(path: Path | None) -> dict[str, str | bool]:
+        """Apply a loggers.json file; the entries applied, by key."""
         applied: dict[str, str | bool] = {}
-        for name, value in data.items():
-            logger = logging.getLogger(name)
-            if remember_defaults:
-                self._remember(name)
+        for name, value in read_json_object(path, (str, bool), "loggers").items():
             if isinstance(value, bool):
-                logger.disabled = not value
+                logging.getLogger(name).disabled = not value
             else:
                 level = _level_from_name(value)
-                if level is None or level == LoggerLevel.LVL_UNKNOWN:
-                    _log.warning("Ignoring unknown level %r for logger %r in %s", value, name, path)
+                if level is None:
+                    _log.warning("Ignoring unknown level %s for logger %s", value, name)
                     continue
-                logger.setLevel(level)
+                logger = logging.getLogger(name)
+                logger.setLevel(level)  # "UNKNOWN" (NOTSET): no own level
                 logger.disabled = False
-            applied[name] = value
+            applied[_key(name)] = value
         return applied
-
-    def _remember(self, name: str) -> None:
-        if name not in self._defaults:
-            logger = logging.getLogger(name)
-            self._defaults[name] = (logger.level, logger.disabled)
 
     @staticmethod
     def describe(name: str) -> LoggerConfig:
-        logger = logging.getLogger(name)
-        level = logger.getEffectiveLevel()
-        if level not in LoggerLevel.values():
-            level = LoggerLevel.LVL_UNKNOWN
-        return LoggerConfig(name=name, enabled=not logger.disabled, level=level)  # type: ignore[arg-type]
+        """The logger's real name, enabled state and own level (LVL_UNKNOWN: none, or not a `LoggerLevel`)."""
+        logger = _existing_logger(name)
+        if logger is None:  # never created: what getLogger would give, without creating it
+            return LoggerConfig(name=name, enabled=True, level=LoggerLevel.LVL_UNKNOWN)
+        level = logger.level if logger.level in LoggerLevel.values() else LoggerLevel.LVL_UNKNOWN
+        return LoggerConfig(name=logger.name, enabled=not logger.disabled, level=level)  # type: ignore[arg-type]
 
     @staticmethod
     def _check_names(names: Iterable[str]) -> list[str]:
@@ -148,25 +165,29 @@ class LoggersConfig:
                 )
         with self._lock:
             for item in items:
-                self._remember(item.name)
                 logger = logging.getLogger(item.name)
-                if item.level != LoggerLevel.LVL_UNKNOWN:  # unknown level: only the enabled state changes
-                    logger.setLevel(item.level)
+                logger.setLevel(item.level)  # LVL_UNKNOWN is NOTSET: the logger inherits again
                 logger.disabled = not item.enabled
-                self._persisted[item.name] = level_name(self.describe(item.name).level) if item.enabled else False
+                self._persisted[_key(item.name)] = level_name(item.level) if item.enabled else False
             self._save()
         return [self.describe(item.name) for item in items]
 
     def reset(self, names: Iterable[str]) -> list[LoggerConfig]:
+        """Non-root loggers: no own level, enabled; root: its level when the server was created.
+
+        The workspace file is rewritten only when one of the names was persisted in it.
+        """
         names = self._check_names(names)
         with self._lock:
+            removed = False
             for name in names:
-                level, disabled = self._defaults.get(name, (logging.getLogger(name).level, False))
-                logger = logging.getLogger(name)
-                logger.setLevel(level)
-                logger.disabled = disabled
-                self._persisted.pop(name, None)
-            self._save()
+                logger = _existing_logger(name)  # a logger never created has nothing to reset
+                if logger is not None:
+                    logger.setLevel(self._root_level if logger is logging.root else logging.NOTSET)
+                    logger.disabled = False
+                removed |= self._persisted.pop(_key(name), None) is not None
+            if removed:
+                self._save()
         return [self.describe(n) for n in names]
 
     def _save(self) -> None:

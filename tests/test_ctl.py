@@ -155,16 +155,16 @@ class TestLog:
         assert root[0] == "root" and root[2] == "yes"
         assert lines(run.ok("log", "get", "ctl.test")) == [
             ["NAME", "LEVEL", "ENABLED"],
-            ["ctl.test", root[1], "yes"],  # effective level, inherited from root
+            ["ctl.test", "UNKNOWN", "yes"],  # no own level: inherits from root
         ]
         assert lines(run.ok("log", "set", "ctl.test", "debug"))[1] == ["ctl.test", "DEBUG", "yes"]
         assert lines(run.ok("log", "set", "ctl.test", "off"))[1] == ["ctl.test", "DEBUG", "no"]
         assert lines(run.ok("log", "set", "ctl.test", "ON"))[1] == ["ctl.test", "DEBUG", "yes"]
-        assert lines(run.ok("log", "reset", "ctl.test"))[1] == ["ctl.test", root[1], "yes"]
+        assert lines(run.ok("log", "reset", "ctl.test"))[1] == ["ctl.test", "UNKNOWN", "yes"]
 
     def test_json_and_root(self, run: Run) -> None:
         items = run.json("log", "set", "root", "ERROR")["items"]
-        assert items == [{"name": "", "enabled": True, "level": "LVL_ERROR"}]
+        assert items == [{"name": "root", "enabled": True, "level": "LVL_ERROR"}]
         assert run.json("log", "get", "")["items"][0]["level"] == "LVL_ERROR"
 
     def test_errors(self, run: Run) -> None:

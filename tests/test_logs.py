@@ -100,7 +100,7 @@ class TestLoggerService:
         logging.getLogger("some.logger").setLevel(logging.WARNING)
         out = c.log.get(Filter(names=["some.logger", ""])).items
         assert out[0] == LoggerConfig(name="some.logger", enabled=True, level=LoggerLevel.LVL_WARNING)
-        assert out[1].name == "" and out[1].level == LoggerLevel.Value(
+        assert out[1].name == "root" and out[1].level == LoggerLevel.Value(
             f"LVL_{logging.getLevelName(logging.root.level)}"
         )
         assert rc_of(lambda: c.log.get(Filter())) == ResultCode.ERROR_PARAM_MISSING
@@ -140,7 +140,8 @@ class TestLoggerService:
         assert logging.getLogger("r.x").level == logging.ERROR
         srv.client.log.set(LoggerUpdate(items=[LoggerConfig(name="r.x", enabled=False, level=LoggerLevel.LVL_DEBUG)]))
         out = srv.client.log.reset(Filter(names=["r.x"])).items
-        assert out[0] == LoggerConfig(name="r.x", enabled=True, level=LoggerLevel.LVL_ERROR)
+        # back to no own level (as in 2.x), not to the user file's level
+        assert out[0] == LoggerConfig(name="r.x", enabled=True, level=LoggerLevel.LVL_UNKNOWN)
         assert folders.workspace
         assert json.loads((folders.workspace / "loggers.json").read_text()) == {}
         assert rc_of(lambda: srv.client.log.reset(Filter())) == ResultCode.ERROR_PARAM_MISSING
