@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -93,6 +96,25 @@ def echo_descriptor(manager: Any = None, is_proxy: bool = False, name: str = "ec
     return RpcServiceDescriptor(
         grpc_helper_samples, name, EchoApiVersion, manager, add_EchoServiceServicer_to_server, EchoServiceStub, is_proxy
     )
+
+
+def docker_reachable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """A reachable Docker engine: without one the test is skipped, or failed under CI=true (where it must run)."""
+    if docker_reachable():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true but no Docker engine is reachable: the container tests must run", pytrace=False)
+    pytest.skip("no Docker engine reachable: container tests skipped")
 
 
 @pytest.fixture(autouse=True)
