@@ -235,7 +235,7 @@ class TestConfigService:
         assert rc_of(lambda: c.config.set(update())) == ResultCode.ERROR_PARAM_MISSING
         assert rc_of(lambda: c.config.set(update(("", "1")))) == ResultCode.ERROR_PARAM_MISSING
         assert rc_of(lambda: c.config.set(update(("my-size", "0")))) == ResultCode.ERROR_PARAM_INVALID
-        assert rc_of(lambda: c.config.set(update(("my-label", "")))) == ResultCode.ERROR_PARAM_INVALID
+        assert rc_of(lambda: c.config.set(update(("my-label", "")))) == ResultCode.ERROR_PARAM_MISSING
         assert rc_of(lambda: c.config.set(update(("nope", "1")))) == ResultCode.ERROR_ITEM_UNKNOWN
         out = c.config.set(update(("nope", "1"), ("my-optional", ""), ignore_unknown=True))
         assert [(i.name, i.value) for i in out.items] == [("my-optional", "")]

@@ -53,6 +53,31 @@ _BUILTIN: dict[int, Callable[[str, str], None]] = {
 }
 
 
+def builtin_validator(validator: int) -> Callable[[str, str], None] | None:
+    """The check of a built-in `ConfigValidator` (None for CONFIG_VALID_CUSTOM or a value unknown here)."""
+    return _BUILTIN.get(validator)
+
+
+def check_value(name: str, value: str, can_be_empty: bool, validator: Callable[[str, str], None] | None) -> None:
+    """The one place deciding the codes of a refused value, wherever it comes from (layer, file, service, proxy).
+
+    Empty where not allowed: ERROR_PARAM_MISSING; rejected by `validator`: ERROR_PARAM_INVALID (a custom
+    validator's own `RpcException` passes through). A None `validator` only checks emptiness.
+    """
+    if value == "":
+        if can_be_empty:
+            return
+        raise RpcException(f"Empty value not allowed for {name}", ResultCode.ERROR_PARAM_MISSING)
+    if validator is None:
+        return
+    try:
+        validator(name, value)
+    except RpcException:
+        raise
+    except Exception as exc:  # a custom validator that raised something else
+        raise RpcException(f"Invalid value for {name}: {value!r} ({exc})", ResultCode.ERROR_PARAM_INVALID) from exc
+
+
 class Config:
     """A configuration item: a named string value with a validator and a default.
 
@@ -116,16 +141,7 @@ class Config:
     # --- validation and updates ---
     def validate(self, name: str, value: str) -> None:
         """Raise `RpcException` if `value` is not acceptable: ERROR_PARAM_MISSING if empty, else ERROR_PARAM_INVALID."""
-        if value == "":
-            if self.item.can_be_empty:
-                return
-            raise RpcException(f"Empty value not allowed for {name}", ResultCode.ERROR_PARAM_MISSING)
-        try:
-            self._validator(name, value)
-        except RpcException:
-            raise
-        except Exception as exc:  # a custom validator that raised something else
-            raise RpcException(f"Invalid value for {name}: {value!r} ({exc})", ResultCode.ERROR_PARAM_INVALID) from exc
+        check_value(name, value, self.item.can_be_empty, self._validator)
 
     def update(self, value: str) -> None:
         """Validate, then set the current value."""

@@ -24,6 +24,20 @@ def env_name(item_name: str) -> str:
     return item_name.upper().replace("-", "_")
 
 
+def check_names(names: Iterable[str], what: str, all_if_empty: bool = False) -> list[str]:
+    """The item names of a config `get`/`set`/`reset` request, checked as 2.x does.
+
+    An empty name, or an empty list unless `all_if_empty` (`get`: all items), is ERROR_PARAM_MISSING. Callers check
+    this before unknown names, even with `ignore_unknown`; the merged (proxied) config service uses it too.
+    """
+    out = list(names)
+    if not out and not all_if_empty:
+        raise RpcException(f"No config item to {what}", ResultCode.ERROR_PARAM_MISSING)
+    if any(not name for name in out):
+        raise RpcException(f"Missing config item name to {what}", ResultCode.ERROR_PARAM_MISSING)
+    return out
+
+
 def _index(items: list[Config], kind: str) -> dict[str, Config]:
     out: dict[str, Config] = {}
     for item in items:
@@ -38,7 +52,8 @@ class ConfigManager:
     """Holds a server's static and user items.
 
     Defaults are layered, each overriding the previous one: hard-coded value, system `config.json`,
-    user `config.json`, environment, CLI (`-c`). User items then take their persisted workspace value.
+    user `config.json`, environment, CLI (`-c`). Every item, static ones included, then takes its persisted
+    workspace value as current value (as 2.x does), before the server builds anything that reads them.
     """
 
     def __init__(
@@ -101,16 +116,19 @@ class ConfigManager:
 
     def _load_persisted(self) -> None:
         data = read_json_object(self._persisted_path(), (str,), "config")
-        # Entries for items this server doesn't know are kept in the file, untouched
+        # Only user items are rewritten: entries for static items and for items this server doesn't know
+        # (written by another server or the other generation) are written back as they were read
         self._foreign = {k: v for k, v in data.items() if k not in self.user_items}
+        items = self.all_items
         for name, value in data.items():
-            item = self.user_items.get(name)
+            item = items.get(name)
             if item is None:
                 continue
             try:
-                item.update(value)
-            except RpcException as exc:
-                _log.warning("Ignoring persisted value %r for config item %s (%s); using default", value, name, exc)
+                item.update(value)  # the current value only: default_value stays the layers' one
+            except RpcException:
+                # 2.x's wording, which operators may grep for
+                _log.warning("Can't load invalid persisted value '%s' for config item %s; use default one", value, name)
 
     # --- user items operations (used by the config service) ---
     def _persist(self) -> None:
@@ -122,10 +140,11 @@ class ConfigManager:
         write_json(path, data)
 
     def get_user(self, names: Iterable[str], ignore_unknown: bool = False) -> list[ConfigItem]:
-        return [i.snapshot() for i in self._select(names, ignore_unknown)]
+        """The named user items (all of them for no name)."""
+        return [i.snapshot() for i in self._select(check_names(names, "get", all_if_empty=True), ignore_unknown)]
 
-    def _select(self, names: Iterable[str], ignore_unknown: bool) -> list[Config]:
-        names = list(names)
+    def _select(self, names: list[str], ignore_unknown: bool) -> list[Config]:
+        """User items by (checked) names; all of them for no name."""
         if not names:
             return list(self.user_items.values())
         out = []
@@ -138,28 +157,23 @@ class ConfigManager:
         return out
 
     def validate_updates(self, updates: Iterable[tuple[str, str]], ignore_unknown: bool) -> list[tuple[Config, str]]:
-        """Check every update; returns (item, value) pairs to apply. Nothing is changed."""
-        checked = []
-        for name, value in updates:
-            if not name:
-                raise RpcException("Missing config item name", ResultCode.ERROR_PARAM_MISSING)
-            item = self.user_items.get(name)
-            if item is None:
-                if ignore_unknown:
-                    continue
-                raise RpcException(f"Unknown config item: {name}", ResultCode.ERROR_ITEM_UNKNOWN)
-            try:
-                item.validate(name, value)
-            except RpcException as exc:
-                # Over RPC, an empty value where not allowed is an invalid parameter (wire API)
-                raise RpcException(str(exc), ResultCode.ERROR_PARAM_INVALID) from exc
-            checked.append((item, value))
+        """Check every update; returns (item, value) pairs to apply. Nothing is changed.
+
+        Names first (empty, then unknown), then values, in the same order as the merged config service.
+        """
+        updates = list(updates)
+        check_names((name for name, _ in updates), "set")
+        known = [(self.user_items.get(name), name, value) for name, value in updates]
+        unknown = [name for item, name, _ in known if item is None]
+        if unknown and not ignore_unknown:
+            raise RpcException(f"Unknown config item(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+        checked = [(item, value) for item, _, value in known if item is not None]
+        for item, value in checked:
+            item.validate(item.name, value)
         return checked
 
     def set_user(self, updates: list[tuple[str, str]], ignore_unknown: bool = False) -> list[ConfigItem]:
         """Atomically validate and apply updates, then persist. Returns the updated items."""
-        if not updates:
-            raise RpcException("No config item to update", ResultCode.ERROR_PARAM_MISSING)
         with self._lock:
             checked = self.validate_updates(updates, ignore_unknown)
             for item, value in checked:
@@ -167,9 +181,9 @@ class ConfigManager:
             self._persist()
             return [item.snapshot() for item, _ in checked]
 
-    def reset_user(self, names: list[str], ignore_unknown: bool = False) -> list[ConfigItem]:
-        if not names:
-            raise RpcException("No config item to reset", ResultCode.ERROR_PARAM_MISSING)
+    def reset_user(self, names: Iterable[str], ignore_unknown: bool = False) -> list[ConfigItem]:
+        """Atomically reset the named user items to their defaults, then persist. Returns the reset items."""
+        names = check_names(names, "reset")
         with self._lock:
             items = self._select(names, ignore_unknown)
             for item in items:

@@ -10,13 +10,13 @@ from grpc_helper.api import (
     ConfigItemUpdate,
     ConfigStatus,
     ConfigUpdate,
-    ConfigValidator,
     Filter,
     ResultCode,
 )
 from grpc_helper.api.config_pb2_grpc import ConfigServiceServicer
 from grpc_helper.client import RpcClient
-from grpc_helper.config.items import Config
+from grpc_helper.config.items import builtin_validator, check_value
+from grpc_helper.config.manager import check_names
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.server._base import _DefaultManager
@@ -27,23 +27,23 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
 
     `set`/`reset` apply to every server that knows an item, after validating every update everywhere
     (remote items are checked against their declared validator); `get` fails with ERROR_ITEM_CONFLICT
-    where servers disagree on a value.
+    where servers disagree on a value. Names are checked first, the same way with or without proxied servers
+    (`check_names`), and values the same way for local and remote items (`check_value`).
     """
 
     def get(self, request: Filter) -> ConfigStatus:
-        local = self.server.config.get_user(request.names, ignore_unknown=True)
-        merged = _merge([local, *(items.values() for _, items in self._remote_items(request.names))])
-        _check_unknown(request.names, merged.keys(), request.ignore_unknown)
+        names = check_names(request.names, "get", all_if_empty=True)
+        local = self.server.config.get_user(names, ignore_unknown=True)
+        merged = _merge([local, *(items.values() for _, items in self._remote_items(names))])
+        _check_unknown(names, merged.keys(), request.ignore_unknown)
         return ConfigStatus(items=list(merged.values()))
 
     def set(self, request: ConfigUpdate) -> ConfigStatus:
         config = self.server.config
         updates = [(u.name, u.value) for u in request.items]
+        names = check_names((name for name, _ in updates), "set")
         if not self.server.proxies.has_targets():
             return ConfigStatus(items=config.set_user(updates, request.ignore_unknown))
-        if not updates or any(not name for name, _ in updates):
-            raise RpcException("Missing config item name", ResultCode.ERROR_PARAM_MISSING)
-        names = [name for name, _ in updates]
         with self.lock:
             remote = self._remote_items(names)
             _check_unknown(names, _known(config.user_items, remote), request.ignore_unknown)
@@ -64,11 +64,9 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
 
     def reset(self, request: Filter) -> ConfigStatus:
         config = self.server.config
+        names = check_names(request.names, "reset")
         if not self.server.proxies.has_targets():
-            return ConfigStatus(items=config.reset_user(request.names, request.ignore_unknown))
-        names = list(request.names)
-        if not names:
-            raise RpcException("No config item to reset", ResultCode.ERROR_PARAM_MISSING)
+            return ConfigStatus(items=config.reset_user(names, request.ignore_unknown))
         with self.lock:
             remote = self._remote_items(names)
             _check_unknown(names, _known(config.user_items, remote), request.ignore_unknown)
@@ -125,21 +123,14 @@ def _merge(sources: Iterable[Iterable[ConfigItem]]) -> dict[str, ConfigItem]:
 
 def _check_unknown(names: Iterable[str], found: Iterable[str], ignore_unknown: bool) -> None:
     known = set(found)
-    unknown = [n for n in names if n and n not in known]
+    unknown = [n for n in names if n not in known]
     if unknown and not ignore_unknown:
         raise RpcException(f"Unknown config item(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
 
 
 def _validate_remote(item: ConfigItem, value: str) -> None:
-    """Check a value against a remote item's declared validator (custom ones are checked by their server)."""
-    if item.validator == ConfigValidator.CONFIG_VALID_CUSTOM:
-        if value == "" and not item.can_be_empty:
-            raise RpcException(f"Empty value not allowed for {item.name}", ResultCode.ERROR_PARAM_INVALID)
-        return
-    probe = Config(
-        item.name, default_value=item.default_value, can_be_empty=item.can_be_empty, validator=item.validator
-    )
-    try:
-        probe.validate(item.name, value)
-    except RpcException as exc:
-        raise RpcException(str(exc), ResultCode.ERROR_PARAM_INVALID) from exc
+    """Check a value against a remote item's declaration, with the codes a local item gives.
+
+    A custom validator is only known to its server, which checks the value when it is set there.
+    """
+    check_value(item.name, value, item.can_be_empty, builtin_validator(item.validator))
