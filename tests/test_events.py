@@ -178,7 +178,7 @@ class TestPersistence:
         srv.client.events.send(event("LIVE"))
         srv.shutdown()
         data = json.loads((folders.workspace / "queues.json").read_text())
-        assert {int(k) for k in data["queues"]} == {s.client_id, live.client_id}
+        assert {int(k) for k in data} == {s.client_id, live.client_id}
 
         srv2 = servers(0, [], folders=folders, with_events=True)
         assert srv2.client.events.inspect(Empty()).client_ids == sorted([s.client_id, live.client_id])

@@ -169,29 +169,34 @@ class EventQueue:
             self._logger.warning("Event queue %s dropped %s of its oldest events while full", self.client_id, dropped)
         return batch
 
+    def refilter(self, names: frozenset[str]) -> int:
+        """Replace the filter by a non-empty `names`, dropping pending events it does not accept; how many."""
+        with self._lock:
+            self.names = names
+            events = self.events
+            kept = [e for e in events if e.name in names]
+            dropped = len(events) - len(kept)
+            if dropped:
+                events.clear()
+                events.extend(kept)
+        return dropped
+
     # --- persistence ---
-    def to_json(self) -> dict[str, Any]:
-        """`{"names": [...], "events": [{"name": ..., "properties": [[name, value], ...]}, ...]}`."""
+    def events_json(self) -> list[dict[str, Any]]:
+        """The pending events, in order: `[{"name": ..., "properties": [[name, value], ...]}, ...]`."""
         with self._lock:
             events = list(self.events)  # the (cheap) copy under the lock; conversion outside it
-        return {
-            "names": sorted(self.names),
-            "events": [{"name": e.name, "properties": [[p.name, p.value] for p in e.properties]} for e in events],
-        }
+        return [{"name": e.name, "properties": [[p.name, p.value] for p in e.properties]} for e in events]
 
     @classmethod
-    def from_json(cls, client_id: int, data: Any, logger: logging.Logger | None = None) -> EventQueue:
-        """Inverse of `to_json`; None (a legacy list of ids) gives an empty queue accepting all names."""
-        if data is None:
-            return cls(client_id, logger=logger)
-        if not isinstance(data, dict):
-            raise ValueError(f"expected an object, got {type(data).__name__}")
-        names = data.get("names", [])
-        events = data.get("events", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("'names' must be a list of strings")
+    def from_json(
+        cls, client_id: int, events: Any, names: Any = (), logger: logging.Logger | None = None
+    ) -> EventQueue:
+        """Inverse of `events_json`, with the filter `names` (kept apart); ValueError if malformed."""
         if not isinstance(events, list):
-            raise ValueError("'events' must be a list")
+            raise ValueError(f"queue {client_id}: expected a list of events, got {type(events).__name__}")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"queue {client_id}: the filter must be a list of event names")
         return cls(client_id, names, [_event_from_json(e) for e in events], logger)
 
 

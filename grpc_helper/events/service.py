@@ -16,15 +16,28 @@ Retention: a queue whose stream went away (interrupt or disconnect) is *retained
 `rpc-event-retain-timeout` seconds, still collecting the events its filter accepts, and resumed
 by a `listen` with its `client_id`. A `listen` with the id of a queue that is still being listened
 to takes it over: the previous stream ends normally (no error), as if interrupted, and the new one
-gets everything pending. A non-empty filter given when resuming replaces the queue's filter.
+gets everything pending. A non-empty filter given when resuming replaces the queue's filter, and
+drops the pending events it does not accept.
 
-Persistence (workspace `queues.json`, written atomically by `write_json`)::
+Logged at INFO, once each: `Starting new event listening queue #<id>` (a `listen` creating a
+queue), `Resuming interrupted event listening queue #<id>` (a `listen` given a known id), and
+`Event listening queue #<id> interrupted` when a listen stream ends, whatever the reason.
 
-    {"next_id": 12, "queues": {"3": {"names": ["A"], "events": [{"name": "A", "properties": [["k", "v"]]}]}}}
+Persistence, in the workspace (both files written atomically by `write_json`, in the same save).
+`queues.json` has the shape grpc-helper 2.x reads and writes, so either generation picks the
+workspace up: every queue id (live or retained) as a decimal string, with its pending events in
+order (the original writes empty lists, and reads only the keys: no other top-level key)::
 
-Every queue id (live or retained) with its filter and pending events, and the next id to hand out
-(ids are never reused while a queue holds them, nor before the uint32 range wraps around). A
-legacy file (the original's plain list of ids) is read as queues accepting every name.
+    {"3": [{"name": "A", "properties": [["k", "v"]]}], "5": []}
+
+The filters can't go there: they are in `queues-filters.json`, `{"3": ["A", "B"]}`, only for the
+queues that have one (a missing file or id accepts every name, e.g. a queue created by 2.x).
+At restore, every id becomes a retained queue, and the next id to hand out is the largest id + 1.
+While running, ids go up and are never reused while a queue holds them (wrapping around the
+uint32 range). Older files are read too, and rewritten in the current shape on the next write:
+what this module wrote before (`{"next_id": 12, "queues": {"3": {"names": ["A"], "events": [...]}}}`,
+its `next_id` kept) and a plain list of ids. A malformed file stops the start with
+ERROR_MODEL_INVALID and is left as it is.
 
 When it is written, i.e. crash safety vs cost: never on the hot path. `send` only raises a flag,
 and only when an accepting queue is retained (events for live listeners are delivered within
@@ -46,7 +59,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from grpc_helper._persist import read_json, write_json
+from grpc_helper._persist import read_json, read_json_object, write_json
 from grpc_helper.api import (
     Empty,
     Event,
@@ -66,6 +79,7 @@ from grpc_helper.manager import RpcManager
 from grpc_helper.server.dispatch import current_call
 
 QUEUES_FILE = "queues.json"
+FILTERS_FILE = "queues-filters.json"  # {"<id>": [names]}: the filters, which queues.json can't hold
 MAX_CLIENT_ID = 0xFFFFFFFF  # client_id is a uint32; 0 means "none"
 _SAVE_INTERVAL = 0.1  # seconds between two writes of queues.json, at least
 _SAVE_DUTY = 0.1  # ... and at most this share of the janitor's time spent writing
@@ -83,7 +97,8 @@ class EventsManager(EventServiceServicer, RpcManager):
         self._fanout: tuple[EventQueue, ...] = ()  # what send walks; replaced under self.lock
         self._next_id = 1
         self._closing = False
-        self._path: Path | None = None
+        self._path: Path | None = None  # queues.json
+        self._filters_path: Path | None = None  # queues-filters.json
         self._dirty = threading.Event()  # queues.json is to be written
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
@@ -93,6 +108,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         super()._load()
         wks = self.folders.workspace
         self._path = wks / QUEUES_FILE if wks is not None else None
+        self._filters_path = wks / FILTERS_FILE if wks is not None else None
         self._restore()
         self._janitor = threading.Thread(target=self._background, name="events-janitor", daemon=True)
         self._janitor.start()
@@ -115,9 +131,12 @@ class EventsManager(EventServiceServicer, RpcManager):
         data = read_json(self._path, None)
         if data is None:
             return
+        filters = self._read_filters()
         try:
-            entries, next_id = self._parse(data)
-            queues = {cid: EventQueue.from_json(cid, value, self.logger) for cid, value in entries.items()}
+            entries, next_id = self._parse(data, filters)
+            queues = {
+                cid: EventQueue.from_json(cid, events, names, self.logger) for cid, (events, names) in entries.items()
+            }
         except (TypeError, ValueError) as exc:
             msg = f"Invalid event queues file {self._path}: {exc}"
             raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
@@ -128,36 +147,59 @@ class EventsManager(EventServiceServicer, RpcManager):
         if queues:
             self.logger.info("Restored event queues %s from %s", sorted(queues), self._path)
 
+    def _read_filters(self) -> dict[int, list[str]]:
+        """The filters of queues.json's queues, from their own file: {id: names}."""
+        data = read_json_object(self._filters_path, (list,), "event queue filters")
+        try:
+            filters = {_queue_id(key): names for key, names in data.items()}
+            for names in filters.values():
+                if not all(isinstance(n, str) for n in names):
+                    raise ValueError(f"a filter must be a list of event names: {names!r}")
+        except ValueError as exc:
+            msg = f"Invalid event queue filters file {self._filters_path}: {exc}"
+            raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
+        return filters
+
     @staticmethod
-    def _parse(data: Any) -> tuple[dict[int, Any], int]:
-        """({id: queue data or None}, next id) from the file content, current or legacy shape."""
-        next_id = 1
-        entries: Any = data
-        if isinstance(data, dict):
-            next_id = data.get("next_id", 1)
-            if not isinstance(next_id, int) or isinstance(next_id, bool) or not 0 < next_id <= MAX_CLIENT_ID + 1:
-                raise ValueError(f"invalid next_id {next_id!r}")
-            entries = data.get("queues", {})
-        if isinstance(entries, list):  # legacy: the ids only
-            entries = {key: None for key in entries}
-        if not isinstance(entries, dict):
-            raise ValueError("expected a list of queue ids, or an object with 'queues'")
-        out: dict[int, Any] = {}
-        for key, value in entries.items():
-            cid = int(key) if not isinstance(key, bool) else 0
-            if not 0 < cid <= MAX_CLIENT_ID:
-                raise ValueError(f"invalid queue id {key!r}")
-            out[cid] = value
-        return out, next_id
+    def _parse(data: Any, filters: dict[int, list[str]]) -> tuple[dict[int, tuple[Any, Any]], int]:
+        """({id: (events, filter names)}, next id) from queues.json in any of its shapes (see the module doc)."""
+        if isinstance(data, list):  # the oldest shape: the ids only
+            ids = [_queue_id(key) for key in data]
+            return {cid: ([], filters.get(cid, [])) for cid in ids}, 1
+        if not isinstance(data, dict):
+            raise ValueError("expected an object of queue ids to lists of events")
+        if "queues" not in data and "next_id" not in data:  # the current shape
+            entries: dict[int, tuple[Any, Any]] = {}
+            for key, events in data.items():
+                cid = _queue_id(key)
+                entries[cid] = (events, filters.get(cid, []))
+            return entries, 1
+        # The previous shape: {"next_id": N, "queues": {id: {"names": [...], "events": [...]}}}
+        next_id = data.get("next_id", 1)
+        if not isinstance(next_id, int) or isinstance(next_id, bool) or not 0 < next_id <= MAX_CLIENT_ID + 1:
+            raise ValueError(f"invalid next_id {next_id!r}")
+        queues = data.get("queues", {})
+        if not isinstance(queues, dict):
+            raise ValueError("'queues' must be an object")
+        entries = {}
+        for key, value in queues.items():
+            if not isinstance(value, dict):
+                raise ValueError(f"queue {key}: expected an object, got {type(value).__name__}")
+            entries[_queue_id(key)] = (value.get("events", []), value.get("names", []))
+        return entries, next_id
 
     def _save(self) -> None:
-        if self._path is None:
+        if self._path is None or self._filters_path is None:
             return
         with self.lock:
             queues = list(self._queues.values())
-            next_id = self._next_id
-        data = {"next_id": next_id, "queues": {str(q.client_id): q.to_json() for q in queues}}
+        data = {str(q.client_id): q.events_json() for q in queues}
+        filters = {str(q.client_id): sorted(q.names) for q in queues if q.names}
         try:
+            # Filters first: a filter whose queue is not written yet is ignored at restore. A workspace
+            # that never had one gets no filters file.
+            if filters or self._filters_path.exists():
+                write_json(self._filters_path, filters)
             write_json(self._path, data)
         except OSError as exc:
             self.logger.error("Can't persist event queues in %s: %s", self._path, exc)
@@ -240,8 +282,7 @@ class EventsManager(EventServiceServicer, RpcManager):
                 raise RpcException(
                     f"Event queue {request.client_id} is already interrupted", ResultCode.ERROR_STATE_UNEXPECTED
                 )
-        self.logger.info("Event queue %s interrupted", q.client_id)
-        self._dirty.set()
+        self._dirty.set()  # the stream's end logs the interruption
         return ResultStatus()
 
     def listen(self, request: EventFilter) -> Iterator[EventStatus]:
@@ -252,12 +293,13 @@ class EventsManager(EventServiceServicer, RpcManager):
         with self.lock:
             if self._closing:
                 raise RpcException("The events service is shutting down", ResultCode.ERROR_STREAM_SHUTDOWN)
+            dropped = 0
             if request.client_id:
                 q = self._queues.get(request.client_id)
                 if q is None:
                     raise RpcException(f"Unknown event queue: {request.client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
                 if names:
-                    q.names = frozenset(names)
+                    dropped = q.refilter(frozenset(names))
             else:
                 q = EventQueue(self._alloc_id(), names, logger=self.logger)
                 self._queues[q.client_id] = q
@@ -265,31 +307,56 @@ class EventsManager(EventServiceServicer, RpcManager):
             took_over = q.attach(token)
         self._dirty.set()
         cid = q.client_id
+        if request.client_id:
+            self.logger.info("Resuming interrupted event listening queue #%s", cid)
+        else:
+            self.logger.info("Starting new event listening queue #%s", cid)
+        if dropped:
+            self.logger.info("Event queue %s: dropped %s pending events its new filter does not accept", cid, dropped)
         if took_over:
             self.logger.info("Event queue %s resumed by a new stream: the previous one ends", cid)
 
-        call = current_call()
-        if call is not None and not call.context.add_callback(lambda: self._gone(q, token)):
-            self._gone(q, token)  # the call is already over
-            return
+        # From here on the stream ends exactly once, whatever the reason: returning, or closed at a
+        # yield when gRPC drops it (client gone)
+        try:
+            call = current_call()
+            if call is not None and not call.context.add_callback(lambda: self._gone(q, token)):
+                self._gone(q, token)  # the call is already over
+                return
 
-        yield EventStatus(client_id=cid)
-        last = time.monotonic()  # last time something was sent
-        while True:
-            keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
-            batch = q.take(token, max(0.0, last + keepalive - time.monotonic()))
-            if batch is None:
-                break  # interrupted, taken over, client gone, or shutdown
-            if batch:
-                for event in batch:
-                    yield EventStatus(event=event, client_id=cid)
-                last = time.monotonic()
-            elif time.monotonic() - last >= keepalive:
-                yield EventStatus(client_id=cid)  # keep-alive
-                last = time.monotonic()
-        if q.closed:
-            # The queue is kept (and persisted) so the listener resumes it on the next server
-            yield EventStatus(
-                r=Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down"),
-                client_id=cid,
-            )
+            yield EventStatus(client_id=cid)
+            keepalive_status = EventStatus(client_id=cid, event=Event())  # an empty event, present on the wire
+            last = time.monotonic()  # last time something was sent
+            while True:
+                keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
+                batch = q.take(token, max(0.0, last + keepalive - time.monotonic()))
+                if batch is None:
+                    break  # interrupted, taken over, client gone, or shutdown
+                if batch:
+                    for event in batch:
+                        yield EventStatus(event=event, client_id=cid)
+                    last = time.monotonic()
+                elif time.monotonic() - last >= keepalive:
+                    yield keepalive_status
+                    last = time.monotonic()
+            if q.closed:
+                # The queue is kept (and persisted) so the listener resumes it on the next server
+                yield EventStatus(
+                    r=Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down"),
+                    client_id=cid,
+                )
+        finally:
+            self.logger.info("Event listening queue #%s interrupted", cid)
+
+
+def _queue_id(key: Any) -> int:
+    """A queue id from a file: a JSON integer or a decimal string, in 1..2**32-1; ValueError otherwise."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        cid = key
+    elif isinstance(key, str) and key.isascii() and key.isdecimal():
+        cid = int(key)
+    else:
+        raise ValueError(f"invalid queue id {key!r}")
+    if not 0 < cid <= MAX_CLIENT_ID:
+        raise ValueError(f"invalid queue id {key!r}")
+    return cid
