@@ -138,9 +138,21 @@ def _logger_state(value: str) -> tuple[bool, int]:
 # --- parser ---
 
 
+class _VersionAction(argparse.Action):
+    """`-V`: like argparse's "version" action, but the version is only looked up when asked for
+    (reading the distribution's metadata would slow every run of the health probe down)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{PROG} {grpc_helper.__version__}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Operate a grpc-helper server (info, config, logs, events, ...)")
-    p.add_argument("-V", "--version", action="version", version=f"{PROG} {grpc_helper.__version__}")
+    p.add_argument("-V", "--version", action=_VersionAction, default=argparse.SUPPRESS)
     p.add_argument("--host", default=DEFAULT_HOST, help=f"server host (default: {DEFAULT_HOST})")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"server port (default: {DEFAULT_PORT})")
     p.add_argument(

@@ -40,6 +40,24 @@ def test_public_surface() -> None:
     assert set(grpc_helper.__all__) == PUBLIC
     for name in grpc_helper.__all__:
         assert getattr(grpc_helper, name) is not None
+    # What the module really exposes (httpx's test_exported_members): every public name and nothing
+    # else that is not private, a submodule or a dunder
+    exposed = set(dir(grpc_helper))
+    submodules = {n for n in exposed if type(getattr(grpc_helper, n)).__name__ == "module"}
+    assert exposed - submodules == PUBLIC
+    with pytest.raises(AttributeError):
+        grpc_helper.NotAThing  # noqa: B018 - the attribute access is the test
+
+
+def test_operator_cli_does_not_import_the_server() -> None:
+    """`grpc-helper health` runs every few seconds in containers: it must stay light."""
+    code = (
+        "import sys, grpc_helper.ctl; "
+        "print(sorted(m for m in sys.modules if m.startswith(('grpc_helper.server', 'grpc_reflection.v1', "
+        "'grpc_helper.proxy', 'grpc_helper.events'))))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 def test_title_and_version_from_metadata() -> None:
