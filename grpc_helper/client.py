@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,9 @@ class RpcClient:
         self.logger = logger or logging.getLogger("grpc_helper.client")
         self.exception = exception
         self.custom_exception = custom_exception
-        self.channel = grpc.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+        self.channel = self._new_channel()
+        self._channel_lock = threading.Lock()  # serializes close(): never taken by calls
+        self._rebinders: list[Callable[[], None]] = []  # one per bound method: rebinds it to self.channel
         self.stubs = dict(stubs)
         for attr, (stub_class, version) in stubs.items():
             setattr(self, attr, _Stub(self, attr, stub_class, version))
@@ -117,7 +120,22 @@ class RpcClient:
         def __getattr__(self, name: str) -> Any: ...
 
     def close(self) -> None:
-        self.channel.close()
+        """Close the channel (releasing its connection; calls in progress are cancelled).
+
+        The client stays usable: a later call connects again, like a first call would.
+        """
+        # A fresh channel replaces the closed one right away instead of on next use: an unused
+        # channel is cheap (no connection, no thread, no file descriptor) and this keeps the call
+        # path free of any "is it closed?" check or lock. Methods are rebound before the old
+        # channel is closed, so only calls already started on it are affected.
+        with self._channel_lock:
+            old, self.channel = self.channel, self._new_channel()
+            for rebind in self._rebinders:
+                rebind()
+        old.close()
+
+    def _new_channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"{self.host}:{self.port}", options=CHANNEL_OPTIONS)
 
     def __enter__(self) -> RpcClient:
         return self
@@ -155,8 +173,19 @@ class RpcClient:
 
     # --- method binding ---
     def _bind(self, spec: _MethodSpec, metadata: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
-        factory = getattr(self.channel, spec.kind)
-        call = factory(spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True)
+        def multicallable() -> Any:
+            factory = getattr(self.channel, spec.kind)
+            return factory(spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True)
+
+        # `call` is a closure cell shared with the functions below: close() swaps the channel by
+        # rebinding it, at no cost per call
+        call = multicallable()
+
+        def rebind() -> None:
+            nonlocal call
+            call = multicallable()
+
+        self._rebinders.append(rebind)
         check = self.exception and _checks_result(spec.path)
         path = spec.path
         client = self

@@ -87,7 +87,7 @@ class EventsListener(ABC):
                     stream = self._stream = self.client.events.listen(
                         EventFilter(names=self.names, client_id=self.client_id)
                     )
-                except Exception:  # e.g. a closed channel: no retry will help
+                except Exception:  # e.g. a client without an `events` stub: no retry will help
                     self.logger.exception("Event listener can't start listening: stop")
                     return
             try:
