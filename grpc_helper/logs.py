@@ -15,7 +15,7 @@ from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
 
 LOGGERS_FILE = "loggers.json"
-ROOT_LOG = "root"  # the complete log: <logs>/root.log
+ROOT_LOG = "root"  # the complete log: <logs>/root/root.log, like any logger named "root"
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _log = logging.getLogger("grpc_helper.logs")
@@ -62,15 +62,19 @@ def logs_folder(folders: Folders) -> Path | None:
 
 
 class RollingLogs:
-    """The file handlers of one server: a complete root log and one log per manager."""
+    """The file handlers of one server: a complete root log and one log per manager logger,
+    each in `<logs>/<logger name>/<logger name>.log` (the layout of grpc-helper 2.x)."""
 
     def __init__(self, folders: Folders) -> None:
         self.folder = logs_folder(folders)
-        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
-        if self.folder is not None:
-            self._attach(logging.getLogger(), self.folder / f"{ROOT_LOG}.log")
+        self._handlers: dict[str, tuple[logging.Logger, logging.Handler]] = {}  # by logger name
+        self._attach(logging.getLogger(), ROOT_LOG)
 
-    def _attach(self, logger: logging.Logger, path: Path) -> None:
+    def _attach(self, logger: logging.Logger, name: str) -> None:
+        # Once per logger name: managers sharing a logger must not write each line twice
+        if self.folder is None or name in self._handlers:
+            return
+        path = self.folder / name / f"{name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.TimedRotatingFileHandler(
             path,
@@ -82,20 +86,19 @@ class RollingLogs:
         )
         handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
         logger.addHandler(handler)
-        self._handlers.append((logger, handler))
+        self._handlers[name] = (logger, handler)
 
-    def add_manager(self, name: str) -> logging.Logger:
-        """The logger of a manager, writing to `<logs>/<name>/<name>.log` (and the root log)."""
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.INFO)  # a server logs its activity unless configured otherwise
-        if self.folder is not None:
-            self._attach(logger, self.folder / name / f"{name}.log")
+    def add_manager(self, logger: logging.Logger) -> logging.Logger:
+        """Give a manager's logger its rolling file (its records also reach the root log).
+
+        No level is set: the logger inherits from root unless configured (loggers.json, `log.set`).
+        """
+        self._attach(logger, logger.name)
         return logger
 
     def close(self) -> None:
         """Remove and close every handler, so a later server in this process doesn't duplicate lines."""
-        for logger, handler in self._handlers:
+        for logger, handler in self._handlers.values():
             logger.removeHandler(handler)
             handler.close()
         self._handlers.clear()

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 class RpcManager:
     """Base for service managers.
 
+    `logger` is named after the manager's class; the server gives it a rolling file,
+    `<logs>/<logger name>/<logger name>.log`, and traces the manager's calls on it at DEBUG.
     The server fills in, before calling `_load`:
-    - `logger`: this manager's logger, writing to `<logs>/<name>/<name>.log`
     - `client`: the server's auto-client (reaches every service of the server)
     - `folders`: the server's `Folders`
     `lock` protects the manager's own state against concurrent calls.
@@ -31,9 +32,11 @@ class RpcManager:
         self.server: RpcServer | None = None
 
     def _attach(self, server: RpcServer, name: str) -> None:
-        """Called by the server when it starts serving this manager under `name`."""
+        """Called by the server when it starts serving this manager under the service `name`.
+
+        The logger keeps its name (the class name, as in grpc-helper 2.x), whatever the service name.
+        """
         self.server = server
-        self.logger = logging.getLogger(name)
         self.folders = server.folders
         self.client = server.client
 
@@ -42,3 +45,11 @@ class RpcManager:
 
     def _shutdown(self) -> None:
         """Called when the server shuts down: finalize, and interrupt long-running operations."""
+
+    @property
+    def _proxied_servers(self) -> set[tuple[str, int]]:
+        """(host, port) of each distinct server registered for this server's proxied services (an empty
+        registered host given as `rpc-main-host`); empty when not attached to a server."""
+        if self.server is None:
+            return set()
+        return self.server.proxies.proxied_servers()

@@ -37,6 +37,17 @@ def local_ip() -> str:
         return "127.0.0.1"
 
 
+def ip_towards(host: str) -> str:
+    """This host's own address on the route to `host`, i.e. where `host` can reach us back (no packet
+    is sent: connecting a UDP socket only picks the route); `local_ip()` when there is no route."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, 9))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return local_ip()
+
+
 @dataclass(frozen=True)
 class RpcMetadata:
     """Identity of a client, sent as call metadata. Unset fields default to the local user/host/ip."""

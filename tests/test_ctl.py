@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import grpc_helper
+import grpc_helper_samples
 from grpc_helper import Config, RpcClient, RpcException, RpcServer, ctl
 from grpc_helper.api import ConfigValidator, Event, EventFilter, EventInterrupt, EventProperty, ResultCode
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
@@ -85,7 +86,8 @@ class TestInfo:
         by_name = {r[0]: r for r in rows[1:]}
         assert by_name["srv"][1:] == [f"grpc-helper:{grpc_helper.__version__}", "1-1", "-"]
         assert by_name["config"][2] == "1-2"
-        assert by_name["echo"] == ["echo", "1-2", "(unregistered)"]  # no version before registration
+        samples = f"{grpc_helper_samples.__title__}:{grpc_helper_samples.__version__}"
+        assert by_name["echo"] == ["echo", samples, "1-2", "(unregistered)"]  # the module's version until registered
         assert by_name["events"][2] == "1-2"
 
     def test_columns_are_aligned(self, run: Run) -> None:

@@ -29,24 +29,29 @@ class Talker(EchoManager):
 
 
 class TestRollingLogs:
+    @pytest.fixture(autouse=True)
+    def info_root(self) -> None:
+        # Manager loggers inherit root's level (restored by conftest's restore_loggers)
+        logging.getLogger().setLevel(logging.INFO)
+
     def test_manager_and_root_files(self, servers: Servers, folders: Folders) -> None:
         srv = servers(0, [echo_descriptor(Talker())], folders=folders)
         srv.client.echo.echo(EchoRequest(text="first line"))
         flush_all()
         assert folders.workspace
         logs = folders.workspace / "logs"
-        manager_log = (logs / "echo" / "echo.log").read_text()
+        manager_log = (logs / "Talker" / "Talker.log").read_text()
         assert "talking: first line" in manager_log
         # records carry the thread and logger names
-        assert "[rpc-worker" in manager_log and " echo: " in manager_log
-        assert "talking: first line" in (logs / "root.log").read_text()
+        assert "[rpc-worker" in manager_log and " Talker: " in manager_log
+        assert "talking: first line" in (logs / "root" / "root.log").read_text()
 
     def test_absolute_logs_folder(self, servers: Servers, folders: Folders, tmp_path: Path) -> None:
         target = tmp_path / "abs-logs"
         srv = servers(0, [echo_descriptor(Talker())], folders=folders, cli_config={"rpc-logs-folder": str(target)})
         srv.client.echo.echo(EchoRequest(text="abs"))
         flush_all()
-        assert "talking: abs" in (target / "echo" / "echo.log").read_text()
+        assert "talking: abs" in (target / "Talker" / "Talker.log").read_text()
 
     def test_rotation_settings_come_from_config(self, servers: Servers, folders: Folders) -> None:
         servers(
@@ -56,7 +61,7 @@ class TestRollingLogs:
             cli_config={"rpc-logs-interval-unit": "m", "rpc-logs-interval": "5", "rpc-logs-backup": "3"},
         )
         handlers = [
-            h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)
+            h for h in logging.getLogger("Talker").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)
         ]
         assert len(handlers) == 1
         assert (handlers[0].when, handlers[0].interval, handlers[0].backupCount) == ("M", 5 * 60, 3)
@@ -64,15 +69,15 @@ class TestRollingLogs:
     def test_files_rotate(self, servers: Servers, folders: Folders) -> None:
         servers(0, [echo_descriptor(Talker())], folders=folders, cli_config={"rpc-logs-interval-unit": "S"})
         handler = next(
-            h for h in logging.getLogger("echo").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)
+            h for h in logging.getLogger("Talker").handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)
         )
-        logging.getLogger("echo").info("before rollover")
+        logging.getLogger("Talker").info("before rollover")
         handler.doRollover()  # the same rollover the time trigger performs
-        logging.getLogger("echo").info("after rollover")
+        logging.getLogger("Talker").info("after rollover")
         flush_all()
         assert folders.workspace
-        files = sorted(p.name for p in (folders.workspace / "logs" / "echo").iterdir())
-        assert len(files) == 2 and "echo.log" in files
+        files = sorted(p.name for p in (folders.workspace / "logs" / "Talker").iterdir())
+        assert len(files) == 2 and "Talker.log" in files
 
     def test_handlers_removed_at_shutdown(self, servers: Servers, folders: Folders) -> None:
         before = len(logging.getLogger().handlers)
@@ -80,12 +85,12 @@ class TestRollingLogs:
         assert len(logging.getLogger().handlers) == before + 1
         srv.shutdown()
         assert len(logging.getLogger().handlers) == before
-        assert not logging.getLogger("echo").handlers
+        assert not logging.getLogger("Talker").handlers
         srv2 = servers(0, [echo_descriptor(Talker())], folders=folders)
         srv2.client.echo.echo(EchoRequest(text="once"))
         flush_all()
         assert folders.workspace
-        assert (folders.workspace / "logs" / "echo" / "echo.log").read_text().count("talking: once") == 1
+        assert (folders.workspace / "logs" / "Talker" / "Talker.log").read_text().count("talking: once") == 1
 
     def test_no_workspace_no_files(self, servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.chdir(tmp_path)

@@ -102,7 +102,7 @@ class TestRegistration:
         assert (info.supported_api_version, info.current_api_version) == (1, 2)
         main.client.srv.proxy_forget(Filter(names=["echo"]))
         info = main.client.srv.info(Filter(names=["echo"])).items[0]
-        assert (info.version, info.proxy_port) == ("", 0)
+        assert (info.version, info.proxy_host, info.proxy_port) == ("b-1.0", "", 0)  # last version kept
 
     def test_empty_host_means_main_host(self, servers: Servers) -> None:
         # static items are process-wide: both servers of this process get the same layers
@@ -110,7 +110,7 @@ class TestRegistration:
         main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=cli)
         backend = servers(0, [echo_descriptor()], cli_config=cli)
         main.client.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="v", port=backend.port))
-        assert main.client.srv.info(Filter(names=["echo"])).items[0].proxy_host == "127.0.0.1"
+        assert main.client.srv.info(Filter(names=["echo"])).items[0].proxy_host == ""  # reported as given
         assert echo_client(main.port).echo.echo(EchoRequest(text="via main host")).text == "via main host"
 
     def test_persisted_and_restored(self, servers: Servers, folders) -> None:
@@ -179,7 +179,7 @@ class TestForwarding:
                 metadata=(("client", "c1"), ("user", "u1"), ("api_version", "2"), ("x-custom", "v")),
             )
         assert {k: seen["md"][k] for k in ("client", "user", "api_version", "x-custom")} == {
-            "client": "c1", "user": "u1", "api_version": "2", "x-custom": "v"
+            "client": "c1(proxied)", "user": "u1", "api_version": "2", "x-custom": "v"
         }  # fmt: skip
         # The caller's 7 s, less the time spent on the way; gRPC encodes `grpc-timeout` with a few
         # significant digits, rounded up, so each hop may add a few milliseconds

@@ -54,7 +54,7 @@ class TestLifecycle:
         srv = servers(0, [echo_descriptor(manager)])
         assert manager.loaded and not manager.shut_down
         assert manager.client is srv.client and manager.folders is srv.folders
-        assert manager.logger.name == "echo"
+        assert manager.logger.name == "EchoManager"  # named after its class, not after the service
         srv.shutdown()
         assert manager.shut_down
         assert not srv.is_running
@@ -421,7 +421,8 @@ class TestDebugDump:
         assert path.name.startswith("RpcServerDump-") and path.suffix == ".txt"
         text = path.read_text()
         assert "== Threads" in text and "MainThread" in text
-        assert "/EchoService/echo" in text and "'client': 'dumper'" in text and 'text: "zzz"' in text
+        pending = text.partition("Pending RPC calls:\n")[2]
+        assert "[dumper]" in pending and '>>> EchoService.echo (EchoRequest{text: "zzz" })' in pending
 
     def test_sigusr2_writes_dump_and_handler_is_restored(self, servers: Servers, folders) -> None:
         previous = signal.getsignal(signal.SIGUSR2)

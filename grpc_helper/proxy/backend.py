@@ -5,17 +5,45 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 from grpc_helper.client import CHANNEL_OPTIONS
+from grpc_helper.config.static import RpcStaticConfig
+
+_READY = cygrpc.ConnectivityState.ready
+
+
+def backend_address(host: str, port: int) -> tuple[str, int]:
+    """Where a registration points to: an empty registered host means `rpc-main-host`."""
+    return host or RpcStaticConfig.MAIN_HOST.str_val, port
 
 
 class Backend:
-    """A channel to a proxied server, with its cached multi-callables."""
+    """A channel to a proxied server, with its cached multi-callables.
+
+    `users` and `retired` are managed by the registry, under its lock: a retired backend (no
+    registration points to it any more) is closed once its last call ends.
+    """
 
     def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.channel = grpc.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+        self.host, self.port = host, port  # as registered (the host may be empty)
+        address = backend_address(host, port)
+        self.address = f"{address[0]}:{address[1]}"  # resolved once: the channel's target
+        self.users = 0
+        self.retired = False
+        self._closed = False
         self._methods: dict[str, Any] = {}
+        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        # gRPC's public API reports connectivity through subscriptions only, whose polling thread
+        # races with close() (it may query the channel once closed, and die with an error): read
+        # the state synchronously from the core channel instead
+        self._core: Any = self.channel._channel  # type: ignore[attr-defined]
+        self.connected(try_to_connect=True)  # connect now: the first call won't wait for it
+
+    def connected(self, try_to_connect: bool = False) -> bool:
+        """Whether the channel is connected; `try_to_connect` asks it to connect if it is not (after
+        losing its connection, a channel stays idle until asked). Never call once closed."""
+        return bool(self._core.check_connectivity_state(try_to_connect) == _READY)
 
     def method(self, kind: str, path: str) -> Any:
         """The cached multi-callable of `kind` ("unary_unary", ...) for `path`, passing bytes through."""
@@ -28,4 +56,6 @@ class Backend:
         return callable_
 
     def close(self) -> None:
-        self.channel.close()
+        if not self._closed:
+            self._closed = True
+            self.channel.close()

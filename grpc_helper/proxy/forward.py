@@ -2,31 +2,55 @@
 
 Messages are never decoded: the proxy's handlers have no (de)serializers, so request and
 response bytes go straight through one persistent channel per backend. Only the API version
-check (metadata) and error answers (ERROR_PROXY_UNREGISTERED) are made at the proxy.
+check (metadata) and error answers are made at the proxy.
 
-A backend that is unreachable is retried with backoff until `rpc-client-timeout` (or the
-caller's deadline), as long as nothing was exchanged yet; then the caller gets UNAVAILABLE.
+A forwarded call goes through two phases:
+
+1. **Waiting, nothing sent.** `ProxyRegistry.acquire` waits, up to `rpc-client-timeout` from the
+   call's arrival (or the caller's deadline if sooner), until the service is registered and its
+   backend channel is *connected*; it follows registration changes meanwhile (a call waiting on
+   an unreachable backend goes to the new host:port as soon as one registers). No request is
+   issued during this phase, so switching backends can never deliver a request twice. Time out:
+   ERROR_PROXY_UNREGISTERED if nothing is registered, ERROR_RPC if the backend can't be reached.
+   (Why not simply send with gRPC's `wait_for_ready`? Its timeout would bound the whole call, a
+   legitimately long one too, and a queued call can't be moved to a new registration: cancelling
+   it races with gRPC sending it.)
+2. **One attempt.** The request is then sent exactly once, fail-fast, with the caller's deadline
+   (the only bound on the call itself: `rpc-client-timeout` is about reaching the backend).
+   Nothing is ever resent by the proxy: any error from then on (an UNAVAILABLE included, e.g. a
+   connection reset mid-call, since the backend may have received the request) ends the call
+   with an ERROR_RPC answer, as the original's inner client did. gRPC itself only retries
+   transparently what never reached the wire.
+
+So, like the original, the caller gets gRPC OK with `r.code` set (never a gRPC UNAVAILABLE that its
+own client would retry on top). Responses without a `Result r` field can't carry that: their
+callers get a gRPC status instead (UNAVAILABLE for phase 1, the backend's status for phase 2).
+For streamed responses, an error becomes the stream's last message.
+
+Forwarded metadata: the caller's, minus transport headers, with `client` renamed
+`<client>(proxied)` (just `(proxied)` when the caller sent none: the original appends to the name
+whatever it is), and the proxy's current API version of the service added when the caller sent no
+`api_version`, so the backend checks the version the proxy serves.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from grpc_helper.api import Result, ResultCode
-from grpc_helper.config.static import RpcStaticConfig
-from grpc_helper.server.dispatch import VersionRange, response_class
+from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT
+from grpc_helper.server.dispatch import VersionRange, has_result_field, response_class
 
 if TYPE_CHECKING:
     from grpc_helper.proxy.backend import Backend
+    from grpc_helper.proxy.registry import ProxyRegistry
 
 # Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
 _NO_DEADLINE = 1e8
-_FIRST_RETRY_DELAY = 0.05
-_MAX_RETRY_DELAY = 1.0
+_PROXIED_SUFFIX = "(proxied)"
 
 _KINDS = {
     (False, False): "unary_unary",
@@ -41,46 +65,27 @@ def forwarded_metadata(metadata: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]
     return tuple((k, v) for k, v in metadata if k != "user-agent" and not k.startswith("grpc-"))
 
 
+def proxied_metadata(metadata: tuple[Any, ...], current_version: int) -> tuple[tuple[str, Any], ...]:
+    """`forwarded_metadata`, with `client` marked as proxied and a default `api_version` (see module doc)."""
+    client = ""
+    has_version = False
+    out = []
+    for key, value in forwarded_metadata(metadata):
+        if key == KEY_CLIENT:
+            client = value
+            continue
+        has_version = has_version or key == KEY_API_VERSION
+        out.append((key, value))
+    out.append((KEY_CLIENT, client + _PROXIED_SUFFIX))
+    if not has_version:
+        out.append((KEY_API_VERSION, str(current_version)))
+    return tuple(out)
+
+
 def remaining(context: grpc.ServicerContext) -> float | None:
     """The caller's remaining deadline, to propagate (None: no deadline)."""
     left = context.time_remaining()
     return None if left is None or left > _NO_DEADLINE else left
-
-
-class _Requests:
-    """Request stream wrapper remembering whether anything was read (then a retry would lose data)."""
-
-    def __init__(self, it: Iterator[Any]) -> None:
-        self._it, self.started = it, False
-
-    def __iter__(self) -> _Requests:
-        return self
-
-    def __next__(self) -> Any:
-        self.started = True
-        return next(self._it)
-
-
-def _retrying(attempt: Callable[[], Any], context: grpc.ServicerContext, path: str, requests: _Requests | None) -> Any:
-    """Run `attempt()`, retrying while the backend is UNAVAILABLE and nothing was exchanged yet."""
-    deadline: float | None = None
-    delay = _FIRST_RETRY_DELAY
-    while True:
-        try:
-            return attempt()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or (requests is not None and requests.started):
-                context.abort(exc.code(), f"Proxied call {path} failed: {exc.details()}")
-            now = time.monotonic()
-            if deadline is None:
-                limit = RpcStaticConfig.CLIENT_TIMEOUT.float_val
-                left = remaining(context)
-                deadline = now + (limit if left is None else min(limit, left))
-            if now >= deadline:
-                msg = f"Proxied call {path}: backend unreachable: {exc.details()}"
-                context.abort(grpc.StatusCode.UNAVAILABLE, msg)
-            time.sleep(min(delay, deadline - now))
-            delay = min(delay * 2, _MAX_RETRY_DELAY)
 
 
 def make_forwarder(
@@ -89,27 +94,40 @@ def make_forwarder(
     method: str,
     original: grpc.RpcMethodHandler,
     versions: VersionRange,
-    resolve: Callable[[str, grpc.ServicerContext], Backend | Result],
+    registry: ProxyRegistry,
     stream_pool: Any,
 ) -> grpc.RpcMethodHandler:
-    """A raw-bytes handler forwarding `/service/method` to the backend `resolve` finds for `name`."""
+    """A raw-bytes handler forwarding `/service/method` to the backend `registry` has for `name`."""
     path = f"/{service}/{method}"
     kind = _KINDS[(original.request_streaming, original.response_streaming)]
     response_cls = response_class(service, method)
-    can_answer = "r" in response_cls.DESCRIPTOR.fields_by_name
+    can_answer = has_result_field(response_cls)
 
-    def prepare(context: grpc.ServicerContext) -> tuple[Any, tuple[Any, ...]] | bytes:
-        """(multi-callable, metadata) to forward with, or the bytes of an error answer."""
+    def error_answer(context: grpc.ServicerContext, err: Result, status: grpc.StatusCode) -> bytes:
+        """The bytes of a response carrying `err`; aborts with `status` when the response has no `r`."""
+        if not can_answer:
+            context.abort(status, f"{ResultCode.Name(err.code)}: {err.msg}")
+        return response_cls(r=err).SerializeToString()
+
+    def prepare(context: grpc.ServicerContext) -> tuple[Backend, tuple[Any, ...]] | bytes:
+        """(backend, metadata) to forward with (phase 1), or the bytes of an error answer."""
         md = context.invocation_metadata()
         err = versions.check(md)
         if err is None:
-            backend = resolve(name, context)
+            backend = registry.acquire(name, method, context)
             if not isinstance(backend, Result):
-                return backend.method(kind, path), forwarded_metadata(md)
+                return backend, proxied_metadata(md, versions.current)
             err = backend
+        return error_answer(context, err, grpc.StatusCode.UNAVAILABLE)
+
+    def failed(context: grpc.ServicerContext, backend: Backend, exc: grpc.RpcError) -> bytes:
+        """The answer for a forwarded call that failed (phase 2): never resent."""
+        msg = f"Proxied call {path} to {backend.address} failed: {exc.code().name}: {exc.details()}"
+        if context.is_active():  # else the caller is gone (cancelled, deadline): nobody to tell
+            registry.logger.warning("%s", msg)
         if not can_answer:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{ResultCode.Name(err.code)}: {err.msg}")
-        return response_cls(r=err).SerializeToString()
+            context.abort(exc.code(), msg)
+        return response_cls(r=Result(code=ResultCode.ERROR_RPC, msg=msg)).SerializeToString()
 
     if not original.response_streaming:
 
@@ -117,10 +135,13 @@ def make_forwarder(
             prepared = prepare(context)
             if isinstance(prepared, bytes):
                 return prepared
-            call, md = prepared
-            requests = _Requests(request) if original.request_streaming else None
-            arg = requests if requests is not None else request
-            return _retrying(lambda: call(arg, timeout=remaining(context), metadata=md), context, path, requests)
+            backend, md = prepared
+            try:
+                return backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
+            except grpc.RpcError as exc:
+                return failed(context, backend, exc)
+            finally:
+                registry.release(backend)
 
         behavior: Any = unary_response
     else:
@@ -130,26 +151,16 @@ def make_forwarder(
             if isinstance(prepared, bytes):
                 yield prepared
                 return
-            call, md = prepared
-            requests = _Requests(request) if original.request_streaming else None
-            arg = requests if requests is not None else request
-            holder: list[Any] = []
-
-            def start() -> Any:
-                responses = call(arg, timeout=remaining(context), metadata=md)
-                holder[:] = [responses]
-                return next(responses, None)  # connection errors show up here
-
-            first = _retrying(start, context, path, requests)
-            responses = holder[0]
-            context.add_callback(responses.cancel)  # caller gone: cancel the backend call too
-            if first is None:
-                return
-            yield first
+            backend, md = prepared
             try:
-                yield from responses
-            except grpc.RpcError as exc:
-                context.abort(exc.code(), f"Proxied call {path} failed: {exc.details()}")
+                responses = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
+                context.add_callback(responses.cancel)  # caller gone: cancel the backend call too
+                try:
+                    yield from responses
+                except grpc.RpcError as exc:
+                    yield failed(context, backend, exc)  # the stream's last message
+            finally:
+                registry.release(backend)
 
         behavior = stream_response
 

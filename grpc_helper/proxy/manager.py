@@ -11,7 +11,7 @@ from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.manager import RpcManager
-from grpc_helper.metadata import local_ip
+from grpc_helper.metadata import ip_towards
 
 
 class RpcProxiedManager(RpcManager):
@@ -41,6 +41,16 @@ class RpcProxiedManager(RpcManager):
         """True to register this host's own IP (when the main server runs on another host)."""
         return False
 
+    def _registered_host(self) -> str:
+        """The host registered on main, as 2.x does: this host's IP as seen on the route to main when
+        `_proxy_use_current_host` says so, else `rpc-main-host` (main runs on this same host)."""
+        # A method here; 2.x declared it as a property, which its subclasses may still override
+        use_current: Any = self._proxy_use_current_host
+        if callable(use_current):
+            use_current = use_current()
+        main_host = RpcStaticConfig.MAIN_HOST.str_val
+        return ip_towards(main_host) if use_current else main_host
+
     def _load(self) -> None:
         super()._load()
         assert self.server is not None
@@ -56,10 +66,11 @@ class RpcProxiedManager(RpcManager):
             name=f"proxied-{self.logger.name}",
             logger=self.logger,
         )
-        host = local_ip() if self._proxy_use_current_host() else ""
         names = self._proxied_services()
         self.proxy_client.srv.proxy_register(
-            ProxyRegisterRequest(names=names, version=self._proxied_version(), host=host, port=self.server.port)
+            ProxyRegisterRequest(
+                names=names, version=self._proxied_version(), host=self._registered_host(), port=self.server.port
+            )
         )
         self.logger.info(
             "Registered %s on main server %s:%s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,8 @@ from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
-from grpc_helper.proxy.backend import Backend
-from grpc_helper.proxy.forward import make_forwarder
+from grpc_helper.proxy.backend import Backend, backend_address
+from grpc_helper.proxy.forward import make_forwarder, remaining
 from grpc_helper.server.dispatch import VersionRange
 
 if TYPE_CHECKING:
@@ -24,55 +25,121 @@ if TYPE_CHECKING:
 
 PROXY_FILE = "proxy.json"
 _log = logging.getLogger("grpc_helper.proxy")
+# While a call waits for a registration, it says so at least this often (DEBUG, as the original did)
+_WAIT_LOG_PERIOD = 0.5
+# While a call waits for a registered backend to be connected, it checks the connection this often
+_FIRST_POLL = 0.005
+_MAX_POLL = 0.05
 
 
 @dataclass(frozen=True)
 class ProxyTarget:
-    host: str
+    host: str  # as registered: empty means `rpc-main-host` (resolved only to connect)
     port: int
     version: str
 
 
 class ProxyRegistry:
-    """Proxied services of one server, their registered targets and backend channels."""
+    """Proxied services of one server, their registered targets and backend channels.
+
+    Calls borrow a backend with `acquire` and give it back with `release`: a backend that no
+    registration uses any more is closed only once its last call is over, so a re-registration
+    never closes a channel under a call.
+    """
 
     def __init__(self, server: RpcServer, descriptors: list[RpcServiceDescriptor]) -> None:
         self._server = server
         self._descriptors = {d.name: d for d in descriptors}
         self._targets: dict[str, ProxyTarget] = {}
-        self._backends: dict[tuple[str, int], Backend] = {}
-        self._config_clients: dict[tuple[str, int], RpcClient] = {}
+        self._versions: dict[str, str] = {}  # last registered version, kept after proxy_forget
+        self._backends: dict[tuple[str, int], Backend] = {}  # by registered (host, port)
+        self._retired: set[Backend] = set()  # unregistered, still used by calls
+        self._config_clients: dict[tuple[str, int], RpcClient] = {}  # by resolved address
         self._changed = threading.Condition()
         self._closed = False
         wks = server.folders.workspace
         self._path = wks / PROXY_FILE if wks is not None and descriptors else None
         self._foreign: dict[str, Any] = {}
 
+    @property
+    def logger(self) -> logging.Logger:
+        """The server's logger (looked up each time: the server sets it up at start)."""
+        return getattr(self._server, "logger", None) or _log
+
     # --- handlers ---
     def handlers(
         self, d: RpcServiceDescriptor, service: str, generated: dict[str, Any], versions: VersionRange
     ) -> dict[str, grpc.RpcMethodHandler]:
         return {
-            method: make_forwarder(d.name, service, method, original, versions, self._resolve, self._server.streams)
+            method: make_forwarder(d.name, service, method, original, versions, self, self._server.streams)
             for method, original in generated.items()
         }
 
-    def _resolve(self, name: str, context: grpc.ServicerContext) -> Backend | Result:
-        """The backend serving `name`, waiting up to `rpc-client-timeout` (bounded by the caller's
-        deadline) for a registration."""
-        target = self._targets.get(name)
-        if target is None:
-            timeout = RpcStaticConfig.CLIENT_TIMEOUT.float_val
-            left = context.time_remaining()
-            if left is not None:
-                timeout = min(timeout, left)
-            with self._changed:
-                self._changed.wait_for(lambda: name in self._targets or self._closed, timeout)
-                target = self._targets.get(name)
-        backend = self._backends.get((target.host, target.port)) if target is not None else None
-        if backend is None:  # never registered, forgotten meanwhile, or shutting down
-            return Result(code=ResultCode.ERROR_PROXY_UNREGISTERED, msg=f"Proxied service {name} is not registered")
-        return backend
+    # --- backends, for calls ---
+    def acquire(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
+        """The connected backend serving `name` (to `release` after the call), or an error `Result`.
+
+        Waits up to `rpc-client-timeout` (bounded by the caller's deadline) for a registration and
+        for its backend to be connected, following registration changes meanwhile. Nothing is sent
+        while waiting, so following a new registration can never send a request twice.
+        """
+        with self._changed:
+            backend = self._current(name)
+            if backend is not None and backend.connected():  # the usual case: no wait
+                backend.users += 1
+                return backend
+        return self._wait(name, method, context)
+
+    def _current(self, name: str) -> Backend | None:
+        """The backend registered for `name` (lock held); None when unregistered or shutting down."""
+        target = None if self._closed else self._targets.get(name)
+        return self._backends[(target.host, target.port)] if target is not None else None
+
+    def _wait(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
+        start = time.monotonic()
+        limit = RpcStaticConfig.CLIENT_TIMEOUT.float_val
+        left = remaining(context)
+        deadline = start + (limit if left is None else min(limit, left))
+        next_log = start
+        poll = _FIRST_POLL
+        with self._changed:
+            while True:
+                backend = self._current(name)
+                if backend is not None and backend.connected(try_to_connect=True):
+                    backend.users += 1
+                    return backend
+                now = time.monotonic()
+                # Closed: no backend; caller gone (cancelled): no need to wait any longer
+                if now >= deadline or self._closed or not context.is_active():
+                    if backend is None:
+                        msg = f"Proxied service {name} is not registered"
+                        return Result(code=ResultCode.ERROR_PROXY_UNREGISTERED, msg=msg)
+                    msg = (
+                        f"Proxied service {name}: can't connect to {backend.address}"
+                        f" (registered as {backend.host}:{backend.port}) within {now - start:.1f}s"
+                    )
+                    return Result(code=ResultCode.ERROR_RPC, msg=msg)
+                if backend is None:
+                    if now >= next_log:
+                        self.logger.debug("Proxy not registered yet for method %s: wait a bit...", method)
+                        next_log = now + _WAIT_LOG_PERIOD
+                    wake = min(deadline, next_log)
+                else:
+                    # Connecting: look again soon (the channel reports no event to wait on)
+                    wake = min(deadline, now + poll)
+                    poll = min(poll * 2, _MAX_POLL)
+                # Woken up early by a registration change or shutdown
+                self._changed.wait(wake - now)
+
+    def release(self, backend: Backend) -> None:
+        """Give back a backend that `acquire` returned; closes it if it was the last user of a retired one."""
+        with self._changed:
+            backend.users -= 1
+            close = backend.retired and backend.users == 0
+            if close:
+                self._retired.discard(backend)
+        if close:
+            backend.close()
 
     # --- registrations ---
     def load(self) -> None:
@@ -87,13 +154,16 @@ class ProxyRegistry:
             try:
                 target = ProxyTarget(str(entry["host"]), int(entry["port"]), str(entry["version"]))
             except (KeyError, TypeError, ValueError):
+                target = None
+            if target is None or target.port <= 0:
                 _log.warning("Ignoring invalid persisted registration of %s in %s: %r", name, self._path, entry)
                 continue
             self._set(name, target)
             _log.info("Restored registration of %s at %s:%s", name, target.host, target.port)
 
     def register(self, names: list[str], version: str, host: str, port: int) -> ProxyTarget:
-        target = ProxyTarget(host or RpcStaticConfig.MAIN_HOST.str_val, port, version)
+        """Forward `names` to host:port from now on; the host is kept as given (empty: `rpc-main-host`)."""
+        target = ProxyTarget(host, port, version)
         for name in names:
             self._set(name, target)
         self._persist()
@@ -103,7 +173,9 @@ class ProxyRegistry:
         with self._changed:
             for name in names:
                 self._targets.pop(name, None)
-            self._release_unused()
+            unused = self._release_unused()
+            self._changed.notify_all()
+        self._close(unused)
         for name in names:
             self._server.set_service_health(self._descriptors[name], False)
         self._persist()
@@ -111,20 +183,36 @@ class ProxyRegistry:
     def _set(self, name: str, target: ProxyTarget) -> None:
         with self._changed:
             key = (target.host, target.port)
-            if key not in self._backends:
+            if key not in self._backends and not self._closed:
                 self._backends[key] = Backend(target.host, target.port)
             self._targets[name] = target
-            self._release_unused()
+            self._versions[name] = target.version
+            unused = self._release_unused()
             self._changed.notify_all()
+        self._close(unused)
         self._server.set_service_health(self._descriptors[name], True)
 
-    def _release_unused(self) -> None:
+    def _release_unused(self) -> list[Any]:
+        """Retire backends and config clients that no registration uses; returns those to close now
+        (outside the lock). Called with the lock held."""
         used = {(t.host, t.port) for t in self._targets.values()}
+        used_addresses = {backend_address(*key) for key in used}
+        to_close: list[Any] = []
         for key in [k for k in self._backends if k not in used]:
-            self._backends.pop(key).close()
-            client = self._config_clients.pop(key, None)
-            if client is not None:
-                client.close()
+            backend = self._backends.pop(key)
+            backend.retired = True
+            if backend.users:
+                self._retired.add(backend)  # closed by the last `release`
+            else:
+                to_close.append(backend)
+        for address in [a for a in self._config_clients if a not in used_addresses]:
+            to_close.append(self._config_clients.pop(address))
+        return to_close
+
+    @staticmethod
+    def _close(items: list[Any]) -> None:
+        for item in items:
+            item.close()
 
     def _persist(self) -> None:
         if self._path is not None:
@@ -136,20 +224,29 @@ class ProxyRegistry:
     def target(self, name: str) -> ProxyTarget | None:
         return self._targets.get(name)
 
+    def version(self, name: str) -> str | None:
+        """The version `name` last registered with (kept after `forget`), None if it never registered."""
+        return self._versions.get(name)
+
     def has_targets(self) -> bool:
         return bool(self._targets)
 
     def is_registered(self, name: str) -> bool:
         return name in self._targets
 
+    def proxied_servers(self) -> set[tuple[str, int]]:
+        """Distinct (host, port) addresses of the registered proxied servers (empty host resolved)."""
+        with self._changed:
+            return {backend_address(t.host, t.port) for t in self._targets.values()}
+
     def config_clients(self) -> list[RpcClient]:
         """A config-service client per registered backend (for the merged config service)."""
         with self._changed:
-            for key in {(t.host, t.port) for t in self._targets.values()}:
-                if key not in self._config_clients:
-                    self._config_clients[key] = RpcClient(
-                        key[0],
-                        key[1],
+            for address in {backend_address(t.host, t.port) for t in self._targets.values()}:
+                if address not in self._config_clients:
+                    self._config_clients[address] = RpcClient(
+                        address[0],
+                        address[1],
                         {"config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT)},
                         timeout=None,
                         name="proxy-config",
@@ -157,13 +254,12 @@ class ProxyRegistry:
             return list(self._config_clients.values())
 
     def shutdown(self) -> None:
-        """Wake up waiting calls and close backend channels."""
+        """Wake up waiting calls and close backend channels (cancelling the calls still on them)."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-            for backend in self._backends.values():
-                backend.close()
-            for client in self._config_clients.values():
-                client.close()
+            to_close: list[Any] = [*self._backends.values(), *self._retired, *self._config_clients.values()]
             self._backends.clear()
+            self._retired.clear()
             self._config_clients.clear()
+        self._close(to_close)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -13,21 +12,21 @@ from grpc_helper.server.dispatch import PENDING
 
 
 def render_dump(server_id: int) -> str:
-    now = time.time()
+    """Thread stacks, then a `Pending RPC calls:` section as grpc-helper 2.x wrote it: one line per
+    call of this server, `Thread 0x<ident, 16 hex digits> -- <the call's entry trace>`."""
     lines = [f"RpcServer debug dump, {datetime.now().isoformat(timespec='seconds')}", ""]
     names = {t.ident: t.name for t in threading.enumerate()}
     frames = sys._current_frames()
     lines.append(f"== Threads ({len(frames)}) ==")
     for ident, frame in frames.items():
-        lines.append(f"\n-- Thread {names.get(ident, '?')} ({ident}) --")
+        lines.append(f"\n-- Thread {names.get(ident, '?')} (0x{ident:016x}) --")
         lines.extend(line.rstrip("\n") for line in traceback.format_stack(frame))
-    calls = [(ident, c) for ident, c in list(PENDING.items()) if c.server == server_id]
-    lines.append(f"\n== Pending calls ({len(calls)}) ==")
-    for ident, call in calls:
-        lines.append(f"\n-- {call.method} (thread {names.get(ident, ident)}, for {now - call.start:.3f}s) --")
-        lines.append(f"peer: {call.context.peer()}")
-        lines.append(f"metadata: {dict(call.metadata)}")
-        lines.append("request: " + str(call.request).strip().replace("\n", "\n  "))
+    lines.extend(["", "Pending RPC calls:"])
+    lines.extend(
+        f"Thread 0x{ident:016x} -- {call.entry_trace()}"
+        for ident, call in list(PENDING.items())
+        if call.server == server_id
+    )
     return "\n".join(lines) + "\n"
 
 

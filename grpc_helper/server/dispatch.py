@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from threading import get_ident
 from typing import Any, NamedTuple
@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.errors import RpcException, result_from_exception
-from grpc_helper.metadata import KEY_API_VERSION
+from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER
 
 # --- generated code introspection ---
 
@@ -106,14 +106,20 @@ def implemented_method(manager: Any, service: str, method: str) -> Callable[[Any
 
 
 class PendingCall(NamedTuple):
-    """A call being served: what `current_call()` returns and what debug dumps list."""
+    """A call being served: what `current_call()` returns and what debug dumps list.
+
+    Kept raw (nothing formatted on the hot path): a dump renders its `entry_trace()` when asked.
+    """
 
     server: int  # id() of the serving RpcServer
-    method: str
+    method: str  # /Service/method
     metadata: tuple[Any, ...]
-    request: Any
+    request: Any  # the request message; "<stream>" for a client-streaming call
     context: grpc.ServicerContext
     start: float
+
+    def entry_trace(self) -> str:
+        return entry_trace(trace_peer(self.metadata), method_name(self.method), self.request)
 
 
 # Thread ident -> call. The sync gRPC server runs a whole call on one pool thread, so this is exact.
@@ -123,6 +129,48 @@ PENDING: dict[int, PendingCall] = {}
 def current_call() -> PendingCall | None:
     """The call served by the current thread, if any (metadata, context, ...)."""
     return PENDING.get(get_ident())
+
+
+# --- call traces (the format of grpc-helper 2.x) ---
+
+TRACE_MAX = 1024  # characters of a message's text kept in a trace
+
+
+def trace_message(message: Any) -> str:
+    """`Type{text}`: the protobuf text format on one line, cut at TRACE_MAX characters followed by "..."."""
+    text = str(message).replace("\n", " ")
+    if len(text) > TRACE_MAX:
+        text = text[:TRACE_MAX] + "..."
+    return f"{type(message).__name__}{{{text}}}"
+
+
+def trace_peer(metadata: Iterable[tuple[str, Any]]) -> str:
+    """`[client]user@host(ip) api:version` from call metadata: "unknown" for a missing field, 0 for no version."""
+    md = dict(metadata)
+    client, user, host, ip = (md.get(k) or "unknown" for k in (KEY_CLIENT, KEY_USER, KEY_HOST, KEY_IP))
+    return f"[{client}]{user}@{host}({ip}) api:{md.get(KEY_API_VERSION) or 0}"
+
+
+def method_name(path: str) -> str:
+    """/Service/method -> Service.method"""
+    return path.lstrip("/").replace("/", ".")
+
+
+def entry_trace(peer: str, name: str, request: Any) -> str:
+    """`[RPC] <peer> >>> Service.method (Type{text})`; a request that is not a message (a stream) as is."""
+    return f"[RPC] {peer} >>> {name} ({trace_message(request) if isinstance(request, Message) else request})"
+
+
+def exit_trace(peer: str, name: str, response: Any) -> str:
+    """`[RPC] <peer> <<< Service.method: Type{text}`"""
+    return f"[RPC] {peer} <<< {name}: {trace_message(response)}"
+
+
+def _traced_requests(requests: Iterable[Any], logger: logging.Logger, peer: str, name: str) -> Iterator[Any]:
+    # A client-streaming call gets one entry trace per request message, as the manager reads it
+    for request in requests:
+        logger.debug(entry_trace(peer, name, request))
+        yield request
 
 
 # --- API version check ---
@@ -187,27 +235,32 @@ class CallSite:
         return self.error_response(context, result_from_exception(exc))
 
 
-def _trace(site: CallSite, request: Any, metadata: Any) -> None:
-    site.logger.debug("%s <- %s %s", site.path, dict(metadata), str(request).replace("\n", " "))
-
-
 def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: bool, response_streaming: bool) -> Any:
-    """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion."""
+    """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion.
+
+    When the site's logger is at DEBUG (checked once per call), the call is traced on it: one entry
+    line (one per request message for a client stream) and one exit line per response message.
+    """
     pending = PENDING
     versions = site.versions
     logger = site.logger
     path = site.path
+    name = method_name(path)
     sid = site.server_id
+    debug = logging.DEBUG
+
+    def trace_input(request: Any, peer: str) -> Any:
+        if request_streaming:
+            return _traced_requests(request, logger, peer, name)
+        logger.debug(entry_trace(peer, name, request))
+        return request
 
     if not response_streaming:
 
-        def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            md = context.invocation_metadata()
+        def serve_unary(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Any:
             err = versions.check(md)
             if err is not None:
                 return site.error_response(context, err)
-            if logger.isEnabledFor(logging.DEBUG):
-                _trace(site, request, md)
             key = get_ident()
             pending[key] = PendingCall(
                 sid, path, md, "<stream>" if request_streaming else request, context, time.time()
@@ -219,16 +272,25 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
             finally:
                 pending.pop(key, None)
 
+        def traced_unary(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Any:
+            peer = trace_peer(md)
+            response = serve_unary(trace_input(request, peer), context, md)
+            logger.debug(exit_trace(peer, name, response))
+            return response
+
+        def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            md = context.invocation_metadata()
+            if logger.isEnabledFor(debug):
+                return traced_unary(request, context, md)
+            return serve_unary(request, context, md)
+
         return unary_behavior
 
-    def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        md = context.invocation_metadata()
+    def serve_stream(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Generator[Any, None, None]:
         err = versions.check(md)
         if err is not None:
             yield site.error_response(context, err)
             return
-        if logger.isEnabledFor(logging.DEBUG):
-            _trace(site, request, md)
         key = get_ident()
         pending[key] = PendingCall(sid, path, md, "<stream>" if request_streaming else request, context, time.time())
         try:
@@ -238,6 +300,22 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
             yield site.failure(context, exc)
         finally:
             pending.pop(key, None)
+
+    def traced_stream(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Iterator[Any]:
+        peer = trace_peer(md)
+        responses = serve_stream(trace_input(request, peer), context, md)
+        try:
+            for response in responses:
+                logger.debug(exit_trace(peer, name, response))
+                yield response
+        finally:
+            responses.close()  # a cancelled stream ends the manager's iterator now, not at garbage collection
+
+    def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        md = context.invocation_metadata()
+        if logger.isEnabledFor(debug):
+            return traced_stream(request, context, md)
+        return serve_stream(request, context, md)
 
     return stream_behavior
 

@@ -50,6 +50,9 @@ _log = logging.getLogger("grpc_helper.server")
 
 # Disable SO_REUSEPORT: with it, a second server could silently share a busy port
 _SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# Logger names of the default managers: those of grpc-helper 2.x (named after its manager classes),
+# which existing loggers.json files and `log.set` calls address
+DEFAULT_LOGGERS = {"srv": "RpcServer", "config": "ConfigManager", "log": "LogsManager", "events": "EventsManager"}
 # How often wait_shutdown() lets the main thread run pending signal handlers (seconds)
 _SIGNAL_POLL = 0.2
 
@@ -124,9 +127,12 @@ class RpcServer:
         self.config = ConfigManager(self.folders, cli_config, [RpcStaticConfig, *(static_items or [])], user_items)
         self._logs = RollingLogs(self.folders)
         self.loggers = LoggersConfig(self.folders)
-        self.logger = self._logs.add_manager("srv")
+        self.logger = self._logs.add_manager(logging.getLogger(DEFAULT_LOGGERS["srv"]))
 
-        self.descriptors = self._default_descriptors(with_events) + descriptors
+        defaults = self._default_descriptors(with_events)
+        for d in defaults:
+            d.manager.logger = logging.getLogger(DEFAULT_LOGGERS[d.name])
+        self.descriptors = defaults + descriptors
         names = [d.name for d in self.descriptors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -226,7 +232,7 @@ class RpcServer:
         if d.is_proxy:
             handlers = self.proxies.handlers(d, service, generated, versions)
         else:
-            logger = self._logs.add_manager(d.name) if self._logs and d.name != "srv" else self.logger
+            logger = self._manager_logger(d.manager)
             long_lived = getattr(d.manager, "_long_lived_methods", ())
             handlers = {}
             for method, original in generated.items():
@@ -245,6 +251,15 @@ class RpcServer:
         d._service_name = service  # type: ignore[attr-defined]
         return service
 
+    def _manager_logger(self, manager: Any) -> logging.Logger:
+        """The logger a manager's calls are traced on, given its rolling file: an `RpcManager`'s
+        `logger`, else (a plain servicer) one named after the manager's class."""
+        logger = getattr(manager, "logger", None)
+        if not isinstance(logger, logging.Logger):
+            logger = logging.getLogger(type(manager).__name__)
+        assert self._logs is not None
+        return self._logs.add_manager(logger)
+
     def _bind(self, port: int) -> int:
         assert self._grpc is not None
         errors = []
@@ -262,7 +277,9 @@ class RpcServer:
 
     @property
     def is_running(self) -> bool:
-        return self._grpc is not None and not self._stopping
+        """True until shutdown has completed, i.e. until `wait_shutdown()` returns (after a remote
+        shutdown, that includes the wait its request asked for)."""
+        return self._grpc is not None and not self._terminated.is_set()
 
     def set_service_health(self, d: RpcServiceDescriptor, serving: bool, service: str | None = None) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -299,11 +316,10 @@ class RpcServer:
                 _log.exception("Manager %s failed to shut down", manager.logger.name)
 
     def _finalize(self) -> None:
-        # After a remote shutdown, the shutdown call itself may have come through this very client
-        # and still be reading its answer: closing the channel now would cancel it. That client is
-        # closed at the end of the remote shutdown instead.
-        if self.client is not None and not self._remote_shutdown:
-            self.client.close()
+        # The auto-client is deliberately left open: it outlives the server (managers and user code
+        # hold it), and closing it would cancel whatever runs through it at that moment (the remote
+        # shutdown call being answered, a call retrying until a new server is up on this port, an
+        # events listener). With no server to talk to, its channel just stays idle, without a connection.
         for pool in ("_workers", "streams"):
             if hasattr(self, pool):
                 getattr(self, pool).shutdown(wait=False, cancel_futures=True)
@@ -318,13 +334,14 @@ class RpcServer:
         """The `srv.shutdown` RPC: shut down in the background, then wait `timeout` seconds
         (`rpc-shutdown-timeout` if 0, none if < 0) before the process may end."""
         self._remote_shutdown = True
+        delay = float(timeout) if timeout > 0 else RpcStaticConfig.SHUTDOWN_TIMEOUT.float_val if timeout == 0 else 0
+        if delay > 0:
+            # Logged now, while the server's log files are still open
+            self.logger.warning("!!! Will shutdown in %ds !!!", int(delay))
 
         def run() -> None:
             self.shutdown()
-            delay = float(timeout) if timeout > 0 else RpcStaticConfig.SHUTDOWN_TIMEOUT.float_val if timeout == 0 else 0
             self._terminated.wait(delay)  # a local shutdown or signal may end the wait early
-            if self.client is not None:
-                self.client.close()
             self._terminated.set()
 
         threading.Thread(target=run, name="rpc-remote-shutdown", daemon=True).start()

@@ -25,6 +25,7 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
 
     def info(self, request: Filter) -> MultiServiceInfo:
         items = []
+        proxies = self.server.proxies
         for d in self._select(request.names, request.ignore_unknown):
             info = ServiceInfo(
                 name=d.name,
@@ -34,8 +35,9 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
                 is_proxy=d.is_proxy,
             )
             if d.is_proxy:
-                target = self.server.proxies.target(d.name)
-                info.version = target.version if target else ""
+                # The registered version (kept after proxy_forget), the module's until a registration
+                info.version = proxies.version(d.name) or d.version_string
+                target = proxies.target(d.name)
                 if target is not None:
                     info.proxy_host, info.proxy_port = target.host, target.port
             items.append(info)
@@ -47,6 +49,8 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
         return ResultStatus()
 
     def _proxied(self, names: Iterable[str]) -> list[str]:
+        """Check the names of a proxy_register/proxy_forget request, in the original's order:
+        missing, unknown, then not proxied."""
         names = list(names)
         if not names or any(not n for n in names):
             raise RpcException("Missing service names", ResultCode.ERROR_PARAM_MISSING)
@@ -56,11 +60,11 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
         return names
 
     def proxy_register(self, request: ProxyRegisterRequest) -> ResultStatus:
+        names = self._proxied(request.names)
         if not request.version:
             raise RpcException("Missing version", ResultCode.ERROR_PARAM_MISSING)
         if not request.port:
             raise RpcException("Missing port", ResultCode.ERROR_PARAM_MISSING)
-        names = self._proxied(request.names)
         target = self.server.proxies.register(names, request.version, request.host, request.port)
         self.logger.info(
             "Proxied services %s registered at %s:%s (%s)", names, target.host, target.port, target.version
