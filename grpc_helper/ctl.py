@@ -266,7 +266,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _proxy_cell(info: ServiceInfo) -> str:
     if not info.is_proxy:
         return "-"
-    return f"{info.proxy_host}:{info.proxy_port}" if info.proxy_port else "(unregistered)"
+    if not info.proxy_port:
+        return "(unregistered)"
+    # An empty registered host means the main server's own rpc-main-host
+    return f"{info.proxy_host or '(main host)'}:{info.proxy_port}"
 
 
 def _config_rows(items: Sequence[ConfigItem]) -> list[list[str]]:
