@@ -13,7 +13,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from grpc_helper._version import TITLE, installed_version
+
 if TYPE_CHECKING:
+    from grpc_helper.calls import current_call
     from grpc_helper.cli import RpcCliParser
     from grpc_helper.client import RpcClient
     from grpc_helper.config import Config, ConfigHolder, ConfigManager, RpcStaticConfig
@@ -24,9 +27,9 @@ if TYPE_CHECKING:
     from grpc_helper.manager import RpcManager
     from grpc_helper.metadata import RpcMetadata
     from grpc_helper.proxy.manager import RpcProxiedManager
-    from grpc_helper.server import RpcServer, current_call
+    from grpc_helper.server import RpcServer
 
-__title__ = "grpc-helper"
+__title__ = TITLE
 __version__: str  # the installed distribution's version, read on first use (importlib.metadata is slow to import)
 
 # Public name -> module defining it
@@ -45,7 +48,7 @@ _EXPORTS = {
     "RpcServer": "grpc_helper.server",
     "RpcServiceDescriptor": "grpc_helper.descriptor",
     "RpcStaticConfig": "grpc_helper.config",
-    "current_call": "grpc_helper.server",
+    "current_call": "grpc_helper.calls",
 }
 
 __all__ = [
@@ -69,17 +72,9 @@ __all__ = [
 ]
 
 
-def _version() -> str:
-    metadata = import_module("importlib.metadata")
-    try:
-        return str(metadata.version(__title__))
-    except metadata.PackageNotFoundError:  # running from a source tree that was not installed
-        return "0.0.0+unknown"
-
-
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        value: Any = _version()
+        value: Any = installed_version()
     elif name in _EXPORTS:
         value = getattr(import_module(_EXPORTS[name]), name)
     else:

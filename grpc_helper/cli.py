@@ -6,10 +6,10 @@ import argparse
 import re
 from collections.abc import Sequence
 
+from grpc_helper.config.items import CONFIG_NAME_RE
 from grpc_helper.folders import Folders
 
-CONFIG_NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
-_CONFIG_ARG_RE = re.compile(r"([a-z][a-z0-9-]*)=(.*)", re.DOTALL)
+_CONFIG_ARG_RE = re.compile(rf"({CONFIG_NAME_RE.pattern})=(.*)", re.DOTALL)
 
 DEFAULT_PORT = 54321
 DEFAULT_SYSTEM = "/etc/grpc_helper"

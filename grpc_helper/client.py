@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.experimental
-from google.protobuf import descriptor_pool
 
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import RpcException, rpc_error_to_exception
+from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, RpcMetadata
 
 CHANNEL_OPTIONS = [
@@ -29,44 +29,6 @@ _FIRST_RETRY_DELAY = 0.05
 _MAX_RETRY_DELAY = 1.0
 
 StubsMap = dict[str, tuple[type, int | None]]
-
-
-class _MethodSpec:
-    """What a generated stub declares for one method."""
-
-    def __init__(self, kind: str, path: str, request_serializer: Any, response_deserializer: Any) -> None:
-        self.kind, self.path = kind, path
-        self.request_serializer, self.response_deserializer = request_serializer, response_deserializer
-
-
-class _RecordingChannel:
-    """Stands in for a channel to learn the methods a generated stub class declares."""
-
-    def __getattr__(self, kind: str) -> Callable[..., _MethodSpec]:
-        if kind not in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            raise AttributeError(kind)
-
-        def method(path: str, request_serializer: Any = None, response_deserializer: Any = None, **_: Any) -> Any:
-            return _MethodSpec(kind, path, request_serializer, response_deserializer)
-
-        return method
-
-
-def stub_methods(stub_class: type) -> dict[str, _MethodSpec]:
-    """Method name -> spec, for a generated `XxxStub` class."""
-    stub = stub_class(_RecordingChannel())
-    return {name: spec for name, spec in vars(stub).items() if isinstance(spec, _MethodSpec)}
-
-
-def _checks_result(path: str) -> bool:
-    """True when the method's response has the conventional `Result r` field."""
-    service, method = path.lstrip("/").split("/", 1)
-    try:
-        out = descriptor_pool.Default().FindServiceByName(service).methods_by_name[method].output_type
-    except KeyError:
-        return False
-    field = out.fields_by_name.get("r")
-    return field is not None and field.message_type is not None and field.message_type.full_name == "Result"
 
 
 class _Stub:
@@ -172,7 +134,7 @@ class RpcClient:
                 error = exc
 
     # --- method binding ---
-    def _bind(self, spec: _MethodSpec, metadata: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
+    def _bind(self, spec: MethodSpec, metadata: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
         def multicallable() -> Any:
             factory = getattr(self.channel, spec.kind)
             return factory(spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True)
@@ -186,7 +148,7 @@ class RpcClient:
             call = multicallable()
 
         self._rebinders.append(rebind)
-        check = self.exception and _checks_result(spec.path)
+        check = self.exception and path_has_result(spec.path)
         path = spec.path
         client = self
 

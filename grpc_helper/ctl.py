@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import grpc_helper
+from grpc_helper._version import installed_version
 from grpc_helper.api import (
     ConfigApiVersion,
     ConfigItem,
@@ -146,7 +146,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and exit", **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        print(f"{PROG} {grpc_helper.__version__}")  # on stdout, as argparse's own version action
+        print(f"{PROG} {installed_version()}")  # on stdout, as argparse's own version action
         parser.exit()
 
 

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from grpc_helper.client import RpcClient
 from grpc_helper.folders import Folders
 
-if TYPE_CHECKING:
-    from grpc_helper.client import RpcClient
-    from grpc_helper.server.server import RpcServer
+
+class ManagerHost(Protocol):
+    """What a manager sees of the server serving it (`RpcServer` is one): the library's managers
+    use nothing else, which keeps them below the server in the layers."""
+
+    port: int
+    folders: Folders
+    client: RpcClient
+
+    def proxied_servers(self) -> set[tuple[str, int]]: ...
+
+    def shutdown(self) -> None: ...
 
 
 class RpcManager:
@@ -29,9 +39,9 @@ class RpcManager:
         self.lock = threading.RLock()
         self.folders = Folders()
         self.client: RpcClient | Any = None
-        self.server: RpcServer | None = None
+        self.server: ManagerHost | None = None
 
-    def _attach(self, server: RpcServer, name: str) -> None:
+    def _attach(self, server: ManagerHost, name: str) -> None:
         """Called by the server when it starts serving this manager under the service `name`.
 
         The logger keeps its name (the class name, as in grpc-helper 2.x), whatever the service name.
@@ -52,4 +62,4 @@ class RpcManager:
         registered host given as `rpc-main-host`); empty when not attached to a server."""
         if self.server is None:
             return set()
-        return self.server.proxies.proxied_servers()
+        return self.server.proxied_servers()

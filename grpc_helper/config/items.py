@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from grpc_helper.api import ConfigItem, ConfigValidator, ResultCode
-from grpc_helper.cli import CONFIG_NAME_RE
 from grpc_helper.errors import RpcException
 
 CustomValidator = Callable[[str, str], None]
+CONFIG_NAME_RE = re.compile(r"[a-z][a-z0-9-]*")  # what a config item name looks like
 
 
 def _check_int(name: str, value: str, positive: bool) -> None:

@@ -72,11 +72,11 @@ from grpc_helper.api import (
     ResultStatus,
 )
 from grpc_helper.api.events_pb2_grpc import EventServiceServicer
+from grpc_helper.calls import current_call
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.events.queues import EventQueue, check_name
 from grpc_helper.manager import RpcManager
-from grpc_helper.server.dispatch import current_call
 
 QUEUES_FILE = "queues.json"
 FILTERS_FILE = "queues-filters.json"  # {"<id>": [names]}: the filters, which queues.json can't hold

@@ -35,29 +35,35 @@ whatever it is), and the proxy's current API version of the service added when t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from grpc_helper.api import Result, ResultCode
+from grpc_helper.calls import VersionRange
+from grpc_helper.generated import has_result_field, kind_of, method_handler, response_class
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT
-from grpc_helper.server.dispatch import VersionRange, has_result_field, response_class
-
-if TYPE_CHECKING:
-    from grpc_helper.proxy.backend import Backend
-    from grpc_helper.proxy.registry import ProxyRegistry
+from grpc_helper.proxy.backend import Backend
 
 # Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
 _NO_DEADLINE = 1e8
 _PROXIED_SUFFIX = "(proxied)"
 
-_KINDS = {
-    (False, False): "unary_unary",
-    (False, True): "unary_stream",
-    (True, False): "stream_unary",
-    (True, True): "stream_stream",
-}
+
+class Backends(Protocol):
+    """Where forwarded calls get their backend (the registry is one)."""
+
+    logger: logging.Logger
+
+    def acquire(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
+        """Phase 1 (see the module doc): a connected backend for `name`, or the error to answer."""
+        ...
+
+    def release(self, backend: Backend) -> None:
+        """Give back a backend `acquire` returned, once the call is over."""
+        ...
 
 
 def forwarded_metadata(metadata: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
@@ -94,12 +100,12 @@ def make_forwarder(
     method: str,
     original: grpc.RpcMethodHandler,
     versions: VersionRange,
-    registry: ProxyRegistry,
+    registry: Backends,
     stream_pool: Any,
 ) -> grpc.RpcMethodHandler:
     """A raw-bytes handler forwarding `/service/method` to the backend `registry` has for `name`."""
     path = f"/{service}/{method}"
-    kind = _KINDS[(original.request_streaming, original.response_streaming)]
+    kind = kind_of(original)
     response_cls = response_class(service, method)
     can_answer = has_result_field(response_cls)
 
@@ -166,5 +172,4 @@ def make_forwarder(
 
     # Forwarded calls wait on the network: keep them off the bounded worker pool
     behavior.experimental_thread_pool = stream_pool
-    factory = getattr(grpc, f"{kind}_rpc_method_handler")
-    return factory(behavior, request_deserializer=None, response_serializer=None)
+    return method_handler(kind, behavior)  # no (de)serializers: bytes in, bytes out

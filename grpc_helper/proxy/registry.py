@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -13,18 +16,16 @@ import grpc
 from grpc_helper._persist import read_json_object, write_json
 from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
+from grpc_helper.calls import VersionRange
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.proxy.backend import Backend, backend_address
 from grpc_helper.proxy.forward import make_forwarder, remaining
-from grpc_helper.server.dispatch import VersionRange
 
 if TYPE_CHECKING:
     from grpc_helper.descriptor import RpcServiceDescriptor
-    from grpc_helper.server.server import RpcServer
 
 PROXY_FILE = "proxy.json"
-_log = logging.getLogger("grpc_helper.proxy")
 # While a call waits for a registration, it says so at least this often (DEBUG, as the original did)
 _WAIT_LOG_PERIOD = 0.5
 # While a call waits for a registered backend to be connected, it checks the connection this often
@@ -47,9 +48,22 @@ class ProxyRegistry:
     never closes a channel under a call.
     """
 
-    def __init__(self, server: RpcServer, descriptors: list[RpcServiceDescriptor]) -> None:
-        self._server = server
+    def __init__(
+        self,
+        descriptors: list[RpcServiceDescriptor],
+        *,
+        workspace: Path | None,
+        streams: Executor,
+        set_health: Callable[[str, bool], None],
+        logger: logging.Logger,
+    ) -> None:
+        """`descriptors`: the proxied services; `workspace`: where `proxy.json` lives (None: not persisted);
+        `streams`: the pool forwarded calls run on; `set_health(name, serving)`: the server's health of
+        a service; `logger`: the server's."""
         self._descriptors = {d.name: d for d in descriptors}
+        self._streams = streams
+        self._set_health = set_health
+        self.logger = logger
         self._targets: dict[str, ProxyTarget] = {}
         self._versions: dict[str, str] = {}  # last registered version, kept after proxy_forget
         self._backends: dict[tuple[str, int], Backend] = {}  # by registered (host, port)
@@ -57,21 +71,15 @@ class ProxyRegistry:
         self._config_clients: dict[tuple[str, int], RpcClient] = {}  # by resolved address
         self._changed = threading.Condition()
         self._closed = False
-        wks = server.folders.workspace
-        self._path = wks / PROXY_FILE if wks is not None and descriptors else None
+        self._path = workspace / PROXY_FILE if workspace is not None and descriptors else None
         self._foreign: dict[str, Any] = {}
-
-    @property
-    def logger(self) -> logging.Logger:
-        """The server's logger (looked up each time: the server sets it up at start)."""
-        return getattr(self._server, "logger", None) or _log
 
     # --- handlers ---
     def handlers(
         self, d: RpcServiceDescriptor, service: str, generated: dict[str, Any], versions: VersionRange
     ) -> dict[str, grpc.RpcMethodHandler]:
         return {
-            method: make_forwarder(d.name, service, method, original, versions, self, self._server.streams)
+            method: make_forwarder(d.name, service, method, original, versions, self, self._streams)
             for method, original in generated.items()
         }
 
@@ -156,10 +164,10 @@ class ProxyRegistry:
             except (KeyError, TypeError, ValueError):
                 target = None
             if target is None or target.port <= 0:
-                _log.warning("Ignoring invalid persisted registration of %s in %s: %r", name, self._path, entry)
+                self.logger.warning("Ignoring invalid persisted registration of %s in %s: %r", name, self._path, entry)
                 continue
             self._set(name, target)
-            _log.info("Restored registration of %s at %s:%s", name, target.host, target.port)
+            self.logger.info("Restored registration of %s at %s:%s", name, target.host, target.port)
 
     def register(self, names: list[str], version: str, host: str, port: int) -> ProxyTarget:
         """Forward `names` to host:port from now on; the host is kept as given (empty: `rpc-main-host`)."""
@@ -177,7 +185,7 @@ class ProxyRegistry:
             self._changed.notify_all()
         self._close(unused)
         for name in names:
-            self._server.set_service_health(self._descriptors[name], False)
+            self._set_health(name, False)
         self._persist()
 
     def _set(self, name: str, target: ProxyTarget) -> None:
@@ -190,7 +198,7 @@ class ProxyRegistry:
             unused = self._release_unused()
             self._changed.notify_all()
         self._close(unused)
-        self._server.set_service_health(self._descriptors[name], True)
+        self._set_health(name, True)
 
     def _release_unused(self) -> list[Any]:
         """Retire backends and config clients that no registration uses; returns those to close now

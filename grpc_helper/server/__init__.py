@@ -1,6 +1,6 @@
-"""The RPC server: lifecycle, method dispatch, default services and debug dumps."""
+"""The RPC server: lifecycle, default services and debug dumps."""
 
-from grpc_helper.server.dispatch import PendingCall, current_call
+from grpc_helper.calls import PendingCall, current_call
 from grpc_helper.server.server import RpcServer
 
 __all__ = ["PendingCall", "RpcServer", "current_call"]

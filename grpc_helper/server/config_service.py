@@ -16,13 +16,14 @@ from grpc_helper.api import (
 from grpc_helper.api.config_pb2_grpc import ConfigServiceServicer
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import builtin_validator, check_value
-from grpc_helper.config.manager import check_names
+from grpc_helper.config.manager import ConfigManager, check_names
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
-from grpc_helper.server._base import _DefaultManager
+from grpc_helper.manager import RpcManager
+from grpc_helper.proxy.registry import ProxyRegistry
 
 
-class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
+class ConfigServiceManager(ConfigServiceServicer, RpcManager):
     """`config`: user config items of this server, merged with those of its registered proxied servers.
 
     `set`/`reset` apply to every server that knows an item, after validating every update everywhere
@@ -31,18 +32,23 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
     (`check_names`), and values the same way for local and remote items (`check_value`).
     """
 
+    def __init__(self, config: ConfigManager, proxies: ProxyRegistry) -> None:
+        super().__init__()
+        self._config = config
+        self._proxies = proxies
+
     def get(self, request: Filter) -> ConfigStatus:
         names = check_names(request.names, "get", all_if_empty=True)
-        local = self.server.config.get_user(names, ignore_unknown=True)
+        local = self._config.get_user(names, ignore_unknown=True)
         merged = _merge([local, *(items.values() for _, items in self._remote_items(names))])
         _check_unknown(names, merged.keys(), request.ignore_unknown)
         return ConfigStatus(items=list(merged.values()))
 
     def set(self, request: ConfigUpdate) -> ConfigStatus:
-        config = self.server.config
+        config = self._config
         updates = [(u.name, u.value) for u in request.items]
         names = check_names((name for name, _ in updates), "set")
-        if not self.server.proxies.has_targets():
+        if not self._proxies.has_targets():
             return ConfigStatus(items=config.set_user(updates, request.ignore_unknown))
         with self.lock:
             remote = self._remote_items(names)
@@ -63,9 +69,9 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
             return ConfigStatus(items=list(out.values()))
 
     def reset(self, request: Filter) -> ConfigStatus:
-        config = self.server.config
+        config = self._config
         names = check_names(request.names, "reset")
-        if not self.server.proxies.has_targets():
+        if not self._proxies.has_targets():
             return ConfigStatus(items=config.reset_user(names, request.ignore_unknown))
         with self.lock:
             remote = self._remote_items(names)
@@ -84,7 +90,7 @@ class ConfigServiceManager(ConfigServiceServicer, _DefaultManager):
         """Each registered proxied server's client, with its items among `names` (all if empty)."""
         flt = Filter(names=list(names), ignore_unknown=True)
         out = []
-        for client in self.server.proxies.config_clients():
+        for client in self._proxies.config_clients():
             with _naming(client):
                 out.append((client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items}))
         return out

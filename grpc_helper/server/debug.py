@@ -8,7 +8,7 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from grpc_helper.server.dispatch import PENDING
+from grpc_helper.calls import PENDING
 
 
 def render_dump(server_id: int) -> str:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from grpc_helper.api import Filter, LoggerStatus, LoggerUpdate
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceServicer
-from grpc_helper.server._base import _DefaultManager
+from grpc_helper.logs import LoggersConfig
+from grpc_helper.manager import RpcManager
 
 
-class LoggerServiceManager(LoggerServiceServicer, _DefaultManager):
+class LoggerServiceManager(LoggerServiceServicer, RpcManager):
     """`log`: levels and enabled state of loggers, persisted in the workspace."""
 
+    def __init__(self, loggers: LoggersConfig) -> None:
+        super().__init__()
+        self._loggers = loggers
+
     def get(self, request: Filter) -> LoggerStatus:
-        return LoggerStatus(items=self.server.loggers.get(request.names))
+        return LoggerStatus(items=self._loggers.get(request.names))
 
     def set(self, request: LoggerUpdate) -> LoggerStatus:
-        return LoggerStatus(items=self.server.loggers.set(request.items))
+        return LoggerStatus(items=self._loggers.set(request.items))
 
     def reset(self, request: Filter) -> LoggerStatus:
-        return LoggerStatus(items=self.server.loggers.reset(request.names))
+        return LoggerStatus(items=self._loggers.reset(request.names))

@@ -17,32 +17,25 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpc_helper.api import ConfigApiVersion, EventApiVersion, LoggerApiVersion, ResultCode, ServerApiVersion
+from grpc_helper.api import ConfigApiVersion, Event, EventApiVersion, LoggerApiVersion, ResultCode, ServerApiVersion
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigServiceServicer_to_server
 from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerServiceServicer_to_server
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
+from grpc_helper.calls import CallSite, VersionRange, implemented_method, wrap_method
 from grpc_helper.client import RpcClient
 from grpc_helper.config.manager import ConfigManager
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
+from grpc_helper.events.service import EventsManager
 from grpc_helper.folders import Folders
+from grpc_helper.generated import capture_service, generated_default, make_handler, response_class
 from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
-from grpc_helper.server.dispatch import (
-    CallSite,
-    VersionRange,
-    capture_service,
-    generated_default,
-    implemented_method,
-    make_handler,
-    response_class,
-    wrap_method,
-)
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
 
@@ -99,6 +92,7 @@ class RpcServer:
         self._previous_usr2: Any = None
         self.client: RpcClient | Any = None
         self.descriptors: list[RpcServiceDescriptor] = []
+        self._service_names: dict[str, str] = {}  # descriptor name -> full gRPC service name
         self._loaded: list[RpcManager] = []  # managers whose _load ran, to shut down in reverse
         try:
             self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events)
@@ -129,22 +123,25 @@ class RpcServer:
         self.loggers = LoggersConfig(self.folders)
         self.logger = self._logs.add_manager(logging.getLogger(DEFAULT_LOGGERS["srv"]))
 
-        defaults = self._default_descriptors(with_events)
-        for d in defaults:
-            d.manager.logger = logging.getLogger(DEFAULT_LOGGERS[d.name])
-        self.descriptors = defaults + descriptors
-        names = [d.name for d in self.descriptors]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise RpcException(f"Duplicate service names: {', '.join(duplicates)}", ResultCode.ERROR_MODEL_INVALID)
-
         # Manager calls run on a bounded pool; long-lived streams (event listeners, proxied calls)
         # get a separate pool so they can never starve the workers.
         self._workers = ThreadPoolExecutor(RpcStaticConfig.MAX_WORKERS.int_val, thread_name_prefix="rpc-worker")
         self.streams = ThreadPoolExecutor(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
         self._grpc = grpc.server(self._workers, options=_SERVER_OPTIONS)
 
-        self.proxies = ProxyRegistry(self, [d for d in self.descriptors if d.is_proxy])
+        self.proxies = ProxyRegistry(
+            [d for d in descriptors if d.is_proxy],
+            workspace=self.folders.workspace,
+            streams=self.streams,
+            set_health=self._set_health,
+            logger=self.logger,
+        )
+        self.descriptors = self._default_descriptors(with_events) + descriptors
+        names = [d.name for d in self.descriptors]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise RpcException(f"Duplicate service names: {', '.join(duplicates)}", ResultCode.ERROR_MODEL_INVALID)
+
         services = [self._register(d) for d in self.descriptors]
         twice = sorted({s for s in services if services.count(s) > 1})
         if twice:
@@ -178,51 +175,43 @@ class RpcServer:
                 self._loaded.append(manager)
         self.proxies.load()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for d, service in zip(self.descriptors, services, strict=True):
-            self.set_service_health(d, not d.is_proxy or self.proxies.is_registered(d.name), service)
+        for d in self.descriptors:
+            self._set_health(d.name, not d.is_proxy or self.proxies.is_registered(d.name))
 
     def _default_descriptors(self, with_events: bool) -> list[RpcServiceDescriptor]:
-        module = importlib.import_module("grpc_helper")
-        out = [
-            RpcServiceDescriptor(
-                module,
+        """The default services, each manager given only what it needs of this server."""
+        defaults: list[tuple[str, Any, Any, Any, type]] = [
+            (
                 "srv",
                 ServerApiVersion,
-                ServerServiceManager(),
+                ServerServiceManager(self, self.proxies),
                 add_RpcServerServiceServicer_to_server,
                 RpcServerServiceStub,
             ),
-            RpcServiceDescriptor(
-                module,
+            (
                 "config",
                 ConfigApiVersion,
-                ConfigServiceManager(),
+                ConfigServiceManager(self.config, self.proxies),
                 add_ConfigServiceServicer_to_server,
                 ConfigServiceStub,
             ),
-            RpcServiceDescriptor(
-                module,
+            (
                 "log",
                 LoggerApiVersion,
-                LoggerServiceManager(),
+                LoggerServiceManager(self.loggers),
                 add_LoggerServiceServicer_to_server,
                 LoggerServiceStub,
             ),
         ]
         if with_events:
-            # Imported here: the events service imports this package's dispatch module
-            from grpc_helper.events.service import EventsManager
-
-            out.append(
-                RpcServiceDescriptor(
-                    module,
-                    "events",
-                    EventApiVersion,
-                    EventsManager(),
-                    add_EventServiceServicer_to_server,
-                    EventServiceStub,
-                )
+            defaults.append(
+                ("events", EventApiVersion, EventsManager(), add_EventServiceServicer_to_server, EventServiceStub)
             )
+        module = importlib.import_module("grpc_helper")  # the library's title and version
+        out = []
+        for name, version, manager, register, stub in defaults:
+            manager.logger = logging.getLogger(DEFAULT_LOGGERS[name])
+            out.append(RpcServiceDescriptor(module, name, version, manager, register, stub))
         return out
 
     def _register(self, d: RpcServiceDescriptor) -> str:
@@ -248,7 +237,7 @@ class RpcServer:
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-        d._service_name = service  # type: ignore[attr-defined]
+        self._service_names[d.name] = service
         return service
 
     def _manager_logger(self, manager: Any) -> logging.Logger:
@@ -281,9 +270,20 @@ class RpcServer:
         shutdown, that includes the wait its request asked for)."""
         return self._grpc is not None and not self._terminated.is_set()
 
-    def set_service_health(self, d: RpcServiceDescriptor, serving: bool, service: str | None = None) -> None:
+    def _set_health(self, name: str, serving: bool) -> None:
+        """The health status of the service named `name` (a descriptor's name)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        self.health.set(service or d._service_name, status)  # type: ignore[attr-defined]
+        self.health.set(self._service_names[name], status)
+
+    def send_event(self, event: Event) -> None:
+        """Send `event` on this server's events service, if it runs one (else nothing)."""
+        events = self.managers.get("events")
+        if isinstance(events, EventsManager):
+            events.send(event)
+
+    def proxied_servers(self) -> set[tuple[str, int]]:
+        """(host, port) of every server registered for this server's proxied services."""
+        return self.proxies.proxied_servers()
 
     # --- shutdown ---
     def shutdown(self) -> None:

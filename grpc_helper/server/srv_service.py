@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 from grpc_helper.api import (
     Event,
@@ -16,16 +17,46 @@ from grpc_helper.api import (
     ShutdownRequest,
 )
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceServicer
+from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
-from grpc_helper.server._base import _DefaultManager
+from grpc_helper.manager import RpcManager
+from grpc_helper.proxy.registry import ProxyRegistry
 
 
-class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
+class ServerControl(Protocol):
+    """What the `srv` service needs of its server (RpcServer is one)."""
+
+    @property
+    def descriptors(self) -> list[RpcServiceDescriptor]: ...
+
+    def shutdown_remotely(self, timeout: int) -> None: ...
+
+    def send_event(self, event: Event) -> None: ...
+
+
+class ServerServiceManager(RpcServerServiceServicer, RpcManager):
     """`srv`: server information, remote shutdown, proxy registrations."""
+
+    def __init__(self, control: ServerControl, proxies: ProxyRegistry) -> None:
+        super().__init__()
+        self._control = control
+        self._proxies = proxies
+
+    def _select(self, names: Iterable[str], ignore_unknown: bool = False) -> list[RpcServiceDescriptor]:
+        """Descriptors by name (all if none given)."""
+        descriptors = self._control.descriptors
+        names = list(names)
+        if not names:
+            return list(descriptors)
+        by_name = {d.name: d for d in descriptors}
+        unknown = [n for n in names if n not in by_name]
+        if unknown and not ignore_unknown:
+            raise RpcException(f"Unknown service(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+        return [by_name[n] for n in names if n in by_name]
 
     def info(self, request: Filter) -> MultiServiceInfo:
         items = []
-        proxies = self.server.proxies
+        proxies = self._proxies
         for d in self._select(request.names, request.ignore_unknown):
             info = ServiceInfo(
                 name=d.name,
@@ -45,7 +76,7 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
 
     def shutdown(self, request: ShutdownRequest) -> ResultStatus:
         self.logger.info("Remote shutdown requested (timeout %s)", request.timeout)
-        self.server.shutdown_remotely(request.timeout)
+        self._control.shutdown_remotely(request.timeout)
         return ResultStatus()
 
     def _proxied(self, names: Iterable[str]) -> list[str]:
@@ -65,7 +96,7 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
             raise RpcException("Missing version", ResultCode.ERROR_PARAM_MISSING)
         if not request.port:
             raise RpcException("Missing port", ResultCode.ERROR_PARAM_MISSING)
-        target = self.server.proxies.register(names, request.version, request.host, request.port)
+        target = self._proxies.register(names, request.version, request.host, request.port)
         self.logger.info(
             "Proxied services %s registered at %s:%s (%s)", names, target.host, target.port, target.version
         )
@@ -80,12 +111,12 @@ class ServerServiceManager(RpcServerServiceServicer, _DefaultManager):
 
     def proxy_forget(self, request: Filter) -> ResultStatus:
         names = self._proxied(request.names)
-        self.server.proxies.forget(names)
+        self._proxies.forget(names)
         self.logger.info("Proxied services %s forgotten", names)
         self._send_event("RPC_PROXY_FORGET", names=",".join(names))
         return ResultStatus()
 
     def _send_event(self, name: str, **properties: str) -> None:
-        events = self.server.managers.get("events")
-        if events is not None:
-            events.send(Event(name=name, properties=[EventProperty(name=k, value=v) for k, v in properties.items()]))
+        self._control.send_event(
+            Event(name=name, properties=[EventProperty(name=k, value=v) for k, v in properties.items()])
+        )

@@ -1,9 +1,11 @@
-"""Turn a manager's methods into gRPC method handlers.
+"""The call machinery every served method goes through: which manager methods are served, the
+API version check, the pending-call registry behind `current_call()` and debug dumps, 2.x call
+traces, and the wrapper turning a manager method into a gRPC behavior.
 
 This is the hot path of every call, so the wrappers do the minimum: an API version check
-against the call metadata, one dict write to record the pending call (for debug dumps and
-`current_call()`), and exception-to-`Result` conversion. Tracing costs nothing unless the
-service logger is at DEBUG.
+against the call metadata, one dict write to record the pending call, and exception-to-`Result`
+conversion. Tracing costs nothing unless the service logger is at DEBUG. The server, the proxy
+and the events service all build on this module; it knows nothing of them.
 """
 
 from __future__ import annotations
@@ -18,53 +20,12 @@ from threading import get_ident
 from typing import Any, NamedTuple
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.errors import RpcException, result_from_exception
+from grpc_helper.generated import has_result_field
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER
-
-# --- generated code introspection ---
-
-
-class _Capture:
-    """Stands in for a grpc.Server to learn what a generated `add_XxxServicer_to_server` registers."""
-
-    def __init__(self) -> None:
-        self.service: str | None = None
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.service, self.handlers = service, dict(handlers)
-
-    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
-        # Older generated code only calls this one; grpcio's generic handler keeps its map privately
-        for h in generic_handlers:
-            if self.service is None and hasattr(h, "service_name"):
-                self.service = h.service_name()
-                self.handlers = dict(getattr(h, "_method_handlers", {}))
-
-
-def capture_service(register_method: Callable[[Any, Any], None], servicer: Any) -> tuple[str, dict[str, Any]]:
-    """(full service name, {method name: RpcMethodHandler}) as generated for `servicer`."""
-    cap = _Capture()
-    register_method(servicer, cap)
-    if cap.service is None:
-        raise RpcException(f"{register_method!r} registered no service", ResultCode.ERROR_MODEL_INVALID)
-    return cap.service, cap.handlers
-
-
-def response_class(service: str, method: str) -> type[Message]:
-    """The generated response message class of a method, from the default descriptor pool."""
-    desc = descriptor_pool.Default().FindServiceByName(service).methods_by_name[method]
-    return message_factory.GetMessageClass(desc.output_type)
-
-
-def has_result_field(cls: type[Message]) -> bool:
-    field = cls.DESCRIPTOR.fields_by_name.get("r")
-    return field is not None and field.message_type is not None and field.message_type.full_name == "Result"
-
 
 # --- which manager methods are served ---
 
@@ -318,30 +279,3 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
         return serve_stream(request, context, md)
 
     return stream_behavior
-
-
-def make_handler(original: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
-    """A method handler like `original` (same kind and serializers) with a new behavior."""
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(original.request_streaming, original.response_streaming)]
-    return factory(
-        behavior,
-        request_deserializer=original.request_deserializer,
-        response_serializer=original.response_serializer,
-    )
-
-
-def generated_default(manager: Any, method: str) -> Any:
-    """The generated servicer's own implementation of `method` (it answers UNIMPLEMENTED), bound to manager."""
-    for klass in type(manager).__mro__:
-        if method in vars(klass) and klass.__module__.endswith("_pb2_grpc"):
-            return getattr(klass, method).__get__(manager)
-
-    def unimplemented(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
-
-    return unimplemented
