@@ -21,13 +21,14 @@ if TYPE_CHECKING:
     from grpc_helper.client import RpcClient
     from grpc_helper.config import Config, ConfigHolder, ConfigManager, RpcStaticConfig
     from grpc_helper.descriptor import RpcServiceDescriptor
-    from grpc_helper.errors import RpcException
+    from grpc_helper.errors import RpcException, RpcTransportError
     from grpc_helper.events.listener import EventsListener
     from grpc_helper.folders import Folders
     from grpc_helper.manager import RpcManager
     from grpc_helper.metadata import RpcMetadata
     from grpc_helper.proxy.manager import RpcProxiedManager
     from grpc_helper.server import RpcServer
+    from grpc_helper.signals import graceful_exit
 
 __title__ = TITLE
 __version__: str  # the installed distribution's version, read on first use (importlib.metadata is slow to import)
@@ -48,7 +49,9 @@ _EXPORTS = {
     "RpcServer": "grpc_helper.server",
     "RpcServiceDescriptor": "grpc_helper.descriptor",
     "RpcStaticConfig": "grpc_helper.config",
+    "RpcTransportError": "grpc_helper.errors",
     "current_call": "grpc_helper.calls",
+    "graceful_exit": "grpc_helper.signals",
 }
 
 __all__ = [
@@ -66,9 +69,11 @@ __all__ = [
     "RpcServer",
     "RpcServiceDescriptor",
     "RpcStaticConfig",
+    "RpcTransportError",
     "__title__",
     "__version__",
     "current_call",
+    "graceful_exit",
 ]
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 import typing
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from threading import get_ident
 from typing import Any, NamedTuple
 
@@ -23,7 +24,8 @@ import grpc
 from google.protobuf.message import Message
 
 from grpc_helper.api import Result, ResultCode
-from grpc_helper.errors import RpcException, result_from_exception
+from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.errors import RpcException, rc_name, result_from_exception, result_status
 from grpc_helper.generated import has_result_field
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER
 
@@ -166,7 +168,78 @@ class VersionRange:
         return None
 
 
+# --- waiting for a service to be loaded ---
+
+# Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
+_NO_DEADLINE = 1e8
+# While a call waits for its service to be loaded, it checks this often whether its caller is still there
+_GATE_POLL = 0.25
+
+
+def remaining(context: grpc.ServicerContext) -> float | None:
+    """The caller's remaining deadline, in seconds (None: no deadline)."""
+    left = context.time_remaining()
+    return None if left is None or left > _NO_DEADLINE else left
+
+
+class LoadGate:
+    """Opens once a service can be served, i.e. once its manager's `_load` has run.
+
+    The server opens its port before loading its managers: a call arriving meanwhile waits here
+    (see `wait`). Served calls check `ready.is_set()` first: once open, that is all it costs.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.ready = threading.Event()  # set once loaded: the one check on the hot path
+        self._settled = threading.Event()  # set once loaded, or once the server's start failed
+        self._failure = ""
+
+    @classmethod
+    def opened(cls) -> LoadGate:
+        """A gate that is open from the start (a method with nothing to wait for)."""
+        gate = cls("")
+        gate.open()
+        return gate
+
+    def open(self) -> None:
+        self.ready.set()
+        self._settled.set()
+
+    def fail(self, reason: str) -> None:
+        """The service will never be loaded (`reason`): waiting calls get an error now."""
+        if not self.ready.is_set():
+            self._failure = reason
+            self._settled.set()
+
+    def wait(self, context: grpc.ServicerContext) -> None:
+        """Return once open. Bounded by the caller's deadline, and by `rpc-client-timeout`: then raises
+        `RpcException(ERROR_REQUEST_TIMEOUT)`; a failed start raises `RpcException(ERROR_STATE_UNEXPECTED)`."""
+        limit = RpcStaticConfig.CLIENT_TIMEOUT.float_val
+        left = remaining(context)
+        bound = limit if left is None else min(limit, left)
+        deadline = time.monotonic() + bound
+        while not self._settled.is_set():
+            now = time.monotonic()
+            if now >= deadline or not context.is_active():  # timed out, or the caller is gone
+                msg = f"Service {self.service} is not ready: still loading after {bound:.1f}s"
+                raise RpcException(msg, ResultCode.ERROR_REQUEST_TIMEOUT)
+            self._settled.wait(min(_GATE_POLL, deadline - now))
+        if not self.ready.is_set():
+            msg = f"Service {self.service} is not served: {self._failure}"
+            raise RpcException(msg, ResultCode.ERROR_STATE_UNEXPECTED)
+
+
 # --- wrappers ---
+
+
+def error_answer(response_cls: type[Message], context: grpc.ServicerContext, result: Result) -> Message:
+    """The response carrying an error `result` in its `r`; for a response type without `Result r`, the
+    call is aborted with the status `result_status` decides instead. Served and proxied calls answer so."""
+    if has_result_field(response_cls):
+        return response_cls(r=result)
+    context.abort(*result_status(result))
+    raise AssertionError("unreachable: abort() raises")
 
 
 @dataclass
@@ -178,19 +251,16 @@ class CallSite:
     response_cls: type[Message]
     versions: VersionRange
     logger: logging.Logger
+    gate: LoadGate = field(default_factory=LoadGate.opened)  # calls wait until it opens
 
     def error_response(self, context: grpc.ServicerContext, result: Result) -> Message:
-        if has_result_field(self.response_cls):
-            return self.response_cls(r=result)
-        # A response without `r` can't carry the error: use the gRPC status instead
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{ResultCode.Name(result.code)}: {result.msg}")
-        raise AssertionError("unreachable")
+        """The answer to an error (see `error_answer`)."""
+        return error_answer(self.response_cls, context, result)
 
     def failure(self, context: grpc.ServicerContext, exc: BaseException) -> Message:
+        """The answer to a manager method that raised `exc` (logged: a warning for an `RpcException`)."""
         if isinstance(exc, RpcException):
-            self.logger.warning(
-                "%s failed: %s (%s)", self.path, exc, ResultCode.Name(exc.rc) if exc.rc < 100 else exc.rc
-            )
+            self.logger.warning("%s failed: %s (%s)", self.path, exc, rc_name(exc.rc))
         else:
             self.logger.exception("%s failed with an unexpected error", self.path)
         return self.error_response(context, result_from_exception(exc))
@@ -199,6 +269,8 @@ class CallSite:
 def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: bool, response_streaming: bool) -> Any:
     """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion.
 
+    A call arriving before the site's gate is open (its service not loaded yet) waits for it
+    (`LoadGate.wait`, a pending call meanwhile); once open, that costs one `Event.is_set()`.
     When the site's logger is at DEBUG (checked once per call), the call is traced on it: one entry
     line (one per request message for a client stream) and one exit line per response message.
     """
@@ -209,6 +281,8 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
     name = method_name(path)
     sid = site.server_id
     debug = logging.DEBUG
+    gate = site.gate
+    ready = gate.ready.is_set
 
     def trace_input(request: Any, peer: str) -> Any:
         if request_streaming:
@@ -227,6 +301,8 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
                 sid, path, md, "<stream>" if request_streaming else request, context, time.time()
             )
             try:
+                if not ready():
+                    gate.wait(context)
                 return fn(request)
             except Exception as exc:
                 return site.failure(context, exc)
@@ -255,6 +331,8 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
         key = get_ident()
         pending[key] = PendingCall(sid, path, md, "<stream>" if request_streaming else request, context, time.time())
         try:
+            if not ready():
+                gate.wait(context)
             yield from fn(request)
         except Exception as exc:
             # The error becomes the stream's last message

@@ -12,6 +12,7 @@ import grpc
 import grpc.experimental
 
 from grpc_helper.api import ResultCode
+from grpc_helper.backoff import Backoff
 from grpc_helper.errors import RpcException, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, RpcMetadata
@@ -25,9 +26,6 @@ CHANNEL_OPTIONS = [
     # gRPC's channel thread (measured: much faster proxied streams and event fan-out)
     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
-_FIRST_RETRY_DELAY = 0.05
-_MAX_RETRY_DELAY = 1.0
-
 StubsMap = dict[str, tuple[type, int | None]]
 
 
@@ -115,19 +113,17 @@ class RpcClient:
             raise exc
 
     def _retry(self, attempt: Callable[[], Any], error: grpc.RpcError, path: str, timeout: float | None) -> Any:
-        """Called after a failed first attempt: retry with backoff while UNAVAILABLE, map anything else."""
-        limits = [t for t in (self.timeout, timeout) if t is not None]
-        deadline = time.monotonic() + min(limits) if self.timeout is not None else None
-        delay = _FIRST_RETRY_DELAY
+        """Called after a failed first attempt: retry with backoff while UNAVAILABLE (within the client's
+        timeout, and the call's if shorter), raise `RpcTransportError` for anything else."""
+        if self.timeout is None:  # one attempt only
+            raise rpc_error_to_exception(error, path) from error
+        backoff = Backoff(timeout=min(t for t in (self.timeout, timeout) if t is not None))
         while True:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or deadline is None:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or backoff.expired:
                 raise rpc_error_to_exception(error, path) from error
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise rpc_error_to_exception(error, path) from error
+            delay = backoff.next_delay()
             self.logger.debug("%s unavailable on %s:%s, retrying in %.2fs", path, self.host, self.port, delay)
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, _MAX_RETRY_DELAY)
+            time.sleep(delay)
             try:
                 return attempt()
             except grpc.RpcError as exc:
@@ -248,5 +244,5 @@ class ResponseStream:
         return msg
 
     def cancel(self) -> None:
-        """Cancel the call; iteration then ends with RpcException(ERROR_RPC)."""
+        """Cancel the call; iteration then ends with `RpcTransportError` (ERROR_RPC, status CANCELLED)."""
         self._call.cancel()

@@ -50,7 +50,7 @@ from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.client import RpcClient
-from grpc_helper.errors import RpcException, rc_name
+from grpc_helper.errors import RpcException, RpcTransportError, rc_name
 from grpc_helper.metadata import RpcMetadata
 
 PROG = "grpc-helper"
@@ -409,7 +409,8 @@ class Ctl:
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         except RpcException as exc:
-            if args.duration is None or _grpc_code(exc) != grpc.StatusCode.DEADLINE_EXCEEDED:
+            timed_out = isinstance(exc, RpcTransportError) and exc.status == grpc.StatusCode.DEADLINE_EXCEEDED
+            if args.duration is None or not timed_out:
                 interrupt = False  # server gone, or shutting down (ERROR_STREAM_SHUTDOWN)
                 raise
             return self._listen_end(received, f" within {args.duration:g}s", ResultCode.ERROR_REQUEST_TIMEOUT)
@@ -460,8 +461,8 @@ class Ctl:
             request = health_pb2.HealthCheckRequest(service=self.args.service)
             try:
                 r = client.health.Check(request, timeout=self.timeout)
-            except RpcException as exc:
-                if _grpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            except RpcTransportError as exc:
+                if exc.status == grpc.StatusCode.NOT_FOUND:
                     raise CtlError(
                         f"Unknown service for health check: {self.args.service!r}", ResultCode.ERROR_ITEM_UNKNOWN
                     ) from exc
@@ -471,20 +472,13 @@ class Ctl:
         return EXIT_OK if r.status == health_pb2.HealthCheckResponse.SERVING else EXIT_ERROR
 
 
-def _grpc_code(exc: BaseException) -> grpc.StatusCode | None:
-    """The gRPC status code behind an RpcException(ERROR_RPC), if any."""
-    cause = exc.__cause__
-    return cause.code() if isinstance(cause, grpc.Call) else None
-
-
 def _describe(exc: RpcException, ctl: Ctl) -> str:
     """The error message, with the server address when it could not be reached."""
-    if exc.rc == ResultCode.ERROR_RPC:
+    if isinstance(exc, RpcTransportError):
         where = f"{ctl.args.host}:{ctl.args.port}"
-        code = _grpc_code(exc)
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if exc.status == grpc.StatusCode.UNAVAILABLE:
             return f"can't reach {where}: {exc}"
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if exc.status == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"no answer from {where} within {ctl.timeout:g}s: {exc}"
     return str(exc)
 

@@ -1,4 +1,10 @@
-"""The library's exception, and the one place where gRPC errors become it."""
+"""The library's exceptions, and the one place where errors cross between gRPC and `Result`:
+
+- `rc_name`: how a result code is written (a name, or the number for codes `ResultCode` does not name);
+- `rpc_error_to_exception` / `map_rpc_errors`: a failed gRPC call (`grpc.RpcError`) -> `RpcTransportError`;
+- `result_from_exception`: a manager's exception -> the `Result` it answers with;
+- `result_status`: a `Result` -> the gRPC status answering it when the response type has no `Result r`.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +34,28 @@ class RpcException(Exception):
         return str(self)
 
     def __repr__(self) -> str:
-        return f"RpcException({str(self)!r}, rc={rc_name(self.rc)})"
+        return f"{type(self).__name__}({str(self)!r}, rc={rc_name(self.rc)})"
+
+
+class RpcTransportError(RpcException):
+    """A call that failed in gRPC itself, so no `Result` came back: server unreachable (UNAVAILABLE),
+    deadline exceeded, call cancelled, method not implemented...
+
+    `rc` is always `ERROR_RPC` (what 2.x code catches); `status` is the `grpc.StatusCode` and
+    `details` the status details. The `grpc.RpcError` is chained as `__cause__`.
+    """
+
+    def __init__(self, message: str, status: grpc.StatusCode = grpc.StatusCode.UNKNOWN, details: str = "") -> None:
+        super().__init__(message, ResultCode.ERROR_RPC)
+        self.status = status
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, rc={rc_name(self.rc)}, status={self.status.name})"
 
 
 def rc_name(rc: int) -> str:
-    """`ResultCode` name of a code, or the number for custom codes."""
+    """`ResultCode` name of a code, or the number for codes it does not name (custom ones included)."""
     try:
         return ResultCode.Name(rc)  # type: ignore[arg-type]
     except ValueError:
@@ -46,17 +69,29 @@ def result_from_exception(exc: BaseException) -> Result:
     return Result(code=rc, msg=str(exc) or type(exc).__name__, stack=stack)  # type: ignore[arg-type]
 
 
-def rpc_error_to_exception(exc: grpc.RpcError, what: str) -> RpcException:
-    """Map a low-level gRPC error to the library's exception (ERROR_RPC)."""
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    name = code.name if code is not None else "UNKNOWN"
-    return RpcException(f"RPC error on {what}: {name}: {details}", ResultCode.ERROR_RPC)
+def result_status(result: Result) -> tuple[grpc.StatusCode, str]:
+    """(gRPC status, details) answering an error `result` for a response type without `Result r`.
+
+    Served and proxied calls both answer with this, so a caller sees the same status either way.
+    FAILED_PRECONDITION whatever the code: not UNAVAILABLE, which a client retries (`RpcClient`
+    does) on top of the proxy's own wait for a registration, when a response carrying `r` would
+    not be retried; the code itself is in the details, `<code name>: <message>`.
+    """
+    return grpc.StatusCode.FAILED_PRECONDITION, f"{rc_name(result.code)}: {result.msg}"
+
+
+def rpc_error_to_exception(exc: grpc.RpcError, what: str) -> RpcTransportError:
+    """Map a failed gRPC call to the library's exception, keeping its status (raise it `from exc`)."""
+    if isinstance(exc, grpc.Call):
+        status, details = exc.code(), exc.details() or ""
+    else:  # not raised by a call (grpcio raises none such today): no status to keep
+        status, details = grpc.StatusCode.UNKNOWN, str(exc)
+    return RpcTransportError(f"RPC error on {what}: {status.name}: {details}", status, details)
 
 
 @contextmanager
 def map_rpc_errors(what: str) -> Iterator[None]:
-    """Turn any `grpc.RpcError` raised inside into an `RpcException(ERROR_RPC)`, cause chained."""
+    """Turn any `grpc.RpcError` raised inside into an `RpcTransportError`, cause chained."""
     try:
         yield
     except grpc.RpcError as exc:

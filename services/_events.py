@@ -10,8 +10,9 @@ from typing import Any
 
 import grpc
 
-from grpc_helper import RpcException
+from grpc_helper import RpcException, RpcTransportError
 from grpc_helper.api import Event, ResultCode
+from grpc_helper.backoff import Backoff
 from grpc_helper.errors import rc_name
 
 
@@ -95,7 +96,7 @@ class EventSender:
             self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
-        delay = self._first_delay
+        backoff = Backoff(self._first_delay, cap=float("inf"))  # `attempts` bounds the retries
         for attempt in range(1, self._attempts + 1):
             try:
                 self._send(event, self._call_timeout)
@@ -110,18 +111,13 @@ class EventSender:
             except Exception as exc:  # e.g. the client was closed under us at shutdown
                 self.logger.warning("Event %s not sent: %r", event.name, exc)
                 return
-            if self._abandon.wait(delay):
+            if self._abandon.wait(backoff.next_delay()):
                 self.logger.warning("Event %s dropped at shutdown", event.name)
                 return
-            delay *= 2
 
 
 def _transient(exc: RpcException) -> bool:
     """Worth a retry: the server is down, restarting or slow (not e.g. a main server without events)."""
-    if exc.rc != ResultCode.ERROR_RPC:
-        return False
-    cause = exc.__cause__
-    return not isinstance(cause, grpc.Call) or cause.code() in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-    )
+    if isinstance(exc, RpcTransportError):
+        return exc.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return exc.rc == ResultCode.ERROR_RPC  # an inner RPC error the server answered with

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc_helper_samples
-from grpc_helper import RpcCliParser, RpcException, RpcServer, RpcServiceDescriptor
+from grpc_helper import RpcCliParser, RpcException, RpcServer, RpcServiceDescriptor, graceful_exit
 from grpc_helper.errors import rc_name
 
 # Set in containers, where the main server runs on another host and must be given this host's IP
@@ -58,20 +56,9 @@ def run_server(
         args = cli.parse(argv)
     except argparse.ArgumentTypeError as exc:  # bad -c syntax: a usage error (exit code 2)
         cli.parser.error(str(exc))
-    # The server is serving (and registered on main) before wait_shutdown() installs its signal
-    # handlers: a SIGTERM in between must still be a graceful shutdown, not the default kill
-    started: list[RpcServer] = []
-    requested = threading.Event()
-
-    def early_signal(signum: int, _frame: Any) -> None:
-        logging.getLogger("grpc_helper_samples").info("Received %s while starting", signal.Signals(signum).name)
-        requested.set()
-        if started:
-            threading.Thread(target=started[0].shutdown, name="rpc-signal-shutdown", daemon=True).start()
-
-    on_main = threading.current_thread() is threading.main_thread()  # signal.signal() works there only
-    previous = {sig: signal.signal(sig, early_signal) for sig in (signal.SIGINT, signal.SIGTERM) if on_main}
-    try:
+    # Handlers installed before the server starts: a SIGTERM while it starts (it is serving, and
+    # registered on main, before the constructor returns) must still be a graceful shutdown
+    with graceful_exit() as signals:
         try:
             srv = RpcServer(
                 args.port, descriptors(), args.folders, args.config, user_items=user_items, with_events=with_events
@@ -79,11 +66,6 @@ def run_server(
         except RpcException as exc:
             print(f"error: {rc_name(exc.rc)}: {exc}", file=sys.stderr)
             return 1
-        started.append(srv)
-        if requested.is_set():  # asked to stop while starting (shutdown is idempotent)
-            srv.shutdown()
+        signals.add(srv)  # stopped at once if a signal came while it started
         srv.wait_shutdown()
         return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -19,7 +19,6 @@ ERROR_STATE_UNEXPECTED (the store is full; replacing an existing note is still a
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +40,6 @@ DEFAULT_PORT = 54323
 NOTES_FILE = "notes.json"
 EVENT_NAME = "NOTE_CHANGED"
 
-# How long a call waits for the notes to be loaded (calls may arrive as soon as the port is open)
-_LOAD_WAIT = 10.0
 # Shutdown budget for delivering pending events
 _EVENTS_FLUSH_TIMEOUT = 3.0
 
@@ -71,7 +68,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
         super().__init__()
         self._notes: dict[str, str] = {}
         self._path: Path | None = None
-        self._loaded = threading.Event()
         self.event_sender = EventSender(self._send_event, self.logger)
 
     # --- lifecycle ---
@@ -80,7 +76,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
         self._path = wks / NOTES_FILE if wks is not None else None
         # A malformed file raises ERROR_MODEL_INVALID: the server refuses to start rather than lose notes
         self._notes = dict(read_json_object(self._path, (str,), "notes"))
-        self._loaded.set()
         if self._path is None:
             self.logger.warning("No workspace: notes are not persisted")
         else:
@@ -112,7 +107,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
                 f"Note {key!r} is too long: {len(text)} characters (notes-max-length: {max_length})",
                 ResultCode.ERROR_PARAM_INVALID,
             )
-        self._wait_loaded()
         with self.lock:
             created = key not in self._notes
             max_count = NotesConfig.MAX_COUNT.int_val
@@ -129,7 +123,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
 
     def get(self, request: NoteKey) -> NoteStatus:
         key = _check_key(request.key)
-        self._wait_loaded()
         text = self._notes.get(key)
         if text is None:
             raise RpcException(f"Unknown note: {key!r}", ResultCode.ERROR_ITEM_UNKNOWN)
@@ -137,7 +130,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
 
     def delete(self, request: NoteKey) -> ResultStatus:
         key = _check_key(request.key)
-        self._wait_loaded()
         with self.lock:
             if key not in self._notes:
                 raise RpcException(f"Unknown note: {key!r}", ResultCode.ERROR_ITEM_UNKNOWN)
@@ -147,7 +139,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
 
     def list(self, request: Filter) -> NoteList:
         """All notes sorted by key, or the named ones in the given order."""
-        self._wait_loaded()
         notes = self._notes  # replaced, never mutated: a consistent snapshot without locking
         if not request.names:
             return NoteList(notes=[Note(key=k, text=notes[k]) for k in sorted(notes)])
@@ -161,10 +152,6 @@ class NotesManager(NotesServiceServicer, RpcProxiedManager):
         return NoteList(notes=out)
 
     # --- internals ---
-    def _wait_loaded(self) -> None:
-        if not self._loaded.wait(_LOAD_WAIT):
-            raise RpcException("Notes are not loaded yet", ResultCode.ERROR_STATE_UNEXPECTED)
-
     def _save(self, notes: dict[str, str]) -> None:
         """Persist, then switch to the new notes: the store never answers with unsaved state."""
         if self._path is not None:

@@ -30,9 +30,11 @@ PUBLIC = {
     "RpcServer",
     "RpcServiceDescriptor",
     "RpcStaticConfig",
+    "RpcTransportError",
     "__title__",
     "__version__",
     "current_call",
+    "graceful_exit",
 }
 
 

@@ -10,13 +10,21 @@ import pytest
 from grpc_helper import Folders, RpcCliParser
 
 
-def test_defaults() -> None:
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home directory (and current directory) of the test's own: default folders are created there."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_defaults(home: Path) -> None:
     args = RpcCliParser("test").with_rpc_args().parse([])
     assert args.port == 54321
     assert args.folders.system == Path("/etc/grpc_helper")
-    assert args.folders._user == Path("~/.config/grpc_helper").expanduser()
-    assert args.folders._workspace == Path("./grpc_helper")
-    assert not args.folders._workspace.is_absolute()
+    assert args.folders.user == home / ".config" / "grpc_helper" and args.folders.user.is_dir()
+    assert args.folders.workspace == Path("grpc_helper")  # relative: to the current directory
+    assert (home / "grpc_helper").is_dir()
     assert args.config == {}
 
 
@@ -37,11 +45,11 @@ def test_options(tmp_path: Path) -> None:
     assert args.folders.workspace == tmp_path / "w"
 
 
-def test_with_rpc_args_defaults() -> None:
+def test_with_rpc_args_defaults(home: Path) -> None:
     args = RpcCliParser("test").with_rpc_args(1234, "/sys", "~/usr", "wks").parse([])
     assert args.port == 1234
     assert args.folders.system == Path("/sys")
-    assert args.folders._user == Path.home() / "usr"
+    assert args.folders.user == home / "usr"
 
 
 @pytest.mark.parametrize("bad", ["noequal", "Upper=1", "1abc=2", "=value", "a_b=c"])

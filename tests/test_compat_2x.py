@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from test_events import wait_until
 
 import grpc_helper
 import grpc_helper_samples
@@ -57,7 +57,7 @@ from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from conftest import free_port
+from helpers import wait_until
 
 pytestmark = [pytest.mark.compat2x, pytest.mark.xdist_group("compat2x")]
 
@@ -72,6 +72,19 @@ EXIT_TIMEOUT = 30.0  # seconds for a server to exit after a remote shutdown
 SERVER_CONFIG = {"rpc-shutdown-grace": "2", "rpc-client-timeout": "20", "rpc-main-host": "127.0.0.1"}
 
 GEN_NAMES = {"2x": "original 2.3.1", "ours": "ours"}
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (bound to find it, then released).
+
+    The one place where the tests pick a port for a server to bind later, with the small race that
+    implies (another process could take it meanwhile): a 2.x server cannot bind port 0 (it would
+    register and auto-connect to port 0), and the rolling upgrades start a replacement, of either
+    generation, on the same port as the server it replaces. Everything else binds port 0.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # --- the two generations ---

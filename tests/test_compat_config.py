@@ -16,8 +16,9 @@ import pytest
 
 from grpc_helper import Config, Folders, RpcClient, RpcException, RpcStaticConfig
 from grpc_helper.api import ConfigItemUpdate, ConfigUpdate, ConfigValidator, Filter, ProxyRegisterRequest, ResultCode
+from grpc_helper.testing import rc_of
 
-from conftest import Servers, echo_descriptor, rc_of
+from helpers import Servers, echo_descriptor
 
 V = ConfigValidator
 MISSING, INVALID, UNKNOWN = (

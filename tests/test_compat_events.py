@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_events import Stream, event, wait_until
 
 from grpc_helper import RpcServer, RpcStaticConfig
 from grpc_helper.api import Empty, Event, EventFilter, EventInterrupt, EventStatus, ResultCode
 from grpc_helper.folders import Folders
+from grpc_helper.testing import rc_of
 
-from conftest import Servers, rc_of
+from helpers import Servers, Stream, event, wait_until
 
 EVENT_A = {"name": "A", "properties": [["k", "v"]]}
 

@@ -26,7 +26,7 @@ from grpc_helper_samples.api.notes_pb2_grpc import (
     add_NotesServiceServicer_to_server,
 )
 
-from conftest import BlockingEcho, EchoManager, Servers, echo_descriptor
+from helpers import BlockingEcho, EchoManager, Servers, echo_descriptor
 
 CURRENT = int(EchoApiVersion.ECHO_API_CURRENT)
 # A caller with every identity field set, so the expected peer text does not depend on this machine

@@ -12,7 +12,7 @@ import pytest
 from grpc_helper import Folders
 from grpc_helper.api import Filter, LoggerConfig, LoggerLevel, LoggerUpdate
 
-from conftest import Servers
+from helpers import Servers
 
 
 def loggers_file(folders: Folders) -> Path:

@@ -16,6 +16,7 @@ import pytest
 import grpc_helper_samples
 from grpc_helper import Config, RpcManager, RpcServer, RpcServiceDescriptor, RpcStaticConfig, current_call
 from grpc_helper.api import ConfigValidator, Filter, ProxyRegisterRequest, ResultCode
+from grpc_helper.testing import rc_of
 from grpc_helper_samples.api import EchoRequest, EchoResponse, NotesApiVersion
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import (
@@ -24,7 +25,7 @@ from grpc_helper_samples.api.notes_pb2_grpc import (
     add_NotesServiceServicer_to_server,
 )
 
-from conftest import BlockingEcho, EchoManager, Servers, echo_descriptor, free_port, rc_of
+from helpers import BlockingEcho, EchoManager, Servers, connections_to, echo_descriptor, wait_until
 
 MAIN_HOST = {"rpc-main-host": "127.0.0.1"}
 
@@ -191,9 +192,9 @@ def test_silent_backend_gives_an_error_answer_after_client_timeout(servers: Serv
         assert time.monotonic() - t0 < 5
 
 
-def test_refused_backend_gives_an_error_answer_after_client_timeout(servers: Servers) -> None:
+def test_refused_backend_gives_an_error_answer_after_client_timeout(servers: Servers, refused_port: int) -> None:
     main = servers(0, [echo_descriptor(is_proxy=True)])
-    register(main, free_port(), host="127.0.0.1")
+    register(main, refused_port, host="127.0.0.1")
     RpcStaticConfig.CLIENT_TIMEOUT.update("1")
     channel, stub = raw_echo(main.port)
     with channel:
@@ -202,9 +203,9 @@ def test_refused_backend_gives_an_error_answer_after_client_timeout(servers: Ser
         assert 1.0 <= time.monotonic() - t0 < 5
 
 
-def test_waiting_call_goes_to_the_new_registration(servers: Servers) -> None:
+def test_waiting_call_goes_to_the_new_registration(servers: Servers, refused_port: int) -> None:
     main = servers(0, [echo_descriptor(is_proxy=True)])
-    register(main, free_port(), host="127.0.0.1")  # nobody there
+    register(main, refused_port, host="127.0.0.1")  # nobody there
     RpcStaticConfig.CLIENT_TIMEOUT.update("30")
     spy = Spy()
     backend = servers(0, [echo_descriptor(spy)])
@@ -242,7 +243,9 @@ def test_reregistration_does_not_disturb_a_call_in_progress(servers: Servers) ->
         # the old channel was closed with its last call; new calls go to the new backend
         assert stub.echo(EchoRequest(text="new"), timeout=10).text == "new"
     assert len(spy.calls) == 1
-    assert list(main.proxies._backends) == [("127.0.0.1", new.port)] and not main.proxies._retired
+    # main keeps one connection, to the new backend; the old one's was closed after its last call
+    assert wait_until(lambda: connections_to(old.port) == 0)
+    assert connections_to(new.port) == 1
 
 
 def test_call_lost_with_its_backend_is_not_resent(servers: Servers) -> None:

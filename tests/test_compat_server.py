@@ -8,14 +8,23 @@ import threading
 import time
 
 import pytest
-from test_events import Collector, event, wait_until
 
 from grpc_helper import RpcClient, RpcServer
 from grpc_helper.api import Filter, ResultCode, ShutdownRequest
+from grpc_helper.testing import rc_of
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from conftest import BlockingEcho, EchoManager, Servers, echo_descriptor, rc_of
+from helpers import (
+    BlockingEcho,
+    Collector,
+    EchoManager,
+    Servers,
+    accepts_connections,
+    echo_descriptor,
+    event,
+    wait_until,
+)
 
 CLIENT_TIMEOUT = 1.0  # seconds: the auto-client's retries while no server listens
 # Given as server config: a server sets its static items from its config layers when it starts
@@ -95,10 +104,12 @@ def test_a_closed_client_is_usable_again(servers: Servers) -> None:
 
 class TestIsRunning:
     def test_true_during_the_remote_shutdown_wait(self, servers: Servers) -> None:
-        srv = servers(0, [])
+        manager = EchoManager()
+        srv = servers(0, [echo_descriptor(manager)])
         srv.client.srv.shutdown(ShutdownRequest(timeout=3))
         assert srv.is_running
-        assert srv._stopped.wait(30)  # gRPC server stopped and finalized: now in the requested wait
+        # the server stopped listening and told its managers: the shutdown ran, now comes the requested wait
+        assert wait_until(lambda: manager.shut_down and not accepts_connections(srv.port))
         assert srv.is_running
         assert srv.wait_shutdown(0.5) is False
         assert srv.is_running
@@ -114,7 +125,7 @@ class TestIsRunning:
         stopper = threading.Thread(target=srv.shutdown)
         stopper.start()
         try:
-            assert wait_until(lambda: srv._stopping)  # shutdown has begun...
+            assert wait_until(lambda: not accepts_connections(srv.port))  # shutdown has begun...
             assert srv.is_running  # ...but not completed
         finally:
             slow.release.set()

@@ -15,10 +15,29 @@ import pytest
 
 from grpc_helper import Config, ConfigHolder, ConfigManager, Folders, RpcException, RpcStaticConfig
 from grpc_helper.api import ConfigItemUpdate, ConfigUpdate, ConfigValidator, Filter, ResultCode
+from grpc_helper.testing import rc_of
+from grpc_helper_samples.api import EchoRequest, EchoResponse
 
-from conftest import Servers, rc_of
+from helpers import EchoManager, Servers, echo_descriptor
 
 V = ConfigValidator
+
+
+class CountingEcho(EchoManager):
+    """`echo` counts the calls that entered it in `running`, then blocks until `release` (30 s at most)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.changed = threading.Condition()
+        self.release = threading.Event()
+
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        with self.changed:
+            self.running += 1
+            self.changed.notify_all()
+        self.release.wait(30)
+        return EchoResponse(text="done")
 
 
 class UserItems(ConfigHolder):
@@ -205,9 +224,22 @@ class TestLayers:
         assert m.static_items["rpc-max-workers"] is RpcStaticConfig.MAX_WORKERS
 
     def test_static_items_drive_the_server(self, servers: Servers) -> None:
-        srv = servers(0, [], cli_config={"rpc-max-workers": "7", "rpc-client-timeout": "3.5"})
-        assert srv._workers._max_workers == 7
+        gate = CountingEcho()
+        srv = servers(0, [echo_descriptor(gate)], cli_config={"rpc-max-workers": "3", "rpc-client-timeout": "3.5"})
         assert srv.client.timeout == 3.5
+        # rpc-max-workers bounds the manager calls running at once: 3 run, a 4th waits for one to end
+        callers = [threading.Thread(target=srv.client.echo.echo, args=(EchoRequest(), 30)) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        try:
+            with gate.changed:
+                assert gate.changed.wait_for(lambda: gate.running == 3, 30)
+                assert not gate.changed.wait_for(lambda: gate.running > 3, 0.5)  # the 4th is not let in
+        finally:
+            gate.release.set()
+            for caller in callers:
+                caller.join(30)
+        assert gate.running == 4
 
 
 def update(*pairs: tuple[str, str], ignore_unknown: bool = False) -> ConfigUpdate:

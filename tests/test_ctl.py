@@ -21,7 +21,7 @@ from grpc_helper.api import ConfigValidator, Event, EventFilter, EventInterrupt,
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from conftest import Servers, echo_descriptor, free_port
+from helpers import Servers, echo_descriptor
 
 
 class Run:
@@ -221,8 +221,8 @@ class TestShutdown:
 
 
 class TestFailures:
-    def test_dead_server(self, capsys: pytest.CaptureFixture[str]) -> None:
-        port = free_port()
+    def test_dead_server(self, capsys: pytest.CaptureFixture[str], refused_port: int) -> None:
+        port = refused_port
         for cmd in (["info"], ["config", "get"], ["health"], ["events", "listen"]):
             t0 = time.monotonic()
             rc = ctl.main(["--port", str(port), "--timeout", "1", *cmd])

@@ -4,54 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from grpc_helper import EventsListener, RpcClient, RpcServer, RpcStaticConfig
+from grpc_helper import RpcClient, RpcServer, RpcStaticConfig
 from grpc_helper.api import (
     Empty,
     Event,
     EventApiVersion,
     EventFilter,
     EventInterrupt,
-    EventProperty,
     Filter,
     ResultCode,
 )
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
+from grpc_helper.testing import rc_of
 
-from conftest import Servers, rc_of
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
-
-
-def event(name: str, **props: str) -> Event:
-    return Event(name=name, properties=[EventProperty(name=k, value=v) for k, v in props.items()])
-
-
-class Stream:
-    """A raw listen stream: first status, then non-empty events."""
-
-    def __init__(self, client: RpcClient, names: list[str] | None = None, client_id: int = 0) -> None:
-        self.it = client.events.listen(EventFilter(names=names or [], client_id=client_id))
-        self.client_id = next(self.it).client_id
-
-    def next_event(self) -> Event:
-        for status in self.it:
-            if status.event.name:
-                return status.event
-        raise AssertionError("stream ended")
+from helpers import Collector, Servers, Stream, event, wait_until
 
 
 @pytest.fixture
@@ -118,14 +88,13 @@ class TestService:
             ResultCode.ERROR_ITEM_UNKNOWN
         )
 
-    def test_disconnect_retains_the_queue(self, srv: RpcServer) -> None:
+    def test_disconnect_retains_the_queue(self, srv: RpcServer, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger=srv.managers["events"].logger.name)
         s = Stream(srv.client)
         s.it.cancel()
         assert rc_of(lambda: next(s.it)) == ResultCode.ERROR_RPC
-        # the server saw the client go: the queue is retained (interrupting it again is unexpected)
-        assert wait_until(
-            lambda: srv.managers["events"]._queues[s.client_id].owner is None,
-        )
+        # the server saw the client go, and retains the queue
+        assert wait_until(lambda: f"Event queue {s.client_id} retained: its listener went away" in caplog.text)
         srv.client.events.send(event("WHILE_AWAY"))
         assert Stream(srv.client, client_id=s.client_id).next_event().name == "WHILE_AWAY"
 
@@ -219,22 +188,6 @@ class TestPersistence:
         assert Stream(srv.client).client_id == 2  # wrapped; 1 is still held
 
 
-class Collector(EventsListener):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.events: list[Event] = []
-        self.changed = threading.Condition()
-        super().__init__(*args, **kwargs)
-
-    def on_event(self, event: Event) -> None:
-        with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
-
-    def wait_count(self, n: int, timeout: float = 30) -> bool:
-        with self.changed:
-            return self.changed.wait_for(lambda: len(self.events) >= n, timeout)
-
-
 class TestListener:
     def test_receives_and_interrupts(self, srv: RpcServer) -> None:
         listener = Collector(srv.client, ["A"])
@@ -244,7 +197,7 @@ class TestListener:
         assert listener.wait_count(1)
         assert [e.name for e in listener.events] == ["A"]
         listener.interrupt()
-        assert not listener._thread.is_alive()
+        assert not listener.is_alive
         assert rc_of(listener.interrupt) == ResultCode.ERROR_STATE_UNEXPECTED
 
     def test_interrupt_unknown_id(self, srv: RpcServer) -> None:
@@ -252,8 +205,7 @@ class TestListener:
         listener = Collector(srv.client, [])
         assert listener.ready.wait(30)
         srv.client.events.interrupt(EventInterrupt(client_id=listener.client_id))  # by someone else
-        listener._thread.join(30)
-        assert not listener._thread.is_alive()  # the listening loop stopped
+        assert wait_until(lambda: not listener.is_alive)  # the listening loop stopped
         assert wait_until(lambda: listener.client_id not in srv.client.events.inspect(Empty()).client_ids)
         assert rc_of(listener.interrupt) == ResultCode.ERROR_ITEM_UNKNOWN
 
@@ -265,8 +217,7 @@ class TestListener:
         too_new = EventApiVersion.EVENT_API_CURRENT + 1
         client = RpcClient("127.0.0.1", srv.port, {"events": (EventServiceStub, too_new)})
         listener = Collector(client, [])
-        listener._thread.join(30)
-        assert not listener.is_alive  # no retry can fix this
+        assert wait_until(lambda: not listener.is_alive)  # no retry can fix this
         assert listener.error is not None and listener.error.rc == ResultCode.ERROR_API_SERVER_TOO_OLD
         assert not listener.ready.is_set()
         client.close()

@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from grpc_helper_samples.api import EchoRequest
 
-from conftest import BlockingEcho, Servers, echo_descriptor
+from helpers import BlockingEcho, Servers, echo_descriptor
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,9 +11,10 @@ import pytest
 
 from grpc_helper import Folders, RpcException, RpcStaticConfig
 from grpc_helper.api import Filter, LoggerConfig, LoggerLevel, LoggerUpdate, ResultCode
+from grpc_helper.testing import rc_of
 from grpc_helper_samples.api import EchoRequest, EchoResponse
 
-from conftest import EchoManager, Servers, echo_descriptor, rc_of
+from helpers import EchoManager, Servers, echo_descriptor
 
 
 def flush_all() -> None:
@@ -153,7 +154,6 @@ class TestLoggerService:
 
     def test_files_load_in_order(self, servers: Servers, folders: Folders) -> None:
         assert folders.system and folders.user and folders.workspace
-        folders.system.mkdir(parents=True)
         (folders.system / "loggers.json").write_text(json.dumps({"o.a": "DEBUG", "o.b": "DEBUG", "o.c": "DEBUG"}))
         (folders.user / "loggers.json").write_text(json.dumps({"o.b": "INFO", "o.c": "INFO"}))
         (folders.workspace / "loggers.json").write_text(json.dumps({"o.c": False}))

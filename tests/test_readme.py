@@ -7,16 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from grpc_helper import RpcStaticConfig
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-def test_usage_example_runs(tmp_path: Path) -> None:
-    block = re.search(r"<!-- test: readme-example -->\n```python\n(.*?)```", README, re.DOTALL)
-    assert block, "the README example is marked with <!-- test: readme-example -->"
+# Every example marked <!-- test: readme-example --> runs as a script
+EXAMPLES = re.findall(r"<!-- test: readme-example -->\n```python\n(.*?)```", README, re.DOTALL)
+
+
+def test_examples_are_marked() -> None:
+    assert len(EXAMPLES) >= 2, "the usage and testing examples are marked with <!-- test: readme-example -->"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+def test_example_runs(example: str, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
-    script.write_text(block.group(1))
+    script.write_text(example)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from grpc_helper.api import (
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
-from grpc_helper.events import EventsListener
+from grpc_helper.testing import rc_of, restored_config
 from grpc_helper_samples import _run, echo, notes
 from grpc_helper_samples import main as main_program
 from grpc_helper_samples._events import EventSender
@@ -42,19 +41,11 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from conftest import Servers, rc_of
+from helpers import Collector, Servers, wait_until
 
 WAIT = 30  # bound for anything that waits on a process
+LISTENING = re.compile(r"listening on port (\d+)")  # what a sample logs once its server listens
 StartNotes = Callable[..., RpcServer]
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (all bound at once, then released)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def clean_env() -> dict[str, str]:
@@ -67,28 +58,46 @@ def clean_env() -> dict[str, str]:
 
 
 def wait_serving(port: int, timeout: float = WAIT) -> None:
-    """Block until a server answers health checks on `port` (gRPC waits for the connection: no polling)."""
+    """Block until a server on `port` is SERVING (gRPC waits for the connection, and a health watch is told
+    when its managers are loaded: no polling)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        status = (
-            health_pb2_grpc.HealthStub(channel)
-            .Check(health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=True)
-            .status
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=True
         )
-        assert status == health_pb2.HealthCheckResponse.SERVING
+        try:
+            assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
+        finally:
+            watch.cancel()
 
 
 class Program:
-    """A sample program run as a subprocess (`python -m grpc_helper_samples.<name>`), stderr in a file."""
+    """A sample program run as a subprocess (`python -m grpc_helper_samples.<name>`) on port 0, stderr in a file.
 
-    def __init__(self, name: str, port: int, root: Path, *extra: str) -> None:
-        self.name, self.port = name, port
+    `wait_port()` waits until it reported the port it got (its log says "listening on port N").
+    """
+
+    def __init__(self, name: str, root: Path, *extra: str) -> None:
+        self.name = name
         self.log = root / f"{name}-{time.monotonic_ns()}.log"
         cmd = [
-            sys.executable, "-m", f"grpc_helper_samples.{name}", "-p", str(port), "-w", str(root / name),
+            sys.executable, "-m", f"grpc_helper_samples.{name}", "-p", "0", "-w", str(root / name),
             "--system", str(root / "system"), "--user", str(root / "user"), *extra,
         ]  # fmt: skip
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=clean_env())
+        self.port = 0
+
+    def wait_port(self) -> int:
+        """The port the program listens on, once it reported it (bounded wait); sets `port`."""
+
+        def reported() -> bool:
+            return LISTENING.search(self.output) is not None or self.proc.poll() is not None
+
+        assert wait_until(reported, WAIT), f"{self.name}: no port reported within {WAIT}s:\n{self.output}"
+        found = LISTENING.search(self.output)
+        assert found, f"{self.name} ended (exit code {self.proc.poll()}) without listening:\n{self.output}"
+        self.port = int(found.group(1))
+        return self.port
 
     def terminate(self) -> None:
         if self.proc.poll() is None:
@@ -110,24 +119,32 @@ class Program:
 
 
 class Stack:
-    """main + echo + notes processes on free ports, stopped (samples first) at teardown."""
+    """main + echo + notes processes, each on the port it got, stopped (samples first) at teardown."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.main_port, self.echo_port, self.notes_port = free_ports(3)
         self.programs: list[Program] = []
         self.clients: list[RpcClient] = []
         # Bounded waits everywhere (registration, proxied calls), quick graceful shutdowns
         self.common = ["-c", "rpc-main-host=127.0.0.1", "-c", "rpc-client-timeout=30", "-c", "rpc-shutdown-grace=5"]
 
     def start(self, name: str, *extra: str) -> Program:
-        port = {"main": self.main_port, "echo": self.echo_port, "notes": self.notes_port}[name]
+        """Start a program (main first: the others register on its port); returns once it reported its port."""
         args = [*self.common, *extra]
         if name != "main":
             args += ["-c", f"rpc-main-port={self.main_port}"]
-        program = Program(name, port, self.root, *args)
-        self.programs.append(program)
+        program = Program(name, self.root, *args)
+        self.programs.append(program)  # stopped at teardown, even if it never reports its port
+        program.wait_port()
         return program
+
+    def port(self, name: str) -> int:
+        """The port of the program `name` started last."""
+        return next(p.port for p in reversed(self.programs) if p.name == name)
+
+    @property
+    def main_port(self) -> int:
+        return self.port("main")
 
     def client(self, port: int | None = None) -> RpcClient:
         c = RpcClient(
@@ -194,7 +211,7 @@ class TestStack:
         info = {i.name: i for i in c.srv.info(Filter()).items}
         assert [n for n in info] == ["srv", "config", "log", "events", "echo", "notes"]
         assert info["echo"].version == info["notes"].version == _run.samples_version()
-        assert (info["echo"].proxy_port, info["notes"].proxy_port) == (stack.echo_port, stack.notes_port)
+        assert (info["echo"].proxy_port, info["notes"].proxy_port) == (stack.port("echo"), stack.port("notes"))
 
     def test_notes_through_main(self, stack: Stack) -> None:
         n = stack.client().notes
@@ -235,23 +252,13 @@ class TestStack:
         c.notes.put(Note(key="c", text="3"))
 
     def test_note_changed_event_reaches_listener_on_main(self, stack: Stack) -> None:
-        class Collector(EventsListener):
-            def __init__(self, *args: Any) -> None:
-                self.events: list[Event] = []
-                self.got = threading.Semaphore(0)
-                super().__init__(*args)
-
-            def on_event(self, event: Event) -> None:
-                self.events.append(event)
-                self.got.release()
-
         c = stack.client()
         listener = Collector(c, ["NOTE_CHANGED"])
         try:
             assert listener.ready.wait(WAIT)
             c.notes.put(Note(key="evt", text="x"))
             c.notes.delete(NoteKey(key="evt"))
-            assert listener.got.acquire(timeout=WAIT) and listener.got.acquire(timeout=WAIT)
+            assert listener.wait_count(2, WAIT)
             got = [(e.name, {p.name: p.value for p in e.properties}) for e in listener.events]
             assert got == [
                 ("NOTE_CHANGED", {"key": "evt", "action": "create"}),
@@ -263,7 +270,7 @@ class TestStack:
     def test_notes_work_while_main_is_down(self, stack: Stack) -> None:
         main = next(p for p in stack.programs if p.name == "main")
         assert main.stop() == 0
-        direct = stack.client(stack.notes_port)
+        direct = stack.client(stack.port("notes"))
         t0 = time.monotonic()
         for i in range(3):
             direct.notes.put(Note(key=f"offline{i}", text="main is down"))
@@ -327,9 +334,8 @@ def test_malformed_notes_file_refused(tmp_path: Path) -> None:
     assert "error: ERROR_MODEL_INVALID: Invalid notes file" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_unreachable_main_server(tmp_path: Path) -> None:
-    (port,) = free_ports(1)
-    done = run_program("echo", tmp_path, "-c", f"rpc-main-port={port}", "-c", "rpc-client-timeout=0.5")
+def test_unreachable_main_server(tmp_path: Path, refused_port: int) -> None:
+    done = run_program("echo", tmp_path, "-c", f"rpc-main-port={refused_port}", "-c", "rpc-client-timeout=0.5")
     assert done.returncode == 1 and "error: ERROR_RPC: " in done.stderr
 
 
@@ -345,11 +351,8 @@ def test_version(name: str, tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def restore_notes_config() -> Iterator[None]:
     """The notes user items are process-wide: undo what a test changed."""
-    items = notes.NotesConfig.config_items()
-    saved = [(i, i.item.default_value, i.item.value) for i in items]
-    yield
-    for item, default, value in saved:
-        item.item.default_value, item.item.value = default, value
+    with restored_config(notes.NotesConfig):
+        yield
 
 
 @pytest.fixture
@@ -404,17 +407,22 @@ class TestNotesManager:
         assert rc_of(lambda: n.put(Note(key="k", text="abcd"))) == ResultCode.ERROR_PARAM_INVALID
         assert n.get(NoteKey(key="k")).note.text == "abc"
 
-    def test_events_are_posted_in_order(self, start_notes: StartNotes, tmp_path: Path) -> None:
-        srv = start_notes(tmp_path / "notes")
-        manager = srv.managers["notes"]
-        sent: list[tuple[str, str]] = []
-        manager.event_sender._send = lambda e, _t: sent.append(tuple(p.value for p in e.properties))
-        n = notes_client(srv.port).notes
-        n.put(Note(key="k", text="1"))
-        n.put(Note(key="k", text="2"))
-        n.delete(NoteKey(key="k"))
-        srv.shutdown()  # flushes the pending events
-        assert sent == [("k", "create"), ("k", "update"), ("k", "delete")]
+    def test_events_are_posted_in_order(self, servers: Servers, tmp_path: Path) -> None:
+        main = servers(0, main_program.descriptors(), Folders(workspace=tmp_path / "main"), with_events=True)
+        listener = Collector(main.client, ["NOTE_CHANGED"])
+        try:
+            assert listener.ready.wait(WAIT)
+            cli = {"rpc-main-host": "127.0.0.1", "rpc-main-port": str(main.port), "rpc-client-timeout": "10"}
+            srv = servers(0, [notes.descriptor()], Folders(workspace=tmp_path / "notes"), cli, [], [notes.NotesConfig])
+            n = notes_client(srv.port).notes
+            n.put(Note(key="k", text="1"))
+            n.put(Note(key="k", text="2"))
+            n.delete(NoteKey(key="k"))
+            assert listener.wait_count(3, WAIT)
+            got = [{p.name: p.value for p in e.properties} for e in listener.events]
+            assert got == [{"key": "k", "action": action} for action in ("create", "update", "delete")]
+        finally:
+            listener.interrupt()
 
     def test_registration(self, start_notes: StartNotes, main_server: RpcServer, tmp_path: Path) -> None:
         srv = start_notes(tmp_path / "notes")

@@ -20,7 +20,15 @@ from grpc_helper.api import Filter, Result, ResultCode, ResultStatus, ShutdownRe
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceServicer, EchoServiceStub
 
-from conftest import BlockingEcho, EchoManager, Servers, echo_descriptor, free_port
+from helpers import (
+    BlockingEcho,
+    EchoManager,
+    Servers,
+    accepts_connections,
+    echo_descriptor,
+    refusing_port,
+    wait_until,
+)
 
 
 def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
@@ -135,8 +143,8 @@ class TestLifecycle:
         srv = servers(0, [])
         t0 = time.monotonic()
         srv.client.srv.shutdown(ShutdownRequest(timeout=1))
-        assert srv._stopped.wait(30)
-        assert srv.wait_shutdown(30)
+        assert wait_until(lambda: not accepts_connections(srv.port))  # stopped serving at once...
+        assert srv.wait_shutdown(30)  # ...terminated after the requested wait
         assert time.monotonic() - t0 >= 1.0
 
     def test_remote_shutdown_zero_uses_config_timeout(self, servers: Servers) -> None:
@@ -340,9 +348,8 @@ class TestApiVersion:
 
 class TestClient:
     def test_dead_port_without_timeout_fails_at_once(self) -> None:
-        port = free_port()
         t0 = time.monotonic()
-        with pytest.raises(RpcException) as exc:
+        with refusing_port() as port, pytest.raises(RpcException) as exc:
             echo_client(port, timeout=None).echo.echo(EchoRequest())
         assert exc.value.rc == ResultCode.ERROR_RPC
         assert isinstance(exc.value.__cause__, grpc.RpcError)
@@ -350,34 +357,34 @@ class TestClient:
 
     def test_dead_port_fails_after_client_timeout(self) -> None:
         t0 = time.monotonic()
-        with pytest.raises(RpcException) as exc:
-            echo_client(free_port(), timeout=1).echo.echo(EchoRequest())
+        with refusing_port() as port, pytest.raises(RpcException) as exc:
+            echo_client(port, timeout=1).echo.echo(EchoRequest())
         elapsed = time.monotonic() - t0
         assert exc.value.rc == ResultCode.ERROR_RPC
         assert 1.0 <= elapsed < 10
 
     def test_retries_until_server_is_up(self, servers: Servers) -> None:
-        port = free_port()
-        client = echo_client(port, timeout=30)
-        results: list[str] = []
-        caller = threading.Thread(target=lambda: results.append(client.echo.echo(EchoRequest(text="late")).text))
-        caller.start()
-        caller.join(0.3)  # let the first attempts fail
-        servers(port, [echo_descriptor()])
-        caller.join(30)
+        with refusing_port() as port:
+            client = echo_client(port, timeout=30)
+            results: list[str] = []
+            caller = threading.Thread(target=lambda: results.append(client.echo.echo(EchoRequest(text="late")).text))
+            caller.start()
+            caller.join(0.3)  # let the first attempts fail
+            servers(port, [echo_descriptor()])
+            caller.join(30)
         assert results == ["late"]
 
     def test_stream_retries_until_server_is_up(self, servers: Servers) -> None:
-        port = free_port()
-        client = echo_client(port, timeout=30)
-        results: list[int] = []
-        caller = threading.Thread(
-            target=lambda: results.extend(m.index for m in client.echo.repeat(EchoRequest(count=3)))
-        )
-        caller.start()
-        caller.join(0.3)
-        servers(port, [echo_descriptor()])
-        caller.join(30)
+        with refusing_port() as port:
+            client = echo_client(port, timeout=30)
+            results: list[int] = []
+            caller = threading.Thread(
+                target=lambda: results.extend(m.index for m in client.echo.repeat(EchoRequest(count=3)))
+            )
+            caller.start()
+            caller.join(0.3)
+            servers(port, [echo_descriptor()])
+            caller.join(30)
         assert results == [0, 1, 2]
 
     def test_per_call_timeout(self, servers: Servers) -> None:
@@ -430,10 +437,7 @@ class TestDebugDump:
         assert signal.getsignal(signal.SIGUSR2) is not previous
         logs: Path = folders.workspace / "logs"
         os.kill(os.getpid(), signal.SIGUSR2)
-        deadline = time.monotonic() + 10
-        while not list(logs.glob("RpcServerDump-*.txt")) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert list(logs.glob("RpcServerDump-*.txt"))
+        assert wait_until(lambda: any(logs.glob("RpcServerDump-*.txt")), 10)
         srv.shutdown()
         assert signal.getsignal(signal.SIGUSR2) is previous
 
@@ -462,12 +466,12 @@ def test_failed_load_leaves_nothing_running(servers: Servers) -> None:
         def _load(self) -> None:
             raise RpcException("cannot load", ResultCode.ERROR_STATE_UNEXPECTED)
 
-    port = free_port()
-    with pytest.raises(RpcException) as exc:
-        servers(port, [echo_descriptor(Failing())])
-    assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
-    # the port is free again: a new server can take it
-    assert servers(port, []).port == port
+    with refusing_port() as port:  # kept bound (not listening) meanwhile: no other test can get it
+        with pytest.raises(RpcException) as exc:
+            servers(port, [echo_descriptor(Failing())])
+        assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
+        # the port is free again: a new server can take it (it could not if the failed one still listened)
+        assert servers(port, []).port == port
 
 
 def test_failed_start_shuts_down_loaded_managers(servers: Servers) -> None:

@@ -19,7 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port_range(count: int) -> int:
-    """A base port with `count` consecutive free ports (bounded attempts)."""
+    """A base port with `count` consecutive free ports (bounded attempts).
+
+    Free now, not reserved: another process could take one before supervisord's programs bind them.
+    They cannot bind port 0 and report back: scripts/stack.sh writes main's port into the samples'
+    command lines (rpc-main-port) and the supervisord config before anything starts, and addresses
+    main by GRPC_HELPER_MAIN_PORT (samples on main's port + 1 and + 2).
+    """
     for _ in range(50):
         base = random.randint(20000, 60000)
         try:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from grpc_helper.api import Event, EventFilter, EventInterrupt, ResultCode
+from grpc_helper.backoff import Backoff
 from grpc_helper.errors import RpcException
 from grpc_helper.events.queues import check_name
 
@@ -77,7 +78,7 @@ class EventsListener(ABC):
 
     # --- the listening thread ---
     def _run(self) -> None:
-        delay = FIRST_RETRY_DELAY
+        backoff = Backoff(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
         while True:
             with self._lock:
                 if self._stopping:
@@ -107,16 +108,19 @@ class EventsListener(ABC):
                     self.error = exc
                     return
                 if self.connected.is_set():
-                    delay = FIRST_RETRY_DELAY  # it worked until now: reconnect quickly
-                self.logger.info("Event queue %s: stream ended (%s); reconnecting in %.1fs", self.client_id, exc, delay)
+                    backoff.reset()  # it worked until now: reconnect quickly
+                self.logger.info(
+                    "Event queue %s: stream ended (%s); reconnecting in %.1fs", self.client_id, exc, backoff.delay
+                )
             except Exception:
-                self.logger.exception("Event listener of queue %s failed; reconnecting in %.1fs", self.client_id, delay)
+                self.logger.exception(
+                    "Event listener of queue %s failed; reconnecting in %.1fs", self.client_id, backoff.delay
+                )
             finally:
                 self.connected.clear()
                 with self._lock:
                     self._stream = None
-            self._wakeup.wait(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY)
+            self._wakeup.wait(backoff.next_delay())
 
     def _consume(self, stream: Iterable[Any]) -> None:
         first = True

@@ -24,7 +24,8 @@ A forwarded call goes through two phases:
 
 So, like the original, the caller gets gRPC OK with `r.code` set (never a gRPC UNAVAILABLE that its
 own client would retry on top). Responses without a `Result r` field can't carry that: their
-callers get a gRPC status instead (UNAVAILABLE for phase 1, the backend's status for phase 2).
+callers get a gRPC status instead: before anything is sent (version check, phase 1), the one a
+served call answers for the same `Result` (`calls.error_answer`); in phase 2, the backend's own.
 For streamed responses, an error becomes the stream's last message.
 
 Forwarded metadata: the caller's, minus transport headers, with `client` renamed
@@ -41,14 +42,13 @@ from typing import Any, Protocol
 
 import grpc
 
-from grpc_helper.api import Result, ResultCode
-from grpc_helper.calls import VersionRange
+from grpc_helper.api import Result
+from grpc_helper.calls import VersionRange, error_answer, remaining
+from grpc_helper.errors import rpc_error_to_exception
 from grpc_helper.generated import has_result_field, kind_of, method_handler, response_class
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT
 from grpc_helper.proxy.backend import Backend
 
-# Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
-_NO_DEADLINE = 1e8
 _PROXIED_SUFFIX = "(proxied)"
 
 
@@ -88,12 +88,6 @@ def proxied_metadata(metadata: tuple[Any, ...], current_version: int) -> tuple[t
     return tuple(out)
 
 
-def remaining(context: grpc.ServicerContext) -> float | None:
-    """The caller's remaining deadline, to propagate (None: no deadline)."""
-    left = context.time_remaining()
-    return None if left is None or left > _NO_DEADLINE else left
-
-
 def make_forwarder(
     name: str,
     service: str,
@@ -109,12 +103,6 @@ def make_forwarder(
     response_cls = response_class(service, method)
     can_answer = has_result_field(response_cls)
 
-    def error_answer(context: grpc.ServicerContext, err: Result, status: grpc.StatusCode) -> bytes:
-        """The bytes of a response carrying `err`; aborts with `status` when the response has no `r`."""
-        if not can_answer:
-            context.abort(status, f"{ResultCode.Name(err.code)}: {err.msg}")
-        return response_cls(r=err).SerializeToString()
-
     def prepare(context: grpc.ServicerContext) -> tuple[Backend, tuple[Any, ...]] | bytes:
         """(backend, metadata) to forward with (phase 1), or the bytes of an error answer."""
         md = context.invocation_metadata()
@@ -124,16 +112,16 @@ def make_forwarder(
             if not isinstance(backend, Result):
                 return backend, proxied_metadata(md, versions.current)
             err = backend
-        return error_answer(context, err, grpc.StatusCode.UNAVAILABLE)
+        return error_answer(response_cls, context, err).SerializeToString()
 
     def failed(context: grpc.ServicerContext, backend: Backend, exc: grpc.RpcError) -> bytes:
         """The answer for a forwarded call that failed (phase 2): never resent."""
-        msg = f"Proxied call {path} to {backend.address} failed: {exc.code().name}: {exc.details()}"
+        error = rpc_error_to_exception(exc, f"proxied call {path} to {backend.address}")
         if context.is_active():  # else the caller is gone (cancelled, deadline): nobody to tell
-            registry.logger.warning("%s", msg)
+            registry.logger.warning("%s", error)
         if not can_answer:
-            context.abort(exc.code(), msg)
-        return response_cls(r=Result(code=ResultCode.ERROR_RPC, msg=msg)).SerializeToString()
+            context.abort(error.status, str(error))  # the backend's status, passed on
+        return response_cls(r=Result(code=error.rc, msg=str(error))).SerializeToString()  # type: ignore[arg-type]
 
     if not original.response_streaming:
 

@@ -16,6 +16,7 @@ import grpc
 from grpc_helper._persist import read_json_object, write_json
 from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
+from grpc_helper.backoff import Backoff
 from grpc_helper.calls import VersionRange
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
@@ -109,7 +110,7 @@ class ProxyRegistry:
         left = remaining(context)
         deadline = start + (limit if left is None else min(limit, left))
         next_log = start
-        poll = _FIRST_POLL
+        poll = Backoff(_FIRST_POLL, _MAX_POLL)
         with self._changed:
             while True:
                 backend = self._current(name)
@@ -134,8 +135,7 @@ class ProxyRegistry:
                     wake = min(deadline, next_log)
                 else:
                     # Connecting: look again soon (the channel reports no event to wait on)
-                    wake = min(deadline, now + poll)
-                    poll = min(poll * 2, _MAX_POLL)
+                    wake = min(deadline, now + poll.next_delay())
                 # Woken up early by a registration change or shutdown
                 self._changed.wait(wake - now)
 

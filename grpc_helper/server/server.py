@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import importlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigService
 from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerServiceServicer_to_server
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
-from grpc_helper.calls import CallSite, VersionRange, implemented_method, wrap_method
+from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_method, wrap_method
 from grpc_helper.client import RpcClient
 from grpc_helper.config.manager import ConfigManager
 from grpc_helper.config.static import RpcStaticConfig
@@ -38,6 +38,7 @@ from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
+from grpc_helper.signals import graceful_exit
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -48,6 +49,25 @@ _SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 DEFAULT_LOGGERS = {"srv": "RpcServer", "config": "ConfigManager", "log": "LogsManager", "events": "EventsManager"}
 # How often wait_shutdown() lets the main thread run pending signal handlers (seconds)
 _SIGNAL_POLL = 0.2
+
+
+class ServerState(enum.Enum):
+    """The lifecycle of an `RpcServer`; `RpcServer._advance` is the one place it changes."""
+
+    STARTING = "starting"  # listening, managers loading: a call waits for its own service's manager
+    SERVING = "serving"
+    STOPPING = "stopping"  # no new calls, managers told, pending calls given their grace
+    STOPPED = "stopped"  # finalized; a remote shutdown's requested wait may still be running
+    TERMINATED = "terminated"  # over: wait_shutdown() returns, is_running is False
+
+
+_NEXT_STATES: dict[ServerState, tuple[ServerState, ...]] = {
+    ServerState.STARTING: (ServerState.SERVING, ServerState.STOPPING),  # STOPPING: a failed start
+    ServerState.SERVING: (ServerState.STOPPING,),
+    ServerState.STOPPING: (ServerState.STOPPED,),
+    ServerState.STOPPED: (ServerState.TERMINATED,),
+    ServerState.TERMINATED: (),
+}
 
 
 class _Health(health.HealthServicer):
@@ -66,7 +86,10 @@ class RpcServer:
     """A gRPC server running in its own threads, with the default services `srv`, `config`, `log`
     (and `events` when `with_events`) plus the given descriptors.
 
-    Lifecycle: the constructor starts serving; `shutdown()` stops it (idempotent, thread safe);
+    Lifecycle (`ServerState`): the constructor opens the port, then loads the managers in the
+    order of the descriptors (default services first); a call arriving before its service's
+    manager is loaded waits for it (bounded by its deadline and `rpc-client-timeout`). Once
+    loaded, the constructor returns. `shutdown()` stops it (idempotent, thread safe);
     `wait_shutdown()` blocks until it is over (Ctrl-C / SIGTERM trigger a shutdown meanwhile).
     """
 
@@ -82,11 +105,12 @@ class RpcServer:
         with_debug_signal: bool = True,
     ) -> None:
         self.folders = folders or Folders()
-        self._shutdown_lock = threading.Lock()
-        self._stopping = False
-        self._stopped = threading.Event()  # finalized
-        self._terminated = threading.Event()  # finalized, and remote shutdown delay elapsed
-        self._remote_shutdown = False
+        self.port = port  # the bound one once listening
+        self._state = ServerState.STARTING
+        self._state_changed = threading.Condition()
+        self._starter = threading.get_ident()  # the thread running the constructor (and the managers' _load)
+        self._linger = 0.0  # seconds a remote shutdown asked to wait once stopped, before terminating
+        self._gates: dict[str, LoadGate] = {}  # by descriptor name: opened once its manager is loaded
         self._logs: RollingLogs | None = None
         self._grpc: grpc.Server | None = None
         self._previous_usr2: Any = None
@@ -96,17 +120,15 @@ class RpcServer:
         self._loaded: list[RpcManager] = []  # managers whose _load ran, to shut down in reverse
         try:
             self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events)
-        except BaseException:
-            # A failed start (bad config, busy port, a manager's _load...) leaves nothing running
-            if self._grpc is not None:
-                self._grpc.stop(None)
-            self._shutdown_managers()
-            if hasattr(self, "proxies"):
-                self.proxies.shutdown()
-            self._finalize()
+        except BaseException as exc:
+            # A failed start (bad config, busy port, a manager's _load...) leaves nothing running, and
+            # answers the calls waiting for a manager that will never be loaded
+            self._advance(ServerState.STOPPING)
+            self._shut_down(None, f"the server on port {self.port} failed to start: {exc}", logging.DEBUG)
             raise
         if with_debug_signal and threading.current_thread() is threading.main_thread():
             self._previous_usr2 = signal.signal(signal.SIGUSR2, lambda *_: self.dump_debug())
+        self._advance(ServerState.SERVING)
 
     # --- start ---
     def _start(
@@ -136,7 +158,9 @@ class RpcServer:
             set_health=self._set_health,
             logger=self.logger,
         )
-        self.descriptors = self._default_descriptors(with_events) + descriptors
+        defaults = self._default_descriptors(with_events)
+        self._defaults = len(defaults)
+        self.descriptors = defaults + descriptors
         names = [d.name for d in self.descriptors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -147,12 +171,19 @@ class RpcServer:
         if twice:
             raise RpcException(f"gRPC services served twice: {', '.join(twice)}", ResultCode.ERROR_MODEL_INVALID)
 
+        # Health and reflection answer at once; until its manager is loaded, a service is NOT_SERVING,
+        # and so is the server as a whole ("") until all are
         self.health = _Health(experimental_non_blocking=True, experimental_thread_pool=self.streams)
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        for d in self.descriptors:
+            self._set_health(d.name, False)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._grpc,
         )
+        # Persisted registrations are restored before the port opens: forwarded calls have no gap
+        self.proxies.load()
 
         self.port = self._bind(port)
         self._grpc.start()
@@ -169,14 +200,19 @@ class RpcServer:
         for name, manager in managers.items():
             if isinstance(manager, RpcManager):
                 manager._attach(self, name)
-        for manager in managers.values():
-            if isinstance(manager, RpcManager):
-                manager._load()
-                self._loaded.append(manager)
-        self.proxies.load()
+        # In order: a manager's _load may call the services loaded before its own. The default services
+        # open together, once all are loaded (srv's proxy_register sends events, for one)
+        names = list(managers)
+        for batch in [names[: self._defaults], *([name] for name in names[self._defaults :])]:
+            for name in batch:
+                manager = managers[name]
+                if isinstance(manager, RpcManager):
+                    manager._load()
+                    self._loaded.append(manager)
+            for name in batch:
+                self._gates[name].open()
+                self._set_health(name, True)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for d in self.descriptors:
-            self._set_health(d.name, not d.is_proxy or self.proxies.is_registered(d.name))
 
     def _default_descriptors(self, with_events: bool) -> list[RpcServiceDescriptor]:
         """The default services, each manager given only what it needs of this server."""
@@ -223,13 +259,16 @@ class RpcServer:
         else:
             logger = self._manager_logger(d.manager)
             long_lived = getattr(d.manager, "_long_lived_methods", ())
+            gate = self._gates[d.name] = LoadGate(d.name)
             handlers = {}
             for method, original in generated.items():
                 fn = implemented_method(d.manager, service, method)
                 if fn is None:
                     handlers[method] = make_handler(original, generated_default(d.manager, method))
                     continue
-                site = CallSite(id(self), f"/{service}/{method}", response_class(service, method), versions, logger)
+                site = CallSite(
+                    id(self), f"/{service}/{method}", response_class(service, method), versions, logger, gate
+                )
                 behavior = wrap_method(site, fn, original.request_streaming, original.response_streaming)
                 if method in long_lived:
                     behavior.experimental_thread_pool = self.streams
@@ -268,7 +307,23 @@ class RpcServer:
     def is_running(self) -> bool:
         """True until shutdown has completed, i.e. until `wait_shutdown()` returns (after a remote
         shutdown, that includes the wait its request asked for)."""
-        return self._grpc is not None and not self._terminated.is_set()
+        return self._state is not ServerState.TERMINATED
+
+    def _advance(self, to: ServerState) -> bool:
+        """The one place the state changes: to `to` if it follows the current state (True), else
+        nothing (False: another thread got there first). Waiters on `_state_changed` are woken."""
+        with self._state_changed:
+            current = self._state
+            if to not in _NEXT_STATES[current]:
+                return False
+            self._state = to
+            self._state_changed.notify_all()
+        _log.debug("RPC server on port %s: %s -> %s", self.port, current.name, to.name)
+        return True
+
+    def _wait_state(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        with self._state_changed:
+            return self._state_changed.wait_for(done, timeout)
 
     def _set_health(self, name: str, serving: bool) -> None:
         """The health status of the service named `name` (a descriptor's name)."""
@@ -290,22 +345,58 @@ class RpcServer:
         """Stop accepting calls, notify managers, wait up to `rpc-shutdown-grace` for pending calls, finalize.
 
         Idempotent and thread safe: a concurrent caller returns once the first shutdown is complete.
+        Asked from another thread while the server starts, it runs once the start is over.
         """
-        with self._shutdown_lock:
-            if self._stopping or self._grpc is None:
-                return
-            self._stopping = True
-            _log.info("RPC server on port %s shutting down", self.port)
-            self.health.enter_graceful_shutdown()  # every status NOT_SERVING, sent to watchers
-            self.health.end_watches()  # a connected watcher must not hold the shutdown for the grace period
-            stopped = self._grpc.stop(RpcStaticConfig.SHUTDOWN_GRACE.float_val)
-            self._shutdown_managers()
+        self._stop(None, terminate=False)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Shut down for good: `shutdown()` with `grace` seconds for pending calls (None:
+        `rpc-shutdown-grace`), also ending a remote shutdown's requested wait (`wait_shutdown()`
+        returns). Called while a shutdown runs, a shorter `grace` cuts its wait short (0: pending
+        calls are cancelled now). What SIGINT/SIGTERM do, through `graceful_exit`."""
+        self._stop(grace, terminate=True)
+
+    def _stop(self, grace: float | None, *, terminate: bool) -> None:
+        with self._state_changed:
+            if self._state is ServerState.STARTING:
+                if threading.get_ident() == self._starter:  # waiting for our own start would never end
+                    raise RpcException(
+                        "The server can't be shut down while it starts: raise from _load() to abort the start",
+                        ResultCode.ERROR_STATE_UNEXPECTED,
+                    )
+                self._state_changed.wait_for(lambda: self._state is not ServerState.STARTING)
+        if self._advance(ServerState.STOPPING):
+            self._shut_down(grace, f"the server on port {self.port} is shutting down", logging.INFO)
+        else:
+            if grace is not None and self._grpc is not None:
+                self._grpc.stop(grace)  # a shorter grace than the running shutdown's cuts it short (gRPC's rule)
+            self._wait_state(lambda: self._state in (ServerState.STOPPED, ServerState.TERMINATED), None)
+        if terminate:
+            self._advance(ServerState.TERMINATED)
+
+    def _shut_down(self, grace: float | None, reason: str, level: int) -> None:
+        """STOPPING -> STOPPED, then TERMINATED unless a remote shutdown asked to wait. `reason`: what
+        calls still waiting for a manager's load are told; `level`: of the log lines (a failed start
+        is reported by its exception)."""
+        _log.log(level, "RPC server on port %s shutting down", self.port)
+        for gate in self._gates.values():
+            gate.fail(reason)  # calls still waiting for a manager's _load (a failed start) answer now
+        stopped = None
+        if self._grpc is not None:
+            if hasattr(self, "health"):
+                self.health.enter_graceful_shutdown()  # every status NOT_SERVING, sent to watchers
+                self.health.end_watches()  # a connected watcher must not hold the shutdown for the grace period
+            stopped = self._grpc.stop(RpcStaticConfig.SHUTDOWN_GRACE.float_val if grace is None else grace)
+        self._shutdown_managers()
+        if hasattr(self, "proxies"):
             self.proxies.shutdown()
+        if stopped is not None:
             stopped.wait()
-            self._finalize()
-            _log.info("RPC server on port %s shut down", self.port)
-        if not self._remote_shutdown:
-            self._terminated.set()
+        self._finalize()
+        _log.log(level, "RPC server on port %s shut down", self.port)
+        self._advance(ServerState.STOPPED)
+        if self._linger <= 0:
+            self._advance(ServerState.TERMINATED)
 
     def _shutdown_managers(self) -> None:
         while self._loaded:
@@ -328,64 +419,45 @@ class RpcServer:
         if self._previous_usr2 is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR2, self._previous_usr2)
             self._previous_usr2 = None
-        self._stopped.set()
 
     def shutdown_remotely(self, timeout: int) -> None:
         """The `srv.shutdown` RPC: shut down in the background, then wait `timeout` seconds
         (`rpc-shutdown-timeout` if 0, none if < 0) before the process may end."""
-        self._remote_shutdown = True
         delay = float(timeout) if timeout > 0 else RpcStaticConfig.SHUTDOWN_TIMEOUT.float_val if timeout == 0 else 0
+        self._linger = delay  # read once stopped: set before the shutdown starts below
         if delay > 0:
             # Logged now, while the server's log files are still open
             self.logger.warning("!!! Will shutdown in %ds !!!", int(delay))
 
         def run() -> None:
             self.shutdown()
-            self._terminated.wait(delay)  # a local shutdown or signal may end the wait early
-            self._terminated.set()
+            # stop() (a signal) may end the wait early
+            self._wait_state(self._terminated, delay)
+            self._advance(ServerState.TERMINATED)
 
         threading.Thread(target=run, name="rpc-remote-shutdown", daemon=True).start()
 
     def wait_shutdown(self, timeout: float | None = None) -> bool:
         """Block until the server is shut down (True) or `timeout` expires (False).
 
-        On the main thread, SIGINT and SIGTERM trigger a graceful shutdown meanwhile; the previous
-        handlers are restored afterwards.
+        On the main thread, SIGINT and SIGTERM trigger a graceful shutdown meanwhile, a second one
+        an immediate stop (`graceful_exit`); the previous handlers are restored afterwards.
         """
-        with self._capture_signals():
+        with graceful_exit(self):
             if threading.current_thread() is not threading.main_thread():
-                return self._terminated.wait(timeout)
+                return self._wait_state(self._terminated, timeout)
             # Wake up regularly: the kernel may deliver SIGTERM to one of gRPC's threads, and Python
             # then runs the handler only once the main thread executes bytecode again
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 step = _SIGNAL_POLL if deadline is None else min(_SIGNAL_POLL, deadline - time.monotonic())
                 if step <= 0:
-                    return self._terminated.is_set()
-                if self._terminated.wait(step):
+                    return self._terminated()
+                if self._wait_state(self._terminated, step):
                     return True
 
-    @contextmanager
-    def _capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handle(signum: int, _frame: Any) -> None:
-            _log.info("Received %s", signal.Signals(signum).name)
-
-            def stop() -> None:
-                self.shutdown()
-                self._terminated.set()  # also ends a remote shutdown's final delay
-
-            threading.Thread(target=stop, name="rpc-signal-shutdown", daemon=True).start()
-
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _terminated(self) -> bool:
+        return self._state is ServerState.TERMINATED
 
     # --- debug ---
     def dump_debug(self) -> Path:

@@ -1,0 +1,213 @@
+"""What several test modules share: sample managers and descriptors, event helpers, bounded waits, ports.
+
+Servers, clients, folders and `rc_of` come from `grpc_helper.testing` (the public test helpers); the
+fixtures built on them are in conftest.py. Test modules import this one as `helpers` (pytest puts
+tests/ on sys.path), never conftest.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import grpc_helper_samples
+from grpc_helper import EventsListener, Folders, RpcClient, RpcException, RpcManager, RpcServer, RpcServiceDescriptor
+from grpc_helper.api import Event, EventFilter, EventProperty, ResultCode
+from grpc_helper.testing import serve
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
+from grpc_helper_samples.api.echo_pb2_grpc import (
+    EchoServiceServicer,
+    EchoServiceStub,
+    add_EchoServiceServicer_to_server,
+)
+
+# --- echo managers and descriptors ---
+
+
+class EchoManager(EchoServiceServicer, RpcManager):
+    """Echo manager implementing all four call kinds; `text="fail:<rc>"` raises RpcException(rc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = False
+        self.shut_down = False
+
+    def _load(self) -> None:
+        super()._load()
+        self.loaded = True
+
+    def _shutdown(self) -> None:
+        self.shut_down = True
+        super()._shutdown()
+
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        if request.text.startswith("fail:"):
+            raise RpcException("asked to fail", int(request.text.split(":", 1)[1]))
+        if request.text == "crash":
+            raise ValueError("unexpected crash")
+        return EchoResponse(text=request.text, payload=request.payload)
+
+    def repeat(self, request: EchoRequest) -> Iterable[EchoResponse]:
+        for i in range(request.count):
+            yield EchoResponse(text=request.text, index=i)
+        if request.text == "crash":
+            raise RpcException("stream failed", ResultCode.ERROR_ITEM_BUSY)
+
+    def collect(self, request: Iterable[EchoRequest]) -> EchoResponse:
+        texts = [r.text for r in request]
+        return EchoResponse(text="".join(texts), index=len(texts))
+
+    def chat(self, request: Iterable[EchoRequest]) -> Iterable[EchoResponse]:
+        for i, r in enumerate(request):
+            yield EchoResponse(text=r.text.upper(), index=i)
+
+
+class BlockingEcho(EchoManager):
+    """`echo` sets `started`, then blocks until `release` is set (30 s at most) and answers "done"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        self.started.set()
+        self.release.wait(30)
+        return EchoResponse(text="done")
+
+
+def echo_descriptor(manager: Any = None, is_proxy: bool = False, name: str = "echo") -> RpcServiceDescriptor:
+    """The echo service: served by `manager` (a fresh `EchoManager` by default), or proxied with `is_proxy`."""
+    if manager is None:
+        manager = EchoServiceServicer() if is_proxy else EchoManager()
+    return RpcServiceDescriptor(
+        grpc_helper_samples, name, EchoApiVersion, manager, add_EchoServiceServicer_to_server, EchoServiceStub, is_proxy
+    )
+
+
+# --- servers ---
+
+
+class Servers:
+    """`servers(port, descriptors, ...)` starts an `RpcServer` (arguments as its constructor's, no SIGUSR2
+    handler by default) with `grpc_helper.testing.serve`; the last started is shut down first, at teardown."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+
+    def __call__(
+        self,
+        port: int,
+        descriptors: Iterable[RpcServiceDescriptor] = (),
+        folders: Folders | None = None,
+        cli_config: Mapping[str, str] | None = None,
+        static_items: Iterable[Any] | None = None,
+        user_items: Iterable[Any] | None = None,
+        with_events: bool = False,
+        with_debug_signal: bool = False,
+    ) -> RpcServer:
+        served = serve(
+            descriptors,
+            port=port,
+            folders=folders,
+            cli_config=cli_config,
+            static_items=static_items,
+            user_items=user_items,
+            with_events=with_events,
+            with_debug_signal=with_debug_signal,
+        )
+        return self._stack.enter_context(served).server
+
+
+# --- waiting ---
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
+    """Poll `check` until it is true (True) or `timeout` seconds passed (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+# --- ports ---
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port that refuses connections for the duration of the `with` block, and that nobody else gets.
+
+    A socket is bound to it (so no port-0 bind, here or in another process, can be given it) but
+    never listens: connections are refused. SO_REUSEADDR lets a server the test starts on it
+    later bind it too (a bound, non-listening socket does not conflict then); from then on, that
+    server gets the connections.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", 0))
+        yield sock.getsockname()[1]
+
+
+def accepts_connections(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (a server stops listening as its shutdown begins)."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def connections_to(port: int) -> int:
+    """How many established TCP connections go to `port` on this host (their client ends, in /proc/net/tcp{,6}):
+    what a server sees of the channels open to it."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)  # header
+            for line in lines:
+                fields = line.split()  # sl, local address, remote address (hex ip:port), state (01: established)...
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+# --- events ---
+
+
+def event(name: str, **props: str) -> Event:
+    return Event(name=name, properties=[EventProperty(name=k, value=v) for k, v in props.items()])
+
+
+class Stream:
+    """A raw listen stream: first status, then non-empty events."""
+
+    def __init__(self, client: RpcClient, names: list[str] | None = None, client_id: int = 0) -> None:
+        self.it = client.events.listen(EventFilter(names=names or [], client_id=client_id))
+        self.client_id = next(self.it).client_id
+
+    def next_event(self) -> Event:
+        for status in self.it:
+            if status.event.name:
+                return status.event
+        raise AssertionError("stream ended")
+
+
+class Collector(EventsListener):
+    """An events listener keeping what it receives, with a bounded wait for a number of events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.events: list[Event] = []
+        self.changed = threading.Condition()
+        super().__init__(*args, **kwargs)
+
+    def on_event(self, event: Event) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def wait_count(self, n: int, timeout: float = 30) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.events) >= n, timeout)
