@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -85,6 +85,42 @@ class Plan:
     run: Callable[[], Result]
 
 
+# One echo measurement: (name, client kind, server roles: the first one is called, all are measured)
+Variant = tuple[str, str, tuple[str, ...]]
+T = TypeVar("T")
+
+
+def rotated(items: list[T], round_: int) -> list[T]:
+    """`items` starting at a position that moves each round, so that no variant always runs first."""
+    shift = round_ % len(items)
+    return items[shift:] + items[:shift]
+
+
+def echo_variants(groups: list[str], workload: str, extra: bool) -> list[Variant]:
+    """The variants measured for one echo workload: raw (the baseline), then those of the selected groups."""
+    if groups == ["fanout"]:
+        return [("raw", "raw", ("raw",))]  # only the fan-out baseline
+    variants: list[Variant] = [("raw", "raw", ("raw",))]
+    if "core" in groups:
+        variants.append(("helper", "helper", ("helper",)))
+    if "proxy" in groups:
+        variants.append(("proxied", "helper", ("proxy", "backend")))
+    if extra:
+        variants.append(("rawproxy", "helper", ("rawproxy", "backend")))
+        variants.append(("aioproxy", "helper", ("aioproxy", "backend")))
+        if workload == "stream":
+            variants.append(("raw-st", "raw-st", ("raw",)))
+    return variants
+
+
+def fanout_kinds(extra: bool) -> list[tuple[str, str]]:
+    """The fan-out measurements: (name, events server kind)."""
+    kinds = [("fanout", "events")]
+    if extra:
+        kinds += [("rawevents fanout", "rawevents"), ("aioevents fanout", "aioevents")]
+    return kinds
+
+
 def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], round_: int) -> list[Plan]:
     """The measurements of one round, raw and helper variants in an order rotated by round."""
     only = set(args.only or ())
@@ -99,21 +135,7 @@ def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], roun
         return {("server" if len(names) == 1 else n): servers[n].pid for n in names}
 
     for workload in workloads:
-        variants: list[tuple[str, str, tuple[str, ...]]] = []  # (name, client kind, servers)
-        variants.append(("raw", "raw", ("raw",)))
-        if "core" in groups:
-            variants.append(("helper", "helper", ("helper",)))
-        if "proxy" in groups:
-            variants.append(("proxied", "helper", ("proxy", "backend")))
-        if args.extra:
-            variants.append(("rawproxy", "helper", ("rawproxy", "backend")))
-            variants.append(("aioproxy", "helper", ("aioproxy", "backend")))
-            if workload == "stream":
-                variants.append(("raw-st", "raw-st", ("raw",)))
-        if groups == ["fanout"]:
-            variants = variants[:1]
-        shift = round_ % len(variants)
-        for name, client, roles in variants[shift:] + variants[:shift]:
+        for name, client, roles in rotated(echo_variants(groups, workload, args.extra), round_):
             port = servers[roles[0]].port
 
             def run(c: str = client, p: int = port, wl: str = workload, r: tuple[str, ...] = roles) -> Result:
@@ -121,11 +143,7 @@ def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], roun
 
             plans.append(Plan(f"{name} {workload}", run))
     if "fanout" in groups:
-        kinds = [("fanout", "events")]
-        if args.extra:
-            kinds += [("rawevents fanout", "rawevents"), ("aioevents fanout", "aioevents")]
-        shift = round_ % len(kinds)
-        for name, kind in kinds[shift:] + kinds[:shift]:
+        for name, kind in rotated(fanout_kinds(args.extra), round_):
             events = servers[kind]
 
             def run_fanout(ev: ServerProcess = events) -> Result:

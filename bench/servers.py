@@ -51,10 +51,10 @@ KINDS = ("raw", "helper", "proxy", "events", "rawproxy", "rawevents", "aioproxy"
 class RawEcho(EchoServiceServicer):
     """The echo service as a plain grpcio servicer."""
 
-    def echo(self, request: EchoRequest, context: Any) -> EchoResponse:
+    def echo(self, request: EchoRequest, _context: Any) -> EchoResponse:
         return EchoResponse(payload=request.payload)
 
-    def repeat(self, request: EchoRequest, context: Any) -> Iterable[EchoResponse]:
+    def repeat(self, request: EchoRequest, _context: Any) -> Iterable[EchoResponse]:
         payload = request.payload
         for i in range(request.count):
             yield EchoResponse(payload=payload, index=i)
@@ -139,7 +139,7 @@ class RawEvents(EventServiceServicer):
         with self._lock:
             self._queues.pop(cid, None)
 
-    def send(self, request: Event, context: Any) -> ResultStatus:
+    def send(self, request: Event, _context: Any) -> ResultStatus:
         with self._lock:
             queues = list(self._queues.values())
         for names, queue in queues:
@@ -147,7 +147,7 @@ class RawEvents(EventServiceServicer):
                 queue.put(request)
         return ResultStatus()
 
-    def interrupt(self, request: EventInterrupt, context: Any) -> ResultStatus:
+    def interrupt(self, request: EventInterrupt, _context: Any) -> ResultStatus:
         with self._lock:
             entry = self._queues.pop(request.client_id, None)
         if entry is not None:
@@ -186,7 +186,7 @@ class AioEvents(EventServiceServicer):
         self._ids = itertools.count(1)
         self._queues: dict[int, tuple[frozenset[str], asyncio.Queue[Event | None]]] = {}
 
-    async def listen(self, request: EventFilter, context: Any) -> Any:
+    async def listen(self, request: EventFilter, _context: Any) -> Any:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         cid = next(self._ids)
         self._queues[cid] = (frozenset(request.names), queue)
@@ -197,13 +197,13 @@ class AioEvents(EventServiceServicer):
         finally:
             self._queues.pop(cid, None)
 
-    async def send(self, request: Event, context: Any) -> ResultStatus:
+    async def send(self, request: Event, _context: Any) -> ResultStatus:
         for names, queue in list(self._queues.values()):
             if not names or request.name in names:
                 queue.put_nowait(request)
         return ResultStatus()
 
-    async def interrupt(self, request: EventInterrupt, context: Any) -> ResultStatus:
+    async def interrupt(self, request: EventInterrupt, _context: Any) -> ResultStatus:
         entry = self._queues.pop(request.client_id, None)
         if entry is not None:
             entry[1].put_nowait(None)

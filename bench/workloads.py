@@ -45,7 +45,7 @@ def _echo_loop(client_kind: str, port: int, workload: str) -> Callable[[list[int
 
     if workload == "unary":
 
-        def unary(counts: list[int], i: int, stop: threading.Event) -> None:
+        def unary(counts: list[int], i: int, _stop: threading.Event) -> None:
             stub.echo(request)
             counts[i] += 1
 

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from threading import get_ident
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import grpc
 from google.protobuf.message import Message
@@ -26,28 +26,33 @@ from google.protobuf.message import Message
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException, rc_name, result_from_exception, result_status
-from grpc_helper.generated import has_result_field
-from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER
+from grpc_helper.generated import Behavior, has_result_field
+from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER, Metadata
+
+# A manager's method as served: `method(request) -> response` (a response iterator for streamed
+# responses; a request iterator for streamed requests). Found by introspection, so its message
+# types are only known at run time.
+ManagerMethod: TypeAlias = Callable[[Any], Any]
 
 # --- which manager methods are served ---
 
 
-def _return_annotation(fn: Callable[..., Any]) -> Any:
+def _return_annotation(fn: Callable[..., object]) -> object:
     try:
         return inspect.signature(fn, eval_str=True).return_annotation
     except Exception:  # unresolvable string annotations: keep the raw value
         return inspect.signature(fn).return_annotation
 
 
-def _mentions_result(annotation: Any) -> bool:
+def _mentions_result(annotation: object) -> bool:
     if annotation is Result or annotation == "Result":
         return True
     return any(_mentions_result(a) for a in typing.get_args(annotation))
 
 
-def implemented_method(manager: Any, service: str, method: str) -> Callable[[Any], Any] | None:
+def implemented_method(manager: object, service: str, method: str) -> ManagerMethod | None:
     """The manager's bound method if it is to be served: exactly one parameter and a return annotation."""
-    fn = getattr(manager, method, None)
+    fn: ManagerMethod | None = getattr(manager, method, None)
     if fn is None or not callable(fn):
         return None
     try:
@@ -76,8 +81,8 @@ class PendingCall(NamedTuple):
 
     server: int  # id() of the serving RpcServer
     method: str  # /Service/method
-    metadata: tuple[Any, ...]
-    request: Any  # the request message; "<stream>" for a client-streaming call
+    metadata: Metadata
+    request: Message | str  # the request message; "<stream>" for a client-streaming call
     context: grpc.ServicerContext
     start: float
 
@@ -99,7 +104,7 @@ def current_call() -> PendingCall | None:
 TRACE_MAX = 1024  # characters of a message's text kept in a trace
 
 
-def trace_message(message: Any) -> str:
+def trace_message(message: object) -> str:
     """`Type{text}`: the protobuf text format on one line, cut at TRACE_MAX characters followed by "..."."""
     text = str(message).replace("\n", " ")
     if len(text) > TRACE_MAX:
@@ -107,9 +112,9 @@ def trace_message(message: Any) -> str:
     return f"{type(message).__name__}{{{text}}}"
 
 
-def trace_peer(metadata: Iterable[tuple[str, Any]]) -> str:
+def trace_peer(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     """`[client]user@host(ip) api:version` from call metadata: "unknown" for a missing field, 0 for no version."""
-    md = dict(metadata)
+    md: dict[str, object] = dict(metadata)  # our keys have str values; any other value is shown as is
     client, user, host, ip = (md.get(k) or "unknown" for k in (KEY_CLIENT, KEY_USER, KEY_HOST, KEY_IP))
     return f"[{client}]{user}@{host}({ip}) api:{md.get(KEY_API_VERSION) or 0}"
 
@@ -119,17 +124,17 @@ def method_name(path: str) -> str:
     return path.lstrip("/").replace("/", ".")
 
 
-def entry_trace(peer: str, name: str, request: Any) -> str:
+def entry_trace(peer: str, name: str, request: object) -> str:
     """`[RPC] <peer> >>> Service.method (Type{text})`; a request that is not a message (a stream) as is."""
     return f"[RPC] {peer} >>> {name} ({trace_message(request) if isinstance(request, Message) else request})"
 
 
-def exit_trace(peer: str, name: str, response: Any) -> str:
+def exit_trace(peer: str, name: str, response: object) -> str:
     """`[RPC] <peer> <<< Service.method: Type{text}`"""
     return f"[RPC] {peer} <<< {name}: {trace_message(response)}"
 
 
-def _traced_requests(requests: Iterable[Any], logger: logging.Logger, peer: str, name: str) -> Iterator[Any]:
+def _traced_requests(requests: Iterable[Message], logger: logging.Logger, peer: str, name: str) -> Iterator[Message]:
     # A client-streaming call gets one entry trace per request message, as the manager reads it
     for request in requests:
         logger.debug(entry_trace(peer, name, request))
@@ -144,7 +149,7 @@ class VersionRange:
     supported: int
     current: int
 
-    def check(self, metadata: tuple[Any, ...]) -> Result | None:
+    def check(self, metadata: Metadata) -> Result | None:
         """An error `Result` if the call's api_version is out of range, None if fine or absent."""
         for key, value in metadata:  # noqa: B007 - value is used after the loop
             if key == KEY_API_VERSION:
@@ -266,7 +271,7 @@ class CallSite:
         return self.error_response(context, result_from_exception(exc))
 
 
-def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: bool, response_streaming: bool) -> Any:
+def wrap_method(site: CallSite, fn: ManagerMethod, *, request_streaming: bool, response_streaming: bool) -> Behavior:
     """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion.
 
     A call arriving before the site's gate is open (its service not loaded yet) waits for it
@@ -274,6 +279,30 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
     When the site's logger is at DEBUG (checked once per call), the call is traced on it: one entry
     line (one per request message for a client stream) and one exit line per response message.
     """
+    if response_streaming:
+        return _stream_behavior(site, fn, request_streaming=request_streaming)
+    return _unary_behavior(site, fn, request_streaming=request_streaming)
+
+
+def _input_tracer(site: CallSite, *, request_streaming: bool) -> Callable[[Any, str], Any]:
+    """`trace(request, peer) -> request`: logs the entry trace of a request (of each request message, as
+    the manager reads them, for a client stream) on the site's logger; only used when tracing."""
+    logger, name = site.logger, method_name(site.path)
+    if request_streaming:
+        return lambda requests, peer: _traced_requests(requests, logger, peer, name)
+
+    def trace(request: Any, peer: str) -> Any:
+        logger.debug(entry_trace(peer, name, request))
+        return request
+
+    return trace
+
+
+# The wrappers below copy what they use into locals of the closure: they run on every call.
+
+
+def _unary_behavior(site: CallSite, fn: ManagerMethod, *, request_streaming: bool) -> Behavior:
+    """`wrap_method` for a unary response: the common path is `unary_behavior` -> `serve_unary` -> `fn`."""
     pending = PENDING
     versions = site.versions
     logger = site.logger
@@ -283,47 +312,53 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
     debug = logging.DEBUG
     gate = site.gate
     ready = gate.ready.is_set
+    trace_input = _input_tracer(site, request_streaming=request_streaming)
 
-    def trace_input(request: Any, peer: str) -> Any:
-        if request_streaming:
-            return _traced_requests(request, logger, peer, name)
-        logger.debug(entry_trace(peer, name, request))
-        return request
-
-    if not response_streaming:
-
-        def serve_unary(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Any:
-            err = versions.check(md)
-            if err is not None:
-                return site.error_response(context, err)
-            key = get_ident()
-            pending[key] = PendingCall(
-                sid, path, md, "<stream>" if request_streaming else request, context, time.time()
-            )
-            try:
-                if not ready():
-                    gate.wait(context)
-                return fn(request)
-            except Exception as exc:
-                return site.failure(context, exc)
-            finally:
-                pending.pop(key, None)
-
-        def traced_unary(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Any:
-            peer = trace_peer(md)
-            response = serve_unary(trace_input(request, peer), context, md)
-            logger.debug(exit_trace(peer, name, response))
+    def serve_unary(request: Any, context: grpc.ServicerContext, md: Metadata) -> Message:
+        err = versions.check(md)
+        if err is not None:
+            return site.error_response(context, err)
+        key = get_ident()
+        pending[key] = PendingCall(sid, path, md, "<stream>" if request_streaming else request, context, time.time())
+        try:
+            if not ready():
+                gate.wait(context)
+            response: Message = fn(request)
             return response
+        except Exception as exc:
+            return site.failure(context, exc)
+        finally:
+            pending.pop(key, None)
 
-        def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            md = context.invocation_metadata()
-            if logger.isEnabledFor(debug):
-                return traced_unary(request, context, md)
-            return serve_unary(request, context, md)
+    def traced_unary(request: Any, context: grpc.ServicerContext, md: Metadata) -> Message:
+        peer = trace_peer(md)
+        response = serve_unary(trace_input(request, peer), context, md)
+        logger.debug(exit_trace(peer, name, response))
+        return response
 
-        return unary_behavior
+    def unary_behavior(request: Any, context: grpc.ServicerContext) -> Message:
+        md = context.invocation_metadata()
+        if logger.isEnabledFor(debug):
+            return traced_unary(request, context, md)
+        return serve_unary(request, context, md)
 
-    def serve_stream(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Generator[Any, None, None]:
+    return unary_behavior
+
+
+def _stream_behavior(site: CallSite, fn: ManagerMethod, *, request_streaming: bool) -> Behavior:
+    """`wrap_method` for a streamed response: errors become the stream's last message."""
+    pending = PENDING
+    versions = site.versions
+    logger = site.logger
+    path = site.path
+    name = method_name(path)
+    sid = site.server_id
+    debug = logging.DEBUG
+    gate = site.gate
+    ready = gate.ready.is_set
+    trace_input = _input_tracer(site, request_streaming=request_streaming)
+
+    def serve_stream(request: Any, context: grpc.ServicerContext, md: Metadata) -> Generator[Message, None, None]:
         err = versions.check(md)
         if err is not None:
             yield site.error_response(context, err)
@@ -340,7 +375,7 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
         finally:
             pending.pop(key, None)
 
-    def traced_stream(request: Any, context: grpc.ServicerContext, md: tuple[Any, ...]) -> Iterator[Any]:
+    def traced_stream(request: Any, context: grpc.ServicerContext, md: Metadata) -> Iterator[Message]:
         peer = trace_peer(md)
         responses = serve_stream(trace_input(request, peer), context, md)
         try:
@@ -350,7 +385,7 @@ def wrap_method(site: CallSite, fn: Callable[[Any], Any], request_streaming: boo
         finally:
             responses.close()  # a cancelled stream ends the manager's iterator now, not at garbage collection
 
-    def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Message]:
         md = context.invocation_metadata()
         if logger.isEnabledFor(debug):
             return traced_stream(request, context, md)

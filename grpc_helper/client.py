@@ -6,16 +6,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.experimental
+from google.protobuf.message import Message
 
 from grpc_helper.api import ResultCode
 from grpc_helper.backoff import Backoff
 from grpc_helper.errors import RpcException, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
-from grpc_helper.metadata import KEY_API_VERSION, RpcMetadata
+from grpc_helper.metadata import KEY_API_VERSION, Metadata, RpcMetadata
 
 CHANNEL_OPTIONS = [
     # Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
@@ -23,18 +24,22 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     # Read server streams on the consuming thread instead of handing every message over from
-    # gRPC's channel thread (measured: much faster proxied streams and event fan-out)
+    # gRPC's channel thread (measured: much faster proxied streams and event fan-out). A grpcio
+    # experimental option (hence grpcio's bound in pyproject.toml).
     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
-StubsMap = dict[str, tuple[type, int | None]]
+# Stub name -> (generated stub class, API version sent with its calls; None: no version sent)
+StubsMap: TypeAlias = dict[str, tuple[type[Any], int | None]]
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 class _Stub:
     """One service of a client: an attribute per method, each taking `(request, timeout=None)`."""
 
-    def __init__(self, client: RpcClient, name: str, stub_class: type, version: int | None) -> None:
+    def __init__(self, client: RpcClient, name: str, stub_class: type[Any], version: int | None) -> None:
         self._name = name
-        metadata = client.metadata.as_metadata()
+        metadata: Metadata = client.metadata.as_metadata()
         if version is not None:
             metadata += ((KEY_API_VERSION, str(int(version))),)
         for method, spec in stub_methods(stub_class).items():
@@ -60,7 +65,7 @@ class RpcClient:
         timeout: float | None = 60,
         name: str | RpcMetadata = "",
         logger: logging.Logger | None = None,
-        exception: bool = True,
+        exception: bool = True,  # noqa: FBT001, FBT002 - positional in 2.x, so it stays positional
         custom_exception: type[Exception] = RpcException,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
@@ -72,12 +77,33 @@ class RpcClient:
         self._channel_lock = threading.Lock()  # serializes close(): never taken by calls
         self._rebinders: list[Callable[[], None]] = []  # one per bound method: rebinds it to self.channel
         self.stubs = dict(stubs)
+        self._stubs: dict[str, _Stub] = {}
         for attr, (stub_class, version) in stubs.items():
-            setattr(self, attr, _Stub(self, attr, stub_class, version))
+            self._stubs[attr] = _Stub(self, attr, stub_class, version)
+            setattr(self, attr, self._stubs[attr])
 
     if TYPE_CHECKING:
-        # Stubs are set per instance from the stubs map
+        # Stubs are set per instance from the stubs map: untyped this way (see `stub` for typed ones)
         def __getattr__(self, name: str) -> Any: ...
+
+    def stub(self, name: str, stub_class: type[S]) -> S:
+        """The stub `name` (the same object as attribute `name`), typed as `stub_class`, the generated stub
+        class it was given with, so that type checkers check the requests and responses of its calls:
+
+            echo = client.stub("echo", EchoServiceStub)
+            response = echo.echo(EchoRequest(text="hi"), timeout=5)  # an EchoResponse
+
+        The type is the generated `.pyi`'s (gRPC multi-callables); the methods take `(request, timeout=None)`
+        only, and server-streaming ones return a `ResponseStream`. Raises KeyError for a name this client
+        has no stub of, TypeError for a `stub_class` that is not (a base of) the one it was given with.
+        """
+        try:
+            given = self.stubs[name][0]
+        except KeyError:
+            raise KeyError(f"No stub {name!r} in this client (stubs: {', '.join(self.stubs) or 'none'})") from None
+        if not issubclass(given, stub_class):
+            raise TypeError(f"Stub {name!r} was given as {given.__name__}, not {stub_class.__name__}")
+        return cast(S, self._stubs[name])  # S is the type of the generated stub this one mirrors
 
     def close(self) -> None:
         """Close the channel (releasing its connection; calls in progress are cancelled).
@@ -105,6 +131,7 @@ class RpcClient:
 
     # --- errors and retries ---
     def _raise_for(self, response: Any) -> None:
+        """Raise for a non-OK `response.r` (`response`: a message known, by `path_has_result`, to have `Result r`)."""
         r = response.r
         if r.code != ResultCode.OK and r.code < ResultCode.ERROR_CUSTOM:
             exc = self.custom_exception(r.msg, r.code)
@@ -112,7 +139,7 @@ class RpcClient:
                 exc.stack = r.stack
             raise exc
 
-    def _retry(self, attempt: Callable[[], Any], error: grpc.RpcError, path: str, timeout: float | None) -> Any:
+    def _retry(self, attempt: Callable[[], T], error: grpc.RpcError, path: str, timeout: float | None) -> T:
         """Called after a failed first attempt: retry with backoff while UNAVAILABLE (within the client's
         timeout, and the call's if shorter), raise `RpcTransportError` for anything else."""
         if self.timeout is None:  # one attempt only
@@ -130,65 +157,104 @@ class RpcClient:
                 error = exc
 
     # --- method binding ---
-    def _bind(self, spec: MethodSpec, metadata: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
-        def multicallable() -> Any:
-            factory = getattr(self.channel, spec.kind)
-            return factory(spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True)
-
-        # `call` is a closure cell shared with the functions below: close() swaps the channel by
-        # rebinding it, at no cost per call
-        call = multicallable()
-
-        def rebind() -> None:
-            nonlocal call
-            call = multicallable()
-
-        self._rebinders.append(rebind)
+    def _bind(self, spec: MethodSpec, metadata: Metadata) -> Callable[..., Any]:
+        """The client-side method of `spec` (by its kind), kept bound to `self.channel` by `close()`."""
         check = self.exception and path_has_result(spec.path)
-        path = spec.path
-        client = self
+        method, rebind = _METHOD_FACTORIES[spec.kind](self, spec, metadata, check=check)
+        self._rebinders.append(rebind)
+        return method
 
-        if spec.kind == "unary_unary":
+    def _multicallable(self, spec: MethodSpec) -> Callable[..., Any]:
+        """`spec`'s gRPC multi-callable on the current channel."""
+        factory = getattr(self.channel, spec.kind)
+        # `_registered_method=True`: a private parameter of grpcio's method factories (what its generated
+        # stubs pass), making calls use the method pre-registered on the channel instead of interning
+        # its path on every call (hence grpcio's bound in pyproject.toml)
+        multicallable: Callable[..., Any] = factory(
+            spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True
+        )
+        return multicallable
 
-            def unary(request: Any, timeout: float | None = None) -> Any:
-                try:
-                    response = call(request, timeout=timeout, metadata=metadata)
-                except grpc.RpcError as exc:
-                    response = client._retry(
-                        lambda: call(request, timeout=timeout, metadata=metadata), exc, path, timeout
-                    )
-                if check:
-                    client._raise_for(response)
-                return response
 
-            return unary
+# Each factory below returns (the method, its rebinder). The method calls a multi-callable held in a
+# closure cell, which the rebinder points at the client's current channel: close() swaps the
+# channel at no cost per call. (`check`: raise for a response's non-OK `Result`.)
+_Bound: TypeAlias = tuple[Callable[..., Any], Callable[[], None]]
 
-        if spec.kind == "stream_unary":
 
-            def client_stream(requests: Iterable[Any], timeout: float | None = None) -> Any:
-                tracked = _TrackedIterator(requests)
-                try:
-                    response = call(tracked, timeout=timeout, metadata=metadata)
-                except grpc.RpcError as exc:
-                    if tracked.started:  # can't replay a consumed request stream
-                        raise rpc_error_to_exception(exc, path) from exc
-                    response = client._retry(
-                        lambda: call(tracked, timeout=timeout, metadata=metadata), exc, path, timeout
-                    )
-                if check:
-                    client._raise_for(response)
-                return response
+def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound:
+    call = client._multicallable(spec)
+    path = spec.path
 
-            return client_stream
+    def rebind() -> None:
+        nonlocal call
+        call = client._multicallable(spec)
 
-        def server_stream(request: Any, timeout: float | None = None) -> ResponseStream:
-            tracked = _TrackedIterator(request) if spec.kind == "stream_stream" else None
-            arg = tracked if tracked is not None else request
-            return ResponseStream(
-                client, lambda: call(arg, timeout=timeout, metadata=metadata), path, timeout, check, tracked
-            )
+    def unary(request: Message, timeout: float | None = None) -> Any:
+        try:
+            response = call(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            response = client._retry(lambda: call(request, timeout=timeout, metadata=metadata), exc, path, timeout)
+        if check:
+            client._raise_for(response)
+        return response
 
-        return server_stream
+    return unary, rebind
+
+
+def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound:
+    call = client._multicallable(spec)
+    path = spec.path
+
+    def rebind() -> None:
+        nonlocal call
+        call = client._multicallable(spec)
+
+    def client_stream(requests: Iterable[Message], timeout: float | None = None) -> Any:
+        tracked = _TrackedIterator(requests)
+        try:
+            response = call(tracked, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            if tracked.started:  # can't replay a consumed request stream
+                raise rpc_error_to_exception(exc, path) from exc
+            response = client._retry(lambda: call(tracked, timeout=timeout, metadata=metadata), exc, path, timeout)
+        if check:
+            client._raise_for(response)
+        return response
+
+    return client_stream, rebind
+
+
+def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound:
+    call = client._multicallable(spec)
+    path = spec.path
+    request_streaming = spec.kind == "stream_stream"
+
+    def rebind() -> None:
+        nonlocal call
+        call = client._multicallable(spec)
+
+    # `request`: a message, or an iterable of them for a bidirectional stream
+    def server_stream(request: Any, timeout: float | None = None) -> ResponseStream:
+        tracked = _TrackedIterator(request) if request_streaming else None
+        arg = tracked if tracked is not None else request
+        return ResponseStream(
+            client, lambda: call(arg, timeout=timeout, metadata=metadata), path, timeout, check=check, requests=tracked
+        )
+
+    return server_stream, rebind
+
+
+class _MethodFactory(Protocol):
+    def __call__(self, client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound: ...
+
+
+_METHOD_FACTORIES: dict[str, _MethodFactory] = {
+    "unary_unary": _unary_method,
+    "stream_unary": _client_stream_method,
+    "unary_stream": _server_stream_method,
+    "stream_stream": _server_stream_method,
+}
 
 
 class _TrackedIterator:
@@ -206,15 +272,24 @@ class _TrackedIterator:
         return next(self._it)
 
 
+class _StreamCall(Protocol):
+    """A gRPC call with a streamed response, as a multi-callable returns it."""
+
+    def __next__(self) -> Message: ...
+
+    def cancel(self) -> bool: ...
+
+
 class ResponseStream:
     """Iterator over a streamed response: retries until the first message, checks every message's Result."""
 
     def __init__(
         self,
         client: RpcClient,
-        start: Callable[[], Any],
+        start: Callable[[], _StreamCall],
         path: str,
         timeout: float | None,
+        *,
         check: bool,
         requests: _TrackedIterator | None = None,
     ) -> None:
@@ -223,17 +298,17 @@ class ResponseStream:
         self._call = start()
         self._received = False
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Message]:
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> Message:
         try:
             msg = next(self._call)
         except grpc.RpcError as exc:
             if self._received or (self._requests is not None and self._requests.started):
                 raise rpc_error_to_exception(exc, self._path) from exc
 
-            def restart() -> Any:
+            def restart() -> Message:
                 self._call = self._start()
                 return next(self._call)
 

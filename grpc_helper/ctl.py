@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import json_format
@@ -27,6 +27,7 @@ from grpc_helper.api import (
     ConfigApiVersion,
     ConfigItem,
     ConfigItemUpdate,
+    ConfigStatus,
     ConfigUpdate,
     ConfigValidator,
     Event,
@@ -38,6 +39,7 @@ from grpc_helper.api import (
     LoggerApiVersion,
     LoggerConfig,
     LoggerLevel,
+    LoggerStatus,
     LoggerUpdate,
     ProxyRegisterRequest,
     ResultCode,
@@ -64,7 +66,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # shell convention for "ended by SIGINT"
 
-_LEVELS = [name.removeprefix("LVL_") for name in LoggerLevel.keys() if name != "LVL_UNKNOWN"]
+# LoggerLevel is an EnumTypeWrapper: it has keys() but cannot be iterated (hence the noqa)
+_LEVELS = [name.removeprefix("LVL_") for name in LoggerLevel.keys() if name != "LVL_UNKNOWN"]  # noqa: SIM118
 _VALIDATORS = {
     ConfigValidator.CONFIG_VALID_STRING: "string",
     ConfigValidator.CONFIG_VALID_CUSTOM: "custom",
@@ -150,6 +153,9 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # argparse names no public type
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Operate a grpc-helper server (info, config, logs, events, ...)")
     p.add_argument("-V", "--version", action=_VersionAction, default=argparse.SUPPRESS)
@@ -168,12 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     json_opt.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     cmds = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def leaf(parent: Any, name: str, handler: Callable[[Ctl], int], help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help, parents=[json_opt])
+    def leaf(parent: Subparsers, name: str, handler: Callable[[Ctl], int], help: str) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help, description=help, parents=[json_opt])
         sub.set_defaults(handler=handler)
         return sub
 
-    def group(name: str, help: str) -> Any:
+    def group(name: str, help: str) -> Subparsers:
         sub = cmds.add_parser(name, help=help, description=help)
         return sub.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
@@ -342,7 +348,7 @@ class Ctl:
         )
 
     # config
-    def _config_out(self, r: Any) -> int:
+    def _config_out(self, r: ConfigStatus) -> int:
         return self.out(r, lambda: table(["NAME", "VALUE", "DEFAULT", "TYPE", "DESCRIPTION"], _config_rows(r.items)))
 
     def config_get(self) -> int:
@@ -356,7 +362,7 @@ class Ctl:
         return self._config_out(self.client.config.reset(Filter(names=self.args.names), timeout=self.timeout))
 
     # log
-    def _log_out(self, r: Any) -> int:
+    def _log_out(self, r: LoggerStatus) -> int:
         return self.out(r, lambda: table(["NAME", "LEVEL", "ENABLED"], _logger_rows(r.items)))
 
     def log_get(self) -> int:

@@ -29,7 +29,7 @@ class RpcServiceDescriptor:
     manager: Any
     register_method: Callable[[Any, Any], None]
     client_stub: type
-    is_proxy: bool = False
+    is_proxy: bool = False  # positional in 2.x (the last field), so it stays positional
 
     @property
     def supported_version(self) -> int:

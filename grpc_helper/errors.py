@@ -57,7 +57,7 @@ class RpcTransportError(RpcException):
 def rc_name(rc: int) -> str:
     """`ResultCode` name of a code, or the number for codes it does not name (custom ones included)."""
     try:
-        return ResultCode.Name(rc)  # type: ignore[arg-type]
+        return ResultCode.Name(rc)
     except ValueError:
         return str(rc)
 
@@ -66,6 +66,7 @@ def result_from_exception(exc: BaseException) -> Result:
     """The `Result` a failed manager method answers with."""
     rc = exc.rc if isinstance(exc, RpcException) else ResultCode.ERROR
     stack = "".join(traceback.format_exception(exc))
+    # protoc's stubs type enum fields as the enum only, and rc is any int code (custom ones too)
     return Result(code=rc, msg=str(exc) or type(exc).__name__, stack=stack)  # type: ignore[arg-type]
 
 

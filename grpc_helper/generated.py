@@ -7,8 +7,9 @@ answer to "which methods, of which kind, answering which message, with or withou
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -19,6 +20,12 @@ from grpc_helper.errors import RpcException
 
 # --- call kinds ---
 
+# The behavior of a served method, `(request, context) -> response(s)`: requests and responses are
+# messages, bytes (proxied calls) or iterators of them, depending on the method's kind
+Behavior: TypeAlias = Callable[[Any, grpc.ServicerContext], Any]
+# A method handler of any message types (handlers of all kinds and services share tables)
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # a string: grpc's classes are generic in its stubs only
+
 # (request streaming, response streaming) -> the kind's name, as in grpc.Channel's method factories
 KINDS = {
     (False, False): "unary_unary",
@@ -28,18 +35,42 @@ KINDS = {
 }
 
 
-def kind_of(handler: grpc.RpcMethodHandler) -> str:
+# Kind -> grpc's handler factory
+_HANDLER_FACTORIES: dict[str, Callable[..., Handler]] = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def kind_of(handler: Handler) -> str:
     """ "unary_unary", "unary_stream", "stream_unary" or "stream_stream"."""
     return KINDS[(handler.request_streaming, handler.response_streaming)]
 
 
-def method_handler(kind: str, behavior: Any, request_deserializer: Any = None, response_serializer: Any = None) -> Any:
+def method_handler(
+    kind: str,
+    behavior: Behavior,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+    response_serializer: Callable[[Any], bytes] | None = None,
+) -> Handler:
     """A gRPC method handler of `kind` for `behavior(request, context)` (no (de)serializers: raw bytes)."""
-    factory: Callable[..., grpc.RpcMethodHandler] = getattr(grpc, f"{kind}_rpc_method_handler")
+    factory = _HANDLER_FACTORIES[kind]
     return factory(behavior, request_deserializer=request_deserializer, response_serializer=response_serializer)
 
 
-def make_handler(original: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
+def run_on(behavior: Behavior, pool: ThreadPoolExecutor) -> None:
+    """Have the server run the calls of `behavior` on `pool` instead of its worker pool.
+
+    grpcio experimental API: its server runs a method on `behavior.experimental_thread_pool` when that
+    is a ThreadPoolExecutor (`grpc._server._select_thread_pool_for_behavior`; grpc_health's Watch uses
+    the same hook). Documented nowhere but in grpcio's code, hence grpcio's bound in pyproject.toml.
+    """
+    behavior.experimental_thread_pool = pool  # type: ignore[attr-defined]  # a function attribute grpcio reads
+
+
+def make_handler(original: Handler, behavior: Behavior) -> Handler:
     """A method handler like `original` (same kind and serializers) with a new behavior."""
     return method_handler(kind_of(original), behavior, original.request_deserializer, original.response_serializer)
 
@@ -52,20 +83,25 @@ class _Capture:
 
     def __init__(self) -> None:
         self.service: str | None = None
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.handlers: dict[str, Handler] = {}
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         self.service, self.handlers = service, dict(handlers)
 
-    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
-        # Older generated code only calls this one; grpcio's generic handler keeps its map privately
+    def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        # Older generated code only calls this one
         for h in generic_handlers:
-            if self.service is None and hasattr(h, "service_name"):
+            if self.service is None and isinstance(h, grpc.ServiceRpcHandler):
                 self.service = h.service_name()
-                self.handlers = dict(getattr(h, "_method_handlers", {}))
+                # grpcio private internal: the handler `grpc.method_handlers_generic_handler` makes (a
+                # `grpc._utilities.DictionaryGenericHandler`) keeps its {"/Service/method": handler} map in
+                # `_method_handlers`, and grpcio has no public way to list it (hence grpcio's bound in
+                # pyproject.toml). Keyed here by method name, as add_registered_method_handlers gives it.
+                found: dict[str, Handler] = getattr(h, "_method_handlers", {})
+                self.handlers = {path.rsplit("/", 1)[-1]: handler for path, handler in found.items()}
 
 
-def capture_service(register_method: Callable[[Any, Any], None], servicer: Any) -> tuple[str, dict[str, Any]]:
+def capture_service(register_method: Callable[[Any, Any], None], servicer: object) -> tuple[str, dict[str, Handler]]:
     """(full service name, {method name: RpcMethodHandler}) as generated for `servicer`."""
     cap = _Capture()
     register_method(servicer, cap)
@@ -95,13 +131,14 @@ def path_has_result(path: str) -> bool:
         return False
 
 
-def generated_default(manager: Any, method: str) -> Any:
+def generated_default(manager: object, method: str) -> Behavior:
     """The generated servicer's own implementation of `method` (it answers UNIMPLEMENTED), bound to manager."""
     for klass in type(manager).__mro__:
         if method in vars(klass) and klass.__module__.endswith("_pb2_grpc"):
-            return getattr(klass, method).__get__(manager)
+            behavior: Behavior = getattr(klass, method).__get__(manager)
+            return behavior
 
-    def unimplemented(request: Any, context: grpc.ServicerContext) -> Any:
+    def unimplemented(_request: object, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
 
     return unimplemented
@@ -113,7 +150,13 @@ def generated_default(manager: Any, method: str) -> Any:
 class MethodSpec:
     """What a generated stub declares for one method."""
 
-    def __init__(self, kind: str, path: str, request_serializer: Any, response_deserializer: Any) -> None:
+    def __init__(
+        self,
+        kind: str,
+        path: str,
+        request_serializer: Callable[[Any], bytes] | None,
+        response_deserializer: Callable[[bytes], Any] | None,
+    ) -> None:
         self.kind, self.path = kind, path
         self.request_serializer, self.response_deserializer = request_serializer, response_deserializer
 
@@ -125,13 +168,18 @@ class _RecordingChannel:
         if kind not in KINDS.values():
             raise AttributeError(kind)
 
-        def method(path: str, request_serializer: Any = None, response_deserializer: Any = None, **_: Any) -> Any:
+        def method(
+            path: str,
+            request_serializer: Callable[[Any], bytes] | None = None,
+            response_deserializer: Callable[[bytes], Any] | None = None,
+            **_: object,
+        ) -> MethodSpec:
             return MethodSpec(kind, path, request_serializer, response_deserializer)
 
         return method
 
 
-def stub_methods(stub_class: type) -> dict[str, MethodSpec]:
+def stub_methods(stub_class: type[Any]) -> dict[str, MethodSpec]:
     """Method name -> spec, for a generated `XxxStub` class."""
     stub = stub_class(_RecordingChannel())
     return {name: spec for name, spec in vars(stub).items() if isinstance(spec, MethodSpec)}

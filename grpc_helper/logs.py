@@ -8,11 +8,11 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from grpc_helper._persist import read_json_object, write_json
 from grpc_helper.api import LoggerConfig, LoggerLevel, ResultCode
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
+from grpc_helper.persist import read_json_object, write_json
 
 LOGGERS_FILE = "loggers.json"
 ROOT_LOG = "root"  # the complete log: <logs>/root/root.log, like any logger named "root"
@@ -23,7 +23,7 @@ _log = logging.getLogger("grpc_helper.logs")
 
 def level_name(level: int) -> str:
     """LVL_INFO -> "INFO" (LVL_UNKNOWN -> "UNKNOWN", how a cleared level is persisted)."""
-    return LoggerLevel.Name(level).removeprefix("LVL_")  # type: ignore[arg-type]
+    return LoggerLevel.Name(level).removeprefix("LVL_")
 
 
 def _level_from_name(name: str) -> int | None:
@@ -144,6 +144,7 @@ class LoggersConfig:
         if logger is None:  # never created: what getLogger would give, without creating it
             return LoggerConfig(name=name, enabled=True, level=LoggerLevel.LVL_UNKNOWN)
         level = logger.level if logger.level in LoggerLevel.values() else LoggerLevel.LVL_UNKNOWN
+        # protoc's stubs type enum fields as the enum only, and level is an int (one of LoggerLevel's)
         return LoggerConfig(name=logger.name, enabled=not logger.disabled, level=level)  # type: ignore[arg-type]
 
     @staticmethod

@@ -41,7 +41,7 @@ class RpcManager:
         self.client: RpcClient | Any = None
         self.server: ManagerHost | None = None
 
-    def _attach(self, server: ManagerHost, name: str) -> None:
+    def _attach(self, server: ManagerHost, name: str) -> None:  # noqa: ARG002 - `name`: for subclasses
         """Called by the server when it starts serving this manager under the service `name`.
 
         The logger keeps its name (the class name, as in grpc-helper 2.x), whatever the service name.

@@ -6,6 +6,7 @@ import getpass
 import socket
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TypeAlias
 
 # Metadata keys sent by RpcClient (wire API); empty values are omitted
 KEY_CLIENT = "client"
@@ -13,6 +14,9 @@ KEY_USER = "user"
 KEY_HOST = "host"
 KEY_IP = "ip"
 KEY_API_VERSION = "api_version"
+
+# Call metadata as gRPC gives and takes it: (key, value) pairs, values of "-bin" keys as bytes
+Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 
 
 @cache

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 _log = logging.getLogger("grpc_helper.server")
+# What signal.signal() takes and returns: a function, SIG_DFL / SIG_IGN, or None (not set from Python)
+SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -37,7 +39,7 @@ class GracefulExit:
 
     def __init__(self, servers: Iterable[Stoppable]) -> None:
         self._servers: list[Stoppable] = list(servers)
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[int, SignalHandler] = {}
         self.received = 0  # signals received so far (0, 1: graceful shutdown, 2 or more: stopped at once)
 
     def add(self, *servers: Stoppable) -> None:

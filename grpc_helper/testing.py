@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from grpc_helper.client import RpcClient
 from grpc_helper.config import Config, ConfigHolder, RpcStaticConfig
+from grpc_helper.config.items import ConfigItems
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
@@ -85,8 +86,8 @@ def serve(
     *,
     folders: Folders | None = None,
     cli_config: Mapping[str, str] | None = None,
-    static_items: Iterable[Any] | None = None,
-    user_items: Iterable[Any] | None = None,
+    static_items: ConfigItems | None = None,
+    user_items: ConfigItems | None = None,
     with_events: bool = False,
     with_debug_signal: bool = False,
     port: int = 0,

@@ -6,6 +6,10 @@ Usage: gen-protos.py [--out DIR | --check]
 protos/grpc_helper/...          -> grpc_helper/...
 protos/grpc_helper_samples/...  -> services/...   (the samples package lives in services/)
 
+Each .proto gives `_pb2.py` and its `_pb2.pyi` (protoc's own), `_pb2_grpc.py` (grpcio-tools) and a
+typed `_pb2_grpc.pyi` (mypy-protobuf's plugin, sync flavour: the library serves and calls with the
+sync grpc API), which types the stubs' requests and responses for mypy.
+
 With --out DIR, the same tree is written below DIR instead. With --check, nothing is written: it
 exits 1, naming the files, when a committed generated file is stale or missing, or has no .proto
 any more (CI runs it as a step of its own; the staleness test calls it too).
@@ -23,6 +27,11 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
+# mypy-protobuf's protoc plugin, installed next to the Python running this script (the dev extras)
+MYPY_GRPC_PLUGIN = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+# only_sync: no aio stubs; generate_concrete_servicer_stubs: servicer methods are concrete, as in
+# the generated .py (they answer UNIMPLEMENTED), not abstract; quiet: no "Writing ..." lines
+MYPY_GRPC_OPTIONS = "only_sync,generate_concrete_servicer_stubs,quiet"
 PROTOS = ROOT / "protos"
 # Proto package folder -> source folder of the Python package
 PACKAGE_DIRS = {"grpc_helper": "grpc_helper", "grpc_helper_samples": "services"}
@@ -33,6 +42,8 @@ def generated_files(out_root: Path) -> list[Path]:
     protos = sorted(PROTOS.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     written: list[Path] = []
+    if not MYPY_GRPC_PLUGIN.exists():
+        raise SystemExit(f"{MYPY_GRPC_PLUGIN} is missing: install the dev extras (scripts/dev-setup.sh)")
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
@@ -41,6 +52,8 @@ def generated_files(out_root: Path) -> list[Path]:
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
+            f"--plugin=protoc-gen-mypy_grpc={MYPY_GRPC_PLUGIN}",
+            f"--mypy_grpc_out={MYPY_GRPC_OPTIONS}:{tmp}",
             *(str(p) for p in protos),
         ]
         if protoc.main(args) != 0:
@@ -54,7 +67,7 @@ def generated_files(out_root: Path) -> list[Path]:
     return written
 
 
-GENERATED_GLOBS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py")
+GENERATED_GLOBS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py", "*_pb2_grpc.pyi")
 
 
 def check() -> list[str]:

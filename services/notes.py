@@ -24,8 +24,8 @@ from pathlib import Path
 
 import grpc_helper_samples
 from grpc_helper import Config, ConfigHolder, RpcException, RpcProxiedManager, RpcServiceDescriptor
-from grpc_helper._persist import read_json_object, write_json
 from grpc_helper.api import ConfigValidator, Event, EventProperty, Filter, ResultCode, ResultStatus
+from grpc_helper.persist import read_json_object, write_json
 from grpc_helper_samples._events import EventSender
 from grpc_helper_samples._run import proxy_use_current_host, run_server, samples_version
 from grpc_helper_samples.api import Note, NoteKey, NoteList, NotesApiVersion, NoteStatus

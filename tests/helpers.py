@@ -73,7 +73,7 @@ class BlockingEcho(EchoManager):
         super().__init__()
         self.started, self.release = threading.Event(), threading.Event()
 
-    def echo(self, request: EchoRequest) -> EchoResponse:
+    def echo(self, _request: EchoRequest) -> EchoResponse:
         self.started.set()
         self.release.wait(30)
         return EchoResponse(text="done")

@@ -22,7 +22,8 @@ def test_defaults(home: Path) -> None:
     args = RpcCliParser("test").with_rpc_args().parse([])
     assert args.port == 54321
     assert args.folders.system == Path("/etc/grpc_helper")
-    assert args.folders.user == home / ".config" / "grpc_helper" and args.folders.user.is_dir()
+    assert args.folders.user == home / ".config" / "grpc_helper"
+    assert args.folders.user.is_dir()
     assert args.folders.workspace == Path("grpc_helper")  # relative: to the current directory
     assert (home / "grpc_helper").is_dir()
     assert args.config == {}
@@ -68,12 +69,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_folders_created_on_access(tmp_path: Path) -> None:
     f = Folders(tmp_path / "sys", tmp_path / "usr", tmp_path / "wks")
-    assert not (tmp_path / "usr").exists() and not (tmp_path / "wks").exists()
-    assert f.user == tmp_path / "usr" and (tmp_path / "usr").is_dir()
-    assert f.workspace == tmp_path / "wks" and (tmp_path / "wks").is_dir()
-    assert f.system == tmp_path / "sys" and not (tmp_path / "sys").exists()
+    assert not (tmp_path / "usr").exists()
+    assert not (tmp_path / "wks").exists()
+    assert f.user == tmp_path / "usr"
+    assert (tmp_path / "usr").is_dir()
+    assert f.workspace == tmp_path / "wks"
+    assert (tmp_path / "wks").is_dir()
+    assert f.system == tmp_path / "sys"
+    assert not (tmp_path / "sys").exists()
 
 
 def test_folders_unset() -> None:
     f = Folders()
-    assert f.system is None and f.user is None and f.workspace is None
+    assert f.system is None
+    assert f.user is None
+    assert f.workspace is None

@@ -16,6 +16,7 @@ CI=true where they fail. Deselect them with `-m "not compat2x"`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -253,10 +254,8 @@ class Proc:
     def close_stdin(self) -> None:
         """prog.py ends (or, for `calls`, reports then ends) when its stdin closes."""
         if self.popen.stdin is not None and not self.popen.stdin.closed:
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 self.popen.stdin.close()
-            except OSError:  # already gone
-                pass
 
     def stop(self) -> None:
         """End it: stdin closed, then killed if it is still there a few seconds later."""
@@ -298,7 +297,8 @@ class Procs:
         proc = self.start(gen, mode, *args, label=label)
         ready = proc.wait_line(lambda line: "port" in line, START_TIMEOUT, "port report")
         assert ready["version"] == gen.version, f"{label}: runs grpc_helper {ready['version']}, not {gen}"
-        assert ready["port"] > 0 and port in (0, ready["port"])
+        assert ready["port"] > 0
+        assert port in (0, ready["port"])
         return proc, ready["port"]
 
     def stop_all(self) -> None:
@@ -409,7 +409,8 @@ def test_clients_and_servers_across_generations(gens: dict[str, Gen], procs: Pro
     }
     baseline = reports["2x", "2x"]
     # The baseline is what the original does; check the parts the comparison relies on
-    assert baseline["echo"] == "hello" and baseline["echo_fail"] == {"rc": "ERROR_ITEM_BUSY"}
+    assert baseline["echo"] == "hello"
+    assert baseline["echo_fail"] == {"rc": "ERROR_ITEM_BUSY"}
     assert baseline["api_too_new_echo"] == {"rc": "ERROR_API_SERVER_TOO_OLD"}
     assert baseline["api_too_old_echo"] == {"rc": "ERROR_API_CLIENT_TOO_OLD"}
     assert baseline["events"]["event"]["name"] == "COMPAT"
@@ -506,8 +507,10 @@ def test_proxied_services_across_generations(gens: dict[str, Gen], procs: Procs,
     with ThreadPoolExecutor(len(pairs)) as pool:
         reports = dict(zip(pairs, pool.map(observe, pairs), strict=True))
     baseline = reports["2x", "2x"]
-    assert baseline["echo"] == "via main" and baseline["repeat"] == [["s", 0], ["s", 1], ["s", 2]]
-    assert baseline["info"][1] == "compat-echo:<gen>" and baseline["info"][6] == "<echo-port>"
+    assert baseline["echo"] == "via main"
+    assert baseline["repeat"] == [["s", 0], ["s", 1], ["s", 2]]
+    assert baseline["info"][1] == "compat-echo:<gen>"
+    assert baseline["info"][6] == "<echo-port>"
     diffs = Differences()
     diffs.compare("original echo on our main", baseline, reports["ours", "2x"])
     diffs.compare("our echo on the original main", baseline, reports["2x", "ours"])

@@ -161,7 +161,8 @@ class TestPersistedAtStart:
     def test_static_items_take_persisted_values(
         self, servers: Servers, folders: Folders, caplog: pytest.LogCaptureFixture
     ) -> None:
-        assert folders.workspace and folders.user
+        assert folders.workspace
+        assert folders.user
         write_json(folders.user / "config.json", {"rpc-logs-backup": "5"})
         write_json(
             folders.workspace / "config.json",

@@ -41,7 +41,8 @@ def test_keepalive_carries_client_id_and_empty_event(servers: Servers, folders: 
     assert not first.HasField("event")  # the first status: the id only
     keepalive: EventStatus = next(it)  # nothing was sent
     assert keepalive.client_id == first.client_id
-    assert keepalive.HasField("event") and keepalive.event == Event()  # present on the wire, empty
+    assert keepalive.HasField("event")
+    assert keepalive.event == Event()  # present on the wire, empty
     assert keepalive.r.code == ResultCode.OK
     srv.client.events.interrupt(EventInterrupt(client_id=first.client_id))
 

@@ -8,7 +8,6 @@ import logging.handlers
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -68,10 +67,9 @@ def rpc_lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
 
 
 @pytest.fixture
-def debug_root() -> Iterator[None]:
+def debug_root() -> None:
     """Root at DEBUG (restored by conftest's restore_loggers): every manager logger inherits it."""
     logging.getLogger().setLevel(logging.DEBUG)
-    yield
 
 
 def logs_of(folders: Folders) -> Path:
@@ -109,7 +107,8 @@ class TestLoggerNames:
 
 
 class TestLogFiles:
-    def test_one_folder_per_logger_and_root_folder(self, servers: Servers, folders: Folders, debug_root: None) -> None:
+    @pytest.mark.usefixtures("debug_root")
+    def test_one_folder_per_logger_and_root_folder(self, servers: Servers, folders: Folders) -> None:
         srv = servers(0, [echo_descriptor(SpeakingEcho())], folders=folders, with_events=True)
         client_of(srv).echo.echo(EchoRequest(text="hello"))
         srv.client.srv.info(Filter())
@@ -129,7 +128,8 @@ class TestLogFiles:
         complete = (logs / "root" / "root.log").read_text()
         assert all(needle in complete for needle in expected.values())
         assert not (logs / "root.log").exists()
-        assert not (logs / "echo").exists() and not (logs / "srv").exists()
+        assert not (logs / "echo").exists()
+        assert not (logs / "srv").exists()
 
     def test_shared_logger_name_writes_each_line_once(self, servers: Servers, folders: Folders) -> None:
         logging.getLogger().setLevel(logging.INFO)
@@ -155,7 +155,8 @@ class TestLogFiles:
         c.notes.put(Note(key="k", text="via-two"))
         c.close()
         text = (logs_of(folders) / "SpeakingEcho" / "SpeakingEcho.log").read_text()
-        assert text.count("speaking: via-one") == 1 and text.count("speaking: via-two") == 1
+        assert text.count("speaking: via-one") == 1
+        assert text.count("speaking: via-two") == 1
         assert (logs_of(folders) / "root" / "root.log").read_text().count("speaking: via-one") == 1
 
     def test_loggers_json_addresses_manager_logger_names(self, servers: Servers, folders: Folders) -> None:
@@ -269,7 +270,8 @@ class TestDumpPendingCalls:
             slow.release.set()
             caller.join(30)
         threads, _, pending = text.partition("Pending RPC calls:\n")
-        assert "MainThread" in threads and "test_dump_lists_pending_calls_after_thread_stacks" in threads
+        assert "MainThread" in threads
+        assert "test_dump_lists_pending_calls_after_thread_stacks" in threads
         line = (
             f"Thread 0x{slow.ident:016x} -- "
             f'[RPC] [dumper]u@h(1.2.3.4) api:{CURRENT} >>> EchoService.echo (EchoRequest{{text: "zzz" }})'
@@ -293,7 +295,8 @@ class TestRotation:
         c.close()
         return rotated
 
-    def test_rotation_from_cli_config(self, servers: Servers, folders: Folders, debug_root: None) -> None:
+    @pytest.mark.usefixtures("debug_root")
+    def test_rotation_from_cli_config(self, servers: Servers, folders: Folders) -> None:
         srv = servers(
             0,
             [echo_descriptor()],
@@ -301,9 +304,11 @@ class TestRotation:
             cli_config={"rpc-logs-interval-unit": "s", "rpc-logs-interval": "1"},
         )
         rotated = self.call_until_rotated(srv, logs_of(folders) / "EchoManager")
-        assert len(rotated) >= 2 and all(n.startswith("EchoManager.log.") for n in rotated)
+        assert len(rotated) >= 2
+        assert all(n.startswith("EchoManager.log.") for n in rotated)
 
-    def test_rotation_from_workspace_config_json(self, servers: Servers, folders: Folders, debug_root: None) -> None:
+    @pytest.mark.usefixtures("debug_root")
+    def test_rotation_from_workspace_config_json(self, servers: Servers, folders: Folders) -> None:
         assert folders.workspace is not None
         folders.workspace.mkdir(parents=True, exist_ok=True)
         (folders.workspace / "config.json").write_text(
@@ -311,4 +316,5 @@ class TestRotation:
         )
         srv = servers(0, [echo_descriptor()], folders=folders)
         rotated = self.call_until_rotated(srv, logs_of(folders) / "EchoManager")
-        assert len(rotated) >= 2 and all(n.startswith("EchoManager.log.") for n in rotated)
+        assert len(rotated) >= 2
+        assert all(n.startswith("EchoManager.log.") for n in rotated)

@@ -86,7 +86,8 @@ class TestSet:
         out = c.log.set(update("s8.b", LoggerLevel.LVL_UNKNOWN)).items
         assert out == [LoggerConfig(name="s8.b", enabled=True, level=LoggerLevel.LVL_UNKNOWN)]
         child = logging.getLogger("s8.b")
-        assert child.level == logging.NOTSET and child.getEffectiveLevel() == logging.ERROR  # inherits again
+        assert child.level == logging.NOTSET
+        assert child.getEffectiveLevel() == logging.ERROR  # inherits again
         assert persisted(folders) == {"s8.b": "UNKNOWN"}
 
     def test_disabled_is_persisted_as_false(self, servers: Servers, folders: Folders) -> None:
@@ -136,7 +137,8 @@ class TestReset:
         out = srv.client.log.reset(Filter(names=["r9.a"])).items
         assert out == [LoggerConfig(name="r9.a", enabled=True, level=LoggerLevel.LVL_UNKNOWN)]
         logger = logging.getLogger("r9.a")
-        assert logger.level == logging.NOTSET and not logger.disabled
+        assert logger.level == logging.NOTSET
+        assert not logger.disabled
         assert persisted(folders) == {}
 
     @pytest.mark.parametrize("asked", ["", "root"])
@@ -164,7 +166,8 @@ class TestReset:
         os.utime(path, (1_000_000_000, 1_000_000_000))
         srv = servers(0, [], folders=folders)
         srv.client.log.reset(Filter(names=["r9.d", ""]))
-        assert path.read_text() == '{"r9.c": "INFO"}' and path.stat().st_mtime == 1_000_000_000
+        assert path.read_text() == '{"r9.c": "INFO"}'
+        assert path.stat().st_mtime == 1_000_000_000
 
 
 def test_unknown_level_in_file_warns_and_is_skipped(

@@ -186,9 +186,10 @@ def test_silent_backend_gives_an_error_answer_after_client_timeout(servers: Serv
         RpcStaticConfig.CLIENT_TIMEOUT.update("60")
         t0 = time.monotonic()
         try:
-            assert stub.echo(EchoRequest(), timeout=1).r.code == ResultCode.ERROR_RPC
+            outcome: object = stub.echo(EchoRequest(), timeout=1).r.code
         except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            outcome = exc.code()
+        assert outcome in (ResultCode.ERROR_RPC, grpc.StatusCode.DEADLINE_EXCEEDED)
         assert time.monotonic() - t0 < 5
 
 
@@ -337,7 +338,8 @@ def test_waiting_for_a_registration_is_logged_every_half_second(servers: Servers
     assert all(r.levelno == logging.DEBUG for r in lines)
     assert len(lines) >= int(waited / 0.5)
     gaps = [b.created - a.created for a, b in itertools.pairwise(lines)]
-    assert gaps and max(gaps) < 0.5 + 0.2  # scheduling slack
+    assert gaps
+    assert max(gaps) < 0.5 + 0.2  # scheduling slack
 
 
 # --- 25: RpcManager._proxied_servers ---

@@ -48,7 +48,8 @@ class TestAutoClientOutlivesShutdown:
         client = srv.client
         assert client.echo.echo(EchoRequest(text="a")).text == "a"
         stop(srv, how)
-        assert srv.client is client and manager.client is client
+        assert srv.client is client
+        assert manager.client is client
         for call in (lambda: client.echo.echo(EchoRequest(text="b")), lambda: client.srv.info(Filter())):
             t0 = time.monotonic()
             assert rc_of(call) == ResultCode.ERROR_RPC  # not ValueError: closed channel

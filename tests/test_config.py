@@ -32,7 +32,7 @@ class CountingEcho(EchoManager):
         self.changed = threading.Condition()
         self.release = threading.Event()
 
-    def echo(self, request: EchoRequest) -> EchoResponse:
+    def echo(self, _request: EchoRequest) -> EchoResponse:
         with self.changed:
             self.running += 1
             self.changed.notify_all()
@@ -106,7 +106,8 @@ class TestConfigItem:
         )
         assert item.item.description == "desc"
         item.update("13")
-        assert item.int_val == 13 and item.default_value == "12"
+        assert item.int_val == 13
+        assert item.default_value == "12"
         item.reset()
         assert item.int_val == 12
 
@@ -153,12 +154,14 @@ def write(path: Path, data: object) -> None:
 
 class TestLayers:
     def test_each_layer_overrides_the_previous(self, folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
-        assert folders.system and folders.user
+        assert folders.system
+        assert folders.user
         write(folders.system / "config.json", {"my-size": "2", "my-label": "sys", "my-ratio": "1.5"})
         write(folders.user / "config.json", {"my-size": "3", "my-label": "usr"})
         monkeypatch.setenv("MY_SIZE", "4")
         ConfigManager(folders, {"my-size": "5"}, user_items=[UserItems])
-        assert UserItems.SIZE.default_value == "5" and UserItems.SIZE.str_val == "5"
+        assert UserItems.SIZE.default_value == "5"
+        assert UserItems.SIZE.str_val == "5"
         assert UserItems.LABEL.str_val == "usr"
         assert UserItems.RATIO.str_val == "1.5"
         monkeypatch.delenv("MY_SIZE")
@@ -178,11 +181,14 @@ class TestLayers:
         with pytest.raises(RpcException) as exc:
             ConfigManager(folders, None, user_items=[UserItems])
         assert exc.value.rc == ResultCode.ERROR_PARAM_INVALID
-        assert "my-size" in str(exc.value) and "'-1'" in str(exc.value) and "user config file" in str(exc.value)
+        assert "my-size" in str(exc.value)
+        assert "'-1'" in str(exc.value)
+        assert "user config file" in str(exc.value)
         monkeypatch.setenv("MY_SIZE", "zz")
         with pytest.raises(RpcException) as exc:
             ConfigManager(folders, None, user_items=[UserItems])
-        assert "environment" in str(exc.value) and "'zz'" in str(exc.value)
+        assert "environment" in str(exc.value)
+        assert "'zz'" in str(exc.value)
         with pytest.raises(RpcException) as exc:
             ConfigManager(folders, {"my-size": "0"}, user_items=[UserItems])
         assert "command line" in str(exc.value)
@@ -197,7 +203,8 @@ class TestLayers:
         bad = Config("bad-default", default_value="x", validator=V.CONFIG_VALID_INT)
         with pytest.raises(RpcException) as exc:
             servers(0, [], static_items=[bad])
-        assert exc.value.rc == ResultCode.ERROR_PARAM_INVALID and "hard-coded" in str(exc.value)
+        assert exc.value.rc == ResultCode.ERROR_PARAM_INVALID
+        assert "hard-coded" in str(exc.value)
 
     @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"my-size": 3}', '"text"'])
     def test_malformed_files(self, folders: Folders, content: str) -> None:
@@ -216,7 +223,8 @@ class TestLayers:
         with pytest.raises(RpcException) as exc:
             ConfigManager(None, None, static_items=[UserItems.SIZE, UserItems.LABEL], user_items=[UserItems])
         assert exc.value.rc == ResultCode.ERROR_MODEL_INVALID
-        assert "my-label" in str(exc.value) and "my-size" in str(exc.value)
+        assert "my-label" in str(exc.value)
+        assert "my-size" in str(exc.value)
 
     def test_dicts_of_items(self) -> None:
         m = ConfigManager(None, None, static_items=[RpcStaticConfig], user_items=[UserItems.SIZE])
@@ -315,7 +323,8 @@ class TestConfigService:
         assert folders.workspace
         write(folders.workspace / "config.json", {"my-size": "-3", "my-label": "kept", "other-item": "x"})
         srv = servers(0, [], folders=folders, user_items=[UserItems])
-        assert UserItems.SIZE.str_val == "10" and UserItems.LABEL.str_val == "kept"
+        assert UserItems.SIZE.str_val == "10"
+        assert UserItems.LABEL.str_val == "kept"
         assert any("my-size" in r.getMessage() and "'-3'" in r.getMessage() for r in caplog.records)
         srv.client.config.set(update(("my-label", "changed")))
         # an item this server doesn't know is kept in the file
@@ -353,27 +362,27 @@ class TestConfigService:
 
 
 def test_crash_mid_write_never_truncates(tmp_path: Path) -> None:
-    """Kill -9 a process that rewrites config.json in a loop: the file always parses."""
+    """Kill -9 a process that rewrites config.json in a loop (config set, public API): the file always parses."""
     target = tmp_path / "config.json"
     script = textwrap.dedent(
         f"""
-        import sys
-        from pathlib import Path
-        from grpc_helper._persist import write_json
-        path = Path({str(target)!r})
+        from grpc_helper import Config, ConfigManager, Folders
+        items = [Config("i", "", "0"), Config("big", "", "x")]
+        manager = ConfigManager(Folders(workspace={str(tmp_path)!r}), user_items=items)
         big = "x" * 200_000
-        i = 0
-        write_json(path, {{"i": str(i), "big": big}})
+        i = 1
+        manager.set_user([("i", str(i)), ("big", big)])
         print("ready", flush=True)
         while True:
             i += 1
-            write_json(path, {{"i": str(i), "big": big}})
+            manager.set_user([("i", str(i)), ("big", big)])
         """
     )
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
         try:
-            assert proc.stdout and proc.stdout.readline().strip() == "ready"
+            assert proc.stdout
+            assert proc.stdout.readline().strip() == "ready"
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait(30)

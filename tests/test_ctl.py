@@ -44,7 +44,8 @@ class Run:
     def listen(self, *args: str) -> str:
         """`events listen ...`: stdout only has the events; stderr says which queue is used."""
         rc, out, err = self("events", "listen", *args)
-        assert rc == 0 and err.startswith("listening with client id "), err
+        assert rc == 0, err
+        assert err.startswith("listening with client id "), err
         return out
 
     def json(self, *args: str) -> Any:
@@ -101,7 +102,9 @@ class TestInfo:
         assert [i["name"] for i in data["items"]] == ["echo", "srv"]
         echo = data["items"][0]
         # every field is there (even defaults), with proto names
-        assert echo["is_proxy"] is True and echo["proxy_port"] == 0 and echo["current_api_version"] == 2
+        assert echo["is_proxy"] is True
+        assert echo["proxy_port"] == 0
+        assert echo["current_api_version"] == 2
         assert "r" not in data
 
     def test_json_after_the_command(self, run: Run) -> None:
@@ -109,7 +112,8 @@ class TestInfo:
 
     def test_unknown_service(self, run: Run) -> None:
         err = run.error("info", "nope")
-        assert err.startswith("error: ERROR_ITEM_UNKNOWN: ") and "nope" in err
+        assert err.startswith("error: ERROR_ITEM_UNKNOWN: ")
+        assert "nope" in err
 
 
 class TestConfig:
@@ -134,7 +138,8 @@ class TestConfig:
 
     def test_set_and_reset(self, run: Run, server: RpcServer) -> None:
         rows = lines(run.ok("config", "set", "ctl-count=7", "ctl-name=a=b"))
-        assert rows[1][:3] == ["ctl-count", "7", "5"] and rows[2][:3] == ["ctl-name", "a=b", "x"]
+        assert rows[1][:3] == ["ctl-count", "7", "5"]
+        assert rows[2][:3] == ["ctl-name", "a=b", "x"]
         assert server.config.user_items["ctl-count"].int_val == 7
         items = run.json("config", "reset", "ctl-count")["items"]
         assert [(i["name"], i["value"]) for i in items] == [("ctl-count", "5")]
@@ -154,7 +159,8 @@ class TestConfig:
 class TestLog:
     def test_get_set_reset(self, run: Run) -> None:
         root = lines(run.ok("log", "get", "root"))[1]
-        assert root[0] == "root" and root[2] == "yes"
+        assert root[0] == "root"
+        assert root[2] == "yes"
         assert lines(run.ok("log", "get", "ctl.test")) == [
             ["NAME", "LEVEL", "ENABLED"],
             ["ctl.test", "UNKNOWN", "yes"],  # no own level: inherits from root
@@ -322,7 +328,8 @@ class TestEvents:
         events = [Event(name="CTL_A", properties=props(k="1")), Event(name="CTL_B"), Event(name="CTL_A")]
         client_id = queue_with_events(server, "CTL_A", events)
         code, out, err = run("events", "listen", "CTL_A", "--client-id", str(client_id), "--count", "2")
-        assert code == 0 and out.splitlines() == ["CTL_A k=1", "CTL_A"]  # CTL_B filtered out
+        assert code == 0
+        assert out.splitlines() == ["CTL_A k=1", "CTL_A"]  # CTL_B filtered out
         assert err == f"listening with client id {client_id}\n"
         # The CLI interrupted its queue on exit: a second interrupt finds it already interrupted
         with pytest.raises(RpcException) as exc:

@@ -141,7 +141,8 @@ def test_calls_through_main(stack: Stack) -> None:
         c.notes.put(Note(key="k1", text="first"))
         assert c.notes.get(NoteKey(key="k1")).note.text == "first"
         info = {i.name: i for i in c.srv.info(Filter()).items}
-        assert info["echo"].is_proxy and info["echo"].version.startswith("grpc-helper-samples:")
+        assert info["echo"].is_proxy
+        assert info["echo"].version.startswith("grpc-helper-samples:")
 
 
 def test_bad_input_over_the_network(stack: Stack) -> None:
@@ -208,7 +209,8 @@ def test_restart_main_restores_registrations(stack: Stack) -> None:
     logs = stack.logs("main")
     assert "Restored registration of echo" in logs
     # docker stop: supervisord forwarded SIGTERM and the server shut down gracefully, not killed
-    assert "Received SIGTERM" in logs and "shut down" in logs
+    assert "Received SIGTERM" in logs
+    assert "shut down" in logs
     assert "exit status 0" in logs
     assert stack.logs("echo").count("Registered") == echo_registrations, "echo did not need to re-register"
 

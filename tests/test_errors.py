@@ -79,10 +79,10 @@ class TestCustomCode:
         assert [m.r.code for m in msgs] == [ResultCode.OK, ResultCode.OK, CUSTOM]
         assert msgs[-1].r.msg == "stream failed"
 
-        received = []
+        stream = echo_client(srv.port).echo.repeat(EchoRequest(text="t", count=2))
+        received: list[int] = []
         with pytest.raises(RpcException) as exc:
-            for m in echo_client(srv.port).echo.repeat(EchoRequest(text="t", count=2)):
-                received.append(m.index)
+            received.extend(m.index for m in stream)  # keeps what came before the error
         assert received == [0, 1]
         assert exc.value.rc == CUSTOM
 
@@ -106,7 +106,8 @@ def assert_transport(exc: BaseException, status: grpc.StatusCode) -> None:
     assert isinstance(exc, RpcException)
     assert exc.rc == ResultCode.ERROR_RPC
     assert exc.status == status
-    assert exc.details and exc.details in str(exc)
+    assert exc.details
+    assert exc.details in str(exc)
     assert status.name in str(exc)
     assert isinstance(exc.__cause__, grpc.RpcError)  # chained: the original error stays available
     assert f"status={status.name}" in repr(exc)
@@ -171,7 +172,7 @@ def test_result_status_is_one_decision() -> None:
 
 
 class FailingHealth(health_pb2_grpc.HealthServicer):
-    def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
+    def Check(self, _request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
         raise RpcException("no health here", CUSTOM)
 
 
@@ -198,10 +199,11 @@ def health_ports() -> Iterator[tuple[int, int]]:
     service, generated = capture_service(health_pb2_grpc.add_HealthServicer_to_server, manager)
     versions = VersionRange(1, 1)
     site = CallSite(0, f"/{service}/Check", response_class(service, "Check"), versions, logging.getLogger("health"))
-    direct = {"Check": make_handler(generated["Check"], wrap_method(site, manager.Check, False, False))}
+    behavior = wrap_method(site, manager.Check, request_streaming=False, response_streaming=False)
+    direct = {"Check": make_handler(generated["Check"], behavior)}
     with ThreadPoolExecutor(4) as pool:
         registry = ProxyRegistry(
-            [], workspace=None, streams=pool, set_health=lambda name, serving: None, logger=logging.getLogger("proxy")
+            [], workspace=None, streams=pool, set_health=lambda _name, **_: None, logger=logging.getLogger("proxy")
         )
         proxied = {"Check": make_forwarder("health", service, "Check", generated["Check"], versions, registry, pool)}
         try:
@@ -212,13 +214,10 @@ def health_ports() -> Iterator[tuple[int, int]]:
 
 
 def check_status(port: int, metadata: tuple[tuple[str, str], ...] = ()) -> tuple[grpc.StatusCode, str]:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=10)
-        except grpc.RpcError as exc:
-            assert isinstance(exc, grpc.Call)
-            return exc.code(), exc.details()
-    raise AssertionError("the call did not fail")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as exc:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=10)
+    assert isinstance(exc.value, grpc.Call)
+    return exc.value.code(), exc.value.details()
 
 
 class TestStatusWithoutResultField:
@@ -245,9 +244,11 @@ class TestStatusWithoutResultField:
 
     def test_client_sees_the_status(self, health_ports: tuple[int, int]) -> None:
         stubs: dict[str, tuple[type, int | None]] = {"health": (health_pb2_grpc.HealthStub, None)}
-        with RpcClient("127.0.0.1", health_ports[0], stubs, timeout=10) as client:
-            with pytest.raises(RpcTransportError) as exc:
-                client.health.Check(health_pb2.HealthCheckRequest())
+        with (
+            RpcClient("127.0.0.1", health_ports[0], stubs, timeout=10) as client,
+            pytest.raises(RpcTransportError) as exc,
+        ):
+            client.health.Check(health_pb2.HealthCheckRequest())
         assert_transport(exc.value, grpc.StatusCode.FAILED_PRECONDITION)
         assert exc.value.details == "7: no health here"
 

@@ -104,7 +104,8 @@ class TestService:
         first = next(it)
         t0 = time.monotonic()
         keepalive = next(it)  # nothing was sent: an empty event
-        assert keepalive.event.name == "" and keepalive.r.code == ResultCode.OK
+        assert keepalive.event.name == ""
+        assert keepalive.r.code == ResultCode.OK
         assert 0.5 <= time.monotonic() - t0 < 10
         srv.client.events.interrupt(EventInterrupt(client_id=first.client_id))
 
@@ -191,7 +192,8 @@ class TestPersistence:
 class TestListener:
     def test_receives_and_interrupts(self, srv: RpcServer) -> None:
         listener = Collector(srv.client, ["A"])
-        assert listener.ready.wait(30) and listener.client_id > 0
+        assert listener.ready.wait(30)
+        assert listener.client_id > 0
         srv.client.events.send(event("B"))
         srv.client.events.send(event("A"))
         assert listener.wait_count(1)
@@ -218,7 +220,8 @@ class TestListener:
         client = RpcClient("127.0.0.1", srv.port, {"events": (EventServiceStub, too_new)})
         listener = Collector(client, [])
         assert wait_until(lambda: not listener.is_alive)  # no retry can fix this
-        assert listener.error is not None and listener.error.rc == ResultCode.ERROR_API_SERVER_TOO_OLD
+        assert listener.error is not None
+        assert listener.error.rc == ResultCode.ERROR_API_SERVER_TOO_OLD
         assert not listener.ready.is_set()
         client.close()
 

@@ -44,7 +44,8 @@ class TestRollingLogs:
         manager_log = (logs / "Talker" / "Talker.log").read_text()
         assert "talking: first line" in manager_log
         # records carry the thread and logger names
-        assert "[rpc-worker" in manager_log and " Talker: " in manager_log
+        assert "[rpc-worker" in manager_log
+        assert " Talker: " in manager_log
         assert "talking: first line" in (logs / "root" / "root.log").read_text()
 
     def test_absolute_logs_folder(self, servers: Servers, folders: Folders, tmp_path: Path) -> None:
@@ -78,7 +79,8 @@ class TestRollingLogs:
         flush_all()
         assert folders.workspace
         files = sorted(p.name for p in (folders.workspace / "logs" / "Talker").iterdir())
-        assert len(files) == 2 and "Talker.log" in files
+        assert len(files) == 2
+        assert "Talker.log" in files
 
     def test_handlers_removed_at_shutdown(self, servers: Servers, folders: Folders) -> None:
         before = len(logging.getLogger().handlers)
@@ -106,9 +108,8 @@ class TestLoggerService:
         logging.getLogger("some.logger").setLevel(logging.WARNING)
         out = c.log.get(Filter(names=["some.logger", ""])).items
         assert out[0] == LoggerConfig(name="some.logger", enabled=True, level=LoggerLevel.LVL_WARNING)
-        assert out[1].name == "root" and out[1].level == LoggerLevel.Value(
-            f"LVL_{logging.getLevelName(logging.root.level)}"
-        )
+        assert out[1].name == "root"
+        assert out[1].level == LoggerLevel.Value(f"LVL_{logging.getLevelName(logging.root.level)}")
         assert rc_of(lambda: c.log.get(Filter())) == ResultCode.ERROR_PARAM_MISSING
 
     def test_set_persists_and_reloads(self, servers: Servers, folders: Folders) -> None:
@@ -122,14 +123,16 @@ class TestLoggerService:
             )
         ).items
         assert [(i.name, i.enabled, i.level) for i in out] == [("a.b", True, 10), ("c", False, 40)]
-        assert logging.getLogger("a.b").level == logging.DEBUG and logging.getLogger("c").disabled
+        assert logging.getLogger("a.b").level == logging.DEBUG
+        assert logging.getLogger("c").disabled
         assert folders.workspace
         assert json.loads((folders.workspace / "loggers.json").read_text()) == {"a.b": "DEBUG", "c": False}
         srv.shutdown()
         logging.getLogger("a.b").setLevel(logging.NOTSET)
         logging.getLogger("c").disabled = False
         servers(0, [], folders=folders)
-        assert logging.getLogger("a.b").level == logging.DEBUG and logging.getLogger("c").disabled
+        assert logging.getLogger("a.b").level == logging.DEBUG
+        assert logging.getLogger("c").disabled
 
     def test_set_errors_are_atomic(self, servers: Servers) -> None:
         c = servers(0, []).client
@@ -153,14 +156,17 @@ class TestLoggerService:
         assert rc_of(lambda: srv.client.log.reset(Filter())) == ResultCode.ERROR_PARAM_MISSING
 
     def test_files_load_in_order(self, servers: Servers, folders: Folders) -> None:
-        assert folders.system and folders.user and folders.workspace
+        assert folders.system
+        assert folders.user
+        assert folders.workspace
         (folders.system / "loggers.json").write_text(json.dumps({"o.a": "DEBUG", "o.b": "DEBUG", "o.c": "DEBUG"}))
         (folders.user / "loggers.json").write_text(json.dumps({"o.b": "INFO", "o.c": "INFO"}))
         (folders.workspace / "loggers.json").write_text(json.dumps({"o.c": False}))
         servers(0, [], folders=folders)
         assert logging.getLogger("o.a").level == logging.DEBUG
         assert logging.getLogger("o.b").level == logging.INFO
-        assert logging.getLogger("o.c").disabled and logging.getLogger("o.c").level == logging.INFO
+        assert logging.getLogger("o.c").disabled
+        assert logging.getLogger("o.c").level == logging.INFO
 
     def test_unknown_level_in_file_is_ignored(
         self, servers: Servers, folders: Folders, caplog: pytest.LogCaptureFixture

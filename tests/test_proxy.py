@@ -98,7 +98,8 @@ class TestRegistration:
     def test_info_shows_registration(self, pair) -> None:
         main, backend = pair
         info = main.client.srv.info(Filter(names=["echo"])).items[0]
-        assert info.is_proxy and info.version == "b-1.0"
+        assert info.is_proxy
+        assert info.version == "b-1.0"
         assert (info.proxy_host, info.proxy_port) == ("127.0.0.1", backend.port)
         assert (info.supported_api_version, info.current_api_version) == (1, 2)
         main.client.srv.proxy_forget(Filter(names=["echo"]))
@@ -163,7 +164,7 @@ class TestForwarding:
         seen: dict = {}
 
         class Spy(EchoManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
+            def echo(self, _request: EchoRequest) -> EchoResponse:
                 call = current_call()
                 assert call is not None
                 seen["md"] = dict(call.metadata)
@@ -255,7 +256,7 @@ class TestFailures:
         sent, hold = threading.Event(), threading.Event()
 
         class Slow(EchoManager):
-            def repeat(self, request: EchoRequest) -> Iterable[EchoResponse]:
+            def repeat(self, _request: EchoRequest) -> Iterable[EchoResponse]:
                 yield EchoResponse(index=0)
                 sent.set()
                 hold.wait(30)
@@ -299,7 +300,8 @@ class TestProxiedManager:
         info = main.client.srv.info(Filter(names=["echo"])).items[0]
         assert (info.version, info.proxy_port) == ("proxied-2.0", backend.port)
         assert echo_client(main.port).echo.echo(EchoRequest(text="registered")).text == "registered"
-        assert hasattr(manager.proxy_client, "srv") and hasattr(manager.proxy_client, "events")
+        assert hasattr(manager.proxy_client, "srv")
+        assert hasattr(manager.proxy_client, "events")
         backend.shutdown()
         assert not main.proxies.is_registered("echo")
 

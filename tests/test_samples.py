@@ -281,7 +281,8 @@ class TestStack:
     def test_sigterm_is_graceful(self, stack: Stack) -> None:
         echo_program = next(p for p in stack.programs if p.name == "echo")
         assert echo_program.stop() == 0
-        assert "shut down" in echo_program.output and "Traceback" not in echo_program.output
+        assert "shut down" in echo_program.output
+        assert "Traceback" not in echo_program.output
         # the sample forgot its registration on the way out
         assert stack.client().srv.info(Filter(names=["echo"])).items[0].proxy_port == 0
 
@@ -294,7 +295,8 @@ class TestStack:
             env=clean_env(),
         )
         assert done.returncode == 1
-        assert "error: ERROR_PORT_BUSY: " in done.stderr and "Traceback" not in done.stderr
+        assert "error: ERROR_PORT_BUSY: " in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 # --- startup errors (no main server needed) ---
@@ -318,12 +320,14 @@ def test_busy_port_refused(servers: Servers, tmp_path: Path) -> None:
 def test_invalid_config_refused(tmp_path: Path) -> None:
     done = run_program("notes", tmp_path, "-c", "notes-max-count=0")
     assert done.returncode == 1
-    assert done.stderr.startswith("error: ERROR_PARAM_INVALID: ") and "notes-max-count" in done.stderr
+    assert done.stderr.startswith("error: ERROR_PARAM_INVALID: ")
+    assert "notes-max-count" in done.stderr
 
 
 def test_bad_config_syntax_is_a_usage_error(tmp_path: Path) -> None:
     done = run_program("echo", tmp_path, "-c", "Bad")
-    assert done.returncode == 2 and "Invalid syntax for config item definition: Bad" in done.stderr
+    assert done.returncode == 2
+    assert "Invalid syntax for config item definition: Bad" in done.stderr
 
 
 def test_malformed_notes_file_refused(tmp_path: Path) -> None:
@@ -331,12 +335,14 @@ def test_malformed_notes_file_refused(tmp_path: Path) -> None:
     (tmp_path / "notes" / "notes.json").write_text('{"k": 1}')
     done = run_program("notes", tmp_path)
     assert done.returncode == 1
-    assert "error: ERROR_MODEL_INVALID: Invalid notes file" in done.stderr and "Traceback" not in done.stderr
+    assert "error: ERROR_MODEL_INVALID: Invalid notes file" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_unreachable_main_server(tmp_path: Path, refused_port: int) -> None:
     done = run_program("echo", tmp_path, "-c", f"rpc-main-port={refused_port}", "-c", "rpc-client-timeout=0.5")
-    assert done.returncode == 1 and "error: ERROR_RPC: " in done.stderr
+    assert done.returncode == 1
+    assert "error: ERROR_RPC: " in done.stderr
 
 
 @pytest.mark.parametrize("name", ["main", "echo", "notes"])
@@ -437,7 +443,8 @@ def test_proxy_use_current_host(monkeypatch: pytest.MonkeyPatch) -> None:
     for value, expected in (("1", True), ("True", True), ("yes", True), ("0", False), ("", False), ("no", False)):
         monkeypatch.setenv(_run.PROXY_USE_CURRENT_HOST_ENV, value)
         assert manager._proxy_use_current_host() is expected, value
-    assert manager._proxied_services() == ["echo"] and notes.NotesManager()._proxied_services() == ["notes"]
+    assert manager._proxied_services() == ["echo"]
+    assert notes.NotesManager()._proxied_services() == ["notes"]
 
 
 def test_main_descriptors() -> None:
@@ -461,7 +468,7 @@ class FakeSend:
         self.sent: list[str] = []
         self.calls = 0
 
-    def __call__(self, event: Event, timeout: float) -> None:
+    def __call__(self, event: Event, _timeout: float) -> None:
         self.calls += 1
         if self.calls <= self.failures:
             assert self.error is not None
@@ -480,7 +487,8 @@ class TestEventSender:
         s = sender(send)
         for name in "ABC":
             s.post(Event(name=name))
-        assert s.pending == 3 and send.calls == 0  # nothing is sent before start()
+        assert s.pending == 3
+        assert send.calls == 0  # nothing is sent before start()
         s.start()
         s.close(WAIT)
         assert send.sent == ["A", "B", "C"]
@@ -523,7 +531,7 @@ class TestEventSender:
     def test_close_gives_up_on_a_stuck_server(self) -> None:
         release = threading.Event()
 
-        def stuck(event: Event, timeout: float) -> None:
+        def stuck(_event: Event, _timeout: float) -> None:
             release.wait(WAIT)
             raise transient()
 
@@ -533,7 +541,8 @@ class TestEventSender:
         s.post(Event(name="B"))
         t0 = time.monotonic()
         s.close(0.2)
-        assert time.monotonic() - t0 < 5 and s.pending == 0
+        assert time.monotonic() - t0 < 5
+        assert s.pending == 0
         release.set()
         s.post(Event(name="C"))  # after close: dropped, never raises
         assert s.pending == 0

@@ -60,8 +60,10 @@ class TestLifecycle:
     def test_load_and_shutdown_hooks(self, servers: Servers) -> None:
         manager = EchoManager()
         srv = servers(0, [echo_descriptor(manager)])
-        assert manager.loaded and not manager.shut_down
-        assert manager.client is srv.client and manager.folders is srv.folders
+        assert manager.loaded
+        assert not manager.shut_down
+        assert manager.client is srv.client
+        assert manager.folders is srv.folders
         assert manager.logger.name == "EchoManager"  # named after its class, not after the service
         srv.shutdown()
         assert manager.shut_down
@@ -131,7 +133,8 @@ class TestLifecycle:
         assert time.monotonic() - t0 < 10
         caller.join(10)
         release.set()
-        assert errors and errors[0].rc == ResultCode.ERROR_RPC
+        assert errors
+        assert errors[0].rc == ResultCode.ERROR_RPC
 
     def test_remote_shutdown_answers_at_once(self, servers: Servers) -> None:
         srv = servers(0, [])
@@ -266,13 +269,13 @@ class TestDispatch:
 
     def test_unimplemented_method(self, servers: Servers) -> None:
         class Partial(EchoServiceServicer, RpcManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
+            def echo(self, _request: EchoRequest) -> EchoResponse:
                 return EchoResponse(text="ok")
 
-            def repeat(self, request, context):  # grpc-native signature: not served by the helper
+            def repeat(self, _request, _context):  # grpc-native signature: not served by the helper
                 yield EchoResponse()
 
-            def collect(self, request):  # no return annotation: not served
+            def collect(self, _request):  # no return annotation: not served
                 return EchoResponse()
 
         srv = servers(0, [echo_descriptor(Partial())])
@@ -290,7 +293,7 @@ class TestDispatch:
 
     def test_result_return_type_is_refused(self, servers: Servers) -> None:
         class Bad(EchoServiceServicer, RpcManager):
-            def echo(self, request: EchoRequest) -> Result:
+            def echo(self, _request: EchoRequest) -> Result:
                 return Result()
 
         with pytest.raises(RpcException) as exc:
@@ -302,7 +305,7 @@ class TestDispatch:
         seen: dict[str, str] = {}
 
         class Spy(EchoManager):
-            def echo(self, request: EchoRequest) -> EchoResponse:
+            def echo(self, _request: EchoRequest) -> EchoResponse:
                 call = current_call()
                 assert call is not None
                 seen.update(dict(call.metadata))
@@ -312,7 +315,8 @@ class TestDispatch:
         echo_client(srv.port, name="tester").echo.echo(EchoRequest())
         assert seen["client"] == "tester"
         assert seen["api_version"] == str(EchoApiVersion.ECHO_API_CURRENT)
-        assert seen["host"] and seen["ip"]
+        assert seen["host"]
+        assert seen["ip"]
 
 
 class TestApiVersion:
@@ -425,11 +429,14 @@ class TestDebugDump:
             release.set()
             caller.join(30)
         assert path.parent == folders.workspace / "logs"
-        assert path.name.startswith("RpcServerDump-") and path.suffix == ".txt"
+        assert path.name.startswith("RpcServerDump-")
+        assert path.suffix == ".txt"
         text = path.read_text()
-        assert "== Threads" in text and "MainThread" in text
+        assert "== Threads" in text
+        assert "MainThread" in text
         pending = text.partition("Pending RPC calls:\n")[2]
-        assert "[dumper]" in pending and '>>> EchoService.echo (EchoRequest{text: "zzz" })' in pending
+        assert "[dumper]" in pending
+        assert '>>> EchoService.echo (EchoRequest{text: "zzz" })' in pending
 
     def test_sigusr2_writes_dump_and_handler_is_restored(self, servers: Servers, folders) -> None:
         previous = signal.getsignal(signal.SIGUSR2)
@@ -447,7 +454,8 @@ class TestDebugDump:
         t = threading.Thread(target=lambda: created.append(servers(0, [], with_debug_signal=True)))
         t.start()
         t.join(30)
-        assert created and signal.getsignal(signal.SIGUSR2) is previous
+        assert created
+        assert signal.getsignal(signal.SIGUSR2) is previous
 
 
 def _unused(x: Iterable[int]) -> None:  # keep typing imports honest
@@ -493,4 +501,5 @@ def test_failed_start_shuts_down_loaded_managers(servers: Servers) -> None:
     with pytest.raises(RpcException) as exc:
         servers(0, [echo_descriptor(first), failing])
     assert exc.value.rc == ResultCode.ERROR_STATE_UNEXPECTED
-    assert first.loaded and first.shut_down
+    assert first.loaded
+    assert first.shut_down

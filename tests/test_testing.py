@@ -31,12 +31,15 @@ class TestServe:
         with serve([echo_descriptor(manager)], folders=TemporaryFolders(tmp_path), with_events=True) as served:
             assert isinstance(served, Served)
             server, client = served
-            assert server.port > 0 and accepts_connections(server.port)
-            assert manager.loaded and server.is_running
+            assert server.port > 0
+            assert accepts_connections(server.port)
+            assert manager.loaded
+            assert server.is_running
             assert [i.name for i in client.srv.info(Filter()).items] == ["srv", "config", "log", "events", "echo"]
             assert client.echo.echo(EchoRequest(text="x")).text == "test-client"  # its own client, not the server's
             assert (tmp_path / "workspace" / "seen.txt").read_text() == "x"
-        assert manager.shut_down and not server.is_running
+        assert manager.shut_down
+        assert not server.is_running
         assert not accepts_connections(server.port)
 
     def test_shut_down_when_the_block_fails(self) -> None:

@@ -6,7 +6,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TypeAlias
 
 from grpc_helper.api import ConfigItem, ConfigValidator, ResultCode
 from grpc_helper.errors import RpcException
@@ -15,7 +15,7 @@ CustomValidator = Callable[[str, str], None]
 CONFIG_NAME_RE = re.compile(r"[a-z][a-z0-9-]*")  # what a config item name looks like
 
 
-def _check_int(name: str, value: str, positive: bool) -> None:
+def _check_int(name: str, value: str, *, positive: bool) -> None:
     try:
         v = int(value)
     except ValueError:
@@ -28,7 +28,7 @@ def _check_int(name: str, value: str, positive: bool) -> None:
         )
 
 
-def _check_float(name: str, value: str, positive: bool) -> None:
+def _check_float(name: str, value: str, *, positive: bool) -> None:
     try:
         v = float(value)
     except ValueError:
@@ -46,11 +46,11 @@ def _check_float(name: str, value: str, positive: bool) -> None:
 
 
 _BUILTIN: dict[int, Callable[[str, str], None]] = {
-    ConfigValidator.CONFIG_VALID_STRING: lambda name, value: None,
-    ConfigValidator.CONFIG_VALID_INT: lambda name, value: _check_int(name, value, False),
-    ConfigValidator.CONFIG_VALID_POS_INT: lambda name, value: _check_int(name, value, True),
-    ConfigValidator.CONFIG_VALID_FLOAT: lambda name, value: _check_float(name, value, False),
-    ConfigValidator.CONFIG_VALID_POS_FLOAT: lambda name, value: _check_float(name, value, True),
+    ConfigValidator.CONFIG_VALID_STRING: lambda _name, _value: None,
+    ConfigValidator.CONFIG_VALID_INT: lambda name, value: _check_int(name, value, positive=False),
+    ConfigValidator.CONFIG_VALID_POS_INT: lambda name, value: _check_int(name, value, positive=True),
+    ConfigValidator.CONFIG_VALID_FLOAT: lambda name, value: _check_float(name, value, positive=False),
+    ConfigValidator.CONFIG_VALID_POS_FLOAT: lambda name, value: _check_float(name, value, positive=True),
 }
 
 
@@ -59,7 +59,7 @@ def builtin_validator(validator: int) -> Callable[[str, str], None] | None:
     return _BUILTIN.get(validator)
 
 
-def check_value(name: str, value: str, can_be_empty: bool, validator: Callable[[str, str], None] | None) -> None:
+def check_value(name: str, value: str, validator: Callable[[str, str], None] | None, *, can_be_empty: bool) -> None:
     """The one place deciding the codes of a refused value, wherever it comes from (layer, file, service, proxy).
 
     Empty where not allowed: ERROR_PARAM_MISSING; rejected by `validator`: ERROR_PARAM_INVALID (a custom
@@ -91,6 +91,7 @@ class Config:
         name: str,
         description: str = "",
         default_value: str = "",
+        *,  # 2.x takes these by keyword only (its Config takes keyword arguments only)
         can_be_empty: bool = False,
         validator: int = ConfigValidator.CONFIG_VALID_STRING,
         custom_validator: CustomValidator | None = None,
@@ -113,7 +114,7 @@ class Config:
             value=default_value,
             default_value=default_value,
             can_be_empty=can_be_empty,
-            validator=validator,  # type: ignore[arg-type]
+            validator=validator,  # type: ignore[arg-type]  # an int: one of ConfigValidator's (checked above)
         )
         self.hard_coded_default = default_value  # the constructor's value, before any layer
         self._lock = threading.Lock()
@@ -142,7 +143,7 @@ class Config:
     # --- validation and updates ---
     def validate(self, name: str, value: str) -> None:
         """Raise `RpcException` if `value` is not acceptable: ERROR_PARAM_MISSING if empty, else ERROR_PARAM_INVALID."""
-        check_value(name, value, self.item.can_be_empty, self._validator)
+        check_value(name, value, self._validator, can_be_empty=self.item.can_be_empty)
 
     def update(self, value: str) -> None:
         """Validate, then set the current value."""
@@ -185,7 +186,11 @@ class ConfigHolder:
         return list(seen.values())
 
 
-def flatten_items(items: Iterable[Any] | None) -> list[Config]:
+# What servers and config managers take as items: `Config` objects, `ConfigHolder` classes (or instances)
+ConfigItems: TypeAlias = "Iterable[Config | type[ConfigHolder] | ConfigHolder]"
+
+
+def flatten_items(items: ConfigItems | None) -> list[Config]:
     """Expand `Config` objects and `ConfigHolder` classes (or instances) into a list of items."""
     out: list[Config] = []
     for entry in items or []:

@@ -7,13 +7,12 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-from grpc_helper._persist import read_json_object, write_json
 from grpc_helper.api import ConfigItem, ResultCode
-from grpc_helper.config.items import Config, flatten_items
+from grpc_helper.config.items import Config, ConfigItems, flatten_items
 from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
+from grpc_helper.persist import read_json_object, write_json
 
 CONFIG_FILE = "config.json"
 _log = logging.getLogger("grpc_helper.config")
@@ -24,7 +23,7 @@ def env_name(item_name: str) -> str:
     return item_name.upper().replace("-", "_")
 
 
-def check_names(names: Iterable[str], what: str, all_if_empty: bool = False) -> list[str]:
+def check_names(names: Iterable[str], what: str, *, all_if_empty: bool = False) -> list[str]:
     """The item names of a config `get`/`set`/`reset` request, checked as 2.x does.
 
     An empty name, or an empty list unless `all_if_empty` (`get`: all items), is ERROR_PARAM_MISSING. Callers check
@@ -60,8 +59,8 @@ class ConfigManager:
         self,
         folders: Folders | None = None,
         cli_config: Mapping[str, str] | None = None,
-        static_items: Iterable[Any] | None = None,
-        user_items: Iterable[Any] | None = None,
+        static_items: ConfigItems | None = None,
+        user_items: ConfigItems | None = None,
     ) -> None:
         self.folders = folders or Folders()
         self.static_items = _index(flatten_items(static_items), "static")
@@ -139,11 +138,14 @@ class ConfigManager:
         data.update({n: i.str_val for n, i in self.user_items.items() if i.str_val != i.default_value})
         write_json(path, data)
 
-    def get_user(self, names: Iterable[str], ignore_unknown: bool = False) -> list[ConfigItem]:
+    def get_user(self, names: Iterable[str], *, ignore_unknown: bool = False) -> list[ConfigItem]:
         """The named user items (all of them for no name)."""
-        return [i.snapshot() for i in self._select(check_names(names, "get", all_if_empty=True), ignore_unknown)]
+        return [
+            i.snapshot()
+            for i in self._select(check_names(names, "get", all_if_empty=True), ignore_unknown=ignore_unknown)
+        ]
 
-    def _select(self, names: list[str], ignore_unknown: bool) -> list[Config]:
+    def _select(self, names: list[str], *, ignore_unknown: bool) -> list[Config]:
         """User items by (checked) names; all of them for no name."""
         if not names:
             return list(self.user_items.values())
@@ -156,7 +158,7 @@ class ConfigManager:
                 raise RpcException(f"Unknown config item: {name}", ResultCode.ERROR_ITEM_UNKNOWN)
         return out
 
-    def validate_updates(self, updates: Iterable[tuple[str, str]], ignore_unknown: bool) -> list[tuple[Config, str]]:
+    def validate_updates(self, updates: Iterable[tuple[str, str]], *, ignore_unknown: bool) -> list[tuple[Config, str]]:
         """Check every update; returns (item, value) pairs to apply. Nothing is changed.
 
         Names first (empty, then unknown), then values, in the same order as the merged config service.
@@ -172,20 +174,20 @@ class ConfigManager:
             item.validate(item.name, value)
         return checked
 
-    def set_user(self, updates: list[tuple[str, str]], ignore_unknown: bool = False) -> list[ConfigItem]:
+    def set_user(self, updates: list[tuple[str, str]], *, ignore_unknown: bool = False) -> list[ConfigItem]:
         """Atomically validate and apply updates, then persist. Returns the updated items."""
         with self._lock:
-            checked = self.validate_updates(updates, ignore_unknown)
+            checked = self.validate_updates(updates, ignore_unknown=ignore_unknown)
             for item, value in checked:
                 item.update(value)
             self._persist()
             return [item.snapshot() for item, _ in checked]
 
-    def reset_user(self, names: Iterable[str], ignore_unknown: bool = False) -> list[ConfigItem]:
+    def reset_user(self, names: Iterable[str], *, ignore_unknown: bool = False) -> list[ConfigItem]:
         """Atomically reset the named user items to their defaults, then persist. Returns the reset items."""
         names = check_names(names, "reset")
         with self._lock:
-            items = self._select(names, ignore_unknown)
+            items = self._select(names, ignore_unknown=ignore_unknown)
             for item in items:
                 item.reset()
             self._persist()

@@ -6,10 +6,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any
 
-from grpc_helper.api import Event, EventFilter, EventInterrupt, ResultCode
+from grpc_helper.api import Event, EventFilter, EventInterrupt, EventStatus, ResultCode
 from grpc_helper.backoff import Backoff
+from grpc_helper.client import ResponseStream, RpcClient
 from grpc_helper.errors import RpcException
 from grpc_helper.events.queues import check_name
 
@@ -46,7 +46,7 @@ class EventsListener(ABC):
 
     def __init__(
         self,
-        client: Any,
+        client: RpcClient,
         names: Iterable[str],
         client_id: int | None = None,
         logger: logging.Logger | None = None,
@@ -62,7 +62,7 @@ class EventsListener(ABC):
         self.error: RpcException | None = None
         self._lock = threading.Lock()  # guards _stopping and _stream between the thread and interrupt()
         self._stopping = False
-        self._stream: Any = None
+        self._stream: ResponseStream | None = None
         self._wakeup = threading.Event()  # cuts a backoff sleep short on interrupt()
         self._thread = threading.Thread(target=self._run, name=f"events-listener-{id(self):x}", daemon=True)
         self._thread.start()
@@ -122,7 +122,7 @@ class EventsListener(ABC):
                     self._stream = None
             self._wakeup.wait(backoff.next_delay())
 
-    def _consume(self, stream: Iterable[Any]) -> None:
+    def _consume(self, stream: Iterable[EventStatus]) -> None:
         first = True
         for status in stream:
             if status.r.code != ResultCode.OK:  # a client built with exception=False doesn't raise

@@ -6,6 +6,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from contextlib import suppress
 from queue import Empty, SimpleQueue
 from threading import Lock
 from typing import Any
@@ -146,13 +147,11 @@ class EventQueue:
         batch = self._drain(token, sleep=True)
         if batch is None or batch:
             return batch
-        try:
+        with suppress(Empty):  # woken up, or timed out
             self._wake.get(timeout=timeout)
-        except Empty:
-            pass
         return self._drain(token, sleep=False)
 
-    def _drain(self, token: object, sleep: bool) -> list[Event] | None:
+    def _drain(self, token: object, *, sleep: bool) -> list[Event] | None:
         with self._lock:
             self._sleeping = False
             if self.owner is not token or self.closed:

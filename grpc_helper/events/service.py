@@ -59,7 +59,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from grpc_helper._persist import read_json, read_json_object, write_json
 from grpc_helper.api import (
     Empty,
     Event,
@@ -77,6 +76,7 @@ from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.events.queues import EventQueue, check_name
 from grpc_helper.manager import RpcManager
+from grpc_helper.persist import read_json, read_json_object, write_json
 
 QUEUES_FILE = "queues.json"
 FILTERS_FILE = "queues-filters.json"  # {"<id>": [names]}: the filters, which queues.json can't hold
@@ -268,7 +268,7 @@ class EventsManager(EventServiceServicer, RpcManager):
             self._dirty.set()  # events kept for an absent listener: worth persisting
         return ResultStatus()
 
-    def inspect(self, request: Empty) -> EventQueueStatus:
+    def inspect(self, request: Empty) -> EventQueueStatus:  # noqa: ARG002 - served: one request parameter
         self._expire()
         with self.lock:
             return EventQueueStatus(client_ids=sorted(self._queues))
@@ -290,21 +290,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         for name in names:
             check_name(name)
         token = object()
-        with self.lock:
-            if self._closing:
-                raise RpcException("The events service is shutting down", ResultCode.ERROR_STREAM_SHUTDOWN)
-            dropped = 0
-            if request.client_id:
-                q = self._queues.get(request.client_id)
-                if q is None:
-                    raise RpcException(f"Unknown event queue: {request.client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
-                if names:
-                    dropped = q.refilter(frozenset(names))
-            else:
-                q = EventQueue(self._alloc_id(), names, logger=self.logger)
-                self._queues[q.client_id] = q
-                self._fanout = (*self._fanout, q)
-            took_over = q.attach(token)
+        q, dropped, took_over = self._open_queue(request.client_id, names, token)
         self._dirty.set()
         cid = q.client_id
         if request.client_id:
@@ -319,34 +305,59 @@ class EventsManager(EventServiceServicer, RpcManager):
         # From here on the stream ends exactly once, whatever the reason: returning, or closed at a
         # yield when gRPC drops it (client gone)
         try:
-            call = current_call()
-            if call is not None and not call.context.add_callback(lambda: self._gone(q, token)):
-                self._gone(q, token)  # the call is already over
-                return
-
-            yield EventStatus(client_id=cid)
-            keepalive_status = EventStatus(client_id=cid, event=Event())  # an empty event, present on the wire
-            last = time.monotonic()  # last time something was sent
-            while True:
-                keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
-                batch = q.take(token, max(0.0, last + keepalive - time.monotonic()))
-                if batch is None:
-                    break  # interrupted, taken over, client gone, or shutdown
-                if batch:
-                    for event in batch:
-                        yield EventStatus(event=event, client_id=cid)
-                    last = time.monotonic()
-                elif time.monotonic() - last >= keepalive:
-                    yield keepalive_status
-                    last = time.monotonic()
-            if q.closed:
-                # The queue is kept (and persisted) so the listener resumes it on the next server
-                yield EventStatus(
-                    r=Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down"),
-                    client_id=cid,
-                )
+            yield from self._deliver(q, token)
         finally:
             self.logger.info("Event listening queue #%s interrupted", cid)
+
+    def _open_queue(self, client_id: int, names: list[str], token: object) -> tuple[EventQueue, int, bool]:
+        """The queue a `listen` resumes (`client_id`) or creates, now owned by `token`: (queue, events
+        dropped by a new filter, whether it was taken over from another stream)."""
+        with self.lock:
+            if self._closing:
+                raise RpcException("The events service is shutting down", ResultCode.ERROR_STREAM_SHUTDOWN)
+            dropped = 0
+            if client_id:
+                q = self._queues.get(client_id)
+                if q is None:
+                    raise RpcException(f"Unknown event queue: {client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
+                if names:
+                    dropped = q.refilter(frozenset(names))
+            else:
+                q = EventQueue(self._alloc_id(), names, logger=self.logger)
+                self._queues[q.client_id] = q
+                self._fanout = (*self._fanout, q)
+            return q, dropped, q.attach(token)
+
+    def _deliver(self, q: EventQueue, token: object) -> Iterator[EventStatus]:
+        """The stream of a `listen` owning `q` with `token`: its id, then events and keep-alives until it
+        must stop; a last ERROR_STREAM_SHUTDOWN status when the service shuts down."""
+        cid = q.client_id
+        call = current_call()
+        if call is not None and not call.context.add_callback(lambda: self._gone(q, token)):
+            self._gone(q, token)  # the call is already over
+            return
+
+        yield EventStatus(client_id=cid)
+        keepalive_status = EventStatus(client_id=cid, event=Event())  # an empty event, present on the wire
+        last = time.monotonic()  # last time something was sent
+        while True:
+            keepalive = RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
+            batch = q.take(token, max(0.0, last + keepalive - time.monotonic()))
+            if batch is None:
+                break  # interrupted, taken over, client gone, or shutdown
+            if batch:
+                for event in batch:
+                    yield EventStatus(event=event, client_id=cid)
+                last = time.monotonic()
+            elif time.monotonic() - last >= keepalive:
+                yield keepalive_status
+                last = time.monotonic()
+        if q.closed:
+            # The queue is kept (and persisted) so the listener resumes it on the next server
+            yield EventStatus(
+                r=Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down"),
+                client_id=cid,
+            )
 
 
 def _queue_id(key: Any) -> int:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
-from grpc._cython import cygrpc
+
+# grpcio private internal (hence grpcio's bound in pyproject.toml): its Cython core, for the value
+# of the READY connectivity state that the core channel reports (see `Backend.__init__`)
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # a compiled module: no type information
 
 from grpc_helper.client import CHANNEL_OPTIONS
 from grpc_helper.config.static import RpcStaticConfig
 
-_READY = cygrpc.ConnectivityState.ready
+_READY: int = cygrpc.ConnectivityState.ready
+
+
+class _CoreChannel(Protocol):
+    """What is used of grpcio's private core channel (`cygrpc.Channel`)."""
+
+    def check_connectivity_state(self, try_to_connect: bool) -> int: ...  # noqa: FBT001 - grpcio's signature
 
 
 def backend_address(host: str, port: int) -> tuple[str, int]:
@@ -32,25 +42,28 @@ class Backend:
         self.users = 0
         self.retired = False
         self._closed = False
-        self._methods: dict[str, Any] = {}
+        self._methods: dict[str, Callable[..., Any]] = {}
         self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread
         # races with close() (it may query the channel once closed, and die with an error): read
-        # the state synchronously from the core channel instead
-        self._core: Any = self.channel._channel  # type: ignore[attr-defined]
+        # the state synchronously from the core channel instead. grpcio private internal (hence
+        # grpcio's bound in pyproject.toml): a grpc.Channel keeps its core channel in `_channel`.
+        self._core: _CoreChannel = self.channel._channel  # type: ignore[attr-defined]  # private: not in the stubs
         self.connected(try_to_connect=True)  # connect now: the first call won't wait for it
 
-    def connected(self, try_to_connect: bool = False) -> bool:
+    def connected(self, *, try_to_connect: bool = False) -> bool:
         """Whether the channel is connected; `try_to_connect` asks it to connect if it is not (after
         losing its connection, a channel stays idle until asked). Never call once closed."""
-        return bool(self._core.check_connectivity_state(try_to_connect) == _READY)
+        return self._core.check_connectivity_state(try_to_connect) == _READY
 
-    def method(self, kind: str, path: str) -> Any:
+    def method(self, kind: str, path: str) -> Callable[..., Any]:
         """The cached multi-callable of `kind` ("unary_unary", ...) for `path`, passing bytes through."""
         key = kind + path
         callable_ = self._methods.get(key)
         if callable_ is None:
-            # No (de)serializers: forwarded messages stay bytes
+            # No (de)serializers: forwarded messages stay bytes. `_registered_method=True`: a private
+            # parameter of grpcio's method factories (what its generated stubs pass) that makes the call
+            # use the method pre-registered on the channel instead of interning the path on every call.
             callable_ = getattr(self.channel, kind)(path, None, None, _registered_method=True)
             self._methods[key] = callable_
         return callable_

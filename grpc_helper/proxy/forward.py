@@ -38,15 +38,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import grpc
 
 from grpc_helper.api import Result
 from grpc_helper.calls import VersionRange, error_answer, remaining
 from grpc_helper.errors import rpc_error_to_exception
-from grpc_helper.generated import has_result_field, kind_of, method_handler, response_class
-from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT
+from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
+from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, Metadata
 from grpc_helper.proxy.backend import Backend
 
 _PROXIED_SUFFIX = "(proxied)"
@@ -66,19 +67,19 @@ class Backends(Protocol):
         ...
 
 
-def forwarded_metadata(metadata: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
+def forwarded_metadata(metadata: Metadata) -> Metadata:
     """Caller metadata to pass on: everything but transport headers."""
     return tuple((k, v) for k, v in metadata if k != "user-agent" and not k.startswith("grpc-"))
 
 
-def proxied_metadata(metadata: tuple[Any, ...], current_version: int) -> tuple[tuple[str, Any], ...]:
+def proxied_metadata(metadata: Metadata, current_version: int) -> Metadata:
     """`forwarded_metadata`, with `client` marked as proxied and a default `api_version` (see module doc)."""
     client = ""
     has_version = False
-    out = []
+    out: list[tuple[str, str | bytes]] = []
     for key, value in forwarded_metadata(metadata):
         if key == KEY_CLIENT:
-            client = value
+            client = str(value)  # a str already: only the values of "-bin" keys are bytes
             continue
         has_version = has_version or key == KEY_API_VERSION
         out.append((key, value))
@@ -92,72 +93,90 @@ def make_forwarder(
     name: str,
     service: str,
     method: str,
-    original: grpc.RpcMethodHandler,
+    original: Handler,
     versions: VersionRange,
     registry: Backends,
-    stream_pool: Any,
-) -> grpc.RpcMethodHandler:
+    stream_pool: ThreadPoolExecutor,
+) -> Handler:
     """A raw-bytes handler forwarding `/service/method` to the backend `registry` has for `name`."""
-    path = f"/{service}/{method}"
-    kind = kind_of(original)
-    response_cls = response_class(service, method)
-    can_answer = has_result_field(response_cls)
+    site = _ForwardSite(name, method, f"/{service}/{method}", kind_of(original), versions, registry, service)
+    behavior = _stream_forwarder(site) if original.response_streaming else _unary_forwarder(site)
+    # Forwarded calls wait on the network: keep them off the bounded worker pool
+    run_on(behavior, stream_pool)
+    return method_handler(site.kind, behavior)  # no (de)serializers: bytes in, bytes out
 
-    def prepare(context: grpc.ServicerContext) -> tuple[Backend, tuple[Any, ...]] | bytes:
+
+class _ForwardSite:
+    """What the forwarding behaviors of one method share: its two phases (see the module doc)."""
+
+    def __init__(
+        self, name: str, method: str, path: str, kind: str, versions: VersionRange, registry: Backends, service: str
+    ) -> None:
+        self.name, self.method, self.path, self.kind = name, method, path, kind
+        self.versions, self.registry = versions, registry
+        self.response_cls = response_class(service, method)
+        self.can_answer = has_result_field(self.response_cls)
+
+    def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata] | bytes:
         """(backend, metadata) to forward with (phase 1), or the bytes of an error answer."""
         md = context.invocation_metadata()
-        err = versions.check(md)
+        err = self.versions.check(md)
         if err is None:
-            backend = registry.acquire(name, method, context)
+            backend = self.registry.acquire(self.name, self.method, context)
             if not isinstance(backend, Result):
-                return backend, proxied_metadata(md, versions.current)
+                return backend, proxied_metadata(md, self.versions.current)
             err = backend
-        return error_answer(response_cls, context, err).SerializeToString()
+        return error_answer(self.response_cls, context, err).SerializeToString()
 
-    def failed(context: grpc.ServicerContext, backend: Backend, exc: grpc.RpcError) -> bytes:
+    def failed(self, context: grpc.ServicerContext, backend: Backend, exc: grpc.RpcError) -> bytes:
         """The answer for a forwarded call that failed (phase 2): never resent."""
-        error = rpc_error_to_exception(exc, f"proxied call {path} to {backend.address}")
+        error = rpc_error_to_exception(exc, f"proxied call {self.path} to {backend.address}")
         if context.is_active():  # else the caller is gone (cancelled, deadline): nobody to tell
-            registry.logger.warning("%s", error)
-        if not can_answer:
+            self.registry.logger.warning("%s", error)
+        if not self.can_answer:
             context.abort(error.status, str(error))  # the backend's status, passed on
-        return response_cls(r=Result(code=error.rc, msg=str(error))).SerializeToString()  # type: ignore[arg-type]
+        # protoc's stubs type enum fields as the enum only, and rc is an int code
+        return self.response_cls(r=Result(code=error.rc, msg=str(error))).SerializeToString()  # type: ignore[arg-type]
 
-    if not original.response_streaming:
 
-        def unary_response(request: Any, context: grpc.ServicerContext) -> bytes:
-            prepared = prepare(context)
-            if isinstance(prepared, bytes):
-                return prepared
-            backend, md = prepared
+def _unary_forwarder(site: _ForwardSite) -> Behavior:
+    prepare, failed, release = site.prepare, site.failed, site.registry.release
+    kind, path = site.kind, site.path
+
+    def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        prepared = prepare(context)
+        if isinstance(prepared, bytes):
+            return prepared
+        backend, md = prepared
+        try:
+            response: bytes = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
+            return response
+        except grpc.RpcError as exc:
+            return failed(context, backend, exc)
+        finally:
+            release(backend)
+
+    return unary_response
+
+
+def _stream_forwarder(site: _ForwardSite) -> Behavior:
+    prepare, failed, release = site.prepare, site.failed, site.registry.release
+    kind, path = site.kind, site.path
+
+    def stream_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        prepared = prepare(context)
+        if isinstance(prepared, bytes):
+            yield prepared
+            return
+        backend, md = prepared
+        try:
+            responses = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
+            context.add_callback(responses.cancel)  # caller gone: cancel the backend call too
             try:
-                return backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
+                yield from responses
             except grpc.RpcError as exc:
-                return failed(context, backend, exc)
-            finally:
-                registry.release(backend)
+                yield failed(context, backend, exc)  # the stream's last message
+        finally:
+            release(backend)
 
-        behavior: Any = unary_response
-    else:
-
-        def stream_response(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-            prepared = prepare(context)
-            if isinstance(prepared, bytes):
-                yield prepared
-                return
-            backend, md = prepared
-            try:
-                responses = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
-                context.add_callback(responses.cancel)  # caller gone: cancel the backend call too
-                try:
-                    yield from responses
-                except grpc.RpcError as exc:
-                    yield failed(context, backend, exc)  # the stream's last message
-            finally:
-                registry.release(backend)
-
-        behavior = stream_response
-
-    # Forwarded calls wait on the network: keep them off the bounded worker pool
-    behavior.experimental_thread_pool = stream_pool
-    return method_handler(kind, behavior)  # no (de)serializers: bytes in, bytes out
+    return stream_response

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from grpc_helper.api import EventApiVersion, Filter, ProxyRegisterRequest, ServerApiVersion
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
-from grpc_helper.client import RpcClient
+from grpc_helper.client import RpcClient, StubsMap
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.manager import RpcManager
@@ -33,7 +31,7 @@ class RpcProxiedManager(RpcManager):
         """Version string shown by the main server's `srv.info` for these services."""
         raise NotImplementedError
 
-    def _proxy_stubs(self) -> dict[str, tuple[type, Any]]:
+    def _proxy_stubs(self) -> StubsMap:
         """Extra stubs for `proxy_client`."""
         return {}
 
@@ -45,7 +43,7 @@ class RpcProxiedManager(RpcManager):
         """The host registered on main, as 2.x does: this host's IP as seen on the route to main when
         `_proxy_use_current_host` says so, else `rpc-main-host` (main runs on this same host)."""
         # A method here; 2.x declared it as a property, which its subclasses may still override
-        use_current: Any = self._proxy_use_current_host
+        use_current: object = self._proxy_use_current_host
         if callable(use_current):
             use_current = use_current()
         main_host = RpcStaticConfig.MAIN_HOST.str_val

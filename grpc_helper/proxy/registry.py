@@ -5,23 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
-from grpc_helper._persist import read_json_object, write_json
 from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.backoff import Backoff
-from grpc_helper.calls import VersionRange
+from grpc_helper.calls import VersionRange, remaining
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.generated import Handler
+from grpc_helper.persist import read_json_object, write_json
 from grpc_helper.proxy.backend import Backend, backend_address
-from grpc_helper.proxy.forward import make_forwarder, remaining
+from grpc_helper.proxy.forward import make_forwarder
 
 if TYPE_CHECKING:
     from grpc_helper.descriptor import RpcServiceDescriptor
@@ -32,6 +32,12 @@ _WAIT_LOG_PERIOD = 0.5
 # While a call waits for a registered backend to be connected, it checks the connection this often
 _FIRST_POLL = 0.005
 _MAX_POLL = 0.05
+
+
+class HealthSetter(Protocol):
+    """Sets the server's health status of a service (by its descriptor name)."""
+
+    def __call__(self, name: str, *, serving: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ class ProxyRegistry:
         descriptors: list[RpcServiceDescriptor],
         *,
         workspace: Path | None,
-        streams: Executor,
-        set_health: Callable[[str, bool], None],
+        streams: ThreadPoolExecutor,
+        set_health: HealthSetter,
         logger: logging.Logger,
     ) -> None:
         """`descriptors`: the proxied services; `workspace`: where `proxy.json` lives (None: not persisted);
@@ -73,12 +79,12 @@ class ProxyRegistry:
         self._changed = threading.Condition()
         self._closed = False
         self._path = workspace / PROXY_FILE if workspace is not None and descriptors else None
-        self._foreign: dict[str, Any] = {}
+        self._foreign: dict[str, object] = {}
 
     # --- handlers ---
     def handlers(
-        self, d: RpcServiceDescriptor, service: str, generated: dict[str, Any], versions: VersionRange
-    ) -> dict[str, grpc.RpcMethodHandler]:
+        self, d: RpcServiceDescriptor, service: str, generated: dict[str, Handler], versions: VersionRange
+    ) -> dict[str, Handler]:
         return {
             method: make_forwarder(d.name, service, method, original, versions, self, self._streams)
             for method, original in generated.items()
@@ -185,7 +191,7 @@ class ProxyRegistry:
             self._changed.notify_all()
         self._close(unused)
         for name in names:
-            self._set_health(name, False)
+            self._set_health(name, serving=False)
         self._persist()
 
     def _set(self, name: str, target: ProxyTarget) -> None:
@@ -198,14 +204,14 @@ class ProxyRegistry:
             unused = self._release_unused()
             self._changed.notify_all()
         self._close(unused)
-        self._set_health(name, True)
+        self._set_health(name, serving=True)
 
-    def _release_unused(self) -> list[Any]:
+    def _release_unused(self) -> list[Backend | RpcClient]:
         """Retire backends and config clients that no registration uses; returns those to close now
         (outside the lock). Called with the lock held."""
         used = {(t.host, t.port) for t in self._targets.values()}
         used_addresses = {backend_address(*key) for key in used}
-        to_close: list[Any] = []
+        to_close: list[Backend | RpcClient] = []
         for key in [k for k in self._backends if k not in used]:
             backend = self._backends.pop(key)
             backend.retired = True
@@ -218,7 +224,7 @@ class ProxyRegistry:
         return to_close
 
     @staticmethod
-    def _close(items: list[Any]) -> None:
+    def _close(items: list[Backend | RpcClient]) -> None:
         for item in items:
             item.close()
 
@@ -266,7 +272,11 @@ class ProxyRegistry:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-            to_close: list[Any] = [*self._backends.values(), *self._retired, *self._config_clients.values()]
+            to_close: list[Backend | RpcClient] = [
+                *self._backends.values(),
+                *self._retired,
+                *self._config_clients.values(),
+            ]
             self._backends.clear()
             self._retired.clear()
             self._config_clients.clear()

@@ -41,7 +41,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         names = check_names(request.names, "get", all_if_empty=True)
         local = self._config.get_user(names, ignore_unknown=True)
         merged = _merge([local, *(items.values() for _, items in self._remote_items(names))])
-        _check_unknown(names, merged.keys(), request.ignore_unknown)
+        _check_unknown(names, merged.keys(), ignore_unknown=request.ignore_unknown)
         return ConfigStatus(items=list(merged.values()))
 
     def set(self, request: ConfigUpdate) -> ConfigStatus:
@@ -49,10 +49,10 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         updates = [(u.name, u.value) for u in request.items]
         names = check_names((name for name, _ in updates), "set")
         if not self._proxies.has_targets():
-            return ConfigStatus(items=config.set_user(updates, request.ignore_unknown))
+            return ConfigStatus(items=config.set_user(updates, ignore_unknown=request.ignore_unknown))
         with self.lock:
             remote = self._remote_items(names)
-            _check_unknown(names, _known(config.user_items, remote), request.ignore_unknown)
+            _check_unknown(names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             # Validate everything, everywhere, before anything changes
             local = [(item.name, value) for item, value in config.validate_updates(updates, ignore_unknown=True)]
             for name, value in updates:
@@ -72,10 +72,10 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         config = self._config
         names = check_names(request.names, "reset")
         if not self._proxies.has_targets():
-            return ConfigStatus(items=config.reset_user(names, request.ignore_unknown))
+            return ConfigStatus(items=config.reset_user(names, ignore_unknown=request.ignore_unknown))
         with self.lock:
             remote = self._remote_items(names)
-            _check_unknown(names, _known(config.user_items, remote), request.ignore_unknown)
+            _check_unknown(names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             local = [n for n in names if n in config.user_items]
             out = {i.name: i for i in config.reset_user(local)} if local else {}
             for client, items in remote:
@@ -127,7 +127,7 @@ def _merge(sources: Iterable[Iterable[ConfigItem]]) -> dict[str, ConfigItem]:
     return merged
 
 
-def _check_unknown(names: Iterable[str], found: Iterable[str], ignore_unknown: bool) -> None:
+def _check_unknown(names: Iterable[str], found: Iterable[str], *, ignore_unknown: bool) -> None:
     known = set(found)
     unknown = [n for n in names if n not in known]
     if unknown and not ignore_unknown:
@@ -139,4 +139,4 @@ def _validate_remote(item: ConfigItem, value: str) -> None:
 
     A custom validator is only known to its server, which checks the value when it is set there.
     """
-    check_value(item.name, value, item.can_be_empty, builtin_validator(item.validator))
+    check_value(item.name, value, builtin_validator(item.validator), can_be_empty=item.can_be_empty)

@@ -8,12 +8,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,13 +25,14 @@ from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerService
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
 from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_method, wrap_method
 from grpc_helper.client import RpcClient
+from grpc_helper.config.items import ConfigItems
 from grpc_helper.config.manager import ConfigManager
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
 from grpc_helper.events.service import EventsManager
 from grpc_helper.folders import Folders
-from grpc_helper.generated import capture_service, generated_default, make_handler, response_class
+from grpc_helper.generated import capture_service, generated_default, make_handler, response_class, run_on
 from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
@@ -38,7 +40,7 @@ from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
-from grpc_helper.signals import graceful_exit
+from grpc_helper.signals import SignalHandler, graceful_exit
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -70,11 +72,14 @@ _NEXT_STATES: dict[ServerState, tuple[ServerState, ...]] = {
 }
 
 
-class _Health(health.HealthServicer):
+class _Health(health.HealthServicer):  # type: ignore[misc]  # grpc_health has no type information
     """The standard health servicer, plus a way to end its Watch streams at shutdown."""
 
     def end_watches(self) -> None:
-        # grpc_health keeps each watcher's response callback; None ends that stream with OK
+        # grpc_health private internals (hence its bound, with grpcio's, in pyproject.toml): the
+        # servicer keeps each watcher's response callback in `_send_response_callbacks` (service ->
+        # callbacks) under `_lock`, and has no public way to end the streams; a None response ends one
+        # with OK. `enter_graceful_shutdown` only sends NOT_SERVING and keeps the streams open.
         with self._lock:
             callbacks = [cb for per_service in self._send_response_callbacks.values() for cb in per_service]
             self._send_response_callbacks.clear()
@@ -99,10 +104,11 @@ class RpcServer:
         descriptors: list[RpcServiceDescriptor] | None = None,
         folders: Folders | None = None,
         cli_config: Mapping[str, str] | None = None,
-        static_items: Iterable[Any] | None = None,
-        user_items: Iterable[Any] | None = None,
-        with_events: bool = False,
-        with_debug_signal: bool = True,
+        static_items: ConfigItems | None = None,
+        user_items: ConfigItems | None = None,
+        # Positional in 2.x (documented in this order), so they stay positional
+        with_events: bool = False,  # noqa: FBT001, FBT002
+        with_debug_signal: bool = True,  # noqa: FBT001, FBT002
     ) -> None:
         self.folders = folders or Folders()
         self.port = port  # the bound one once listening
@@ -113,13 +119,13 @@ class RpcServer:
         self._gates: dict[str, LoadGate] = {}  # by descriptor name: opened once its manager is loaded
         self._logs: RollingLogs | None = None
         self._grpc: grpc.Server | None = None
-        self._previous_usr2: Any = None
+        self._previous_usr2: SignalHandler = None
         self.client: RpcClient | Any = None
         self.descriptors: list[RpcServiceDescriptor] = []
         self._service_names: dict[str, str] = {}  # descriptor name -> full gRPC service name
         self._loaded: list[RpcManager] = []  # managers whose _load ran, to shut down in reverse
         try:
-            self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events)
+            self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events=with_events)
         except BaseException as exc:
             # A failed start (bad config, busy port, a manager's _load...) leaves nothing running, and
             # answers the calls waiting for a manager that will never be loaded
@@ -136,8 +142,9 @@ class RpcServer:
         port: int,
         descriptors: list[RpcServiceDescriptor],
         cli_config: Mapping[str, str] | None,
-        static_items: Iterable[Any] | None,
-        user_items: Iterable[Any] | None,
+        static_items: ConfigItems | None,
+        user_items: ConfigItems | None,
+        *,
         with_events: bool,
     ) -> None:
         self.config = ConfigManager(self.folders, cli_config, [RpcStaticConfig, *(static_items or [])], user_items)
@@ -158,7 +165,7 @@ class RpcServer:
             set_health=self._set_health,
             logger=self.logger,
         )
-        defaults = self._default_descriptors(with_events)
+        defaults = self._default_descriptors(with_events=with_events)
         self._defaults = len(defaults)
         self.descriptors = defaults + descriptors
         names = [d.name for d in self.descriptors]
@@ -172,11 +179,13 @@ class RpcServer:
             raise RpcException(f"gRPC services served twice: {', '.join(twice)}", ResultCode.ERROR_MODEL_INVALID)
 
         # Health and reflection answer at once; until its manager is loaded, a service is NOT_SERVING,
-        # and so is the server as a whole ("") until all are
+        # and so is the server as a whole ("") until all are. grpc_health's experimental options: its
+        # Watch streams run on the stream pool, not on the workers (grpcio's `experimental_thread_pool`
+        # hook, see `generated.run_on`), and don't block a thread while waiting for a status change.
         self.health = _Health(experimental_non_blocking=True, experimental_thread_pool=self.streams)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         for d in self.descriptors:
-            self._set_health(d.name, False)
+            self._set_health(d.name, serving=False)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -211,12 +220,12 @@ class RpcServer:
                     self._loaded.append(manager)
             for name in batch:
                 self._gates[name].open()
-                self._set_health(name, True)
+                self._set_health(name, serving=True)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    def _default_descriptors(self, with_events: bool) -> list[RpcServiceDescriptor]:
+    def _default_descriptors(self, *, with_events: bool) -> list[RpcServiceDescriptor]:
         """The default services, each manager given only what it needs of this server."""
-        defaults: list[tuple[str, Any, Any, Any, type]] = [
+        defaults: list[tuple[str, EnumTypeWrapper, RpcManager, Callable[[Any, Any], None], type[Any]]] = [
             (
                 "srv",
                 ServerApiVersion,
@@ -269,9 +278,14 @@ class RpcServer:
                 site = CallSite(
                     id(self), f"/{service}/{method}", response_class(service, method), versions, logger, gate
                 )
-                behavior = wrap_method(site, fn, original.request_streaming, original.response_streaming)
+                behavior = wrap_method(
+                    site,
+                    fn,
+                    request_streaming=original.request_streaming,
+                    response_streaming=original.response_streaming,
+                )
                 if method in long_lived:
-                    behavior.experimental_thread_pool = self.streams
+                    run_on(behavior, self.streams)
                 handlers[method] = make_handler(original, behavior)
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
@@ -279,7 +293,7 @@ class RpcServer:
         self._service_names[d.name] = service
         return service
 
-    def _manager_logger(self, manager: Any) -> logging.Logger:
+    def _manager_logger(self, manager: object) -> logging.Logger:
         """The logger a manager's calls are traced on, given its rolling file: an `RpcManager`'s
         `logger`, else (a plain servicer) one named after the manager's class."""
         logger = getattr(manager, "logger", None)
@@ -325,7 +339,7 @@ class RpcServer:
         with self._state_changed:
             return self._state_changed.wait_for(done, timeout)
 
-    def _set_health(self, name: str, serving: bool) -> None:
+    def _set_health(self, name: str, *, serving: bool) -> None:
         """The health status of the service named `name` (a descriptor's name)."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         self.health.set(self._service_names[name], status)

@@ -42,7 +42,7 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
         self._control = control
         self._proxies = proxies
 
-    def _select(self, names: Iterable[str], ignore_unknown: bool = False) -> list[RpcServiceDescriptor]:
+    def _select(self, names: Iterable[str], *, ignore_unknown: bool = False) -> list[RpcServiceDescriptor]:
         """Descriptors by name (all if none given)."""
         descriptors = self._control.descriptors
         names = list(names)
@@ -57,7 +57,7 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
     def info(self, request: Filter) -> MultiServiceInfo:
         items = []
         proxies = self._proxies
-        for d in self._select(request.names, request.ignore_unknown):
+        for d in self._select(request.names, ignore_unknown=request.ignore_unknown):
             info = ServiceInfo(
                 name=d.name,
                 version=d.version_string,

@@ -1,4 +1,4 @@
-"""Atomic JSON persistence for the workspace files."""
+"""Atomic JSON persistence, for the workspace files and for managers' own files (public: the samples use it)."""
 
 from __future__ import annotations
 
