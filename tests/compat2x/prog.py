@@ -363,7 +363,7 @@ def events_flow(client: Any) -> dict[str, Any]:
     """listen / keep-alive / send / inspect / interrupt / resume, as one client sees them."""
     out: dict[str, Any] = {}
     first_stream = Listening(client, EventFilter(names=["COMPAT"]))
-    _, first = first_stream.next(lambda s: True)
+    _, first = first_stream.next(lambda _status: True)
     client_id = first.client_id
     out["first"] = {"client_id>0": client_id > 0, "has_event": first.HasField("event"), "r": rc_name(first.r.code)}
     # The servers run with rpc-event-keepalive-timeout=1: a keep-alive comes within a few seconds
@@ -390,7 +390,7 @@ def events_flow(client: Any) -> dict[str, Any]:
     out["inspect_retained"] = client_id in client.events.inspect(Empty(), timeout=CALL_DEADLINE).client_ids
     client.events.send(Event(name="COMPAT", properties=[EventProperty(name="while", value="interrupted")]))
     resumed = Listening(client, EventFilter(names=["COMPAT"], client_id=client_id))
-    _, first_again = resumed.next(lambda s: True)
+    _, first_again = resumed.next(lambda _status: True)
     out["resume_first"] = {"same_client_id": first_again.client_id == client_id, "r": rc_name(first_again.r.code)}
     kind, kept = resumed.next(lambda s: bool(s.event.name))
     out["resume_kept_event"] = [[p.name, p.value] for p in kept.event.properties] if kind == "status" else kept
@@ -470,8 +470,8 @@ def client_report(port: int) -> None:
     # version, which is 1 for all these services), or none (no check)
     versions: dict[str, Callable[[int], int | None]] = {
         "too_new": lambda current: current + 1,
-        "too_old": lambda current: 0,
-        "none": lambda current: None,
+        "too_old": lambda _current: 0,
+        "none": lambda _current: None,
     }
     for label, version in versions.items():
         vc = RpcClient(
