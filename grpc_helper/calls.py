@@ -24,9 +24,10 @@ import grpc
 from google.protobuf.message import Message
 
 from grpc_helper.api import Result, ResultCode
-from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.config.static import RpcStaticConfig, bool_value
 from grpc_helper.errors import RpcException, rc_name, result_from_exception, result_status
 from grpc_helper.generated import Behavior, has_result_field
+from grpc_helper.limits import cut, quote
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER, Metadata
 
 # A manager's method as served: `method(request) -> response` (a response iterator for streamed
@@ -101,22 +102,26 @@ def current_call() -> PendingCall | None:
 
 # --- call traces (the format of grpc-helper 2.x) ---
 
-TRACE_MAX = 1024  # characters of a message's text kept in a trace
+# Characters of a message's text kept in a trace (then "..."): 2.x's 1024, which existing log parsers
+# expect; it bounds what a hostile request adds to logs and dumps to about 1 KB per message
+TRACE_MAX = 1024
 
 
 def trace_message(message: object) -> str:
     """`Type{text}`: the protobuf text format on one line, cut at TRACE_MAX characters followed by "..."."""
-    text = str(message).replace("\n", " ")
-    if len(text) > TRACE_MAX:
-        text = text[:TRACE_MAX] + "..."
+    text = cut(str(message).replace("\n", " "), TRACE_MAX)
     return f"{type(message).__name__}{{{text}}}"
 
 
 def trace_peer(metadata: Iterable[tuple[str, str | bytes]]) -> str:
-    """`[client]user@host(ip) api:version` from call metadata: "unknown" for a missing field, 0 for no version."""
+    """`[client]user@host(ip) api:version` from call metadata: "unknown" for a missing field, 0 for no version.
+
+    Only these identity keys are shown, cut short: never `authorization` nor any other metadata value.
+    """
     md: dict[str, object] = dict(metadata)  # our keys have str values; any other value is shown as is
     client, user, host, ip = (md.get(k) or "unknown" for k in (KEY_CLIENT, KEY_USER, KEY_HOST, KEY_IP))
-    return f"[{client}]{user}@{host}({ip}) api:{md.get(KEY_API_VERSION) or 0}"
+    version = md.get(KEY_API_VERSION) or 0
+    return cut(f"[{client}]{user}@{host}({ip}) api:{version}")
 
 
 def method_name(path: str) -> str:
@@ -159,7 +164,7 @@ class VersionRange:
         try:
             version = int(value)
         except (TypeError, ValueError):
-            return Result(code=ResultCode.ERROR_PARAM_INVALID, msg=f"Invalid api_version metadata: {value!r}")
+            return Result(code=ResultCode.ERROR_PARAM_INVALID, msg=f"Invalid api_version metadata: {quote(value)}")
         if version < self.supported:
             return Result(
                 code=ResultCode.ERROR_API_CLIENT_TOO_OLD,
@@ -177,8 +182,6 @@ class VersionRange:
 
 # Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
 _NO_DEADLINE = 1e8
-# While a call waits for its service to be loaded, it checks this often whether its caller is still there
-_GATE_POLL = 0.25
 
 
 def remaining(context: grpc.ServicerContext) -> float | None:
@@ -197,7 +200,8 @@ class LoadGate:
     def __init__(self, service: str) -> None:
         self.service = service
         self.ready = threading.Event()  # set once loaded: the one check on the hot path
-        self._settled = threading.Event()  # set once loaded, or once the server's start failed
+        self._settled = False  # once loaded, or once the server's start failed
+        self._changed = threading.Condition()  # notified when settled, or when a waiting caller goes away
         self._failure = ""
 
     @classmethod
@@ -209,13 +213,22 @@ class LoadGate:
 
     def open(self) -> None:
         self.ready.set()
-        self._settled.set()
+        self._settle()
 
     def fail(self, reason: str) -> None:
         """The service will never be loaded (`reason`): waiting calls get an error now."""
         if not self.ready.is_set():
             self._failure = reason
-            self._settled.set()
+            self._settle()
+
+    def _settle(self) -> None:
+        with self._changed:
+            self._settled = True
+            self._changed.notify_all()
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def wait(self, context: grpc.ServicerContext) -> None:
         """Return once open. Bounded by the caller's deadline, and by `rpc-client-timeout`: then raises
@@ -224,12 +237,15 @@ class LoadGate:
         left = remaining(context)
         bound = limit if left is None else min(limit, left)
         deadline = time.monotonic() + bound
-        while not self._settled.is_set():
-            now = time.monotonic()
-            if now >= deadline or not context.is_active():  # timed out, or the caller is gone
-                msg = f"Service {self.service} is not ready: still loading after {bound:.1f}s"
-                raise RpcException(msg, ResultCode.ERROR_REQUEST_TIMEOUT)
-            self._settled.wait(min(_GATE_POLL, deadline - now))
+        # A caller that cancels, or whose deadline passes, wakes the wait up at once: its thread is free
+        context.add_callback(self._wake)
+        with self._changed:
+            while not self._settled:
+                now = time.monotonic()
+                if now >= deadline or not context.is_active():  # timed out, or the caller is gone
+                    msg = f"Service {self.service} is not ready: still loading after {bound:.1f}s"
+                    raise RpcException(msg, ResultCode.ERROR_REQUEST_TIMEOUT)
+                self._changed.wait(deadline - now)
         if not self.ready.is_set():
             msg = f"Service {self.service} is not served: {self._failure}"
             raise RpcException(msg, ResultCode.ERROR_STATE_UNEXPECTED)
@@ -268,7 +284,9 @@ class CallSite:
             self.logger.warning("%s failed: %s (%s)", self.path, exc, rc_name(exc.rc))
         else:
             self.logger.exception("%s failed with an unexpected error", self.path)
-        return self.error_response(context, result_from_exception(exc))
+        return self.error_response(
+            context, result_from_exception(exc, with_stack=bool_value(RpcStaticConfig.ERROR_STACK))
+        )
 
 
 def wrap_method(site: CallSite, fn: ManagerMethod, *, request_streaming: bool, response_streaming: bool) -> Behavior:

@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
 import grpc
@@ -52,7 +54,9 @@ class _Stub:
 class RpcClient:
     """Client of one server, with one attribute per entry of `stubs` (name -> (stub class, api version)).
 
-    - `timeout`: how long calls are retried while the server is UNAVAILABLE (None: one attempt only)
+    - `timeout`: how long calls are retried while the server is UNAVAILABLE (None: one attempt only). It
+      bounds the whole call, counted from its start: a unary call given no `timeout` of its own gets it as
+      its deadline, across attempts; a streamed response is not started again once it has passed
     - `name`: client name (str) or a full `RpcMetadata`, sent as call metadata
     - `exception`: raise `custom_exception(msg, rc)` for responses with a non-OK code below ERROR_CUSTOM
     """
@@ -139,12 +143,23 @@ class RpcClient:
                 exc.stack = r.stack
             raise exc
 
-    def _retry(self, attempt: Callable[[], T], error: grpc.RpcError, path: str, timeout: float | None) -> T:
-        """Called after a failed first attempt: retry with backoff while UNAVAILABLE (within the client's
-        timeout, and the call's if shorter), raise `RpcTransportError` for anything else."""
+    def _retry(
+        self,
+        attempt: Callable[[float | None], T],
+        error: grpc.RpcError,
+        path: str,
+        timeout: float | None,
+        started: float,
+    ) -> T:
+        """Called after a failed first attempt of a call `started` at that `time.monotonic()`: retry with
+        backoff while UNAVAILABLE, within the client's timeout (and the call's if shorter) counted from the
+        call's start; raise `RpcTransportError` for anything else. `attempt(left)` runs one attempt, `left`
+        being what remains of the call's deadline (its own `timeout`, else the client's)."""
         if self.timeout is None:  # one attempt only
             raise rpc_error_to_exception(error, path) from error
-        backoff = Backoff(timeout=min(t for t in (self.timeout, timeout) if t is not None))
+        window = min(t for t in (self.timeout, timeout) if t is not None)
+        backoff = Backoff(timeout=started + window - time.monotonic())  # the window opened with the call
+        end = started + (self.timeout if timeout is None else timeout)
         while True:
             if error.code() != grpc.StatusCode.UNAVAILABLE or backoff.expired:
                 raise rpc_error_to_exception(error, path) from error
@@ -152,9 +167,12 @@ class RpcClient:
             self.logger.debug("%s unavailable on %s:%s, retrying in %.2fs", path, self.host, self.port, delay)
             time.sleep(delay)
             try:
-                return attempt()
+                return attempt(max(0.0, end - time.monotonic()))
             except grpc.RpcError as exc:
-                error = exc
+                # A retry cut by the deadline we set (the window's end) reports why the window was
+                # spent: the server was UNAVAILABLE (a caller's own deadline is reported as such)
+                if timeout is not None or exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    error = exc
 
     # --- method binding ---
     def _bind(self, spec: MethodSpec, metadata: Metadata) -> Callable[..., Any]:
@@ -191,10 +209,13 @@ def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, ch
         call = client._multicallable(spec)
 
     def unary(request: Message, timeout: float | None = None) -> Any:
+        started = monotonic()
         try:
-            response = call(request, timeout=timeout, metadata=metadata)
+            # The client's timeout is the call's deadline unless it has its own (see RpcClient)
+            response = call(request, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            response = client._retry(lambda: call(request, timeout=timeout, metadata=metadata), exc, path, timeout)
+            retry = partial(call, request, metadata=metadata)
+            response = client._retry(lambda left: retry(timeout=left), exc, path, timeout, started)
         if check:
             client._raise_for(response)
         return response
@@ -212,12 +233,14 @@ def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
 
     def client_stream(requests: Iterable[Message], timeout: float | None = None) -> Any:
         tracked = _TrackedIterator(requests)
+        started = monotonic()
         try:
-            response = call(tracked, timeout=timeout, metadata=metadata)
+            response = call(tracked, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as exc:
             if tracked.started:  # can't replay a consumed request stream
                 raise rpc_error_to_exception(exc, path) from exc
-            response = client._retry(lambda: call(tracked, timeout=timeout, metadata=metadata), exc, path, timeout)
+            retry = partial(call, tracked, metadata=metadata)
+            response = client._retry(lambda left: retry(timeout=left), exc, path, timeout, started)
         if check:
             client._raise_for(response)
         return response
@@ -295,6 +318,7 @@ class ResponseStream:
     ) -> None:
         self._client, self._start, self._path, self._timeout, self._check = client, start, path, timeout, check
         self._requests = requests
+        self._started = time.monotonic()  # the retry window counts from here
         self._call = start()
         self._received = False
 
@@ -308,11 +332,12 @@ class ResponseStream:
             if self._received or (self._requests is not None and self._requests.started):
                 raise rpc_error_to_exception(exc, self._path) from exc
 
-            def restart() -> Message:
+            def restart(_left: float | None) -> Message:
+                # No deadline from the client's timeout: the stream may live long once it has started
                 self._call = self._start()
                 return next(self._call)
 
-            msg = self._client._retry(restart, exc, self._path, self._timeout)
+            msg = self._client._retry(restart, exc, self._path, self._timeout, self._started)
         self._received = True
         if self._check:
             self._client._raise_for(msg)

@@ -62,10 +62,11 @@ def rc_name(rc: int) -> str:
         return str(rc)
 
 
-def result_from_exception(exc: BaseException) -> Result:
-    """The `Result` a failed manager method answers with."""
+def result_from_exception(exc: BaseException, *, with_stack: bool = True) -> Result:
+    """The `Result` a failed manager method answers with; `with_stack`: with the server's traceback
+    (`rpc-error-stack`). Messages quote client input cut short (`limits.quote`), so the result stays small."""
     rc = exc.rc if isinstance(exc, RpcException) else ResultCode.ERROR
-    stack = "".join(traceback.format_exception(exc))
+    stack = "".join(traceback.format_exception(exc)) if with_stack else ""
     # protoc's stubs type enum fields as the enum only, and rc is any int code (custom ones too)
     return Result(code=rc, msg=str(exc) or type(exc).__name__, stack=stack)  # type: ignore[arg-type]
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import logging.handlers
+import os
+import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,6 +16,7 @@ from grpc_helper.api import LoggerConfig, LoggerLevel, ResultCode
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
+from grpc_helper.limits import quote
 from grpc_helper.persist import read_json_object, write_json
 
 LOGGERS_FILE = "loggers.json"
@@ -19,6 +24,8 @@ ROOT_LOG = "root"  # the complete log: <logs>/root/root.log, like any logger nam
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _log = logging.getLogger("grpc_helper.logs")
+# What `log` accepts as a logger name: Python's dotted names, parts of [A-Za-z0-9_-] ("" and "root": the root logger)
+LOGGER_NAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 def level_name(level: int) -> str:
@@ -61,9 +68,37 @@ def logs_folder(folders: Folders) -> Path | None:
     return wks / folder if wks is not None else None
 
 
+PRIVATE_FILE_MODE = 0o600  # log files and dumps: readable by the server's user only
+PRIVATE_FOLDER_MODE = 0o700
+
+
+def private_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) if needed, and make it `0700` (an existing one too, if it is ours:
+    a folder of another user, e.g. a shared absolute `rpc-logs-folder`, is left as it is)."""
+    folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        folder.chmod(PRIVATE_FOLDER_MODE)
+
+
+def private_opener(path: str, flags: int) -> int:
+    """`open(..., opener=private_opener)`: a file created `0600` (an existing one made so too)."""
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    os.fchmod(fd, PRIVATE_FILE_MODE)
+    return fd
+
+
+class _PrivateRotatingFileHandler(logging.handlers.TimedRotatingFileHandler):
+    """A rolling log whose files (the current one and each new one at rollover) are `0600`."""
+
+    def _open(self) -> io.TextIOWrapper:
+        # Appending, as TimedRotatingFileHandler always does (its mode is "a")
+        return open(self.baseFilename, "a", encoding=self.encoding, errors=self.errors, opener=private_opener)
+
+
 class RollingLogs:
     """The file handlers of one server: a complete root log and one log per manager logger,
-    each in `<logs>/<logger name>/<logger name>.log` (the layout of grpc-helper 2.x)."""
+    each in `<logs>/<logger name>/<logger name>.log` (the layout of grpc-helper 2.x); files `0600`
+    in `0700` folders."""
 
     def __init__(self, folders: Folders) -> None:
         self.folder = logs_folder(folders)
@@ -75,8 +110,9 @@ class RollingLogs:
         if self.folder is None or name in self._handlers:
             return
         path = self.folder / name / f"{name}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.TimedRotatingFileHandler(
+        private_folder(self.folder)
+        private_folder(path.parent)
+        handler = _PrivateRotatingFileHandler(
             path,
             when=RpcStaticConfig.LOGS_ROLLOVER_INTERVAL_UNIT.str_val.upper(),
             interval=RpcStaticConfig.LOGS_ROLLOVER_INTERVAL.int_val,
@@ -149,9 +185,16 @@ class LoggersConfig:
 
     @staticmethod
     def _check_names(names: Iterable[str]) -> list[str]:
+        """The logger names of a request: at least one, each a valid name (bounds: `check_request`)."""
         names = list(names)
         if not names:
             raise RpcException("No logger name given", ResultCode.ERROR_PARAM_MISSING)
+        for name in names:
+            if name and LOGGER_NAME_RE.fullmatch(name) is None:
+                raise RpcException(
+                    f"Invalid logger name: {quote(name)} (expected dot-separated parts of [A-Za-z0-9_-])",
+                    ResultCode.ERROR_PARAM_INVALID,
+                )
         return names
 
     def get(self, names: Iterable[str]) -> list[LoggerConfig]:
@@ -162,17 +205,21 @@ class LoggersConfig:
         items = list(items)
         if not items:
             raise RpcException("No logger configuration given", ResultCode.ERROR_PARAM_MISSING)
+        self._check_names(item.name for item in items)
         for item in items:
             if item.level not in LoggerLevel.values():
                 raise RpcException(
-                    f"Invalid level {item.level} for logger {item.name!r}", ResultCode.ERROR_PARAM_INVALID
+                    f"Invalid level {item.level} for logger {quote(item.name)}", ResultCode.ERROR_PARAM_INVALID
                 )
         with self._lock:
             for item in items:
                 logger = logging.getLogger(item.name)
-                logger.setLevel(item.level)  # LVL_UNKNOWN is NOTSET: the logger inherits again
+                # Not setLevel: it clears the level cache of every logger of the process, which made
+                # a set of n new loggers cost n^2; the cache is cleared once below instead
+                logger.level = item.level  # LVL_UNKNOWN is NOTSET: the logger inherits again
                 logger.disabled = not item.enabled
                 self._persisted[_key(item.name)] = level_name(item.level) if item.enabled else False
+            logging.root.manager._clear_cache()  # type: ignore[attr-defined]  # what setLevel does, once
             self._save()
         return [self.describe(item.name) for item in items]
 
@@ -186,10 +233,11 @@ class LoggersConfig:
             removed = False
             for name in names:
                 logger = _existing_logger(name)  # a logger never created has nothing to reset
-                if logger is not None:
-                    logger.setLevel(self._root_level if logger is logging.root else logging.NOTSET)
+                if logger is not None:  # not setLevel, see `set`
+                    logger.level = self._root_level if logger is logging.root else logging.NOTSET
                     logger.disabled = False
                 removed |= self._persisted.pop(_key(name), None) is not None
+            logging.root.manager._clear_cache()  # type: ignore[attr-defined]  # what setLevel does, once
             if removed:
                 self._save()
         return [self.describe(n) for n in names]

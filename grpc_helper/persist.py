@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -45,8 +46,34 @@ def write_json(path: Path, data: Any) -> None:
             os.close(dir_fd)
 
 
+def _temp_pattern(path: Path) -> str:
+    """The glob of `write_json`'s temp files for `path` (its `mkstemp` prefix and suffix)."""
+    return f".{glob.escape(path.name)}.*.tmp"
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Remove the temp files an interrupted `write_json` of `path` left beside it (a crash between the
+    temp file's creation and its rename); the files removed. Safe against this process's own writers
+    (taken under the file's lock); another process writing the same file at the same time is not supported."""
+    removed = []
+    with _lock_for(path):
+        for leftover in path.parent.glob(_temp_pattern(path)):
+            try:
+                leftover.unlink()
+            except OSError:  # gone already, or not ours to remove (permissions): the read goes on
+                continue
+            removed.append(leftover)
+    return removed
+
+
 def read_json(path: Path | None, default: Any = None) -> Any:
-    """Read a JSON file; a missing file gives `default`, a malformed one ERROR_MODEL_INVALID naming it."""
+    """Read a JSON file; a missing file gives `default`, a malformed one ERROR_MODEL_INVALID naming it.
+
+    Persisted files are read once, when their owner starts: leftovers of an interrupted write of it are
+    removed first (`remove_leftovers`), so they never pile up across crashes.
+    """
+    if path is not None and path.parent.is_dir():
+        remove_leftovers(path)
     if path is None or not path.is_file():
         return default
     try:

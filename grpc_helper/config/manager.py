@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from grpc_helper.api import ConfigItem, ResultCode
-from grpc_helper.config.items import Config, ConfigItems, flatten_items
+from grpc_helper.config.items import CONFIG_NAME_RE, Config, ConfigItems, flatten_items
 from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
+from grpc_helper.limits import quote, quote_names
 from grpc_helper.persist import read_json_object, write_json
 
 CONFIG_FILE = "config.json"
@@ -26,7 +27,8 @@ def env_name(item_name: str) -> str:
 def check_names(names: Iterable[str], what: str, *, all_if_empty: bool = False) -> list[str]:
     """The item names of a config `get`/`set`/`reset` request, checked as 2.x does.
 
-    An empty name, or an empty list unless `all_if_empty` (`get`: all items), is ERROR_PARAM_MISSING. Callers check
+    An empty name, or an empty list unless `all_if_empty` (`get`: all items), is ERROR_PARAM_MISSING; a name that no
+    item could have (`CONFIG_NAME_RE`) is ERROR_PARAM_INVALID. Callers check
     this before unknown names, even with `ignore_unknown`; the merged (proxied) config service uses it too.
     """
     out = list(names)
@@ -34,6 +36,12 @@ def check_names(names: Iterable[str], what: str, *, all_if_empty: bool = False) 
         raise RpcException(f"No config item to {what}", ResultCode.ERROR_PARAM_MISSING)
     if any(not name for name in out):
         raise RpcException(f"Missing config item name to {what}", ResultCode.ERROR_PARAM_MISSING)
+    for name in out:
+        if CONFIG_NAME_RE.fullmatch(name) is None:
+            raise RpcException(
+                f"Invalid config item name to {what}: {quote(name)} (expected [a-z][a-z0-9-]*)",
+                ResultCode.ERROR_PARAM_INVALID,
+            )
     return out
 
 
@@ -168,7 +176,7 @@ class ConfigManager:
         known = [(self.user_items.get(name), name, value) for name, value in updates]
         unknown = [name for item, name, _ in known if item is None]
         if unknown and not ignore_unknown:
-            raise RpcException(f"Unknown config item(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+            raise RpcException(f"Unknown config item(s): {quote_names(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
         checked = [(item, value) for item, _, value in known if item is not None]
         for item, value in checked:
             item.validate(item.name, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from grpc_helper.api import ConfigValidator, ResultCode
 from grpc_helper.config.items import Config, ConfigHolder
 from grpc_helper.errors import RpcException
+from grpc_helper.limits import quote
 
 # TimedRotatingFileHandler "when" values
 _ROLLOVER_UNITS = {"S", "M", "H", "D", "MIDNIGHT", *(f"W{d}" for d in range(7))}
@@ -16,6 +17,21 @@ def validate_rollover_unit(name: str, value: str) -> None:
             f"Invalid value for {name}: {value!r} (expected one of S, M, H, D, MIDNIGHT, W0-W6)",
             ResultCode.ERROR_PARAM_INVALID,
         )
+
+
+_BOOLEANS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+
+
+def validate_bool(name: str, value: str) -> None:
+    if value.lower() not in _BOOLEANS:
+        raise RpcException(
+            f"Invalid value for {name}: {quote(value)} (expected true or false)", ResultCode.ERROR_PARAM_INVALID
+        )
+
+
+def bool_value(item: Config) -> bool:
+    """A boolean item's value (checked by `validate_bool`): true/on/yes/1 or false/off/no/0."""
+    return _BOOLEANS.get(item.str_val.lower(), True)
 
 
 class RpcStaticConfig(ConfigHolder):
@@ -93,6 +109,32 @@ class RpcStaticConfig(ConfigHolder):
     MAX_STREAMS = Config(
         "rpc-max-streams",
         "Maximum concurrent long-lived streams (event listeners, proxied calls), served apart from the workers",
+        "1000",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    SHUTDOWN_MAX_TIMEOUT = Config(
+        "rpc-shutdown-max-timeout",
+        "Longest wait a remote shutdown (srv.shutdown) may ask for before the process ends (seconds);"
+        " beyond it, the request is refused with ERROR_PARAM_INVALID",
+        "3600",
+        validator=ConfigValidator.CONFIG_VALID_POS_FLOAT,
+    )
+    MAX_CALLS = Config(
+        "rpc-max-calls",
+        "Maximum concurrent manager calls (running or waiting for a worker); beyond it, RESOURCE_EXHAUSTED at once",
+        "100",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    ERROR_STACK = Config(
+        "rpc-error-stack",
+        "Whether an error answered by a manager carries the server's traceback in `r.stack` (true/false)",
+        "true",
+        validator=ConfigValidator.CONFIG_VALID_CUSTOM,
+        custom_validator=validate_bool,
+    )
+    EVENT_MAX_RETAINED = Config(
+        "rpc-event-max-retained",
+        "Maximum event queues retained for absent listeners; beyond it the longest retained are dropped",
         "1000",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )

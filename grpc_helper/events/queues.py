@@ -13,6 +13,7 @@ from typing import Any
 
 from grpc_helper.api import Event, EventProperty, ResultCode
 from grpc_helper.errors import RpcException
+from grpc_helper.limits import quote
 
 _log = logging.getLogger("grpc_helper.events")
 
@@ -25,7 +26,7 @@ def check_name(name: str) -> None:
     if not name:
         raise RpcException("Missing event name", ResultCode.ERROR_PARAM_MISSING)
     if " " in name:
-        raise RpcException(f"Invalid event name (contains a space): {name!r}", ResultCode.ERROR_PARAM_INVALID)
+        raise RpcException(f"Invalid event name (contains a space): {quote(name)}", ResultCode.ERROR_PARAM_INVALID)
 
 
 class EventQueue:

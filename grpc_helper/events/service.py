@@ -39,10 +39,12 @@ what this module wrote before (`{"next_id": 12, "queues": {"3": {"names": ["A"],
 its `next_id` kept) and a plain list of ids. A malformed file stops the start with
 ERROR_MODEL_INVALID and is left as it is.
 
-When it is written, i.e. crash safety vs cost: never on the hot path. `send` only raises a flag,
+When it is written, i.e. crash safety vs cost: a `listen` creating a queue writes both files before
+sending the status that carries the new id (so an acknowledged id survives a crash; one write per
+listen start, proportional to what is pending). Never on the hot path: `send` only raises a flag,
 and only when an accepting queue is retained (events for live listeners are delivered within
 milliseconds, so writing them would cost a file write per event for nothing). The janitor writes
-after any change that matters (queue created, resumed, retained, dropped; events queued for a
+after any other change that matters (queue resumed, retained, dropped; events queued for a
 retained queue), coalescing bursts: at most one write per 100 ms, and never more than ~10% of its
 time writing when files get big. At shutdown the file is written last, with the events still
 pending for live listeners. So a crash loses at most the last ~100 ms of changes to retained
@@ -75,6 +77,7 @@ from grpc_helper.calls import current_call
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.events.queues import EventQueue, check_name
+from grpc_helper.limits import check_request, quote
 from grpc_helper.manager import RpcManager
 from grpc_helper.persist import read_json, read_json_object, write_json
 
@@ -100,6 +103,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         self._path: Path | None = None  # queues.json
         self._filters_path: Path | None = None  # queues-filters.json
         self._dirty = threading.Event()  # queues.json is to be written
+        self._save_lock = threading.Lock()  # serializes saves (janitor, new listens, shutdown)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 
@@ -191,6 +195,11 @@ class EventsManager(EventServiceServicer, RpcManager):
     def _save(self) -> None:
         if self._path is None or self._filters_path is None:
             return
+        # One save at a time, snapshot and writes together: a save that snapshotted earlier can't write last
+        with self._save_lock:
+            self._save_snapshot(self._path, self._filters_path)
+
+    def _save_snapshot(self, path: Path, filters_path: Path) -> None:
         with self.lock:
             queues = list(self._queues.values())
         data = {str(q.client_id): q.events_json() for q in queues}
@@ -198,11 +207,11 @@ class EventsManager(EventServiceServicer, RpcManager):
         try:
             # Filters first: a filter whose queue is not written yet is ignored at restore. A workspace
             # that never had one gets no filters file.
-            if filters or self._filters_path.exists():
-                write_json(self._filters_path, filters)
-            write_json(self._path, data)
+            if filters or filters_path.exists():
+                write_json(filters_path, filters)
+            write_json(path, data)
         except OSError as exc:
-            self.logger.error("Can't persist event queues in %s: %s", self._path, exc)
+            self.logger.error("Can't persist event queues in %s: %s", path, exc)
 
     def _background(self) -> None:
         """The janitor: drop expired retained queues; write queues.json when it changed."""
@@ -233,16 +242,30 @@ class EventsManager(EventServiceServicer, RpcManager):
         raise RpcException("No event queue id left", ResultCode.ERROR_STATE_UNREACHABLE)  # 2**32 - 1 queues
 
     def _expire(self) -> None:
+        """Drop the retained queues not resumed in time, then the longest retained beyond `rpc-event-max-retained`
+        (a client can open any number of queues and walk away: what is kept for absent listeners is bounded)."""
         retain = RpcStaticConfig.EVENT_RETAIN_TIMEOUT.int_val
+        most = RpcStaticConfig.EVENT_MAX_RETAINED.int_val
         now = time.monotonic()
         with self.lock:
             expired = [cid for cid, q in self._queues.items() if q.expired(now, retain)]
             for cid in expired:
                 del self._queues[cid]
-            if expired:
+            retained = sorted(
+                (since, cid) for cid, q in self._queues.items() if (since := q.retained_since) is not None
+            )
+            excess = [cid for _, cid in retained[: max(0, len(retained) - most)]]
+            for cid in excess:
+                del self._queues[cid]
+            if expired or excess:
                 self._fanout = tuple(self._queues.values())
         if expired:
-            self.logger.info("Dropped event queues %s (not resumed within %ss)", expired, retain)
+            self.logger.info("Dropped event queues %s (not resumed within %ss)", quote(expired), retain)
+        if excess:
+            self.logger.warning(
+                "Dropped event queues %s (more than rpc-event-max-retained=%s retained)", quote(excess), most
+            )
+        if expired or excess:
             self._dirty.set()
 
     def _gone(self, q: EventQueue, token: object) -> None:
@@ -254,6 +277,7 @@ class EventsManager(EventServiceServicer, RpcManager):
     # --- service ---
     def send(self, request: Event) -> ResultStatus:
         """Queue `request` for every live or retained queue accepting its name (the event is shared, not copied)."""
+        check_request(request)
         check_name(request.name)
         name = request.name
         limit = RpcStaticConfig.EVENT_QUEUE_MAX.int_val
@@ -268,12 +292,14 @@ class EventsManager(EventServiceServicer, RpcManager):
             self._dirty.set()  # events kept for an absent listener: worth persisting
         return ResultStatus()
 
-    def inspect(self, request: Empty) -> EventQueueStatus:  # noqa: ARG002 - served: one request parameter
+    def inspect(self, request: Empty) -> EventQueueStatus:
+        check_request(request)  # nothing to bound today: checked like every request of a default service
         self._expire()
         with self.lock:
             return EventQueueStatus(client_ids=sorted(self._queues))
 
     def interrupt(self, request: EventInterrupt) -> ResultStatus:
+        check_request(request)
         with self.lock:
             q = self._queues.get(request.client_id)
             if q is None:
@@ -286,12 +312,18 @@ class EventsManager(EventServiceServicer, RpcManager):
         return ResultStatus()
 
     def listen(self, request: EventFilter) -> Iterator[EventStatus]:
+        check_request(request)
         names = list(request.names)
         for name in names:
             check_name(name)
         token = object()
         q, dropped, took_over = self._open_queue(request.client_id, names, token)
-        self._dirty.set()
+        if request.client_id:
+            self._dirty.set()
+        else:
+            # A new id is on disk before the status carrying it is sent: a client may rely on it after a
+            # crash (issue 17). One write per listen start; sends never write
+            self._save()
         cid = q.client_id
         if request.client_id:
             self.logger.info("Resuming interrupted event listening queue #%s", cid)

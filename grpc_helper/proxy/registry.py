@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -47,12 +49,35 @@ class ProxyTarget:
     version: str
 
 
+class _ConfigLink:
+    """A config-service client to a proxied server, borrowed by merged config calls like backends
+    by forwarded calls: retired when no registration uses its server, closed once its last call ends."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.client = RpcClient(
+            address[0],
+            address[1],
+            {"config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT)},
+            timeout=None,  # one attempt per call: the merged config bounds each call itself
+            name="proxy-config",
+        )
+        self.users = 0
+        self.retired = False
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class ProxyRegistry:
     """Proxied services of one server, their registered targets and backend channels.
 
-    Calls borrow a backend with `acquire` and give it back with `release`: a backend that no
-    registration uses any more is closed only once its last call is over, so a re-registration
-    never closes a channel under a call.
+    Calls borrow a backend with `acquire` and give it back with `release` (merged config calls borrow
+    config clients with `config_clients`): a backend that no registration uses any more is closed only
+    once its last call is over, so a re-registration never closes a channel under a call.
+
+    Health: a registered service is SERVING while its backend's own health service says so, and
+    NOT_SERVING while the backend is unreachable or not serving (each backend is watched by a
+    thread of its own, see `Backend`); NOT_SERVING when unregistered.
     """
 
     def __init__(
@@ -75,7 +100,8 @@ class ProxyRegistry:
         self._versions: dict[str, str] = {}  # last registered version, kept after proxy_forget
         self._backends: dict[tuple[str, int], Backend] = {}  # by registered (host, port)
         self._retired: set[Backend] = set()  # unregistered, still used by calls
-        self._config_clients: dict[tuple[str, int], RpcClient] = {}  # by resolved address
+        self._config_clients: dict[tuple[str, int], _ConfigLink] = {}  # by resolved address
+        self._retired_links: set[_ConfigLink] = set()  # unregistered, still used by calls
         self._changed = threading.Condition()
         self._closed = False
         self._path = workspace / PROXY_FILE if workspace is not None and descriptors else None
@@ -117,6 +143,8 @@ class ProxyRegistry:
         deadline = start + (limit if left is None else min(limit, left))
         next_log = start
         poll = Backoff(_FIRST_POLL, _MAX_POLL)
+        # A caller that cancels, or whose deadline passes, wakes the wait up at once: its thread is free
+        context.add_callback(self._wake)
         with self._changed:
             while True:
                 backend = self._current(name)
@@ -144,6 +172,10 @@ class ProxyRegistry:
                     wake = min(deadline, now + poll.next_delay())
                 # Woken up early by a registration change or shutdown
                 self._changed.wait(wake - now)
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def release(self, backend: Backend) -> None:
         """Give back a backend that `acquire` returned; closes it if it was the last user of a retired one."""
@@ -189,29 +221,47 @@ class ProxyRegistry:
                 self._targets.pop(name, None)
             unused = self._release_unused()
             self._changed.notify_all()
+            for name in names:  # under the lock: a backend's watch thread can't interleave a stale status
+                self._set_health(name, serving=False)
         self._close(unused)
-        for name in names:
-            self._set_health(name, serving=False)
         self._persist()
 
     def _set(self, name: str, target: ProxyTarget) -> None:
         with self._changed:
             key = (target.host, target.port)
             if key not in self._backends and not self._closed:
-                self._backends[key] = Backend(target.host, target.port)
+                self._backends[key] = Backend(target.host, target.port, self._backend_state)
             self._targets[name] = target
             self._versions[name] = target.version
             unused = self._release_unused()
             self._changed.notify_all()
+            backend = self._backends.get(key)
+            # Until its watch thread has seen the backend, trust the registration (it comes from the backend)
+            self._set_health(name, serving=backend is None or backend.serving is not False)
         self._close(unused)
-        self._set_health(name, serving=True)
 
-    def _release_unused(self) -> list[Backend | RpcClient]:
+    def _backend_state(self, backend: Backend, serving: bool) -> None:  # noqa: FBT001 - a state
+        """A backend's health changed (from its watch thread): so does that of the services it serves."""
+        with self._changed:
+            if self._closed or self._backends.get((backend.host, backend.port)) is not backend:
+                return  # retired meanwhile: its services are elsewhere, or unregistered
+            names = [n for n, t in self._targets.items() if (t.host, t.port) == (backend.host, backend.port)]
+            for name in names:
+                self._set_health(name, serving=serving)
+        self.logger.log(
+            logging.INFO if serving else logging.WARNING,
+            "Proxied server %s is %s (services %s)",
+            backend.address,
+            "serving again" if serving else "unreachable or not serving",
+            names,
+        )
+
+    def _release_unused(self) -> list[Backend | _ConfigLink]:
         """Retire backends and config clients that no registration uses; returns those to close now
         (outside the lock). Called with the lock held."""
         used = {(t.host, t.port) for t in self._targets.values()}
         used_addresses = {backend_address(*key) for key in used}
-        to_close: list[Backend | RpcClient] = []
+        to_close: list[Backend | _ConfigLink] = []
         for key in [k for k in self._backends if k not in used]:
             backend = self._backends.pop(key)
             backend.retired = True
@@ -220,11 +270,16 @@ class ProxyRegistry:
             else:
                 to_close.append(backend)
         for address in [a for a in self._config_clients if a not in used_addresses]:
-            to_close.append(self._config_clients.pop(address))
+            link = self._config_clients.pop(address)
+            link.retired = True
+            if link.users:
+                self._retired_links.add(link)  # closed once its last merged config call ends
+            else:
+                to_close.append(link)
         return to_close
 
     @staticmethod
-    def _close(items: list[Backend | RpcClient]) -> None:
+    def _close(items: Iterable[Backend | _ConfigLink]) -> None:
         for item in items:
             item.close()
 
@@ -253,31 +308,44 @@ class ProxyRegistry:
         with self._changed:
             return {backend_address(t.host, t.port) for t in self._targets.values()}
 
-    def config_clients(self) -> list[RpcClient]:
-        """A config-service client per registered backend (for the merged config service)."""
+    @contextmanager
+    def config_clients(self) -> Iterator[list[RpcClient]]:
+        """A config-service client per registered backend (for the merged config service), borrowed
+        for the `with` block: a registration change meanwhile never closes one under the call."""
         with self._changed:
-            for address in {backend_address(t.host, t.port) for t in self._targets.values()}:
-                if address not in self._config_clients:
-                    self._config_clients[address] = RpcClient(
-                        address[0],
-                        address[1],
-                        {"config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT)},
-                        timeout=None,
-                        name="proxy-config",
-                    )
-            return list(self._config_clients.values())
+            links = []
+            if not self._closed:
+                for address in sorted({backend_address(t.host, t.port) for t in self._targets.values()}):
+                    link = self._config_clients.get(address)
+                    if link is None:
+                        link = self._config_clients[address] = _ConfigLink(address)
+                    link.users += 1
+                    links.append(link)
+        try:
+            yield [link.client for link in links]
+        finally:
+            with self._changed:
+                to_close = []
+                for link in links:
+                    link.users -= 1
+                    if link.retired and link.users == 0:
+                        self._retired_links.discard(link)
+                        to_close.append(link)
+            self._close(to_close)
 
     def shutdown(self) -> None:
         """Wake up waiting calls and close backend channels (cancelling the calls still on them)."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-            to_close: list[Backend | RpcClient] = [
+            to_close: list[Backend | _ConfigLink] = [
                 *self._backends.values(),
                 *self._retired,
                 *self._config_clients.values(),
+                *self._retired_links,
             ]
             self._backends.clear()
             self._retired.clear()
             self._config_clients.clear()
+            self._retired_links.clear()
         self._close(to_close)

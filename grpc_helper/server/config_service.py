@@ -19,8 +19,13 @@ from grpc_helper.config.items import builtin_validator, check_value
 from grpc_helper.config.manager import ConfigManager, check_names
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
+from grpc_helper.limits import check_request, quote, quote_names
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
+
+# The longest a merged config call waits for one proxied server (seconds; `rpc-client-timeout` if
+# shorter): one unreachable server must not hold the main server's config service
+BACKEND_CONFIG_TIMEOUT = 5.0
 
 
 class ConfigServiceManager(ConfigServiceServicer, RpcManager):
@@ -30,6 +35,11 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
     (remote items are checked against their declared validator); `get` fails with ERROR_ITEM_CONFLICT
     where servers disagree on a value. Names are checked first, the same way with or without proxied servers
     (`check_names`), and values the same way for local and remote items (`check_value`).
+
+    Each call to a proxied server is bounded by `BACKEND_CONFIG_TIMEOUT` (one attempt, never resent).
+    `get` answers with what the reachable servers have (a WARNING names each unreachable one);
+    `set`/`reset` fail with ERROR_RPC naming an unreachable server, before changing anything if it
+    was unreachable while items were collected and validated.
     """
 
     def __init__(self, config: ConfigManager, proxies: ProxyRegistry) -> None:
@@ -38,20 +48,24 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         self._proxies = proxies
 
     def get(self, request: Filter) -> ConfigStatus:
+        check_request(request)
         names = check_names(request.names, "get", all_if_empty=True)
         local = self._config.get_user(names, ignore_unknown=True)
-        merged = _merge([local, *(items.values() for _, items in self._remote_items(names))])
+        with self._proxies.config_clients() as clients:
+            remote = self._remote_items(clients, names, skip_unreachable=True)
+        merged = _merge([local, *(items.values() for _, items in remote)])
         _check_unknown(names, merged.keys(), ignore_unknown=request.ignore_unknown)
         return ConfigStatus(items=list(merged.values()))
 
     def set(self, request: ConfigUpdate) -> ConfigStatus:
+        check_request(request)
         config = self._config
         updates = [(u.name, u.value) for u in request.items]
         names = check_names((name for name, _ in updates), "set")
         if not self._proxies.has_targets():
             return ConfigStatus(items=config.set_user(updates, ignore_unknown=request.ignore_unknown))
-        with self.lock:
-            remote = self._remote_items(names)
+        with self.lock, self._proxies.config_clients() as clients:
+            remote = self._remote_items(clients, names)
             _check_unknown(names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             # Validate everything, everywhere, before anything changes
             local = [(item.name, value) for item, value in config.validate_updates(updates, ignore_unknown=True)]
@@ -69,12 +83,13 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
             return ConfigStatus(items=list(out.values()))
 
     def reset(self, request: Filter) -> ConfigStatus:
+        check_request(request)
         config = self._config
         names = check_names(request.names, "reset")
         if not self._proxies.has_targets():
             return ConfigStatus(items=config.reset_user(names, ignore_unknown=request.ignore_unknown))
-        with self.lock:
-            remote = self._remote_items(names)
+        with self.lock, self._proxies.config_clients() as clients:
+            remote = self._remote_items(clients, names)
             _check_unknown(names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             local = [n for n in names if n in config.user_items]
             out = {i.name: i for i in config.reset_user(local)} if local else {}
@@ -86,13 +101,21 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
-    def _remote_items(self, names: Iterable[str]) -> list[tuple[RpcClient, dict[str, ConfigItem]]]:
-        """Each registered proxied server's client, with its items among `names` (all if empty)."""
+    def _remote_items(
+        self, clients: list[RpcClient], names: Iterable[str], *, skip_unreachable: bool = False
+    ) -> list[tuple[RpcClient, dict[str, ConfigItem]]]:
+        """Each proxied server's client, with its items among `names` (all if empty). An unreachable
+        server raises, or with `skip_unreachable` is left out (logged)."""
         flt = Filter(names=list(names), ignore_unknown=True)
         out = []
-        for client in self._proxies.config_clients():
-            with _naming(client):
-                out.append((client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items}))
+        for client in clients:
+            try:
+                with _naming(client):
+                    out.append((client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items}))
+            except RpcException as exc:
+                if not skip_unreachable or exc.rc != ResultCode.ERROR_RPC:
+                    raise
+                self.logger.warning("%s: its items are left out", exc)
         return out
 
 
@@ -106,7 +129,7 @@ def _naming(client: RpcClient) -> Iterator[None]:
 
 
 def _timeout() -> float:
-    return RpcStaticConfig.CLIENT_TIMEOUT.float_val
+    return min(RpcStaticConfig.CLIENT_TIMEOUT.float_val, BACKEND_CONFIG_TIMEOUT)
 
 
 def _known(local: Iterable[str], remote: list[tuple[RpcClient, dict[str, ConfigItem]]]) -> set[str]:
@@ -121,7 +144,7 @@ def _merge(sources: Iterable[Iterable[ConfigItem]]) -> dict[str, ConfigItem]:
             seen = merged.setdefault(item.name, item)
             if seen.value != item.value:
                 raise RpcException(
-                    f"Config item {item.name} differs across servers: {seen.value!r} != {item.value!r}",
+                    f"Config item {item.name} differs across servers: {quote(seen.value)} != {quote(item.value)}",
                     ResultCode.ERROR_ITEM_CONFLICT,
                 )
     return merged
@@ -131,7 +154,7 @@ def _check_unknown(names: Iterable[str], found: Iterable[str], *, ignore_unknown
     known = set(found)
     unknown = [n for n in names if n not in known]
     if unknown and not ignore_unknown:
-        raise RpcException(f"Unknown config item(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+        raise RpcException(f"Unknown config item(s): {quote_names(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
 
 
 def _validate_remote(item: ConfigItem, value: str) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from grpc_helper.calls import PENDING
+from grpc_helper.logs import PRIVATE_FOLDER_MODE, private_opener
 
 
 def render_dump(server_id: int) -> str:
@@ -31,7 +32,10 @@ def render_dump(server_id: int) -> str:
 
 
 def write_dump(folder: Path, server_id: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write a dump in `folder`: the file `0600` (in the `0700` logs folder), as it shows the server's internals
+    (call traces carry no metadata but the caller's identity, and bodies cut short: `calls.trace_message`)."""
+    folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)  # the logs folder: made 0700 by RollingLogs
     path = folder / f"RpcServerDump-{datetime.now():%Y%m%d%H%M%S}.txt"
-    path.write_text(render_dump(server_id), encoding="utf-8")
+    with open(path, "w", encoding="utf-8", opener=private_opener) as f:
+        f.write(render_dump(server_id))
     return path

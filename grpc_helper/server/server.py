@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,17 @@ from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
 from grpc_helper.events.service import EventsManager
 from grpc_helper.folders import Folders
-from grpc_helper.generated import capture_service, generated_default, make_handler, response_class, run_on
+from grpc_helper.generated import (
+    Behavior,
+    Handler,
+    capture_service,
+    generated_default,
+    kind_of,
+    make_handler,
+    method_handler,
+    response_class,
+    run_on,
+)
 from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
@@ -41,6 +50,7 @@ from grpc_helper.server.config_service import ConfigServiceManager
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
 from grpc_helper.signals import SignalHandler, graceful_exit
+from grpc_helper.threads import IdlePool
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -49,6 +59,11 @@ _SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 # Logger names of the default managers: those of grpc-helper 2.x (named after its manager classes),
 # which existing loggers.json files and `log.set` calls address
 DEFAULT_LOGGERS = {"srv": "RpcServer", "config": "ConfigManager", "log": "LogsManager", "events": "EventsManager"}
+# Threads of a server's control pool: health checks and watches, `srv.info` and `srv.shutdown` run
+# there, so that they answer while every worker is busy; so do the rejections of calls over `rpc-max-calls`
+_CONTROL_THREADS = 4
+# Methods of the default services served on the control pool (by descriptor name)
+_CONTROL_METHODS = {"srv": ("info", "shutdown")}
 # How often wait_shutdown() lets the main thread run pending signal handlers (seconds)
 _SIGNAL_POLL = 0.2
 
@@ -85,6 +100,52 @@ class _Health(health.HealthServicer):  # type: ignore[misc]  # grpc_health has n
             self._send_response_callbacks.clear()
         for callback in callbacks:
             callback(None)
+
+
+class _CallLimit(grpc.ServerInterceptor):
+    """Bounds the calls waiting for or running on the workers: beyond `limit`, RESOURCE_EXHAUSTED at once.
+
+    grpcio's sync server runs interceptors on its polling thread, just before it submits the call to
+    the method's pool, one call at a time: comparing the worker pool's `pending` count to the limit
+    here is exact. Calls run on another pool (long-lived streams, health, `srv.info`...) are not
+    counted; their rejection handlers run on the control pool, never waiting for a worker.
+    """
+
+    def __init__(self, workers: IdlePool, limit: int, control: IdlePool) -> None:
+        self._workers, self._limit = workers, limit
+        self._rejects = {
+            kind: self._reject_handler(kind, control)
+            for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        }
+
+    def _reject_handler(self, kind: str, control: IdlePool) -> Handler:
+        limit = self._limit
+
+        def reject(_request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Too many concurrent calls (rpc-max-calls={limit})")
+
+        run_on(reject, control)
+        return method_handler(kind, reject)  # no deserializer: the request is never read
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Handler | None], details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = continuation(details)
+        if handler is None or self._workers.pending < self._limit:  # the common case: one comparison
+            return handler
+        kind = kind_of(handler)
+        if hasattr(getattr(handler, kind), "experimental_thread_pool"):  # not run on the workers
+            return handler
+        return self._rejects[kind]
+
+
+def _delegate(method: Callable[..., Any]) -> Behavior:
+    """A behavior of its own calling `method`: grpcio options can then be set on it alone."""
+
+    def behavior(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
+        return method(request, context, *args)  # args: a non-blocking Watch's send_response_callback
+
+    return behavior
 
 
 class RpcServer:
@@ -153,10 +214,14 @@ class RpcServer:
         self.logger = self._logs.add_manager(logging.getLogger(DEFAULT_LOGGERS["srv"]))
 
         # Manager calls run on a bounded pool; long-lived streams (event listeners, proxied calls)
-        # get a separate pool so they can never starve the workers.
-        self._workers = ThreadPoolExecutor(RpcStaticConfig.MAX_WORKERS.int_val, thread_name_prefix="rpc-worker")
-        self.streams = ThreadPoolExecutor(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
-        self._grpc = grpc.server(self._workers, options=_SERVER_OPTIONS)
+        # get a separate pool so they can never starve the workers; health and the server's own
+        # control calls a small third one, so they answer however busy the others are. Idle threads
+        # end (IdlePool): a burst of listeners leaves no threads behind.
+        self._workers = IdlePool(RpcStaticConfig.MAX_WORKERS.int_val, thread_name_prefix="rpc-worker")
+        self.streams = IdlePool(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
+        self._control = IdlePool(_CONTROL_THREADS, thread_name_prefix="rpc-control")
+        limit = _CallLimit(self._workers, RpcStaticConfig.MAX_CALLS.int_val, self._control)
+        self._grpc = grpc.server(self._workers, interceptors=[limit], options=_SERVER_OPTIONS)
 
         self.proxies = ProxyRegistry(
             [d for d in descriptors if d.is_proxy],
@@ -179,14 +244,12 @@ class RpcServer:
             raise RpcException(f"gRPC services served twice: {', '.join(twice)}", ResultCode.ERROR_MODEL_INVALID)
 
         # Health and reflection answer at once; until its manager is loaded, a service is NOT_SERVING,
-        # and so is the server as a whole ("") until all are. grpc_health's experimental options: its
-        # Watch streams run on the stream pool, not on the workers (grpcio's `experimental_thread_pool`
-        # hook, see `generated.run_on`), and don't block a thread while waiting for a status change.
-        self.health = _Health(experimental_non_blocking=True, experimental_thread_pool=self.streams)
+        # and so is the server as a whole ("") until all are.
+        self.health = _Health(experimental_non_blocking=True)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         for d in self.descriptors:
             self._set_health(d.name, serving=False)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        self._register_health()
         reflection.enable_server_reflection(
             [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._grpc,
@@ -286,12 +349,33 @@ class RpcServer:
                 )
                 if method in long_lived:
                     run_on(behavior, self.streams)
+                elif method in _CONTROL_METHODS.get(d.name, ()):
+                    run_on(behavior, self._control)
                 handlers[method] = make_handler(original, behavior)
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         self._service_names[d.name] = service
         return service
+
+    def _register_health(self) -> None:
+        """Serve `self.health` on the control pool: Check and Watch never wait for a worker.
+
+        Per-instance behaviors carry the pool (grpc_health's own `experimental_thread_pool` option sets
+        it on the class's function, i.e. for every server of the process). Watch is non-blocking (grpcio's
+        `experimental_non_blocking`): it registers its stream and returns, holding no thread meanwhile.
+        """
+        service, generated = capture_service(health_pb2_grpc.add_HealthServicer_to_server, self.health)
+        handlers = {}
+        for name, original in generated.items():
+            behavior = _delegate(getattr(self.health, name))
+            if name == "Watch":
+                behavior.experimental_non_blocking = True  # type: ignore[attr-defined]  # read by grpcio
+            run_on(behavior, self._control)
+            handlers[name] = make_handler(original, behavior)
+        assert self._grpc is not None
+        self._grpc.add_registered_method_handlers(service, handlers)
+        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
     def _manager_logger(self, manager: object) -> logging.Logger:
         """The logger a manager's calls are traced on, given its rolling file: an `RpcManager`'s
@@ -425,7 +509,7 @@ class RpcServer:
         # hold it), and closing it would cancel whatever runs through it at that moment (the remote
         # shutdown call being answered, a call retrying until a new server is up on this port, an
         # events listener). With no server to talk to, its channel just stays idle, without a connection.
-        for pool in ("_workers", "streams"):
+        for pool in ("_workers", "streams", "_control"):
             if hasattr(self, pool):
                 getattr(self, pool).shutdown(wait=False, cancel_futures=True)
         if self._logs is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -17,10 +19,29 @@ from grpc_helper.api import (
     ShutdownRequest,
 )
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceServicer
+from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
+from grpc_helper.limits import check_request, quote, quote_names
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
+
+_MAX_PORT = 65535
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # "_" too: docker service names have it
+
+
+def _is_host(host: str) -> bool:
+    """A registrable host: empty (`rpc-main-host`), an IPv4 or IPv6 address, or a DNS name (253 characters at most,
+    dot-separated labels of letters, digits, `-` and `_`, a trailing dot allowed)."""
+    if not host:
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in name.split("."))
 
 
 class ServerControl(Protocol):
@@ -51,10 +72,11 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
         by_name = {d.name: d for d in descriptors}
         unknown = [n for n in names if n not in by_name]
         if unknown and not ignore_unknown:
-            raise RpcException(f"Unknown service(s): {', '.join(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+            raise RpcException(f"Unknown service(s): {quote_names(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
         return [by_name[n] for n in names if n in by_name]
 
     def info(self, request: Filter) -> MultiServiceInfo:
+        check_request(request)
         items = []
         proxies = self._proxies
         for d in self._select(request.names, ignore_unknown=request.ignore_unknown):
@@ -75,6 +97,13 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
         return MultiServiceInfo(items=items)
 
     def shutdown(self, request: ShutdownRequest) -> ResultStatus:
+        # Bounded: a process that no longer listens but lingers for days is never restarted by its supervisor
+        limit = RpcStaticConfig.SHUTDOWN_MAX_TIMEOUT.float_val
+        if request.timeout > limit:
+            raise RpcException(
+                f"Shutdown timeout {request.timeout}s is over rpc-shutdown-max-timeout ({limit:g}s)",
+                ResultCode.ERROR_PARAM_INVALID,
+            )
         self.logger.info("Remote shutdown requested (timeout %s)", request.timeout)
         self._control.shutdown_remotely(request.timeout)
         return ResultStatus()
@@ -91,14 +120,26 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
         return names
 
     def proxy_register(self, request: ProxyRegisterRequest) -> ResultStatus:
+        check_request(request)
         names = self._proxied(request.names)
         if not request.version:
             raise RpcException("Missing version", ResultCode.ERROR_PARAM_MISSING)
         if not request.port:
             raise RpcException("Missing port", ResultCode.ERROR_PARAM_MISSING)
+        if request.port > _MAX_PORT:
+            raise RpcException(f"Invalid port: {request.port} (1-{_MAX_PORT})", ResultCode.ERROR_PARAM_INVALID)
+        if not _is_host(request.host):
+            raise RpcException(
+                f"Invalid host: {quote(request.host)} (expected a DNS name, an IPv4 or IPv6 address, or empty)",
+                ResultCode.ERROR_PARAM_INVALID,
+            )
         target = self._proxies.register(names, request.version, request.host, request.port)
         self.logger.info(
-            "Proxied services %s registered at %s:%s (%s)", names, target.host, target.port, target.version
+            "Proxied services %s registered at %s:%s (%s)",
+            quote_names(names),
+            target.host,
+            target.port,
+            quote(target.version),
         )
         self._send_event(
             "RPC_PROXY_REGISTER",
@@ -110,9 +151,10 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
         return ResultStatus()
 
     def proxy_forget(self, request: Filter) -> ResultStatus:
+        check_request(request)
         names = self._proxied(request.names)
         self._proxies.forget(names)
-        self.logger.info("Proxied services %s forgotten", names)
+        self.logger.info("Proxied services %s forgotten", quote_names(names))
         self._send_event("RPC_PROXY_FORGET", names=",".join(names))
         return ResultStatus()
 

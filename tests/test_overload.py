@@ -1,0 +1,199 @@
+"""Issue 11, items 3, 6, 8, 9: health never waits for a worker, the client timeout bounds a whole call,
+calls beyond `rpc-max-calls` are rejected at once, idle threads end (IdlePool)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_helper import RpcClient, RpcException, RpcServer
+from grpc_helper.api import Filter, ProxyRegisterRequest
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
+from grpc_helper.errors import RpcTransportError
+from grpc_helper.threads import IdlePool
+from grpc_helper_samples.api import EchoRequest
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+
+from helpers import BlockingEcho, Servers, Stream, echo_descriptor, wait_until
+
+
+def threads_named(prefix: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith(prefix))
+
+
+@pytest.fixture
+def busy() -> Iterator[BlockingEcho]:
+    """An echo manager whose calls block until the test ends."""
+    manager = BlockingEcho()
+    yield manager
+    manager.release.set()
+
+
+def block_workers(server: RpcServer, manager: BlockingEcho, n: int) -> tuple[grpc.Channel, list[Any]]:
+    """`n` echo calls blocked in `manager` (started in that order: each has its worker before the next)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = EchoServiceStub(channel)
+    calls = []
+    for _ in range(n):
+        manager.started.clear()
+        calls.append(stub.echo.future(EchoRequest(), timeout=30))
+        assert manager.started.wait(10)
+    return channel, calls
+
+
+# --- 3: health never waits for a worker ---
+
+
+def test_health_check_answers_while_every_worker_is_busy(servers: Servers, busy: BlockingEcho) -> None:
+    server = servers(0, [echo_descriptor(busy)], cli_config={"rpc-max-workers": "2"})
+    channel, _calls = block_workers(server, busy, 2)
+    with channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        start = time.monotonic()
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert time.monotonic() - start < 1
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        busy.release.set()
+
+
+def test_health_pools_are_per_server(servers: Servers) -> None:
+    """grpc_health's own option sets the pool on its class's function, i.e. for every server: not ours."""
+    first = servers(0)
+    second = servers(0)
+    first.shutdown()  # its pools are shut down: the other server's watches must not use them
+    with grpc.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+# --- 8: calls beyond rpc-max-calls are rejected at once ---
+
+
+def test_calls_over_the_limit_are_rejected_at_once(servers: Servers, busy: BlockingEcho) -> None:
+    server = servers(0, [echo_descriptor(busy)], cli_config={"rpc-max-workers": "2", "rpc-max-calls": "3"})
+    channel, calls = block_workers(server, busy, 2)
+    with channel:
+        stub = EchoServiceStub(channel)
+        queued = stub.echo.future(EchoRequest(), timeout=30)  # the 3rd: waits for a worker
+        assert wait_until(lambda: server._workers.pending == 3, 10)
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.echo(EchoRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - start < 1
+        # health, srv.info and srv.shutdown's service still answer under that load, at once
+        start = time.monotonic()
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        srv = RpcServerServiceStub(channel)
+        assert [i.name for i in srv.info(Filter(), timeout=5).items][:1] == ["srv"]
+        assert time.monotonic() - start < 1
+        # once the calls end, their slots are free again
+        busy.release.set()
+        assert [c.result(10).text for c in [*calls, queued]] == ["done"] * 3
+        assert wait_until(lambda: server._workers.pending == 0, 10)
+        assert stub.echo(EchoRequest(), timeout=10).text == "done"
+
+
+def test_rejected_and_cancelled_calls_free_their_slots(servers: Servers, busy: BlockingEcho) -> None:
+    """Calls dropped before a worker ran them (cancelled, undecodable) don't keep a slot."""
+    server = servers(0, [echo_descriptor(busy)], cli_config={"rpc-max-workers": "1", "rpc-max-calls": "3"})
+    channel, _calls = block_workers(server, busy, 1)
+    with channel:
+        stub = EchoServiceStub(channel)
+        queued = [stub.echo.future(EchoRequest(), timeout=30) for _ in range(2)]
+        assert wait_until(lambda: server._workers.pending == 3, 10)
+        for call in queued:
+            call.cancel()
+        garbage: Any = channel.unary_unary("/grpc_helper_samples.api.EchoService/echo")
+        with pytest.raises(grpc.RpcError):
+            garbage(b"\xff\xff\xff", timeout=1)
+        busy.release.set()
+        assert wait_until(lambda: server._workers.pending == 0, 10)
+
+
+# --- 6: the client timeout bounds the whole call ---
+
+
+def test_client_timeout_bounds_a_call_to_a_stopped_backend(servers: Servers) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])  # rpc-client-timeout: 60 s, the default
+    backend = servers(0, [echo_descriptor()])
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    )
+    backend.shutdown()  # registered, but stopped
+    client = RpcClient("127.0.0.1", main.port, {"echo": (EchoServiceStub, None)}, timeout=2)
+    with client:
+        start = time.monotonic()
+        with pytest.raises(RpcException):  # the proxy's error, or the deadline's (whichever comes first)
+            client.echo.echo(EchoRequest(text="x"))
+        assert time.monotonic() - start < 4
+
+
+def test_client_timeout_window_starts_with_the_call(refused_port: int) -> None:
+    """Retries against an unreachable server stop `timeout` seconds after the call started."""
+    client = RpcClient("127.0.0.1", refused_port, {"echo": (EchoServiceStub, None)}, timeout=1)
+    with client:
+        start = time.monotonic()
+        with pytest.raises(RpcTransportError):
+            client.echo.echo(EchoRequest())
+        assert time.monotonic() - start < 2
+
+
+# --- 9: idle threads end ---
+
+
+def test_idle_pool_runs_tasks_and_ends_idle_threads() -> None:
+    pool = IdlePool(4, "idle-test", idle_timeout=0.2)
+    gate = threading.Event()
+    futures: list[Future[int]] = [pool.submit(lambda i=i: gate.wait(10) and i) for i in range(10)]
+    assert wait_until(lambda: pool.thread_count == 4, 5)  # bounded by max_workers, the rest queued
+    assert pool.pending == 10
+    gate.set()
+    assert [f.result(10) for f in futures] == list(range(10))
+    assert pool.pending == 0
+    assert wait_until(lambda: pool.thread_count == 0 and threads_named("idle-test") == 0, 5)
+    assert pool.submit(lambda: 7).result(5) == 7  # a new thread once needed again
+    failing = pool.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    pool.shutdown(wait=True)
+    assert pool.thread_count == 0
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: 1)
+
+
+def test_idle_pool_shutdown_cancels_queued_tasks() -> None:
+    pool = IdlePool(1, "idle-cancel")
+    gate = threading.Event()
+    running = pool.submit(gate.wait, 10)
+    assert wait_until(running.running, 5)
+    queued = pool.submit(lambda: 1)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert queued.cancelled()
+    gate.set()
+    assert running.result(10) is True
+    assert wait_until(lambda: pool.thread_count == 0, 5)
+
+
+def test_stream_threads_end_once_listeners_left(servers: Servers) -> None:
+    server = servers(0, with_events=True)
+    before = threads_named("rpc-stream")
+    client = RpcClient("127.0.0.1", server.port, {"events": (server.client.stubs["events"][0], None)}, timeout=5)
+    with client:
+        streams = [Stream(client) for _ in range(200)]
+        assert threads_named("rpc-stream") >= 200
+        for stream in streams:
+            stream.it.cancel()
+    assert wait_until(lambda: threads_named("rpc-stream") <= before + 5, 15)
