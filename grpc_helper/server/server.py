@@ -95,9 +95,10 @@ class _Health(health.HealthServicer):  # type: ignore[misc]  # grpc_health has n
         # servicer keeps each watcher's response callback in `_send_response_callbacks` (service ->
         # callbacks) under `_lock`, and has no public way to end the streams; a None response ends one
         # with OK. `enter_graceful_shutdown` only sends NOT_SERVING and keeps the streams open.
+        # The callbacks stay registered: each stream's own close callback removes its entry (it raises
+        # KeyError on an entry already gone)
         with self._lock:
             callbacks = [cb for per_service in self._send_response_callbacks.values() for cb in per_service]
-            self._send_response_callbacks.clear()
         for callback in callbacks:
             callback(None)
 
