@@ -32,6 +32,7 @@ from grpc_helper.errors import RpcException
 from grpc_helper.events.service import EventsManager
 from grpc_helper.folders import Folders
 from grpc_helper.generated import (
+    KINDS,
     Behavior,
     Handler,
     capture_service,
@@ -114,10 +115,7 @@ class _CallLimit(grpc.ServerInterceptor):
 
     def __init__(self, workers: IdlePool, limit: int, control: IdlePool) -> None:
         self._workers, self._limit = workers, limit
-        self._rejects = {
-            kind: self._reject_handler(kind, control)
-            for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-        }
+        self._rejects = {kind: self._reject_handler(kind, control) for kind in KINDS.values()}
 
     def _reject_handler(self, kind: str, control: IdlePool) -> Handler:
         limit = self._limit
