@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.config.static import RpcStaticConfig, bool_value
 from grpc_helper.errors import RpcException, rc_name, result_from_exception, result_status
-from grpc_helper.generated import Behavior, has_result_field
+from grpc_helper.generated import Behavior, has_result_field, non_blocking
 from grpc_helper.limits import cut, quote
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER, Metadata
 
@@ -52,10 +52,13 @@ def _mentions_result(annotation: object) -> bool:
 
 
 def implemented_method(manager: object, service: str, method: str) -> ManagerMethod | None:
-    """The manager's bound method if it is to be served: exactly one parameter and a return annotation."""
+    """The manager's bound method if it is to be served: exactly one parameter and a return annotation
+    (or a `pushed_stream` method)."""
     fn: ManagerMethod | None = getattr(manager, method, None)
     if fn is None or not callable(fn):
         return None
+    if is_pushed_stream(fn):
+        return fn
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -290,13 +293,19 @@ class CallSite:
 
 
 def wrap_method(site: CallSite, fn: ManagerMethod, *, request_streaming: bool, response_streaming: bool) -> Behavior:
-    """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion.
+    """A gRPC behavior `(request, context)` calling `fn(request)` with version check and error conversion
+    (for a `pushed_stream` method, `(request, context, respond)` calling `fn(request, stream)`).
 
     A call arriving before the site's gate is open (its service not loaded yet) waits for it
     (`LoadGate.wait`, a pending call meanwhile); once open, that costs one `Event.is_set()`.
     When the site's logger is at DEBUG (checked once per call), the call is traced on it: one entry
     line (one per request message for a client stream) and one exit line per response message.
     """
+    if is_pushed_stream(fn):
+        if request_streaming or not response_streaming:
+            msg = f"{site.path}: only a server-streaming method can be a pushed stream"
+            raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID)
+        return _pushed_behavior(site, typing.cast(Callable[[Any, PushStream], None], fn))
     if response_streaming:
         return _stream_behavior(site, fn, request_streaming=request_streaming)
     return _unary_behavior(site, fn, request_streaming=request_streaming)
@@ -410,3 +419,100 @@ def _stream_behavior(site: CallSite, fn: ManagerMethod, *, request_streaming: bo
         return serve_stream(request, context, md)
 
     return stream_behavior
+
+
+# --- pushed streams: server streams that hold no thread between messages ---
+
+
+def pushed_stream(fn: Callable[[Any, Any, PushStream], None]) -> Callable[[Any, Any, PushStream], None]:
+    """Mark a manager method `method(self, request, stream: PushStream) -> None` of a server-streaming RPC
+    as *pushed*: it returns at once, and its messages are sent later, from any thread, with `stream.send`.
+
+    For streams that stay open long with little to send (event listeners): a generator method holds a
+    thread for its whole life, and hundreds of threads woken together starve everything else of the GIL.
+    """
+    fn.pushed_stream = True  # type: ignore[attr-defined]  # read by is_pushed_stream
+    return fn
+
+
+def is_pushed_stream(fn: object) -> bool:
+    return getattr(fn, "pushed_stream", False) is True
+
+
+class PushStream:
+    """The response side of a pushed stream (see `pushed_stream`), built by the server for each call.
+
+    `send` and `end` may be called from any thread, but one at a time for a given stream (gRPC allows
+    one message in flight): the manager serializes them.
+    """
+
+    __slots__ = ("_ended", "_logger", "_name", "_peer", "_respond", "context")
+
+    def __init__(
+        self, respond: Callable[[Message | None], None], context: grpc.ServicerContext, trace: tuple[Any, str, str]
+    ) -> None:
+        self._respond = respond
+        self.context = context
+        self._logger, self._peer, self._name = trace  # logger None: no tracing for this call
+        self._ended = False
+
+    def send(self, message: Message) -> bool:
+        """Send `message`, blocking until gRPC took it; False once the call is over (nothing sent)."""
+        if self._ended or not self.context.is_active():
+            return False
+        if self._logger is not None:
+            self._logger.debug(exit_trace(self._peer, self._name, message))
+        self._respond(message)
+        return self.context.is_active()
+
+    def end(self, last: Message | None = None) -> None:
+        """End the call (gRPC status OK), after sending `last` if given; idempotent."""
+        if self._ended:
+            return
+        if last is not None:
+            self.send(last)
+        self._ended = True
+        self._respond(None)
+
+    @property
+    def active(self) -> bool:
+        return not self._ended and self.context.is_active()
+
+
+def _pushed_behavior(site: CallSite, fn: Callable[[Any, PushStream], None]) -> Behavior:
+    """`wrap_method` for a pushed stream: checks as for any call, then `fn(request, stream)` on the
+    calling thread, which is free once it returns. An error becomes the stream's last message."""
+    pending = PENDING
+    versions = site.versions
+    logger = site.logger
+    path = site.path
+    name = method_name(path)
+    sid = site.server_id
+    debug = logging.DEBUG
+    gate = site.gate
+    ready = gate.ready.is_set
+
+    def pushed(request: Any, context: grpc.ServicerContext, respond: Callable[[Message | None], None]) -> None:
+        md = context.invocation_metadata()
+        trace: tuple[Any, str, str] = (None, "", name)
+        if logger.isEnabledFor(debug):
+            trace = (logger, trace_peer(md), name)
+            logger.debug(entry_trace(trace[1], name, request))
+        stream = PushStream(respond, context, trace)
+        err = versions.check(md)
+        if err is not None:
+            stream.end(site.error_response(context, err))
+            return
+        key = get_ident()
+        pending[key] = PendingCall(sid, path, md, request, context, time.time())
+        try:
+            if not ready():
+                gate.wait(context)
+            fn(request, stream)
+        except Exception as exc:
+            stream.end(site.failure(context, exc))
+        finally:
+            pending.pop(key, None)
+
+    non_blocking(pushed)
+    return pushed

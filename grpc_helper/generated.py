@@ -21,8 +21,9 @@ from grpc_helper.errors import RpcException
 # --- call kinds ---
 
 # The behavior of a served method, `(request, context) -> response(s)`: requests and responses are
-# messages, bytes (proxied calls) or iterators of them, depending on the method's kind
-Behavior: TypeAlias = Callable[[Any, grpc.ServicerContext], Any]
+# messages, bytes (proxied calls) or iterators of them, depending on the method's kind; a non-blocking
+# stream's is `(request, context, respond) -> None` (see `non_blocking`)
+Behavior: TypeAlias = Callable[..., Any]
 # A method handler of any message types (handlers of all kinds and services share tables)
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # a string: grpc's classes are generic in its stubs only
 
@@ -68,6 +69,16 @@ def run_on(behavior: Behavior, pool: ThreadPoolExecutor) -> None:
     the same hook). Documented nowhere but in grpcio's code, hence grpcio's bound in pyproject.toml.
     """
     behavior.experimental_thread_pool = pool  # type: ignore[attr-defined]  # a function attribute grpcio reads
+
+
+def non_blocking(behavior: Behavior) -> None:
+    """Have the server call a response-streaming `behavior(request, context, respond)` that returns at once.
+
+    grpcio experimental API (`grpc._server._stream_response_in_pool`; grpc_health's Watch uses it): the
+    behavior gets a third argument, `respond(message)`, which sends one message from any thread (blocking
+    until gRPC took it), `respond(None)` ending the call with OK; no thread is held between messages.
+    """
+    behavior.experimental_non_blocking = True  # type: ignore[attr-defined]  # a function attribute grpcio reads
 
 
 def make_handler(original: Handler, behavior: Behavior) -> Handler:

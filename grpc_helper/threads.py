@@ -1,4 +1,5 @@
-"""IdlePool: a thread pool whose threads end once idle, and which tells how many tasks it holds.
+"""Thread pools: `IdlePool`, whose threads end once idle and which tells how many tasks it holds, and
+`Deliveries`, a few threads sending the messages of pushed streams.
 
 The stdlib's ThreadPoolExecutor keeps every thread it ever started until shut down: after a burst
 of 500 event listeners, 500 threads stay. This one starts threads on demand (up to `max_workers`)
@@ -9,13 +10,18 @@ ThreadPoolExecutor (see `generated.run_on`): none of the parent's machinery is u
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+_log = logging.getLogger("grpc_helper.threads")
 
 IDLE_TIMEOUT = 2.0  # seconds a thread waits for work before it ends
 
@@ -116,3 +122,79 @@ class IdlePool(ThreadPoolExecutor):
             for thread in threads:
                 if thread is not threading.current_thread():
                     thread.join()
+
+
+class Deliveries:
+    """Short tasks run in order of submission by a few threads: how pushed streams get their messages sent.
+
+    `threads` threads take tasks from one queue, so a burst of work (an event for 500 listeners) keeps
+    a few threads busy instead of waking hundreds. A task may block, e.g. sending to a listener that
+    stopped reading once its flow-control window is full: `check_stalls()` (called regularly) starts
+    one more thread for each one busy in the same task for more than `stall` seconds, up to `limit`
+    threads, so that one stuck listener never holds up the others; threads beyond `threads` end after
+    `idle_timeout` seconds without work.
+    """
+
+    def __init__(
+        self, threads: int, limit: int, name: str, stall: float = 1.0, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
+        self._base, self._limit, self._name = threads, max(threads, limit), name
+        self._stall, self._idle_timeout = stall, idle_timeout
+        self._tasks: SimpleQueue[Callable[[], object] | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._busy: dict[threading.Thread, float] = {}  # thread -> when it started its current task
+        self._seq = 0
+        self._stopped = False
+        with self._lock:
+            for _ in range(threads):
+                self._start(extra=False)
+
+    @property
+    def thread_count(self) -> int:
+        return len(self._threads)
+
+    def put(self, task: Callable[[], object]) -> None:
+        """Run `task()` on one of the threads, after those queued before it (exceptions are logged)."""
+        self._tasks.put(task)
+
+    def check_stalls(self) -> None:
+        """Start a thread for each one stuck in a task for more than `stall` seconds (up to `limit`)."""
+        now = time.monotonic()
+        with self._lock:
+            stalled = sum(1 for start in self._busy.values() if now - start > self._stall)
+            while not self._stopped and len(self._threads) - stalled < self._base and len(self._threads) < self._limit:
+                self._start(extra=True)
+
+    def stop(self) -> None:
+        """The threads end once the tasks already queued have run (a stuck one when its task returns)."""
+        with self._lock:
+            self._stopped = True
+            count = len(self._threads)
+        for _ in range(count):
+            self._tasks.put(None)
+
+    def _start(self, *, extra: bool) -> None:  # caller holds self._lock
+        self._seq += 1
+        thread = threading.Thread(target=self._run, args=(extra,), name=f"{self._name}_{self._seq}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _run(self, extra: bool) -> None:  # noqa: FBT001 - a thread target's argument
+        me = threading.current_thread()
+        while True:
+            try:
+                task = self._tasks.get(timeout=self._idle_timeout if extra else None)
+            except Empty:  # an extra thread, idle for a whole timeout
+                task = None
+            if task is None:
+                with self._lock:
+                    self._threads.discard(me)
+                return
+            self._busy[me] = time.monotonic()
+            try:
+                task()
+            except Exception:
+                _log.exception("A task of %s failed", self._name)
+            finally:
+                del self._busy[me]

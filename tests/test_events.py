@@ -270,3 +270,43 @@ def test_200_listeners_do_not_starve_the_server(servers: Servers) -> None:
     finally:
         for listener in listeners:
             listener.interrupt()
+
+
+def test_live_listeners_hold_no_thread(servers: Servers) -> None:
+    """Listen streams are pushed (issue 11, item 10): 100 live listeners hold none of the server's stream
+    threads, and an event reaches every one of them."""
+    srv = servers(0, [], with_events=True)
+    client = RpcClient("127.0.0.1", srv.port, {"events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT)})
+    listeners = [Collector(client, ["LOAD"]) for _ in range(100)]
+    try:
+        assert all(listener.ready.wait(60) for listener in listeners)
+        # Once each listen call has sent its id, its stream-pool thread is free again
+        assert wait_until(lambda: srv.streams.pending == 0)
+        srv.client.events.send(event("LOAD", i="0"))
+        assert all(listener.wait_count(1, 60) for listener in listeners)
+        assert srv.streams.pending == 0
+    finally:
+        for listener in listeners:
+            listener.interrupt()
+
+
+def test_a_listener_that_stops_reading_does_not_hold_up_the_others(servers: Servers) -> None:
+    """Two listeners that never read: once their flow-control windows are full (a few MB), the sends to
+    them block the delivery threads; a third listener still gets every event (another thread takes over
+    from the stuck ones within about a second)."""
+    srv = servers(0, [], with_events=True)
+    stalled = [srv.client.events.listen(EventFilter(names=["BIG"])) for _ in range(2)]
+    for it in stalled:
+        next(it)  # the first status, then never read again
+    reader = Collector(srv.client, ["BIG"])
+    assert reader.ready.wait(30)
+    big = "x" * 60_000
+    try:
+        for i in range(300):  # 18 MB for each listener: far more than a stream's flow-control window
+            srv.client.events.send(event("BIG", i=str(i), data=big))
+        assert reader.wait_count(300, 30)
+        assert [e.properties[0].value for e in reader.events] == [str(i) for i in range(300)]
+    finally:
+        reader.interrupt()
+        for it in stalled:
+            it.cancel()

@@ -187,13 +187,24 @@ def test_idle_pool_shutdown_cancels_queued_tasks() -> None:
     assert wait_until(lambda: pool.thread_count == 0, 5)
 
 
-def test_stream_threads_end_once_listeners_left(servers: Servers) -> None:
-    server = servers(0, with_events=True)
+class LongLivedEcho(BlockingEcho):
+    _long_lived_methods = ("echo",)  # served on the stream pool, as proxied calls are
+
+
+def test_stream_threads_end_once_streams_left(servers: Servers) -> None:
+    manager = LongLivedEcho()
+    server = servers(0, [echo_descriptor(manager)], with_events=True)
     before = threads_named("rpc-stream")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        calls = [EchoServiceStub(channel).echo.future(EchoRequest(text="x"), timeout=30) for _ in range(200)]
+        assert wait_until(lambda: threads_named("rpc-stream") >= before + 200, 30)
+        manager.release.set()
+        assert all(call.result().text == "done" for call in calls)
+    assert wait_until(lambda: threads_named("rpc-stream") <= before + 5, 15)
+    # Event listeners are pushed streams: 200 of them hold no stream thread at all
     client = RpcClient("127.0.0.1", server.port, {"events": (server.client.stubs["events"][0], None)}, timeout=5)
     with client:
         streams = [Stream(client) for _ in range(200)]
-        assert threads_named("rpc-stream") >= 200
+        assert threads_named("rpc-stream") <= before + 5
         for stream in streams:
             stream.it.cancel()
-    assert wait_until(lambda: threads_named("rpc-stream") <= before + 5, 15)

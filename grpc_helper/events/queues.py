@@ -1,17 +1,17 @@
-"""Event queues: one per listener id, bounded, resumable, persisted while nobody drains them."""
+"""Event queues (one per listener id, bounded, resumable, persisted while nobody drains them) and the
+listeners that drain them."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
-from contextlib import suppress
-from queue import Empty, SimpleQueue
+from collections.abc import Callable, Iterable
 from threading import Lock
 from typing import Any
 
-from grpc_helper.api import Event, EventProperty, ResultCode
+from grpc_helper.api import Event, EventProperty, EventStatus, Result, ResultCode
+from grpc_helper.calls import PushStream
 from grpc_helper.errors import RpcException
 from grpc_helper.limits import quote
 
@@ -19,6 +19,10 @@ _log = logging.getLogger("grpc_helper.events")
 
 # While a queue overflows, warn at its first drop and then every this many drops (not on each one)
 _DROP_WARN_EVERY = 1000
+
+
+def _run_now(task: Callable[[], None]) -> None:
+    task()
 
 
 def check_name(name: str) -> None:
@@ -29,24 +33,78 @@ def check_name(name: str) -> None:
         raise RpcException(f"Invalid event name (contains a space): {quote(name)}", ResultCode.ERROR_PARAM_INVALID)
 
 
+class Listener:
+    """The stream draining a queue: a `listen` call, answered through a `PushStream`.
+
+    All its work (sending what is pending, a keep-alive, ending the stream) is done by `run`, on the
+    events service's delivery threads, one run at a time: `scheduled` (guarded by the queue's lock)
+    is True from the moment a run is asked for until it finds nothing left to do.
+    """
+
+    __slots__ = ("_ended", "keepalive_due", "last_sent", "on_end", "queue", "scheduled", "stream")
+
+    def __init__(self, queue: EventQueue, stream: PushStream, on_end: Callable[[Listener], None]) -> None:
+        self.queue = queue
+        self.stream = stream
+        self.on_end = on_end  # called once, when the stream is over
+        self.scheduled = True  # the `listen` call itself runs first (see EventQueue.attach)
+        self.keepalive_due = False
+        self.last_sent = time.monotonic()
+        self._ended = False
+
+    def run(self) -> None:
+        """Send everything pending; end the stream if this listener no longer owns its queue (interrupted,
+        taken over, client gone) or the service shuts down (then with a last ERROR_STREAM_SHUTDOWN)."""
+        q = self.queue
+        cid = q.client_id
+        stream = self.stream
+        while True:
+            batch, keepalive, must_end = q._work_for(self)
+            if must_end:
+                break
+            if not batch and not keepalive:
+                return  # no longer scheduled
+            for event in batch:
+                if not stream.send(EventStatus(event=event, client_id=cid)):
+                    break  # the client is gone: its callback detaches the queue, ending this listener
+            if keepalive and not batch:
+                # An empty event, present on the wire (as 2.x sends it)
+                stream.send(EventStatus(client_id=cid, event=Event()))
+            self.last_sent = time.monotonic()
+        self.finish()
+
+    def finish(self) -> None:
+        """End the stream, once (a last ERROR_STREAM_SHUTDOWN status if the service shuts down)."""
+        with self.queue._lock:
+            if self._ended:
+                return
+            self._ended = True
+            shutting_down = self.queue.closed and self.queue.owner is self
+        last = None
+        if shutting_down:
+            # The queue is kept (and persisted) so that the listener resumes it on the next server
+            result = Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down")
+            last = EventStatus(r=result, client_id=self.queue.client_id)
+        self.stream.end(last)
+        self.on_end(self)
+
+
 class EventQueue:
     """Events waiting for one listener id.
 
-    `owner` is a token of the stream currently draining the queue. None means nobody: the queue is
+    `owner` is the `Listener` currently draining the queue. None means nobody: the queue is
     *retained* (since `retained_since`) until a stream resumes it or the retain timeout expires.
-    A stream attaching with the same id takes the queue over: the previous owner sees its token
-    replaced and ends.
+    A stream attaching with the same id takes the queue over: the previous owner ends.
 
-    Hot path: `push` is one short lock, an append and, only if the owner sleeps, one wake-up. The
-    wake-up channel is a C `SimpleQueue` rather than a `Condition`: far less Python per event, and
-    the owner drains everything pending at each wake-up.
+    Hot path: `push` is one short lock and an append, plus, only if the owner has no delivery
+    scheduled, one task handed to the delivery threads (`schedule`), which then sends everything
+    pending at once.
     """
 
     __slots__ = (
         "_lock",
         "_logger",
-        "_sleeping",
-        "_wake",
+        "_schedule",
         "client_id",
         "closed",
         "dropped",
@@ -62,18 +120,18 @@ class EventQueue:
         names: Iterable[str] = (),
         events: Iterable[Event] = (),
         logger: logging.Logger | None = None,
+        schedule: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.client_id = client_id
         self.names: frozenset[str] = frozenset(names)
         self.events: deque[Event] = deque(events)
-        self.owner: object | None = None
+        self.owner: Listener | None = None
         self.retained_since: float | None = time.monotonic()
         self.closed = False  # the service shuts down: the owner must end (the queue itself is kept)
         self.dropped = 0  # events dropped since the queue was last drained
         self._logger = logger or _log
         self._lock = Lock()
-        self._sleeping = False
-        self._wake: SimpleQueue[None] = SimpleQueue()
+        self._schedule = schedule or _run_now
 
     def accepts(self, name: str) -> bool:
         return not self.names or name in self.names
@@ -82,6 +140,7 @@ class EventQueue:
     def push(self, event: Event, limit: int) -> None:
         """Append `event`; a full queue drops its oldest event (a sender is never blocked)."""
         dropped = 0
+        task = None
         with self._lock:
             events = self.events
             if len(events) >= limit:
@@ -90,9 +149,12 @@ class EventQueue:
                     self.dropped += 1
                 dropped = self.dropped
             events.append(event)
-            if self._sleeping:
-                self._sleeping = False
-                self._wake.put(None)
+            owner = self.owner
+            if owner is not None and not owner.scheduled:
+                owner.scheduled = True
+                task = owner.run
+        if task is not None:
+            self._schedule(task)
         if dropped and (dropped == 1 or dropped % _DROP_WARN_EVERY == 0):
             self._logger.warning(
                 "Event queue %s is full (rpc-event-queue-max=%s): dropped its oldest event (%s so far)",
@@ -101,37 +163,50 @@ class EventQueue:
                 dropped,
             )
 
-    def wake(self) -> None:
-        """Wake the owner up if it sleeps, so that it checks whether it must end."""
+    def _kick(self, listener: Listener | None) -> None:
+        """Have `listener` run (caller holds self._lock; the task is handed over at once, a cheap put)."""
+        if listener is not None and not listener.scheduled:
+            listener.scheduled = True
+            self._schedule(listener.run)
+
+    def keepalive(self, now: float, timeout: float) -> None:
+        """Have the owner send a keep-alive if it sent nothing for `timeout` seconds."""
+        owner = self.owner
+        if owner is None or owner.scheduled or now - owner.last_sent < timeout:
+            return  # the common case, without the lock
         with self._lock:
-            if self._sleeping:
-                self._sleeping = False
-                self._wake.put(None)
+            if self.owner is owner and not owner.scheduled:
+                owner.keepalive_due = True
+                self._kick(owner)
 
     # --- ownership ---
-    def attach(self, token: object) -> bool:
-        """Make `token` the owner; True if it took the queue over from a live stream (woken to end)."""
+    def attach(self, listener: Listener) -> bool:
+        """Make `listener` the owner; True if it took the queue over from a live stream (which ends).
+
+        The new owner counts as scheduled: its `listen` call sends the first status, then calls its
+        `run` for whatever is pending."""
         with self._lock:
             previous = self.owner
-            self.owner, self.retained_since = token, None
-        if previous is not None:
-            self.wake()
+            self.owner, self.retained_since = listener, None
+            self._kick(previous)
         return previous is not None
 
-    def detach(self, token: object | None = None) -> bool:
-        """Retain the queue if `token` (or, for None, anybody) owns it; False if it was not owned so."""
+    def detach(self, listener: Listener | None = None) -> bool:
+        """Retain the queue if `listener` (or, for None, anybody) owns it; False if it was not owned so.
+        The owner ends."""
         with self._lock:
-            if self.owner is None or (token is not None and self.owner is not token):
+            owner = self.owner
+            if owner is None or (listener is not None and owner is not listener):
                 return False
             self.owner, self.retained_since = None, time.monotonic()
-        self.wake()
+            self._kick(owner)
         return True
 
     def close(self) -> None:
         """The service shuts down: the owner ends; the queue and its events are kept."""
         with self._lock:
             self.closed = True
-        self.wake()
+            self._kick(self.owner)
 
     def expired(self, now: float, retain: float) -> bool:
         """Retained for more than `retain` seconds."""
@@ -139,35 +214,24 @@ class EventQueue:
             return self.owner is None and self.retained_since is not None and now - self.retained_since > retain
 
     # --- consumer side ---
-    def take(self, token: object, timeout: float) -> list[Event] | None:
-        """Everything pending, waiting up to `timeout` seconds for something (then []).
-
-        None when `token` must stop: it no longer owns the queue, or the service shuts down
-        (pending events then stay queued, to be persisted and resumed).
-        """
-        batch = self._drain(token, sleep=True)
-        if batch is None or batch:
-            return batch
-        with suppress(Empty):  # woken up, or timed out
-            self._wake.get(timeout=timeout)
-        return self._drain(token, sleep=False)
-
-    def _drain(self, token: object, *, sleep: bool) -> list[Event] | None:
+    def _work_for(self, listener: Listener) -> tuple[list[Event], bool, bool]:
+        """(everything pending, a keep-alive is due, the listener must end) for the running `listener`;
+        when there is nothing to do, it is no longer scheduled."""
         with self._lock:
-            self._sleeping = False
-            if self.owner is not token or self.closed:
-                return None
+            if self.owner is not listener or self.closed:
+                return [], False, True
+            keepalive, listener.keepalive_due = listener.keepalive_due, False
             events = self.events
             if not events:
-                # Announce the sleep under the lock: any push or wake() after this point puts a token
-                self._sleeping = sleep
-                return []
+                if not keepalive:
+                    listener.scheduled = False
+                return [], keepalive, False
             batch = list(events)
             events.clear()
             dropped, self.dropped = self.dropped, 0
         if dropped:
             self._logger.warning("Event queue %s dropped %s of its oldest events while full", self.client_id, dropped)
-        return batch
+        return batch, keepalive, False
 
     def refilter(self, names: frozenset[str]) -> int:
         """Replace the filter by a non-empty `names`, dropping pending events it does not accept; how many."""
@@ -190,14 +254,19 @@ class EventQueue:
 
     @classmethod
     def from_json(
-        cls, client_id: int, events: Any, names: Any = (), logger: logging.Logger | None = None
+        cls,
+        client_id: int,
+        events: Any,
+        names: Any = (),
+        logger: logging.Logger | None = None,
+        schedule: Callable[[Callable[[], None]], None] | None = None,
     ) -> EventQueue:
         """Inverse of `events_json`, with the filter `names` (kept apart); ValueError if malformed."""
         if not isinstance(events, list):
             raise ValueError(f"queue {client_id}: expected a list of events, got {type(events).__name__}")
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"queue {client_id}: the filter must be a list of event names")
-        return cls(client_id, names, [_event_from_json(e) for e in events], logger)
+        return cls(client_id, names, [_event_from_json(e) for e in events], logger, schedule)
 
 
 def _event_from_json(data: Any) -> Event:

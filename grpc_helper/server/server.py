@@ -40,6 +40,7 @@ from grpc_helper.generated import (
     kind_of,
     make_handler,
     method_handler,
+    non_blocking,
     response_class,
     run_on,
 )
@@ -369,7 +370,7 @@ class RpcServer:
         for name, original in generated.items():
             behavior = _delegate(getattr(self.health, name))
             if name == "Watch":
-                behavior.experimental_non_blocking = True  # type: ignore[attr-defined]  # read by grpcio
+                non_blocking(behavior)
             run_on(behavior, self._control)
             handlers[name] = make_handler(original, behavior)
         assert self._grpc is not None
