@@ -294,7 +294,8 @@ def test_a_listener_that_stops_reading_does_not_hold_up_the_others(servers: Serv
     """Two listeners that never read: once their flow-control windows are full (a few MB), the sends to
     them block the delivery threads; a third listener still gets every event (another thread takes over
     from the stuck ones within about a second)."""
-    srv = servers(0, [], with_events=True)
+    # Queues big enough to hold every event: the reader may lag behind the sender
+    srv = servers(0, [], with_events=True, cli_config={"rpc-event-queue-max-bytes": str(64 << 20)})
     stalled = [srv.client.events.listen(EventFilter(names=["BIG"])) for _ in range(2)]
     for it in stalled:
         next(it)  # the first status, then never read again
@@ -310,3 +311,64 @@ def test_a_listener_that_stops_reading_does_not_hold_up_the_others(servers: Serv
         reader.interrupt()
         for it in stalled:
             it.cancel()
+
+
+class TestBoundsI11:
+    """What event queues keep is bounded in bytes too, and queues.json holds each event once (issue 11, item 11)."""
+
+    def test_a_queue_keeps_at_most_its_bytes_newest_first(self, servers: Servers, folders) -> None:
+        srv = servers(0, [], folders=folders, with_events=True, cli_config={"rpc-event-queue-max-bytes": "1000"})
+        stream = srv.client.events.listen(EventFilter(names=["BIG"]))
+        client_id = next(stream).client_id
+        srv.client.events.interrupt(EventInterrupt(client_id=client_id))  # retained: events pile up
+        for i in range(10):
+            srv.client.events.send(event("BIG", i=str(i), data="x" * 300))  # ~320 bytes each
+        resumed = Stream(srv.client, client_id=client_id)
+        got = [resumed.next_event().properties[0].value for _ in range(3)]
+        assert got == ["7", "8", "9"]  # 3 x ~320 bytes fit in 1000, the older ones were dropped
+        srv.client.events.interrupt(EventInterrupt(client_id=client_id))
+
+    def test_retained_queues_keep_at_most_their_total_bytes(self, servers: Servers, folders) -> None:
+        config = {"rpc-event-max-retained-bytes": "2500"}
+        srv = servers(0, [], folders=folders, with_events=True, cli_config=config)
+        ids = []
+        for n in range(3):
+            stream = srv.client.events.listen(EventFilter(names=[f"Q{n}"]))
+            ids.append(next(stream).client_id)
+            srv.client.events.interrupt(EventInterrupt(client_id=ids[-1]))
+            srv.client.events.send(event(f"Q{n}", data="x" * 1000))  # ~1 KB for this queue only
+        # The oldest retained queue goes: the two newest hold ~2 KB
+        assert wait_until(lambda: list(srv.client.events.inspect(Empty()).client_ids) == ids[1:])
+
+    def test_queues_json_holds_each_event_once(self, servers: Servers, folders) -> None:
+        srv = servers(0, [], folders=folders, with_events=True)
+        ids = []
+        for _ in range(20):
+            stream = srv.client.events.listen(EventFilter())
+            ids.append(next(stream).client_id)
+            srv.client.events.interrupt(EventInterrupt(client_id=ids[-1]))
+        for i in range(50):
+            srv.client.events.send(event("SHARED", i=str(i), data="x" * 1000))
+        srv.shutdown()
+        path = folders.workspace / "queues.json"
+        data = json.loads(path.read_text())
+        assert sorted(data) == sorted(str(i) for i in ids)  # the shape both generations read
+        assert all(isinstance(v, list) and len(v) == 50 for v in data.values())
+        # 50 KB of events for 20 queues: written once (plus short references), not 20 times
+        assert path.stat().st_size < 2 * 50 * 1000
+        srv2 = servers(0, [], folders=folders, with_events=True)
+        for client_id in (ids[0], ids[-1]):
+            resumed = Stream(srv2.client, client_id=client_id)
+            assert [resumed.next_event().properties[0].value for _ in range(50)] == [str(i) for i in range(50)]
+            srv2.client.events.interrupt(EventInterrupt(client_id=client_id))
+
+    def test_live_listeners_are_bounded(self, servers: Servers) -> None:
+        srv = servers(0, [], with_events=True, cli_config={"rpc-max-streams": "3"})
+        streams = [Stream(srv.client) for _ in range(3)]
+        assert rc_of(lambda: next(srv.client.events.listen(EventFilter()))) == ResultCode.ERROR_ITEM_BUSY
+        # Taking a live queue over replaces its listener: allowed
+        taken = Stream(srv.client, client_id=streams[0].client_id)
+        assert taken.client_id == streams[0].client_id
+        for s in streams[1:]:
+            srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+        srv.client.events.interrupt(EventInterrupt(client_id=taken.client_id))

@@ -108,7 +108,8 @@ class RpcStaticConfig(ConfigHolder):
     )
     MAX_STREAMS = Config(
         "rpc-max-streams",
-        "Maximum concurrent long-lived streams (event listeners, proxied calls), served apart from the workers",
+        "Maximum concurrent long-lived streams: proxied calls (on a pool apart from the workers) and live event"
+        " listeners",
         "1000",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )
@@ -136,5 +137,18 @@ class RpcStaticConfig(ConfigHolder):
         "rpc-event-max-retained",
         "Maximum event queues retained for absent listeners; beyond it the longest retained are dropped",
         "1000",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    EVENT_QUEUE_MAX_BYTES = Config(
+        "rpc-event-queue-max-bytes",
+        "Maximum bytes of events (serialized size) kept per event queue; on overflow the oldest are dropped",
+        str(8 << 20),
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    EVENT_MAX_RETAINED_BYTES = Config(
+        "rpc-event-max-retained-bytes",
+        "Maximum bytes of events kept by all retained event queues together (counted per queue); beyond it"
+        " the longest retained queues are dropped",
+        str(64 << 20),
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )

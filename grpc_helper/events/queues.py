@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from threading import Lock
-from typing import Any
+from typing import Any, TypeAlias
 
 from grpc_helper.api import Event, EventProperty, EventStatus, Result, ResultCode
 from grpc_helper.calls import PushStream
@@ -19,6 +19,9 @@ _log = logging.getLogger("grpc_helper.events")
 
 # While a queue overflows, warn at its first drop and then every this many drops (not on each one)
 _DROP_WARN_EVERY = 1000
+
+# An event pending in a queue, with its serialized size: made once by `send`, shared by every queue
+Pending: TypeAlias = tuple[Event, int]
 
 
 def _run_now(task: Callable[[], None]) -> None:
@@ -112,6 +115,7 @@ class EventQueue:
         "names",
         "owner",
         "retained_since",
+        "size",
     )
 
     def __init__(
@@ -124,7 +128,8 @@ class EventQueue:
     ) -> None:
         self.client_id = client_id
         self.names: frozenset[str] = frozenset(names)
-        self.events: deque[Event] = deque(events)
+        self.events: deque[Pending] = deque((e, e.ByteSize()) for e in events)
+        self.size = sum(size for _, size in self.events)  # bytes of the pending events
         self.owner: Listener | None = None
         self.retained_since: float | None = time.monotonic()
         self.closed = False  # the service shuts down: the owner must end (the queue itself is kept)
@@ -137,18 +142,21 @@ class EventQueue:
         return not self.names or name in self.names
 
     # --- producer side ---
-    def push(self, event: Event, limit: int) -> None:
-        """Append `event`; a full queue drops its oldest event (a sender is never blocked)."""
+    def push(self, item: Pending, limit: int, max_bytes: int) -> None:
+        """Append `item` (an event and its size, shared by every queue it goes to); a queue holding more than
+        `limit` events or `max_bytes` bytes drops its oldest ones (a sender is never blocked). The newest
+        event is always kept."""
         dropped = 0
         task = None
         with self._lock:
             events = self.events
-            if len(events) >= limit:
-                while len(events) >= limit:  # `limit` may have been lowered meanwhile
-                    events.popleft()
+            events.append(item)
+            self.size += item[1]
+            if len(events) > limit or self.size > max_bytes:
+                while len(events) > 1 and (len(events) > limit or self.size > max_bytes):
+                    self.size -= events.popleft()[1]
                     self.dropped += 1
                 dropped = self.dropped
-            events.append(event)
             owner = self.owner
             if owner is not None and not owner.scheduled:
                 owner.scheduled = True
@@ -157,9 +165,11 @@ class EventQueue:
             self._schedule(task)
         if dropped and (dropped == 1 or dropped % _DROP_WARN_EVERY == 0):
             self._logger.warning(
-                "Event queue %s is full (rpc-event-queue-max=%s): dropped its oldest event (%s so far)",
+                "Event queue %s is full (rpc-event-queue-max=%s, rpc-event-queue-max-bytes=%s): dropped its oldest"
+                " events (%s so far)",
                 self.client_id,
                 limit,
+                max_bytes,
                 dropped,
             )
 
@@ -226,8 +236,9 @@ class EventQueue:
                 if not keepalive:
                     listener.scheduled = False
                 return [], keepalive, False
-            batch = list(events)
+            batch = [event for event, _ in events]
             events.clear()
+            self.size = 0
             dropped, self.dropped = self.dropped, 0
         if dropped:
             self._logger.warning("Event queue %s dropped %s of its oldest events while full", self.client_id, dropped)
@@ -238,19 +249,19 @@ class EventQueue:
         with self._lock:
             self.names = names
             events = self.events
-            kept = [e for e in events if e.name in names]
+            kept = [item for item in events if item[0].name in names]
             dropped = len(events) - len(kept)
             if dropped:
                 events.clear()
                 events.extend(kept)
+                self.size = sum(size for _, size in kept)
         return dropped
 
     # --- persistence ---
-    def events_json(self) -> list[dict[str, Any]]:
-        """The pending events, in order: `[{"name": ..., "properties": [[name, value], ...]}, ...]`."""
+    def pending(self) -> list[Event]:
+        """The pending events, in order (a copy)."""
         with self._lock:
-            events = list(self.events)  # the (cheap) copy under the lock; conversion outside it
-        return [{"name": e.name, "properties": [[p.name, p.value] for p in e.properties]} for e in events]
+            return [event for event, _ in self.events]
 
     @classmethod
     def from_json(
@@ -260,16 +271,52 @@ class EventQueue:
         names: Any = (),
         logger: logging.Logger | None = None,
         schedule: Callable[[Callable[[], None]], None] | None = None,
+        shared: dict[int, Event] | None = None,
     ) -> EventQueue:
-        """Inverse of `events_json`, with the filter `names` (kept apart); ValueError if malformed."""
+        """A queue from its `events_json` list, with the filter `names` (kept apart); ValueError if malformed.
+        `shared`: the events with an "id" met so far in the file, which later `{"ref": id}` entries name."""
         if not isinstance(events, list):
             raise ValueError(f"queue {client_id}: expected a list of events, got {type(events).__name__}")
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"queue {client_id}: the filter must be a list of event names")
-        return cls(client_id, names, [_event_from_json(e) for e in events], logger, schedule)
+        table = {} if shared is None else shared
+        return cls(client_id, names, [_event_from_json(e, table) for e in events], logger, schedule)
 
 
-def _event_from_json(data: Any) -> Event:
+def events_json(queues: Iterable[tuple[str, list[Event]]]) -> dict[str, list[dict[str, Any]]]:
+    """`{queue id: [event, ...]}` for queues.json, each event written once however many queues hold it.
+
+    An event is `{"name": ..., "properties": [[name, value], ...]}`; one that several queues hold also
+    has an `"id"` where it first appears, and is `{"ref": id}` in the queues after (the ids are local to
+    the file). So the file is proportional to what is pending, not to events x queues.
+    """
+    snapshot = list(queues)
+    held: dict[int, int] = {}  # id(event) -> in how many places
+    for _, events in snapshot:
+        for event in events:
+            held[id(event)] = held.get(id(event), 0) + 1
+    written: dict[int, int] = {}  # id(event) -> its id in the file
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key, events in snapshot:
+        entries = out[key] = []
+        for event in events:
+            ref = written.get(id(event))
+            if ref is not None:
+                entries.append({"ref": ref})
+                continue
+            entry: dict[str, Any] = {"name": event.name, "properties": [[p.name, p.value] for p in event.properties]}
+            if held[id(event)] > 1:
+                entry["id"] = written[id(event)] = len(written) + 1
+            entries.append(entry)
+    return out
+
+
+def _event_from_json(data: Any, shared: dict[int, Event]) -> Event:
+    if isinstance(data, dict) and set(data) == {"ref"}:
+        event = shared.get(data["ref"]) if isinstance(data["ref"], int) else None
+        if event is None:
+            raise ValueError(f"unknown event reference {data!r}")
+        return event
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise ValueError(f"invalid event {data!r}")
     props = data.get("properties", [])
@@ -277,4 +324,9 @@ def _event_from_json(data: Any) -> Event:
         isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in props
     ):
         raise ValueError(f"invalid properties in event {data!r}")
-    return Event(name=data["name"], properties=[EventProperty(name=k, value=v) for k, v in props])
+    event = Event(name=data["name"], properties=[EventProperty(name=k, value=v) for k, v in props])
+    if "id" in data:
+        if not isinstance(data["id"], int) or data["id"] in shared:
+            raise ValueError(f"invalid event id in {data!r}")
+        shared[data["id"]] = event
+    return event

@@ -81,7 +81,7 @@ from grpc_helper.api.events_pb2_grpc import EventServiceServicer
 from grpc_helper.calls import PushStream, pushed_stream
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
-from grpc_helper.events.queues import EventQueue, Listener, check_name
+from grpc_helper.events.queues import EventQueue, Listener, check_name, events_json
 from grpc_helper.limits import check_request, quote
 from grpc_helper.manager import RpcManager
 from grpc_helper.persist import read_json, read_json_object, write_json
@@ -153,8 +153,9 @@ class EventsManager(EventServiceServicer, RpcManager):
         schedule = self._deliveries.put
         try:
             entries, next_id = self._parse(data, filters)
+            shared: dict[int, Event] = {}  # events several queues hold, written once (see events_json)
             queues = {
-                cid: EventQueue.from_json(cid, events, names, self.logger, schedule)
+                cid: EventQueue.from_json(cid, events, names, self.logger, schedule, shared)
                 for cid, (events, names) in entries.items()
             }
         except (TypeError, ValueError) as exc:
@@ -218,7 +219,7 @@ class EventsManager(EventServiceServicer, RpcManager):
     def _save_snapshot(self, path: Path, filters_path: Path) -> None:
         with self.lock:
             queues = list(self._queues.values())
-        data = {str(q.client_id): q.events_json() for q in queues}
+        data = events_json((str(q.client_id), q.pending()) for q in queues)
         filters = {str(q.client_id): sorted(q.names) for q in queues if q.names}
         try:
             # Filters first: a filter whose queue is not written yet is ignored at restore. A workspace
@@ -269,18 +270,27 @@ class EventsManager(EventServiceServicer, RpcManager):
 
     def _expire(self) -> None:
         """Drop the retained queues not resumed in time, then the longest retained beyond `rpc-event-max-retained`
-        (a client can open any number of queues and walk away: what is kept for absent listeners is bounded)."""
+        queues or `rpc-event-max-retained-bytes` of events (a client can open any number of queues and walk
+        away: what is kept for absent listeners is bounded)."""
         retain = RpcStaticConfig.EVENT_RETAIN_TIMEOUT.int_val
         most = RpcStaticConfig.EVENT_MAX_RETAINED.int_val
+        max_bytes = RpcStaticConfig.EVENT_MAX_RETAINED_BYTES.int_val
         now = time.monotonic()
         with self.lock:
             expired = [cid for cid, q in self._queues.items() if q.expired(now, retain)]
             for cid in expired:
                 del self._queues[cid]
+            # Newest retained first: keep them while within both bounds, drop the rest
             retained = sorted(
-                (since, cid) for cid, q in self._queues.items() if (since := q.retained_since) is not None
+                ((since, q) for q in self._queues.values() if (since := q.retained_since) is not None),
+                key=lambda entry: entry[0],
+                reverse=True,
             )
-            excess = [cid for _, cid in retained[: max(0, len(retained) - most)]]
+            excess, kept_bytes = [], 0
+            for n, (_, q) in enumerate(retained):
+                kept_bytes += q.size
+                if n >= most or kept_bytes > max_bytes:
+                    excess.append(q.client_id)
             for cid in excess:
                 del self._queues[cid]
             if expired or excess:
@@ -289,7 +299,11 @@ class EventsManager(EventServiceServicer, RpcManager):
             self.logger.info("Dropped event queues %s (not resumed within %ss)", quote(expired), retain)
         if excess:
             self.logger.warning(
-                "Dropped event queues %s (more than rpc-event-max-retained=%s retained)", quote(excess), most
+                "Dropped event queues %s (more than rpc-event-max-retained=%s queues or"
+                " rpc-event-max-retained-bytes=%s bytes retained)",
+                quote(excess),
+                most,
+                max_bytes,
             )
         if expired or excess:
             self._dirty.set()
@@ -306,12 +320,13 @@ class EventsManager(EventServiceServicer, RpcManager):
         check_request(request)
         check_name(request.name)
         name = request.name
-        limit = RpcStaticConfig.EVENT_QUEUE_MAX.int_val
+        limit, max_bytes = RpcStaticConfig.EVENT_QUEUE_MAX.int_val, RpcStaticConfig.EVENT_QUEUE_MAX_BYTES.int_val
+        item = (request, request.ByteSize())
         retained = False
         for q in self._fanout:
             names = q.names
             if not names or name in names:
-                q.push(request, limit)
+                q.push(item, limit, max_bytes)
                 if q.owner is None:
                     retained = True
         if retained:
@@ -375,10 +390,12 @@ class EventsManager(EventServiceServicer, RpcManager):
             if self._closing:
                 raise RpcException("The events service is shutting down", ResultCode.ERROR_STREAM_SHUTDOWN)
             dropped = 0
-            if client_id:
-                q = self._queues.get(client_id)
-                if q is None:
-                    raise RpcException(f"Unknown event queue: {client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
+            q = self._queues.get(client_id) if client_id else None
+            if client_id and q is None:
+                raise RpcException(f"Unknown event queue: {client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
+            if q is None or q.owner is None:  # one more live listener (a take-over replaces one)
+                self._check_live_limit()
+            if q is not None:
                 if names:
                     dropped = q.refilter(frozenset(names))
             else:
@@ -388,6 +405,13 @@ class EventsManager(EventServiceServicer, RpcManager):
                 self._fanout = (*self._fanout, q)
             listener = Listener(q, stream, self._ended)
             return q, dropped, listener, q.attach(listener)
+
+    def _check_live_limit(self) -> None:
+        """Live listeners hold no thread, but memory (a queue of up to `rpc-event-queue-max-bytes`): at most
+        `rpc-max-streams` of them (caller holds self.lock)."""
+        most = RpcStaticConfig.MAX_STREAMS.int_val
+        if sum(1 for q in self._queues.values() if q.owner is not None) >= most:
+            raise RpcException(f"Too many event listeners (rpc-max-streams={most})", ResultCode.ERROR_ITEM_BUSY)
 
     def _ended(self, listener: Listener) -> None:
         self.logger.info("Event listening queue #%s interrupted", listener.queue.client_id)
