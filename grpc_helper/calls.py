@@ -474,45 +474,34 @@ class PushStream:
         self._ended = True
         self._respond(None)
 
-    @property
-    def active(self) -> bool:
-        return not self._ended and self.context.is_active()
-
 
 def _pushed_behavior(site: CallSite, fn: Callable[[Any, PushStream], None]) -> Behavior:
     """`wrap_method` for a pushed stream: checks as for any call, then `fn(request, stream)` on the
-    calling thread, which is free once it returns. An error becomes the stream's last message."""
-    pending = PENDING
-    versions = site.versions
-    logger = site.logger
-    path = site.path
-    name = method_name(path)
-    sid = site.server_id
-    debug = logging.DEBUG
-    gate = site.gate
-    ready = gate.ready.is_set
+    calling thread, which is free once it returns. An error becomes the stream's last message.
+    (Once per stream, not per message: no copies into locals as in the wrappers above.)"""
+    name = method_name(site.path)
 
     def pushed(request: Any, context: grpc.ServicerContext, respond: Callable[[Message | None], None]) -> None:
         md = context.invocation_metadata()
         trace: tuple[Any, str, str] = (None, "", name)
-        if logger.isEnabledFor(debug):
-            trace = (logger, trace_peer(md), name)
-            logger.debug(entry_trace(trace[1], name, request))
+        if site.logger.isEnabledFor(logging.DEBUG):
+            trace = (site.logger, trace_peer(md), name)
+            site.logger.debug(entry_trace(trace[1], name, request))
         stream = PushStream(respond, context, trace)
-        err = versions.check(md)
+        err = site.versions.check(md)
         if err is not None:
             stream.end(site.error_response(context, err))
             return
         key = get_ident()
-        pending[key] = PendingCall(sid, path, md, request, context, time.time())
+        PENDING[key] = PendingCall(site.server_id, site.path, md, request, context, time.time())
         try:
-            if not ready():
-                gate.wait(context)
+            if not site.gate.ready.is_set():
+                site.gate.wait(context)
             fn(request, stream)
         except Exception as exc:
             stream.end(site.failure(context, exc))
         finally:
-            pending.pop(key, None)
+            PENDING.pop(key, None)
 
     non_blocking(pushed)
     return pushed
