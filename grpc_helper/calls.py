@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.config.static import RpcStaticConfig, bool_value
-from grpc_helper.errors import RpcException, rc_name, result_from_exception, result_status
+from grpc_helper.errors import AccessDenied, RpcException, rc_name, result_from_exception, result_status
 from grpc_helper.generated import Behavior, has_result_field, non_blocking
 from grpc_helper.limits import cut, quote
 from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_HOST, KEY_IP, KEY_USER, Metadata
@@ -282,7 +282,11 @@ class CallSite:
         return error_answer(self.response_cls, context, result)
 
     def failure(self, context: grpc.ServicerContext, exc: BaseException) -> Message:
-        """The answer to a manager method that raised `exc` (logged: a warning for an `RpcException`)."""
+        """The answer to a manager method that raised `exc` (logged: a warning for an `RpcException`);
+        `AccessDenied` aborts the call with PERMISSION_DENIED instead."""
+        if isinstance(exc, AccessDenied):
+            self.logger.info("Refused %s: PERMISSION_DENIED, %s", self.path, exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         if isinstance(exc, RpcException):
             self.logger.warning("%s failed: %s (%s)", self.path, exc, rc_name(exc.rc))
         else:

@@ -19,8 +19,9 @@ from grpc_helper.backoff import Backoff
 from grpc_helper.errors import RpcException, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, Metadata, RpcMetadata
+from grpc_helper.tls import PLAINTEXT, ClientSecurity, is_loopback
 
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -41,7 +42,7 @@ class _Stub:
 
     def __init__(self, client: RpcClient, name: str, stub_class: type[Any], version: int | None) -> None:
         self._name = name
-        metadata: Metadata = client.metadata.as_metadata()
+        metadata: Metadata = client.metadata.as_metadata() + client.security.metadata()
         if version is not None:
             metadata += ((KEY_API_VERSION, str(int(version))),)
         for method, spec in stub_methods(stub_class).items():
@@ -59,6 +60,8 @@ class RpcClient:
       its deadline, across attempts; a streamed response is not started again once it has passed
     - `name`: client name (str) or a full `RpcMetadata`, sent as call metadata
     - `exception`: raise `custom_exception(msg, rc)` for responses with a non-OK code below ERROR_CUSTOM
+    - `security`: TLS (CA, client certificate, server name) and a bearer token (`ClientSecurity`);
+      None: plaintext, as 2.x
     """
 
     def __init__(
@@ -71,8 +74,13 @@ class RpcClient:
         logger: logging.Logger | None = None,
         exception: bool = True,  # noqa: FBT001, FBT002 - positional in 2.x, so it stays positional
         custom_exception: type[Exception] = RpcException,
+        *,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self.security = security or PLAINTEXT
+        if self.security.token and not self.security.tls and not is_loopback(host):
+            raise ValueError(f"A token is sent to {host} in plaintext only on loopback: give TLS credentials")
         self.metadata = name if isinstance(name, RpcMetadata) else RpcMetadata(client=name)
         self.logger = logger or logging.getLogger("grpc_helper.client")
         self.exception = exception
@@ -125,7 +133,7 @@ class RpcClient:
         old.close()
 
     def _new_channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"{self.host}:{self.port}", options=CHANNEL_OPTIONS)
+        return self.security.channel(f"{self.host}:{self.port}", CHANNEL_OPTIONS)
 
     def __enter__(self) -> RpcClient:
         return self

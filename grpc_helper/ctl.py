@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
@@ -54,6 +55,7 @@ from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.client import RpcClient
 from grpc_helper.errors import RpcException, RpcTransportError, rc_name
 from grpc_helper.metadata import RpcMetadata
+from grpc_helper.tls import ClientSecurity
 
 PROG = "grpc-helper"
 CLIENT_NAME = "grpc-helper-ctl"
@@ -153,6 +155,15 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+# --option, environment variable, help
+_SECURITY_OPTIONS = (
+    ("--tls-ca", "GRPC_HELPER_TLS_CA", "CA bundle (PEM) to verify the server with: TLS"),
+    ("--tls-cert", "GRPC_HELPER_TLS_CERT", "client certificate (PEM), for mTLS"),
+    ("--tls-key", "GRPC_HELPER_TLS_KEY", "private key (PEM) of --tls-cert"),
+    ("--tls-server-name", "GRPC_HELPER_TLS_SERVER_NAME", "name the server's certificate must carry (default: --host)"),
+    ("--token-file", "GRPC_HELPER_TOKEN_FILE", "file holding the bearer token to call with"),
+)
+
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # argparse names no public type
 
 
@@ -169,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for an unreachable server, and for each call (default: {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument("--json", action="store_true", help="JSON output")
+    tls = p.add_argument_group("security (each also from its environment variable)")
+    for option, env, what in _SECURITY_OPTIONS:
+        tls.add_argument(
+            option,
+            default=os.environ.get(env) or None,
+            metavar="PATH" if option != "--tls-server-name" else "NAME",
+            help=f"{what} (${env})",
+        )
     # --json is also accepted after the command; SUPPRESS keeps the global value when it is not given there
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
@@ -321,8 +340,23 @@ class Ctl:
                 },
                 timeout=self.timeout,  # retry an unreachable server that long, then fail
                 name=CLIENT_NAME,
+                security=self.security,
             )
         return self._client
+
+    @property
+    def security(self) -> ClientSecurity | None:
+        """TLS and token from --tls-* / --token-file (or their environment variables); None: plaintext."""
+        a = self.args
+        if not (a.tls_ca or a.tls_cert or a.tls_key or a.tls_server_name or a.token_file):
+            return None
+        try:
+            security = ClientSecurity.from_files(a.tls_ca, a.tls_cert, a.tls_key, a.tls_server_name, a.token_file)
+        except (OSError, ValueError, IndexError) as exc:
+            raise CtlError(f"Bad security option: {exc}", ResultCode.ERROR_PARAM_INVALID) from exc
+        if not (a.tls_ca or a.tls_cert or a.tls_server_name):  # a token alone: plaintext (loopback only)
+            security = replace(security, tls=False)
+        return security
 
     def close(self) -> None:
         if self._client is not None:
@@ -463,7 +497,9 @@ class Ctl:
         """One attempt, bounded by --timeout: a health probe must answer fast, not wait for the server."""
         metadata = RpcMetadata(client=CLIENT_NAME, user="", host="", ip="")  # no local lookups: keep it fast
         stubs: dict[str, tuple[type, int | None]] = {"health": (health_pb2_grpc.HealthStub, None)}
-        with RpcClient(self.args.host, self.args.port, stubs, timeout=None, name=metadata) as client:
+        with RpcClient(
+            self.args.host, self.args.port, stubs, timeout=None, name=metadata, security=self.security
+        ) as client:
             request = health_pb2.HealthCheckRequest(service=self.args.service)
             try:
                 r = client.health.Check(request, timeout=self.timeout)
@@ -482,11 +518,27 @@ def _describe(exc: RpcException, ctl: Ctl) -> str:
     """The error message, with the server address when it could not be reached."""
     if isinstance(exc, RpcTransportError):
         where = f"{ctl.args.host}:{ctl.args.port}"
+        if exc.status == grpc.StatusCode.UNAUTHENTICATED:
+            return f"UNAUTHENTICATED by {where}: {exc.details} (--token-file, or a client certificate)"
+        if exc.status == grpc.StatusCode.PERMISSION_DENIED:
+            return f"PERMISSION_DENIED by {where}: {exc.details}"
         if exc.status == grpc.StatusCode.UNAVAILABLE:
-            return f"can't reach {where}: {exc}"
+            return f"can't reach {where}: {_tls_hint(exc.details)}{exc}"
         if exc.status == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"no answer from {where} within {ctl.timeout:g}s: {exc}"
     return str(exc)
+
+
+def _tls_hint(details: str) -> str:
+    """What a TLS failure was, from gRPC's details (it says little: the handshake's own error is logged)."""
+    lowered = details.lower()
+    if "certificate_verify_failed" in lowered or "unknown ca" in lowered or "self signed" in lowered:
+        return "bad or unknown server certificate (--tls-ca, --tls-server-name): "
+    if "handshake" in lowered or "ssl" in lowered or "tls" in lowered:
+        return "TLS handshake failed (wrong CA, certificate or name, or a plaintext server): "
+    if "socket closed" in lowered:
+        return "connection closed (a TLS server refusing a plaintext client, or a client certificate it won't take?): "
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

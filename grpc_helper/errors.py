@@ -54,6 +54,14 @@ class RpcTransportError(RpcException):
         return f"{type(self).__name__}({str(self)!r}, rc={rc_name(self.rc)}, status={self.status.name})"
 
 
+class AccessDenied(RpcException):
+    """A known caller doing what it may not (another identity's event queue or registration): the call is
+    answered with gRPC status PERMISSION_DENIED (see `calls.CallSite.failure`), not a `Result`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ResultCode.ERROR_PARAM_INVALID)
+
+
 def rc_name(rc: int) -> str:
     """`ResultCode` name of a code, or the number for codes it does not name (custom ones included)."""
     try:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from grpc_helper.client import RpcClient
 from grpc_helper.folders import Folders
+from grpc_helper.tls import ClientSecurity
 
 
 class ManagerHost(Protocol):
@@ -19,6 +20,8 @@ class ManagerHost(Protocol):
     client: RpcClient
 
     def proxied_servers(self) -> set[tuple[str, int]]: ...
+
+    def client_security(self, server_name: str) -> ClientSecurity | None: ...
 
     def shutdown(self) -> None: ...
 

@@ -29,6 +29,14 @@ def validate_bool(name: str, value: str) -> None:
         )
 
 
+def validate_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value.lower() not in choices:
+        raise RpcException(
+            f"Invalid value for {name}: {quote(value)} (expected one of {', '.join(choices)})",
+            ResultCode.ERROR_PARAM_INVALID,
+        )
+
+
 def bool_value(item: Config) -> bool:
     """A boolean item's value (checked by `validate_bool`): true/on/yes/1 or false/off/no/0."""
     return _BOOLEANS.get(item.str_val.lower(), True)
@@ -151,4 +159,42 @@ class RpcStaticConfig(ConfigHolder):
         " the longest retained queues are dropped",
         str(64 << 20),
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    # Security (TLS, bind address, authorization)
+    BIND_ADDRESS = Config(
+        "rpc-bind-address",
+        "Address to listen on (empty: every interface, IPv6 and IPv4; e.g. 127.0.0.1 for loopback only)",
+        "",
+        can_be_empty=True,
+    )
+    TLS_CERT = Config(
+        "rpc-tls-cert",
+        "Certificate chain (PEM file, absolute or workspace-relative) of the server; set, it serves TLS only",
+        "",
+        can_be_empty=True,
+    )
+    TLS_KEY = Config("rpc-tls-key", "Private key (PEM file) of rpc-tls-cert", "", can_be_empty=True)
+    TLS_CA = Config(
+        "rpc-tls-ca",
+        "CA bundle (PEM file) verifying client certificates, and the servers this one calls (main, backends)",
+        "",
+        can_be_empty=True,
+    )
+    TLS_CLIENT_AUTH = Config(
+        "rpc-tls-client-auth",
+        "Client certificates: none (not asked for) or required (mTLS: verified against rpc-tls-ca)",
+        "none",
+        validator=ConfigValidator.CONFIG_VALID_CUSTOM,
+        custom_validator=lambda name, value: validate_choice(name, value, ("none", "required")),
+    )
+    TLS_BACKEND_NAME = Config(
+        "rpc-tls-backend-name",
+        "Name a proxied backend's certificate is verified against ({service}: the service it registered for)",
+        "{service}",
+    )
+    AUTH_POLICY = Config(
+        "rpc-auth-policy",
+        "Authorization policy (JSON file, absolute or workspace-relative); empty: no authentication (as 2.x)",
+        "",
+        can_be_empty=True,
     )

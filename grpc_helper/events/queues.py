@@ -110,6 +110,7 @@ class EventQueue:
         "_schedule",
         "client_id",
         "closed",
+        "creator",
         "dropped",
         "events",
         "names",
@@ -127,6 +128,7 @@ class EventQueue:
         schedule: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.client_id = client_id
+        self.creator: str | None = None  # the identity that created it (with a policy on): only it may use it
         self.names: frozenset[str] = frozenset(names)
         self.events: deque[Pending] = deque((e, e.ByteSize()) for e in events)
         self.size = sum(size for _, size in self.events)  # bytes of the pending events

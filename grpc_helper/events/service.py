@@ -78,6 +78,7 @@ from grpc_helper.api import (
     ResultStatus,
 )
 from grpc_helper.api.events_pb2_grpc import EventServiceServicer
+from grpc_helper.auth import check_owner, current_identity
 from grpc_helper.calls import PushStream, pushed_stream
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
@@ -89,6 +90,7 @@ from grpc_helper.threads import Deliveries
 
 QUEUES_FILE = "queues.json"
 FILTERS_FILE = "queues-filters.json"  # {"<id>": [names]}: the filters, which queues.json can't hold
+OWNERS_FILE = "queues-owners.json"  # {"<id>": identity}: who created each queue, with a policy on
 MAX_CLIENT_ID = 0xFFFFFFFF  # client_id is a uint32; 0 means "none"
 _SAVE_INTERVAL = 0.1  # seconds between two writes of queues.json, at least
 _SAVE_DUTY = 0.1  # ... and at most this share of the janitor's time spent writing
@@ -161,6 +163,11 @@ class EventsManager(EventServiceServicer, RpcManager):
         except (TypeError, ValueError) as exc:
             msg = f"Invalid event queues file {self._path}: {exc}"
             raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
+        assert self._path is not None
+        for key, owner in read_json_object(self._path.with_name(OWNERS_FILE), (str,), "event queue owners").items():
+            q = queues.get(_queue_id(key)) if key.isdecimal() else None
+            if q is not None:
+                q.creator = owner
         with self.lock:
             self._queues = queues
             self._fanout = tuple(queues.values())
@@ -221,11 +228,15 @@ class EventsManager(EventServiceServicer, RpcManager):
             queues = list(self._queues.values())
         data = events_json((str(q.client_id), q.pending()) for q in queues)
         filters = {str(q.client_id): sorted(q.names) for q in queues if q.names}
+        owners = {str(q.client_id): q.creator for q in queues if q.creator is not None}
+        owners_path = path.with_name(OWNERS_FILE)
         try:
-            # Filters first: a filter whose queue is not written yet is ignored at restore. A workspace
-            # that never had one gets no filters file.
+            # Filters and owners first: one whose queue is not written yet is ignored at restore. A
+            # workspace that never had one gets no such file.
             if filters or filters_path.exists():
                 write_json(filters_path, filters)
+            if owners or owners_path.exists():
+                write_json(owners_path, owners)
             write_json(path, data)
         except OSError as exc:
             self.logger.error("Can't persist event queues in %s: %s", path, exc)
@@ -336,8 +347,14 @@ class EventsManager(EventServiceServicer, RpcManager):
     def inspect(self, request: Empty) -> EventQueueStatus:
         check_request(request)  # nothing to bound today: checked like every request of a default service
         self._expire()
+        caller = current_identity()
         with self.lock:
-            return EventQueueStatus(client_ids=sorted(self._queues))
+            if caller is None:
+                return EventQueueStatus(client_ids=sorted(self._queues))
+            # With a policy on, a caller sees its own queues only (and those nobody owns, e.g. restored from 2.x)
+            return EventQueueStatus(
+                client_ids=sorted(cid for cid, q in self._queues.items() if q.creator in (None, caller.name))
+            )
 
     def interrupt(self, request: EventInterrupt) -> ResultStatus:
         check_request(request)
@@ -345,6 +362,7 @@ class EventsManager(EventServiceServicer, RpcManager):
             q = self._queues.get(request.client_id)
             if q is None:
                 raise RpcException(f"Unknown event queue: {request.client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
+            check_owner(q.creator, f"Event queue {request.client_id}")
             if not q.detach():
                 raise RpcException(
                     f"Event queue {request.client_id} is already interrupted", ResultCode.ERROR_STATE_UNEXPECTED
@@ -393,6 +411,8 @@ class EventsManager(EventServiceServicer, RpcManager):
             q = self._queues.get(client_id) if client_id else None
             if client_id and q is None:
                 raise RpcException(f"Unknown event queue: {client_id}", ResultCode.ERROR_ITEM_UNKNOWN)
+            if q is not None:
+                check_owner(q.creator, f"Event queue {client_id}")
             if q is None or q.owner is None:  # one more live listener (a take-over replaces one)
                 self._check_live_limit()
             if q is not None:
@@ -401,6 +421,8 @@ class EventsManager(EventServiceServicer, RpcManager):
             else:
                 assert self._deliveries is not None  # made by _load
                 q = EventQueue(self._alloc_id(), names, logger=self.logger, schedule=self._deliveries.put)
+                caller = current_identity()
+                q.creator = caller.name if caller is not None else None
                 self._queues[q.client_id] = q
                 self._fanout = (*self._fanout, q)
             listener = Listener(q, stream, self._ended)

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_helper.client import CHANNEL_OPTIONS
 from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
 _READY: int = cygrpc.ConnectivityState.ready
 # How often a backend's health is checked (seconds; also the bound of each check): a backend that
@@ -43,9 +44,12 @@ class Backend:
     registration points to it any more) is closed once its last call ends.
     """
 
-    def __init__(self, host: str, port: int, on_state: StateListener | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, on_state: StateListener | None = None, security: ClientSecurity | None = None
+    ) -> None:
         """`on_state(backend, serving)`: told (from the backend's watch thread) each time the
-        backend's health changes, as `_watch` sees it; None: not watched."""
+        backend's health changes, as `_watch` sees it; None: not watched. `security`: TLS to the
+        backend (None: plaintext)."""
         self.host, self.port = host, port  # as registered (the host may be empty)
         address = backend_address(host, port)
         self.address = f"{address[0]}:{address[1]}"  # resolved once: the channel's target
@@ -53,7 +57,7 @@ class Backend:
         self.retired = False
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
-        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self.channel = (security or PLAINTEXT).channel(self.address, CHANNEL_OPTIONS)
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread
         # races with close() (it may query the channel once closed, and die with an error): read
         # the state synchronously from the core channel instead. grpcio private internal (hence

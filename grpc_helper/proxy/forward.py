@@ -68,8 +68,11 @@ class Backends(Protocol):
 
 
 def forwarded_metadata(metadata: Metadata) -> Metadata:
-    """Caller metadata to pass on: everything but transport headers."""
-    return tuple((k, v) for k, v in metadata if k != "user-agent" and not k.startswith("grpc-"))
+    """Caller metadata to pass on: everything but transport headers and the caller's credentials (a
+    backend must never see a caller's token: main calls it as itself)."""
+    return tuple(
+        (k, v) for k, v in metadata if k != "user-agent" and k != "authorization" and not k.startswith("grpc-")
+    )
 
 
 def proxied_metadata(metadata: Metadata, current_version: int) -> Metadata:

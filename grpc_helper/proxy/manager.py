@@ -63,6 +63,8 @@ class RpcProxiedManager(RpcManager):
             timeout=RpcStaticConfig.CLIENT_TIMEOUT.float_val,
             name=f"proxied-{self.logger.name}",
             logger=self.logger,
+            # With TLS, this server's own certificate (its identity on main), main's checked as rpc-main-host
+            security=self.server.client_security(RpcStaticConfig.MAIN_HOST.str_val),
         )
         names = self._proxied_services()
         self.proxy_client.srv.proxy_register(

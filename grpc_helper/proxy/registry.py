@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,6 +16,7 @@ import grpc
 
 from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
+from grpc_helper.auth import check_owner, current_identity
 from grpc_helper.backoff import Backoff
 from grpc_helper.calls import VersionRange, remaining
 from grpc_helper.client import RpcClient
@@ -24,6 +25,7 @@ from grpc_helper.generated import Handler
 from grpc_helper.persist import read_json_object, write_json
 from grpc_helper.proxy.backend import Backend, backend_address
 from grpc_helper.proxy.forward import make_forwarder
+from grpc_helper.tls import ClientSecurity
 
 if TYPE_CHECKING:
     from grpc_helper.descriptor import RpcServiceDescriptor
@@ -47,19 +49,28 @@ class ProxyTarget:
     host: str  # as registered: empty means `rpc-main-host` (resolved only to connect)
     port: int
     version: str
+    registrant: str | None = None  # the identity that registered it (with a policy on): only it may change it
+
+    def as_json(self) -> dict[str, object]:
+        """The entry of proxy.json: 2.x's `host`, `port` and `version` (it ignores any other key)."""
+        entry: dict[str, object] = {"host": self.host, "port": self.port, "version": self.version}
+        if self.registrant is not None:
+            entry["registrant"] = self.registrant
+        return entry
 
 
 class _ConfigLink:
     """A config-service client to a proxied server, borrowed by merged config calls like backends
     by forwarded calls: retired when no registration uses its server, closed once its last call ends."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], security: ClientSecurity | None) -> None:
         self.client = RpcClient(
             address[0],
             address[1],
             {"config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT)},
             timeout=None,  # one attempt per call: the merged config bounds each call itself
             name="proxy-config",
+            security=security,
         )
         self.users = 0
         self.retired = False
@@ -88,11 +99,14 @@ class ProxyRegistry:
         streams: ThreadPoolExecutor,
         set_health: HealthSetter,
         logger: logging.Logger,
+        security: Callable[[str], ClientSecurity | None] | None = None,
     ) -> None:
         """`descriptors`: the proxied services; `workspace`: where `proxy.json` lives (None: not persisted);
         `streams`: the pool forwarded calls run on; `set_health(name, serving)`: the server's health of
-        a service; `logger`: the server's."""
+        a service; `logger`: the server's; `security(service)`: how to reach the backend of `service`
+        (TLS credentials and the name its certificate must carry; None: plaintext)."""
         self._descriptors = {d.name: d for d in descriptors}
+        self._security = security or (lambda _service: None)
         self._streams = streams
         self._set_health = set_health
         self.logger = logger
@@ -198,7 +212,13 @@ class ProxyRegistry:
                 self._foreign[name] = entry  # not ours (any more): kept in the file as is
                 continue
             try:
-                target = ProxyTarget(str(entry["host"]), int(entry["port"]), str(entry["version"]))
+                registrant = entry.get("registrant")
+                target = ProxyTarget(
+                    str(entry["host"]),
+                    int(entry["port"]),
+                    str(entry["version"]),
+                    registrant if isinstance(registrant, str) else None,
+                )
             except (KeyError, TypeError, ValueError):
                 target = None
             if target is None or target.port <= 0:
@@ -208,14 +228,24 @@ class ProxyRegistry:
             self.logger.info("Restored registration of %s at %s:%s", name, target.host, target.port)
 
     def register(self, names: list[str], version: str, host: str, port: int) -> ProxyTarget:
-        """Forward `names` to host:port from now on; the host is kept as given (empty: `rpc-main-host`)."""
-        target = ProxyTarget(host, port, version)
+        """Forward `names` to host:port from now on; the host is kept as given (empty: `rpc-main-host`).
+        With a policy on, a registration belongs to its registrant: only it (or an admin) replaces it."""
+        self._check_registrant(names)
+        caller = current_identity()
+        target = ProxyTarget(host, port, version, caller.name if caller is not None else None)
         for name in names:
             self._set(name, target)
         self._persist()
         return target
 
+    def _check_registrant(self, names: list[str]) -> None:
+        for name in names:
+            current = self._targets.get(name)
+            if current is not None:
+                check_owner(current.registrant, f"The registration of {name}", admin_may=True)
+
     def forget(self, names: list[str]) -> None:
+        self._check_registrant(names)
         with self._changed:
             for name in names:
                 self._targets.pop(name, None)
@@ -230,7 +260,7 @@ class ProxyRegistry:
         with self._changed:
             key = (target.host, target.port)
             if key not in self._backends and not self._closed:
-                self._backends[key] = Backend(target.host, target.port, self._backend_state)
+                self._backends[key] = Backend(target.host, target.port, self._backend_state, self._security(name))
             self._targets[name] = target
             self._versions[name] = target.version
             unused = self._release_unused()
@@ -286,7 +316,7 @@ class ProxyRegistry:
     def _persist(self) -> None:
         if self._path is not None:
             with self._changed:
-                data = {**self._foreign, **{n: asdict(t) for n, t in self._targets.items()}}
+                data = {**self._foreign, **{n: t.as_json() for n, t in self._targets.items()}}
             write_json(self._path, data)
 
     # --- queries ---
@@ -315,10 +345,13 @@ class ProxyRegistry:
         with self._changed:
             links = []
             if not self._closed:
-                for address in sorted({backend_address(t.host, t.port) for t in self._targets.values()}):
+                served: dict[tuple[str, int], str] = {}  # address -> a service it serves (for its TLS name)
+                for name, t in sorted(self._targets.items()):
+                    served.setdefault(backend_address(t.host, t.port), name)
+                for address, name in sorted(served.items()):
                     link = self._config_clients.get(address)
                     if link is None:
-                        link = self._config_clients[address] = _ConfigLink(address)
+                        link = self._config_clients[address] = _ConfigLink(address, self._security(name))
                     link.users += 1
                     links.append(link)
         try:

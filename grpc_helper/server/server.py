@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigService
 from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerServiceServicer_to_server
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
+from grpc_helper.auth import Authorizer, Policy
 from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_method, wrap_method
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import ConfigItems
@@ -53,6 +55,7 @@ from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
 from grpc_helper.signals import SignalHandler, graceful_exit
 from grpc_helper.threads import IdlePool
+from grpc_helper.tls import PLAINTEXT, SELF_NAME, ClientSecurity, ServerTls, backend_name, resolve
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -116,16 +119,10 @@ class _CallLimit(grpc.ServerInterceptor):
 
     def __init__(self, workers: IdlePool, limit: int, control: IdlePool) -> None:
         self._workers, self._limit = workers, limit
-        self._rejects = {kind: self._reject_handler(kind, control) for kind in KINDS.values()}
-
-    def _reject_handler(self, kind: str, control: IdlePool) -> Handler:
-        limit = self._limit
-
-        def reject(_request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Too many concurrent calls (rpc-max-calls={limit})")
-
-        run_on(reject, control)
-        return method_handler(kind, reject)  # no deserializer: the request is never read
+        details = f"Too many concurrent calls (rpc-max-calls={limit})"
+        self._rejects = {
+            kind: reject_handler(kind, grpc.StatusCode.RESOURCE_EXHAUSTED, details, control) for kind in KINDS.values()
+        }
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Handler | None], details: grpc.HandlerCallDetails
@@ -137,6 +134,16 @@ class _CallLimit(grpc.ServerInterceptor):
         if hasattr(getattr(handler, kind), "experimental_thread_pool"):  # not run on the workers
             return handler
         return self._rejects[kind]
+
+
+def reject_handler(kind: str, code: grpc.StatusCode, details: str, pool: IdlePool) -> Handler:
+    """A handler of `kind` aborting with `code` and `details` at once, on `pool` (never on the workers)."""
+
+    def reject(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, details)
+
+    run_on(reject, pool)
+    return method_handler(kind, reject)  # no deserializer: the request is never read
 
 
 def _delegate(method: Callable[..., Any]) -> Behavior:
@@ -209,6 +216,7 @@ class RpcServer:
         with_events: bool,
     ) -> None:
         self.config = ConfigManager(self.folders, cli_config, [RpcStaticConfig, *(static_items or [])], user_items)
+        self.tls = ServerTls.from_config(self.folders.workspace)  # None: plaintext
         self._logs = RollingLogs(self.folders)
         self.loggers = LoggersConfig(self.folders)
         self.logger = self._logs.add_manager(logging.getLogger(DEFAULT_LOGGERS["srv"]))
@@ -221,7 +229,10 @@ class RpcServer:
         self.streams = IdlePool(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
         self._control = IdlePool(_CONTROL_THREADS, thread_name_prefix="rpc-control")
         limit = _CallLimit(self._workers, RpcStaticConfig.MAX_CALLS.int_val, self._control)
-        self._grpc = grpc.server(self._workers, interceptors=[limit], options=_SERVER_OPTIONS)
+        self.authorizer = self._authorizer()
+        # Authorization first: a refused call is never counted against the limit
+        interceptors: list[grpc.ServerInterceptor] = [i for i in (self.authorizer, limit) if i is not None]
+        self._grpc = grpc.server(self._workers, interceptors=interceptors, options=_SERVER_OPTIONS)
 
         self.proxies = ProxyRegistry(
             [d for d in descriptors if d.is_proxy],
@@ -229,6 +240,7 @@ class RpcServer:
             streams=self.streams,
             set_health=self._set_health,
             logger=self.logger,
+            security=lambda service: self.client_security(backend_name(service)),
         )
         defaults = self._default_descriptors(with_events=with_events)
         self._defaults = len(defaults)
@@ -267,6 +279,7 @@ class RpcServer:
             {d.name: (d.client_stub, d.current_version) for d in self.descriptors},
             timeout=RpcStaticConfig.CLIENT_TIMEOUT.float_val,
             name="auto-client",
+            security=self._own_security(),
         )
         managers = self.managers
         for name, manager in managers.items():
@@ -388,13 +401,47 @@ class RpcServer:
 
     def _bind(self, port: int) -> int:
         assert self._grpc is not None
+        host = RpcStaticConfig.BIND_ADDRESS.str_val
+        # Every interface by default: IPv6 and IPv4, or IPv4 only when the host has no IPv6
+        addresses = (
+            [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"] if host else [f"[::]:{port}", f"0.0.0.0:{port}"]
+        )
         errors = []
-        for address in (f"[::]:{port}", f"0.0.0.0:{port}"):  # IPv4 only when the host has no IPv6
+        for address in addresses:
             try:
+                if self.tls is not None:
+                    return self._grpc.add_secure_port(address, self.tls.credentials())
                 return self._grpc.add_insecure_port(address)
             except RuntimeError as exc:
                 errors.append(f"{address}: {exc}")
         raise RpcException(f"Can't listen on port {port}: {'; '.join(errors)}", ResultCode.ERROR_PORT_BUSY)
+
+    def _authorizer(self) -> Authorizer | None:
+        """The call gate of `rpc-auth-policy` (None: no policy, every call is let through, as 2.x)."""
+        path = RpcStaticConfig.AUTH_POLICY.str_val
+        if not path:
+            return None
+        policy = Policy.load(resolve(path, self.folders.workspace))
+        control = self._control
+
+        def reject(kind: str, code: grpc.StatusCode, details: str) -> Handler:
+            return reject_handler(kind, code, details, control)
+
+        mtls = self.tls is not None and self.tls.client_auth == "required"
+        return Authorizer(policy, certificates=mtls, reject=reject, logger=self.logger)
+
+    def _own_security(self) -> ClientSecurity | None:
+        """The auto-client's: this server's certificate, verified as `localhost`, and the token only this
+        server's authorizer knows."""
+        security = self.client_security(SELF_NAME) or PLAINTEXT
+        if self.authorizer is not None:
+            security = replace(security, token=self.authorizer.own_token)
+        return security
+
+    def client_security(self, server_name: str) -> ClientSecurity | None:
+        """What this server's own clients use to reach `server_name`: its certificate and CA with TLS
+        (None when it serves plaintext)."""
+        return self.tls.client_security(server_name) if self.tls is not None else None
 
     # --- state ---
     @property

@@ -1,0 +1,219 @@
+"""TLS: the server's credentials (certificate files re-read when they change, without a restart) and the
+client side's (`ClientSecurity`: the CA to verify the server with, an optional client certificate, the name
+to verify, a bearer token).
+
+Hostname verification is never turned off. A server's own clients (its auto-client, a proxied server
+registering on main, main's channels to its backends) present the server's own certificate and verify the
+other side's against the configured CA and a name: `localhost` for the auto-client (it dials 127.0.0.1),
+`rpc-main-host` for main, and for a backend, which registers an IP address no certificate can carry in
+advance, the name of the service it registered for (`rpc-tls-backend-name`, `{service}` by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+
+from grpc_helper.api import ResultCode
+from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.errors import RpcException
+
+_log = logging.getLogger("grpc_helper.tls")
+
+CLIENT_AUTH_MODES = ("none", "required")
+# The name a server's certificate must carry for its own auto-client (which dials 127.0.0.1)
+SELF_NAME = "localhost"
+
+
+def resolve(path: str, workspace: Path | None) -> Path:
+    """A configured file: absolute, or relative to the workspace."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or workspace is None:
+        return p
+    return workspace / p
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RpcException(f"Can't read the {what} {path}: {exc.strerror}", ResultCode.ERROR_MODEL_INVALID) from exc
+
+
+def _stamp(paths: list[Path]) -> tuple[tuple[int, int], ...]:
+    """What tells that a file changed: (mtime, size) of each (a missing one as (0, -1))."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, -1))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client secures its channel: TLS verifying the server with `ca` (PEM bytes; None: the system's
+    roots), presenting `cert`/`key` when given (mTLS), checking the server's certificate against
+    `server_name` instead of the dialled host when given, and sending `token` as a bearer token.
+
+    `tls=False` is a plaintext channel (only a token may then be set, sent as is: use it on loopback only).
+    """
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+    token: str | None = None
+    tls: bool = True
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        server_name: str | None = None,
+        token_file: str | Path | None = None,
+    ) -> ClientSecurity:
+        """TLS with the PEM files given (a CA bundle; a client certificate and its key), a server name, and a
+        token read from `token_file` (its first line)."""
+        if (cert is None) != (key is None):
+            raise ValueError("A client certificate needs its key, and a key its certificate")
+        token = None
+        if token_file is not None:
+            token = Path(token_file).read_text().strip().splitlines()[0] if Path(token_file).stat().st_size else ""
+            if not token:
+                raise ValueError(f"Empty token file {token_file}")
+        return cls(
+            ca=Path(ca).read_bytes() if ca is not None else None,
+            cert=Path(cert).read_bytes() if cert is not None else None,
+            key=Path(key).read_bytes() if key is not None else None,
+            server_name=server_name,
+            token=token,
+        )
+
+    def with_server_name(self, name: str | None) -> ClientSecurity:
+        return replace(self, server_name=name)
+
+    def channel(self, target: str, options: list[tuple[str, object]]) -> grpc.Channel:
+        """A channel to `target` with these credentials (`options` added)."""
+        if not self.tls:
+            return grpc.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        if self.server_name:
+            # The name checked against the server's certificate (SNI and verification), not disabled
+            options = [*options, ("grpc.ssl_target_name_override", self.server_name)]
+        return grpc.secure_channel(target, credentials, options=options)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata these credentials add: the bearer token, if any."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def __repr__(self) -> str:  # never shows the key or the token
+        return (
+            f"ClientSecurity(tls={self.tls}, ca={'set' if self.ca else None}, cert={'set' if self.cert else None},"
+            f" server_name={self.server_name!r}, token={'set' if self.token else None})"
+        )
+
+
+PLAINTEXT = ClientSecurity(tls=False)
+
+
+def backend_name(service: str) -> str:
+    """The name a proxied backend's certificate must carry: `rpc-tls-backend-name` for `service`."""
+    return RpcStaticConfig.TLS_BACKEND_NAME.str_val.replace("{service}", service)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerTls:
+    """A server's TLS material, from the `rpc-tls-*` static items (paths absolute or workspace-relative).
+
+    gRPC asks `_fetch` before every TLS handshake: when the files changed on disk (a renewed certificate
+    or CA), new connections get them, without a restart; connections made before keep theirs. Files that
+    can't be read or don't fit together are logged and the previous ones kept.
+    """
+
+    def __init__(self, cert: Path, key: Path, ca: Path | None, client_auth: str) -> None:
+        if client_auth not in CLIENT_AUTH_MODES:
+            msg = f"Invalid rpc-tls-client-auth {client_auth!r} (expected one of {', '.join(CLIENT_AUTH_MODES)})"
+            raise RpcException(msg, ResultCode.ERROR_PARAM_INVALID)
+        if client_auth == "required" and ca is None:
+            raise RpcException("rpc-tls-client-auth=required needs rpc-tls-ca", ResultCode.ERROR_PARAM_MISSING)
+        self._paths = [cert, key, *([ca] if ca is not None else [])]
+        self.client_auth = client_auth
+        self._lock = threading.Lock()
+        self._stamp = _stamp(self._paths)
+        self.cert, self.key, self.ca = self._load()
+
+    @classmethod
+    def from_config(cls, workspace: Path | None) -> ServerTls | None:
+        """The server's TLS from its static items; None when no certificate is configured (plaintext)."""
+        cert, key = RpcStaticConfig.TLS_CERT.str_val, RpcStaticConfig.TLS_KEY.str_val
+        ca = RpcStaticConfig.TLS_CA.str_val
+        if not cert:
+            if key:
+                raise RpcException("rpc-tls-key is set but not rpc-tls-cert", ResultCode.ERROR_PARAM_MISSING)
+            return None
+        if not key:
+            raise RpcException("rpc-tls-cert is set but not rpc-tls-key", ResultCode.ERROR_PARAM_MISSING)
+        return cls(
+            resolve(cert, workspace),
+            resolve(key, workspace),
+            resolve(ca, workspace) if ca else None,
+            RpcStaticConfig.TLS_CLIENT_AUTH.str_val.lower(),
+        )
+
+    def _load(self) -> tuple[bytes, bytes, bytes | None]:
+        cert = _read(self._paths[0], "certificate (rpc-tls-cert)")
+        key = _read(self._paths[1], "private key (rpc-tls-key)")
+        ca = _read(self._paths[2], "CA bundle (rpc-tls-ca)") if len(self._paths) > 2 else None
+        return cert, key, ca
+
+    def _config(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(self.key, self.cert)], self.ca)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Dynamic server credentials: the current files for each new connection."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._config(),
+            self._fetch,  # type: ignore[arg-type]  # may return None ("no change"), as grpcio documents; its stubs say not
+            require_client_authentication=self.client_auth == "required",
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's certificate fetcher (before each handshake): a new configuration when the files changed."""
+        stamp = _stamp(self._paths)
+        if stamp == self._stamp:
+            return None  # the common case: one stat() per file
+        with self._lock:
+            if stamp == self._stamp:
+                return None
+            self._stamp = stamp
+            try:
+                cert, key, ca = self._load()
+                config = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
+            except Exception as exc:  # e.g. a renewal half written: keep serving the previous files
+                _log.error("Keeping the previous TLS certificate: %s", exc)
+                return None
+            self.cert, self.key, self.ca = cert, key, ca
+        _log.warning("TLS certificate files changed: new connections use them")
+        return config
+
+    def client_security(self, server_name: str) -> ClientSecurity:
+        """What this server's own clients use: its CA, its own certificate (their identity), `server_name`."""
+        return ClientSecurity(ca=self.ca, cert=self.cert, key=self.key, server_name=server_name)
