@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from grpc_helper._version import TITLE, installed_version
 
 if TYPE_CHECKING:
+    from grpc_helper.auth import current_identity
     from grpc_helper.calls import current_call
     from grpc_helper.cli import RpcCliParser
     from grpc_helper.client import RpcClient
@@ -29,12 +30,14 @@ if TYPE_CHECKING:
     from grpc_helper.proxy.manager import RpcProxiedManager
     from grpc_helper.server import RpcServer
     from grpc_helper.signals import graceful_exit
+    from grpc_helper.tls import ClientSecurity
 
 __title__ = TITLE
 __version__: str  # the installed distribution's version, read on first use (importlib.metadata is slow to import)
 
 # Public name -> module defining it
 _EXPORTS = {
+    "ClientSecurity": "grpc_helper.tls",
     "Config": "grpc_helper.config",
     "ConfigHolder": "grpc_helper.config",
     "ConfigManager": "grpc_helper.config",
@@ -51,10 +54,12 @@ _EXPORTS = {
     "RpcStaticConfig": "grpc_helper.config",
     "RpcTransportError": "grpc_helper.errors",
     "current_call": "grpc_helper.calls",
+    "current_identity": "grpc_helper.auth",
     "graceful_exit": "grpc_helper.signals",
 }
 
 __all__ = [
+    "ClientSecurity",
     "Config",
     "ConfigHolder",
     "ConfigManager",
@@ -73,6 +78,7 @@ __all__ = [
     "__title__",
     "__version__",
     "current_call",
+    "current_identity",
     "graceful_exit",
 ]
 

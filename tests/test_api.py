@@ -16,6 +16,7 @@ import grpc_helper.api as api
 ROOT = Path(__file__).resolve().parent.parent
 
 PUBLIC = {
+    "ClientSecurity",
     "Config",
     "ConfigHolder",
     "ConfigManager",
@@ -34,6 +35,7 @@ PUBLIC = {
     "__title__",
     "__version__",
     "current_call",
+    "current_identity",
     "graceful_exit",
 }
 

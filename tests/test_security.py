@@ -1,0 +1,397 @@
+"""TLS, mTLS, certificate rotation and the authorization policy (issue 12), with real certificates on
+real servers (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer
+from grpc_helper.api import (
+    ConfigUpdate,
+    Empty,
+    EventFilter,
+    EventInterrupt,
+    Filter,
+    LoggerUpdate,
+    ProxyRegisterRequest,
+    ResultCode,
+    ShutdownRequest,
+)
+from grpc_helper.auth import token_hash
+from grpc_helper.errors import RpcTransportError
+from grpc_helper.pki import CertificateAuthority, Issued
+from grpc_helper.tls import ClientSecurity
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+
+from helpers import EchoManager, Servers, echo_descriptor, event
+
+ECHO_STUBS = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+TOKENS = {"operator": "t-admin-0123456789", "app": "t-user-0123456789", "svc": "t-service-0123456789"}
+
+
+@dataclass
+class Pki:
+    folder: Path
+    ca: CertificateAuthority
+    ca_path: Path
+
+    def issue(self, name: str, *names: str, expired: bool = False) -> tuple[Path, Path]:
+        return self.ca.issue(*names, expired=expired).write(self.folder, name)
+
+    def client(
+        self, name: str | None = None, *, token: str | None = None, server_name: str | None = None
+    ) -> ClientSecurity:
+        """Trusting this CA; with a client certificate for `name` if given."""
+        issued: Issued | None = self.ca.issue(name) if name else None
+        return ClientSecurity(
+            ca=self.ca.cert_pem,
+            cert=issued.cert if issued else None,
+            key=issued.key if issued else None,
+            server_name=server_name,
+            token=token,
+        )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca = CertificateAuthority.create("test CA")
+    ca_path = folder / "ca.crt"
+    ca_path.write_bytes(ca.cert_pem)
+    pki = Pki(folder, ca, ca_path)
+    pki.issue("main", "localhost", "127.0.0.1", "main")
+    return pki
+
+
+def tls_config(pki: Pki, name: str = "main", client_auth: str = "none", **extra: str) -> dict[str, str]:
+    return {
+        "rpc-tls-cert": str(pki.folder / f"{name}.crt"),
+        "rpc-tls-key": str(pki.folder / f"{name}.key"),
+        "rpc-tls-ca": str(pki.ca_path),
+        "rpc-tls-client-auth": client_auth,
+        **extra,
+    }
+
+
+def transport_status(call: Callable[[], Any]) -> grpc.StatusCode:
+    with pytest.raises(RpcTransportError) as info:
+        call()
+    return info.value.status
+
+
+def outcome(call: Callable[[], Any]) -> RpcException | None:
+    """What `call()` raised (an `RpcException`), None if it returned."""
+    try:
+        call()
+    except RpcException as exc:
+        return exc
+    return None
+
+
+def four_kinds(client: RpcClient) -> None:
+    """The four call kinds of the echo service answer through `client`."""
+    assert client.echo.echo(EchoRequest(text="unary")).text == "unary"
+    assert [r.index for r in client.echo.repeat(EchoRequest(text="s", count=3))] == [0, 1, 2]
+    assert client.echo.collect(iter([EchoRequest(text="a"), EchoRequest(text="b")])).text == "ab"
+    assert [r.text for r in client.echo.chat(iter([EchoRequest(text="x"), EchoRequest(text="y")]))] == ["X", "Y"]
+
+
+class TestTransport:
+    def test_tls_direct_all_call_kinds(self, servers: Servers, pki: Pki) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki))
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=5, security=pki.client()) as client:
+            four_kinds(client)
+        assert srv.client.srv.info(Filter()).items  # the auto-client speaks TLS too
+
+    def test_mtls_direct_all_call_kinds(self, servers: Servers, pki: Pki) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki, client_auth="required"))
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=5, security=pki.client("operator")) as client:
+            four_kinds(client)
+        # Without a client certificate, the handshake fails
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=pki.client()) as client:
+            assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+
+    def test_plaintext_client_refused_by_a_tls_server(self, servers: Servers, pki: Pki) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki))
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1) as client:
+            assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+
+    def test_server_from_another_ca_refused(self, servers: Servers, pki: Pki) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki))
+        other = ClientSecurity(ca=CertificateAuthority.create("another CA").cert_pem)
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=other) as client:
+            assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+
+    def test_expired_server_certificate_refused(self, servers: Servers, pki: Pki) -> None:
+        pki.issue("expired", "localhost", "127.0.0.1", expired=True)
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki, "expired"))
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=pki.client()) as client:
+            assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+
+    def test_server_certificate_for_another_name_refused(self, servers: Servers, pki: Pki) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki))
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=pki.client(server_name="bank")) as c:
+            assert transport_status(lambda: c.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+        # ... and accepted under a name it carries
+        with RpcClient("127.0.0.1", srv.port, ECHO_STUBS, timeout=5, security=pki.client(server_name="main")) as c:
+            assert c.echo.echo(EchoRequest(text="ok")).text == "ok"
+
+    def test_expired_client_certificate_refused(self, servers: Servers, pki: Pki) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki, client_auth="required"))
+        old = pki.ca.issue("operator", expired=True)
+        security = ClientSecurity(ca=pki.ca.cert_pem, cert=old.cert, key=old.key)
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=security) as client:
+            assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+
+    def test_rotation_is_picked_up_without_restart(self, servers: Servers, pki: Pki) -> None:
+        """A renewed certificate (here from a new CA, which clients of the old one refuse) serves new
+        connections once it is on disk; a connection made before keeps working."""
+        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki))
+        before = RpcClient("localhost", srv.port, ECHO_STUBS, timeout=5, security=pki.client())
+        assert before.echo.echo(EchoRequest(text="1")).text == "1"
+        renewed = CertificateAuthority.create("renewed CA")
+        renewed.issue("localhost", "127.0.0.1").write(pki.folder, "main")  # atomic replace, as the stack's script does
+        pki.ca_path.write_bytes(pki.ca.cert_pem + renewed.cert_pem)
+        trusting_new = ClientSecurity(ca=renewed.cert_pem)
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=5, security=trusting_new) as after:
+            assert after.echo.echo(EchoRequest(text="2")).text == "2"
+        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=pki.client()) as old_trust:
+            assert transport_status(lambda: old_trust.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+        assert before.echo.echo(EchoRequest(text="3")).text == "3"  # its connection predates the renewal
+        before.close()
+
+    def test_bind_address_loopback(self, servers: Servers) -> None:
+        srv = servers(0, [echo_descriptor()], cli_config={"rpc-bind-address": "127.0.0.1"})
+        with RpcClient("127.0.0.1", srv.port, ECHO_STUBS, timeout=5) as client:
+            assert client.echo.echo(EchoRequest(text="v4")).text == "v4"
+        with RpcClient("::1", srv.port, ECHO_STUBS, timeout=1) as client:  # not bound on IPv6 loopback
+            assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
+
+    def test_token_needs_tls_off_loopback(self) -> None:
+        with pytest.raises(ValueError, match="plaintext"):
+            RpcClient("10.1.2.3", 1, ECHO_STUBS, security=ClientSecurity(tls=False, token="x"))
+
+    def test_repr_shows_no_secret(self, pki: Pki) -> None:
+        text = repr(pki.client("operator", token="s3cr3t"))
+        assert "s3cr3t" not in text
+        assert "PRIVATE" not in text
+
+
+class TestProxyTls:
+    """main -> backend over mTLS, the backend verified against the name of the service it registered."""
+
+    def test_mtls_through_the_proxy_all_call_kinds(self, servers: Servers, pki: Pki) -> None:
+        pki.issue("echo", "echo", "localhost")
+        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=tls_config(pki, "echo", "required"))
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=tls_config(pki, client_auth="required"))
+        main.client.srv.proxy_register(
+            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+        )
+        with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=pki.client("operator")) as client:
+            four_kinds(client)
+
+    def test_backend_with_a_certificate_for_another_service_refused(self, servers: Servers, pki: Pki) -> None:
+        pki.issue("notes", "notes", "localhost")
+        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=tls_config(pki, "notes"))
+        config = tls_config(pki, **{"rpc-client-timeout": "1"})
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
+        main.client.srv.proxy_register(
+            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+        )
+        with RpcClient("localhost", main.port, ECHO_STUBS, timeout=5, security=pki.client()) as client:
+            failure = outcome(lambda: client.echo.echo(EchoRequest(text="x")))
+        # Answered by main (r.code=ERROR_RPC: its backend can't be reached), not a failure to reach main
+        assert failure is not None
+        assert failure.rc == ResultCode.ERROR_RPC
+        assert not isinstance(failure, RpcTransportError)
+
+    def test_backend_name_override(self, servers: Servers, pki: Pki) -> None:
+        pki.issue("echo", "echo.backends.internal")
+        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=tls_config(pki, "echo"))
+        config = tls_config(pki, **{"rpc-tls-backend-name": "{service}.backends.internal"})
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
+        main.client.srv.proxy_register(
+            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+        )
+        with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=pki.client()) as client:
+            assert client.echo.echo(EchoRequest(text="named")).text == "named"
+
+
+# --- authorization ---
+
+
+def write_policy(folder: Path, *, certificate_service: str | None = None) -> Path:
+    identities: dict[str, dict[str, str]] = {
+        "operator": {"role": "admin", "token_sha256": token_hash(TOKENS["operator"])},
+        "app": {"role": "user", "token_sha256": token_hash(TOKENS["app"])},
+        "app2": {"role": "user", "token_sha256": token_hash("t-user2-0123456789")},
+        "svc": {"role": "service", "token_sha256": token_hash(TOKENS["svc"])},
+        "svc2": {"role": "service", "token_sha256": token_hash("t-service2-0123456789")},
+    }
+    if certificate_service:
+        identities[certificate_service] = {"role": "service", "certificate": certificate_service}
+    path = folder / "policy.json"
+    path.write_text(json.dumps({"identities": identities}))
+    return path
+
+
+def client_as(srv: RpcServer, token: str | None, timeout: float = 5) -> RpcClient:
+    security = ClientSecurity(tls=False, token=token) if token else None
+    return RpcClient("127.0.0.1", srv.port, srv.client.stubs, timeout=timeout, security=security)
+
+
+# (stub, method, request, the least role allowed); each is called by nobody, a user, and an admin
+CONTROL_METHODS: list[tuple[str, str, Callable[[], Any], str]] = [
+    ("srv", "info", Filter, "user"),
+    (
+        "srv",
+        "proxy_register",
+        lambda: ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=1),
+        "service",
+    ),
+    ("srv", "proxy_forget", lambda: Filter(names=["echo"]), "service"),
+    ("config", "get", Filter, "user"),
+    ("config", "set", lambda: ConfigUpdate(items=[]), "admin"),
+    ("config", "reset", lambda: Filter(names=["x"]), "admin"),
+    ("log", "get", lambda: Filter(names=["root"]), "user"),
+    ("log", "set", lambda: LoggerUpdate(items=[]), "admin"),
+    ("log", "reset", lambda: Filter(names=["x"]), "admin"),
+    ("events", "inspect", Empty, "user"),
+    ("events", "interrupt", lambda: EventInterrupt(client_id=424242), "user"),
+    ("events", "send", lambda: event("E"), "service"),
+    ("srv", "shutdown", lambda: ShutdownRequest(timeout=-1), "admin"),  # last: it stops the server
+]
+
+
+class TestAuthorization:
+    @pytest.fixture
+    def guarded(self, servers: Servers, tmp_path: Path) -> RpcServer:
+        policy = write_policy(tmp_path)
+        return servers(
+            0,
+            [echo_descriptor(is_proxy=True)],
+            Folders(workspace=tmp_path / "wks"),
+            {"rpc-auth-policy": str(policy)},
+            with_events=True,
+        )
+
+    @pytest.mark.parametrize(
+        ("stub", "method", "request_", "least"), CONTROL_METHODS, ids=[f"{s}.{m}" for s, m, _, _ in CONTROL_METHODS]
+    )
+    def test_control_method(
+        self, guarded: RpcServer, stub: str, method: str, request_: Callable[[], Any], least: str
+    ) -> None:
+        def call(token: str | None) -> Any:
+            with client_as(guarded, token, timeout=None) as client:  # type: ignore[arg-type]
+                return getattr(getattr(client, stub), method)(request_(), timeout=5)
+
+        assert transport_status(lambda: call(None)) == grpc.StatusCode.UNAUTHENTICATED
+        assert transport_status(lambda: call("not-a-known-token")) == grpc.StatusCode.UNAUTHENTICATED
+        if least != "user":
+            assert transport_status(lambda: call(TOKENS["app"])) == grpc.StatusCode.PERMISSION_DENIED
+        if least == "admin":
+            assert transport_status(lambda: call(TOKENS["svc"])) == grpc.StatusCode.PERMISSION_DENIED
+        # Let through: answered by the service itself (a Result error, e.g. an unknown queue, is fine)
+        assert not isinstance(outcome(lambda: call(TOKENS["operator"])), RpcTransportError)
+
+    def test_health_stays_open_and_reflection_needs_user(self, guarded: RpcServer) -> None:
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        def list_services(metadata: tuple[tuple[str, str], ...]) -> list[str]:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            answers = stub.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=5)
+            return [s.name for a in answers for s in a.list_services_response.service]
+
+        with grpc.insecure_channel(f"127.0.0.1:{guarded.port}") as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                list_services(())
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "RpcServerService" in list_services((("authorization", f"Bearer {TOKENS['app']}"),))
+
+    def test_application_services_need_user(self, servers: Servers, tmp_path: Path) -> None:
+        policy = write_policy(tmp_path)
+        srv = servers(0, [echo_descriptor()], cli_config={"rpc-auth-policy": str(policy)})
+        with RpcClient("127.0.0.1", srv.port, ECHO_STUBS, timeout=5) as anonymous:
+            assert transport_status(lambda: anonymous.echo.echo(EchoRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        user = ClientSecurity(tls=False, token=TOKENS["app"])
+        with RpcClient("127.0.0.1", srv.port, ECHO_STUBS, timeout=5, security=user) as client:
+            four_kinds(client)
+
+    def test_refusals_are_logged_without_the_token(self, guarded: RpcServer, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO)
+        with client_as(guarded, TOKENS["app"]) as client:
+            transport_status(lambda: client.config.set(ConfigUpdate(items=[]), timeout=5))
+        with client_as(guarded, "wrong-token-value") as client:
+            transport_status(lambda: client.srv.info(Filter(), timeout=5))
+        text = caplog.text
+        assert "Refused /ConfigService/set to app (role user): PERMISSION_DENIED" in text
+        assert "Refused /RpcServerService/info to an unidentified caller: UNAUTHENTICATED" in text
+        assert TOKENS["app"] not in text
+        assert "wrong-token-value" not in text
+
+    def test_certificate_identities(self, servers: Servers, pki: Pki, tmp_path: Path) -> None:
+        policy = write_policy(tmp_path, certificate_service="echo")
+        config = tls_config(pki, client_auth="required", **{"rpc-auth-policy": str(policy)})
+        srv = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config, with_events=True)
+        stubs = srv.client.stubs
+        with RpcClient("localhost", srv.port, stubs, timeout=5, security=pki.client("echo")) as as_service:
+            as_service.events.send(event("E"))  # a service may send events
+            assert (
+                transport_status(lambda: as_service.config.set(ConfigUpdate(items=[])))
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
+        with RpcClient("localhost", srv.port, stubs, timeout=5, security=pki.client("stranger")) as stranger:
+            assert transport_status(lambda: stranger.srv.info(Filter())) == grpc.StatusCode.UNAUTHENTICATED
+        # A token wins over the certificate
+        admin = pki.client("stranger", token=TOKENS["operator"])
+        with RpcClient("localhost", srv.port, stubs, timeout=5, security=admin) as client:
+            assert client.srv.info(Filter()).items
+
+    def test_event_queues_belong_to_their_creator(self, guarded: RpcServer) -> None:
+        with client_as(guarded, TOKENS["app"]) as owner, client_as(guarded, "t-user2-0123456789") as other:
+            stream = owner.events.listen(EventFilter())
+            client_id = next(stream).client_id
+            assert (
+                transport_status(lambda: next(other.events.listen(EventFilter(client_id=client_id))))
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
+            assert (
+                transport_status(lambda: other.events.interrupt(EventInterrupt(client_id=client_id)))
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
+            assert client_id not in other.events.inspect(Empty()).client_ids
+            assert client_id in owner.events.inspect(Empty()).client_ids
+            owner.events.interrupt(EventInterrupt(client_id=client_id))
+            resumed = owner.events.listen(EventFilter(client_id=client_id))
+            assert next(resumed).client_id == client_id
+            owner.events.interrupt(EventInterrupt(client_id=client_id))
+
+    def test_registrations_belong_to_their_registrant(self, guarded: RpcServer) -> None:
+        request = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=1234)
+        with client_as(guarded, TOKENS["svc"]) as svc, client_as(guarded, "t-service2-0123456789") as svc2:
+            svc.srv.proxy_register(request)
+            assert (
+                transport_status(lambda: svc2.srv.proxy_forget(Filter(names=["echo"])))
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
+            hijack = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=6666)
+            assert transport_status(lambda: svc2.srv.proxy_register(hijack)) == grpc.StatusCode.PERMISSION_DENIED
+            svc.srv.proxy_register(request)  # its own: fine
+        with client_as(guarded, TOKENS["operator"]) as admin:
+            admin.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="2", host="127.0.0.1", port=4321))
+        entry = json.loads((guarded.folders.workspace / "proxy.json").read_text())["echo"]
+        assert (entry["port"], entry["registrant"]) == (4321, "operator")
