@@ -31,6 +31,7 @@ from queue import SimpleQueue
 from typing import Any
 
 import grpc
+import secure
 
 import grpc_helper_samples
 from grpc_helper import RpcManager, RpcServer, RpcServiceDescriptor
@@ -236,15 +237,16 @@ def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
             add_EventServiceServicer_to_server(RawEvents(), server)
         else:
             server.add_generic_rpc_handlers((_BytesForwarder(arg),))
-        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        ports.put(secure.add_port(server))
         server.start()
         stop.wait()
         server.stop(0)
         return
+    config = secure.server_config()  # TLS and a policy when run by bench/security.py
     if kind == "helper":
-        srv = RpcServer(0, [echo_descriptor()], with_debug_signal=False)
+        srv = RpcServer(0, [echo_descriptor()], cli_config=config, with_debug_signal=False)
     elif kind == "proxy":
-        srv = RpcServer(0, [echo_descriptor(is_proxy=True)], with_debug_signal=False)
+        srv = RpcServer(0, [echo_descriptor(is_proxy=True)], cli_config=config, with_debug_signal=False)
         request = ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=arg)
         srv.client.srv.proxy_register(request)
     elif kind == "events":

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
+import secure
 from stats import CpuMeter, Result, percentile_ms
 
 from grpc_helper import RpcClient
@@ -38,9 +38,10 @@ def _echo_loop(client_kind: str, port: int, workload: str) -> Callable[[list[int
     if client_kind in ("raw", "raw-st"):
         # raw-st (diagnostic): the plain stub with the channel options RpcClient uses
         options = CHANNEL_OPTIONS if client_kind == "raw-st" else None
-        stub: Any = EchoServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}", options=options))
+        stub: Any = EchoServiceStub(secure.channel(port, options))
     else:
-        stub = RpcClient("127.0.0.1", port, {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}).echo
+        stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+        stub = RpcClient("localhost", port, stubs, security=secure.client_security()).echo
     request = EchoRequest(payload=PAYLOAD, count=STREAM_COUNT)
 
     if workload == "unary":

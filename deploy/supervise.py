@@ -41,7 +41,7 @@ def program_section(
         "--user", user,
         "-w", f"{workspace_root}/{name}",
         "-p", str(port),
-        *shlex.split(extra),
+        *shlex.split(extra.replace("{program}", name)),  # e.g. each program's own certificate
     ]  # fmt: skip
     if logdir is None:  # container: everything to the container log
         output = "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\nredirect_stderr=true"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from grpc_helper.errors import RpcException
 _log = logging.getLogger("grpc_helper.tls")
 
 CLIENT_AUTH_MODES = ("none", "required")
+# Changed files are taken once none changed for this long (ns): the certificate and key of a renewal
+# are written one after the other, and a handshake must never get one without the other
+_SETTLE_NS = 1_000_000_000
 # The name a server's certificate must carry for its own auto-client (which dials 127.0.0.1)
 SELF_NAME = "localhost"
 
@@ -144,8 +148,8 @@ class ServerTls:
     """A server's TLS material, from the `rpc-tls-*` static items (paths absolute or workspace-relative).
 
     gRPC asks `_fetch` before every TLS handshake: when the files changed on disk (a renewed certificate
-    or CA), new connections get them, without a restart; connections made before keep theirs. Files that
-    can't be read or don't fit together are logged and the previous ones kept.
+    or CA) and then stayed unchanged for a second, new connections get them, without a restart;
+    connections made before keep theirs. Files that can't be read are logged and the previous ones kept.
     """
 
     def __init__(self, cert: Path, key: Path, ca: Path | None, client_auth: str) -> None:
@@ -200,6 +204,8 @@ class ServerTls:
         stamp = _stamp(self._paths)
         if stamp == self._stamp:
             return None  # the common case: one stat() per file
+        if time.time_ns() - max(mtime for mtime, _ in stamp) < _SETTLE_NS:
+            return None  # a renewal may be half done (the certificate written, not yet its key): wait
         with self._lock:
             if stamp == self._stamp:
                 return None

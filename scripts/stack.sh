@@ -2,17 +2,26 @@
 # Run the reference stack: a main proxying server (port 54321) and the proxied echo and notes
 # sample services.
 #
-#   stack.sh up [--local]   set up and start it: Docker compose when an engine is reachable,
-#                           otherwise (or with --local) local processes under supervisord
+#   stack.sh up [--local] [--insecure]
+#                           set up and start it: Docker compose when an engine is reachable,
+#                           otherwise (or with --local) local processes under supervisord. The local
+#                           stack runs mTLS on every hop with the authorization policy on, bound to
+#                           loopback (--insecure: plaintext, no policy, for debugging)
 #   stack.sh down           stop it (workspaces are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
+#   stack.sh env            print the export lines giving the grpc-helper CLI the operator's credentials
+#   stack.sh secrets rotate renew the service certificates (running servers pick them up)
 #
-# Both modes use the same system/user config folders (deploy/system, deploy/user).
+# Both modes use the same system/user config folders (deploy/system, deploy/user). Secrets (a private
+# CA, a certificate per service, the operator's certificate and token, the policy) are created on first
+# use in .stack/secrets (git-ignored, 0700, files 0600).
+# END OF USAGE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STATE=${GRPC_HELPER_STACK_STATE:-$ROOT/.stack}   # local mode: workspaces, logs, supervisord files
 MAIN_PORT=${GRPC_HELPER_MAIN_PORT:-54321}
+SECRETS=${GRPC_HELPER_STACK_SECRETS:-$STATE/secrets}
 PROJECT=${COMPOSE_PROJECT_NAME:-grpc-helper}
 
 compose() {
@@ -51,27 +60,65 @@ up_docker() {
     GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build
 }
 
+operator_env() {
+    # The grpc-helper CLI's credentials for the secure stack (its options' environment variables)
+    echo "export GRPC_HELPER_TLS_CA=$SECRETS/ca.crt GRPC_HELPER_TLS_CERT=$SECRETS/operator.crt" \
+        "GRPC_HELPER_TLS_KEY=$SECRETS/operator.key GRPC_HELPER_TOKEN_FILE=$SECRETS/operator.token"
+}
+
 up_local() {
-    # Same programs and config folders as the containers, as local processes under supervisord
+    # Same programs and config folders as the containers, as local processes under supervisord, bound to
+    # loopback; secure: each program with its own certificate ({program}), mTLS and the policy
+    local extra="-c rpc-main-port=$MAIN_PORT -c rpc-main-host=127.0.0.1 -c rpc-bind-address=127.0.0.1"
+    if [ "$SECURE" = 1 ]; then
+        extra="$extra -c rpc-tls-cert=$SECRETS/{program}.crt -c rpc-tls-key=$SECRETS/{program}.key"
+        extra="$extra -c rpc-tls-ca=$SECRETS/ca.crt -c rpc-tls-client-auth=required -c rpc-auth-policy=$SECRETS/policy.json"
+    fi
     PATH="$ROOT/.venv/bin:$PATH" .venv/bin/python deploy/supervise.py --local --state "$STATE" \
         --program main:"$MAIN_PORT" --program echo:$((MAIN_PORT + 1)) --program notes:$((MAIN_PORT + 2)) \
         --system "$ROOT/deploy/system" --user "$ROOT/deploy/user" --workspace-root "$STATE/workspaces" \
-        --extra-args "-c rpc-main-port=$MAIN_PORT -c rpc-main-host=127.0.0.1"
+        --extra-args "$extra"
 }
 
 case "${1:-}" in
     up)
+        LOCAL=0 SECURE=1
+        for arg in "${@:2}"; do
+            case "$arg" in
+                --local) LOCAL=1 ;;
+                --insecure) SECURE=0 ;;
+                *) echo "stack: unknown option $arg" >&2; exit 2 ;;
+            esac
+        done
         bash scripts/dev-setup.sh   # the CLI and supervisord used below live in .venv
         mkdir -p "$STATE"
-        if [ "${2:-}" != "--local" ] && have_docker; then
+        if [ "$LOCAL" = 0 ] && have_docker; then
             echo docker > "$STATE/mode"
+            SECURE=0   # the compose stack is plaintext (its mTLS is not done yet: see README, Security)
+            rm -f "$STATE/secure"
             up_docker
         else
             echo local > "$STATE/mode"
+            if [ "$SECURE" = 1 ]; then
+                .venv/bin/python scripts/secrets.py create "$SECRETS"
+                echo 1 > "$STATE/secure"
+                eval "$(operator_env)"   # for wait_ready's CLI calls
+            else
+                rm -f "$STATE/secure"
+            fi
             up_local
         fi
         wait_ready
-        echo "stack: up ($(mode)); main on localhost:$MAIN_PORT — try: .venv/bin/grpc-helper info"
+        hint=".venv/bin/grpc-helper info"
+        [ "$SECURE" = 1 ] && hint="eval \"\$(./scripts/stack.sh env)\"; $hint"
+        echo "stack: up ($(mode)$([ "$SECURE" = 1 ] && echo ', mTLS + policy' || echo ', plaintext')); main on localhost:$MAIN_PORT — try: $hint"
+        ;;
+    env)
+        if [ -f "$STATE/secure" ]; then operator_env; else echo "# the stack runs plaintext: nothing to export"; fi
+        ;;
+    secrets)
+        [ "${2:-}" = rotate ] || { echo "usage: stack.sh secrets rotate" >&2; exit 2; }
+        .venv/bin/python scripts/secrets.py rotate "$SECRETS"
         ;;
     down)
         if [ "$(mode)" = docker ]; then
@@ -91,7 +138,7 @@ case "${1:-}" in
         if [ "$(mode)" = docker ]; then compose ps; else .venv/bin/supervisorctl -c "$STATE/supervisord.conf" status; fi
         ;;
     *)
-        sed -n '2,12p' "$0"
+        sed -n '2,/^# END OF USAGE/p' "$0" | sed '$d'   # the usage above, not the script
         exit 2
         ;;
 esac

@@ -1,0 +1,71 @@
+"""The reference stack's secrets: a private CA, one certificate per service, the operator's client
+certificate and token, and the authorization policy, in a folder of their own (0700, files 0600).
+
+    python scripts/secrets.py create DIR    # on first use; a no-op when DIR already holds them
+    python scripts/secrets.py rotate DIR    # renew the service certificates (same CA): servers pick them up
+
+Certificates name what each server is reached by: main `main`, `localhost`, `127.0.0.1` (the operator and
+the samples call it so); a sample its service name (what main verifies it against: rpc-tls-backend-name),
+`localhost` and `127.0.0.1` (its own auto-client). The policy: `operator` is admin (token or certificate),
+`main` admin by its certificate (it calls the samples' config and log services), the samples services.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from pathlib import Path
+
+from grpc_helper.auth import token_hash
+from grpc_helper.pki import CertificateAuthority, write_private
+
+SERVICES = {"main": ("main", "localhost", "127.0.0.1"), "echo": ("echo", "localhost", "127.0.0.1"),
+            "notes": ("notes", "localhost", "127.0.0.1")}  # fmt: skip
+
+
+def issue_services(ca: CertificateAuthority, folder: Path) -> None:
+    for name, names in SERVICES.items():
+        ca.issue(*names).write(folder, name)
+
+
+def create(folder: Path) -> None:
+    if (folder / "ca.crt").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    ca = CertificateAuthority.create("grpc-helper stack CA")
+    write_private(folder / "ca.crt", ca.cert_pem)
+    write_private(folder / "ca.key", ca.key_pem)
+    issue_services(ca, folder)
+    ca.issue("operator").write(folder, "operator")
+    token = secrets.token_urlsafe(32)
+    write_private(folder / "operator.token", token.encode() + b"\n")
+    policy = {
+        "identities": {
+            "operator": {"role": "admin", "token_sha256": token_hash(token), "certificate": "operator"},
+            "main": {"role": "admin", "certificate": "main"},
+            "echo": {"role": "service", "certificate": "echo"},
+            "notes": {"role": "service", "certificate": "notes"},
+        }
+    }
+    write_private(folder / "policy.json", json.dumps(policy, indent=2).encode())
+    print(f"secrets: created a CA, certificates for {', '.join(SERVICES)} and the operator, and a policy in {folder}")
+
+
+def rotate(folder: Path) -> None:
+    ca = CertificateAuthority.load((folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes())
+    issue_services(ca, folder)  # each file replaced atomically: a server never reads half of one
+    print(f"secrets: renewed the certificates of {', '.join(SERVICES)} in {folder}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("create", "rotate"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    (create if argv[0] == "create" else rotate)(Path(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
