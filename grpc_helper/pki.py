@@ -1,5 +1,5 @@
 """A small private PKI with `cryptography` (a dev/deployment dependency, not needed to serve): a CA and the
-certificates it issues, for the reference stack's secrets (`scripts/secrets.py`) and the tests.
+certificates it issues, for the reference stack's secrets (`scripts/stack_secrets.py`) and the tests.
 
 Keys are EC P-256; certificates carry their names as SANs (DNS names and IP addresses), and the CN of
 the first. Files holding keys are written `0600`, atomically.

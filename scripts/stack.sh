@@ -4,9 +4,9 @@
 #
 #   stack.sh up [--local] [--insecure]
 #                           set up and start it: Docker compose when an engine is reachable,
-#                           otherwise (or with --local) local processes under supervisord. The local
-#                           stack runs mTLS on every hop with the authorization policy on, bound to
-#                           loopback (--insecure: plaintext, no policy, for debugging)
+#                           otherwise (or with --local) local processes under supervisord (bound to
+#                           loopback). Either runs mTLS on every hop with the authorization policy on
+#                           (--insecure: plaintext, no policy, for debugging)
 #   stack.sh down           stop it (workspaces are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
 #   stack.sh env            print the export lines giving the grpc-helper CLI the operator's credentials
@@ -44,7 +44,7 @@ wait_ready() {
     # Up when main answers and both samples are registered on it (bounded wait)
     local deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180}))
     until .venv/bin/grpc-helper --port "$MAIN_PORT" --timeout 2 --json info echo notes 2>/dev/null \
-        | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not all(i.get("proxy_port") for i in d["items"]))'
+        | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not all(i.get("proxy_port") for i in d["items"]))' 2>/dev/null
     do
         if [ $SECONDS -ge $deadline ]; then
             echo "stack: not ready after ${GRPC_HELPER_STACK_TIMEOUT:-180}s" >&2
@@ -55,8 +55,39 @@ wait_ready() {
     .venv/bin/grpc-helper --port "$MAIN_PORT" info
 }
 
+container_secrets() {
+    # One folder per service, mounted read-only in its container (compose.yaml): its certificate and key,
+    # the CA and the policy, owned by the containers' user (uid 10001) and readable by it only. Replaced
+    # file by file (a rename each), so a running server picks a renewal up (rpc-tls-* files re-read)
+    local out="$STATE/container-secrets" svc
+    for svc in main echo notes; do
+        mkdir -p "$out/$svc"
+        chmod 0700 "$out/$svc"
+        for pair in "$svc.crt:cert.pem" "$svc.key:key.pem" "ca.crt:ca.pem" "policy.json:policy.json"; do
+            install -m 0600 "$SECRETS/${pair%%:*}" "$out/$svc/.${pair#*:}.tmp"
+            mv -f "$out/$svc/.${pair#*:}.tmp" "$out/$svc/${pair#*:}"
+        done
+    done
+    if [ "$(id -u)" = 0 ]; then
+        chown -R 10001:10001 "$out"
+    else  # the image is there: let a throw-away container of it hand the files over
+        docker run --rm --network none --user 0 --entrypoint chown -v "$out:/s" "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" \
+            -R 10001:10001 /s
+    fi
+}
+
+secure_compose_env() {
+    export GRPC_HELPER_STACK_SECRETS="$STATE/container-secrets" GRPC_HELPER_STACK_CLIENT_AUTH=required
+    export GRPC_HELPER_STACK_CERT=/run/secrets/grpc-helper/cert.pem GRPC_HELPER_STACK_KEY=/run/secrets/grpc-helper/key.pem
+    export GRPC_HELPER_STACK_CA=/run/secrets/grpc-helper/ca.pem GRPC_HELPER_STACK_POLICY=/run/secrets/grpc-helper/policy.json
+}
+
 up_docker() {
     bash scripts/build-image.sh
+    if [ "$SECURE" = 1 ]; then
+        container_secrets
+        secure_compose_env
+    fi
     GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build
 }
 
@@ -92,20 +123,18 @@ case "${1:-}" in
         done
         bash scripts/dev-setup.sh   # the CLI and supervisord used below live in .venv
         mkdir -p "$STATE"
+        if [ "$SECURE" = 1 ]; then
+            .venv/bin/python scripts/stack_secrets.py create "$SECRETS"
+            echo 1 > "$STATE/secure"
+            eval "$(operator_env)"   # for wait_ready's CLI calls
+        else
+            rm -f "$STATE/secure"
+        fi
         if [ "$LOCAL" = 0 ] && have_docker; then
             echo docker > "$STATE/mode"
-            SECURE=0   # the compose stack is plaintext (its mTLS is not done yet: see README, Security)
-            rm -f "$STATE/secure"
             up_docker
         else
             echo local > "$STATE/mode"
-            if [ "$SECURE" = 1 ]; then
-                .venv/bin/python scripts/secrets.py create "$SECRETS"
-                echo 1 > "$STATE/secure"
-                eval "$(operator_env)"   # for wait_ready's CLI calls
-            else
-                rm -f "$STATE/secure"
-            fi
             up_local
         fi
         wait_ready
@@ -118,7 +147,8 @@ case "${1:-}" in
         ;;
     secrets)
         [ "${2:-}" = rotate ] || { echo "usage: stack.sh secrets rotate" >&2; exit 2; }
-        .venv/bin/python scripts/secrets.py rotate "$SECRETS"
+        .venv/bin/python scripts/stack_secrets.py rotate "$SECRETS"
+        if [ "$(mode)" = docker ] && [ -f "$STATE/secure" ]; then container_secrets; fi
         ;;
     down)
         if [ "$(mode)" = docker ]; then

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from grpc_helper import RpcClient
+from grpc_helper import ClientSecurity, RpcClient
 from grpc_helper.api import Filter, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, NotesApiVersion
@@ -38,30 +38,57 @@ def free_port_range(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    args = ["bash", str(ROOT / "scripts" / "stack.sh"), command, *(["--local"] if command == "up" else [])]
+STUBS = {
+    "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+    "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+    "notes": (NotesServiceStub, NotesApiVersion.NOTES_API_CURRENT),
+}
+
+
+def stack(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = ["bash", str(ROOT / "scripts" / "stack.sh"), *command]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+def operator_env(env: dict[str, str]) -> dict[str, str]:
+    """The variables `stack.sh env` exports (what the README has operators eval)."""
+    out = stack("env", env=env).stdout.strip()
+    assert out.startswith("export "), out
+    return dict(item.split("=", 1) for item in out.removeprefix("export ").split())
+
+
+def ctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [str(ROOT / ".venv" / "bin" / "grpc-helper"), "--port", env["GRPC_HELPER_MAIN_PORT"], *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_local_stack_up_and_down(tmp_path: Path) -> None:
+    """The secure local stack: mTLS on every hop, the policy on, secrets 0600; the operator's CLI with the
+    stack's credentials gets through, the same CLI without them is refused."""
     port = free_port_range(3)
     state = tmp_path / "stack"
     env = {**os.environ, "GRPC_HELPER_MAIN_PORT": str(port), "GRPC_HELPER_STACK_STATE": str(state)}
-    up = stack("up", env)
+    up = stack("up", "--local", env=env)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "stack: up (local)" in up.stdout
+        assert "stack: up (local, mTLS + policy)" in up.stdout
         supervisord_pid = int((state / "supervisord.pid").read_text())
-        client = RpcClient(
-            "127.0.0.1",
-            port,
-            {
-                "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
-                "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
-                "notes": (NotesServiceStub, NotesApiVersion.NOTES_API_CURRENT),
-            },
-            timeout=30,
+        secrets = state / "secrets"
+        assert secrets.stat().st_mode & 0o777 == 0o700
+        assert all(p.stat().st_mode & 0o777 == 0o600 for p in secrets.iterdir())
+        creds = operator_env(env)
+        with_creds = {**env, **creds}
+        assert ctl("config", "set", "notes-max-length=300", env=with_creds).returncode == 0  # admin, via main's mTLS
+        refused = ctl("--timeout", "2", "info", env={**env, "GRPC_HELPER_TLS_CA": creds["GRPC_HELPER_TLS_CA"]})
+        assert refused.returncode == 1
+        assert "connection closed" in refused.stderr  # no client certificate: the handshake is refused
+        security = ClientSecurity.from_files(
+            creds["GRPC_HELPER_TLS_CA"],
+            creds["GRPC_HELPER_TLS_CERT"],
+            creds["GRPC_HELPER_TLS_KEY"],
+            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
         )
+        client = RpcClient("localhost", port, STUBS, timeout=30, security=security)
         info = {i.name: i for i in client.srv.info(Filter(names=["echo", "notes"])).items}
         assert (info["echo"].proxy_port, info["notes"].proxy_port) == (port + 1, port + 2)
         assert client.echo.echo(EchoRequest(text="local")).text == "local"
@@ -71,7 +98,7 @@ def test_local_stack_up_and_down(tmp_path: Path) -> None:
         assert (state / "logs" / "main.log").is_file()
         client.close()
     finally:
-        down = stack("down", env)
+        down = stack("down", env=env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not Path(f"/proc/{supervisord_pid}").exists(), "supervisord stopped"
     logs = (state / "logs" / "main.log").read_text()

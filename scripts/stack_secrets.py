@@ -1,8 +1,8 @@
 """The reference stack's secrets: a private CA, one certificate per service, the operator's client
 certificate and token, and the authorization policy, in a folder of their own (0700, files 0600).
 
-    python scripts/secrets.py create DIR    # on first use; a no-op when DIR already holds them
-    python scripts/secrets.py rotate DIR    # renew the service certificates (same CA): servers pick them up
+    python scripts/stack_secrets.py create DIR    # on first use; a no-op when DIR already holds them
+    python scripts/stack_secrets.py rotate DIR    # renew the service certificates (same CA): servers pick them up
 
 Certificates name what each server is reached by: main `main`, `localhost`, `127.0.0.1` (the operator and
 the samples call it so); a sample its service name (what main verifies it against: rpc-tls-backend-name),
@@ -30,7 +30,7 @@ def issue_services(ca: CertificateAuthority, folder: Path) -> None:
 
 
 def create(folder: Path) -> None:
-    if (folder / "ca.crt").exists():
+    if (folder / "policy.json").exists():  # written last: a create that was interrupted starts over
         return
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
