@@ -89,6 +89,8 @@ up_docker() {
         secure_compose_env
     fi
     GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build
+    # GRPC_HELPER_MAIN_PORT=0: Docker picked a free host port; read it back
+    MAIN_PORT=$(compose port main 54321 | sed 's/.*://')
 }
 
 operator_env() {

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from grpc_helper import EventsListener, RpcClient, RpcException
+from grpc_helper import ClientSecurity, EventsListener, RpcClient, RpcException
 from grpc_helper.api import (
     ConfigApiVersion,
     ConfigItemUpdate,
@@ -255,3 +255,62 @@ def test_image_runs_as_non_root(stack: Stack) -> None:
         text=True,
     ).stdout.strip()
     assert health in ("healthy", "starting")
+
+
+def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
+    """`stack.sh up` as the README runs it: mTLS on every hop, the policy on, the container healthchecks
+    over mTLS; the operator's credentials from `stack.sh env` get through main, the CLI without them is
+    refused; `stack.sh secrets rotate` is picked up without a restart."""
+    project = f"ghs{os.getpid()}"
+    env = {
+        **os.environ,
+        "GRPC_HELPER_MAIN_PORT": "0",  # Docker picks the host port; stack.sh reads it back
+        "COMPOSE_PROJECT_NAME": project,
+        "GRPC_HELPER_STACK_STATE": str(tmp_path / "state"),
+    }
+
+    def stack_sh(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = ["bash", str(ROOT / "scripts" / "stack.sh"), *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    up = stack_sh("up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "stack: up (docker, mTLS + policy)" in up.stdout
+        port = int(up.stdout.rsplit("main on localhost:", 1)[1].split()[0])
+        exported = stack_sh("env").stdout.strip().removeprefix("export ")
+        creds = dict(item.split("=", 1) for item in exported.split())
+        security = ClientSecurity.from_files(
+            creds["GRPC_HELPER_TLS_CA"],
+            creds["GRPC_HELPER_TLS_CERT"],
+            creds["GRPC_HELPER_TLS_KEY"],
+            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
+        )
+        stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+        with RpcClient("localhost", port, stubs, timeout=60, security=security) as client:
+            assert client.echo.echo(EchoRequest(text="secure")).text == "secure"
+        ctl = [str(ROOT / ".venv" / "bin" / "grpc-helper"), "--port", str(port), "--timeout", "5"]
+        ok = subprocess.run([*ctl, "config", "get"], env={**env, **creds}, capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        assert "notes-max-length" in ok.stdout  # main reached notes over mTLS, as admin
+        refused = subprocess.run([*ctl, "info"], env=env, capture_output=True, text=True)
+        assert refused.returncode == 1
+        compose = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml")]
+
+        def healthy(service: str) -> bool:
+            cid = subprocess.run([*compose, "ps", "-q", service], env=env, capture_output=True, text=True).stdout
+            status = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Health.Status}}", cid.strip()], capture_output=True, text=True
+            )
+            return status.stdout.strip() == "healthy"
+
+        for service in ("main", "echo", "notes"):
+            wait_for(lambda service=service: healthy(service), 120, f"{service} healthy (its healthcheck speaks mTLS)")
+        rotated = stack_sh("secrets", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        with RpcClient("localhost", port, stubs, timeout=60, security=security) as client:  # a new connection
+            assert client.echo.echo(EchoRequest(text="rotated")).text == "rotated"
+    finally:
+        stack_sh("down")
+        cmd = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml"), "down", "-v"]
+        subprocess.run(cmd, env=env, capture_output=True, timeout=300, cwd=ROOT)
