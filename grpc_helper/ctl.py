@@ -529,15 +529,35 @@ def _describe(exc: RpcException, ctl: Ctl) -> str:
     return str(exc)
 
 
+# What a TLS failure was, from gRPC's details (lower-cased fragments -> what to tell the operator)
+_TLS_FAILURES = (
+    (("hostname verification",), "the server's certificate does not name this host (see --tls-server-name)"),
+    (("certificate_expired", "certificate has expired"), "bad certificate: the server's certificate has expired"),
+    (
+        (
+            "bad_signature",
+            "signature failure",
+            "certificate_verify_failed",
+            "unable to get local issuer",
+            "self signed",
+        ),
+        "unknown CA: the server's certificate is not from the CA given (--tls-ca)",
+    ),
+    (("wrong_version_number", "packet_length_too_long", "http_request"), "a TLS client against a plaintext server?"),
+    (
+        ("socket closed",),
+        "connection closed by the server: a TLS server refusing a plaintext client, or a client certificate it"
+        " won't take (bad or missing --tls-cert, or from another CA)",
+    ),
+    (("handshake", "ssl_error"), "TLS handshake failed"),
+)
+
+
 def _tls_hint(details: str) -> str:
-    """What a TLS failure was, from gRPC's details (it says little: the handshake's own error is logged)."""
     lowered = details.lower()
-    if "certificate_verify_failed" in lowered or "unknown ca" in lowered or "self signed" in lowered:
-        return "bad or unknown server certificate (--tls-ca, --tls-server-name): "
-    if "handshake" in lowered or "ssl" in lowered or "tls" in lowered:
-        return "TLS handshake failed (wrong CA, certificate or name, or a plaintext server): "
-    if "socket closed" in lowered:
-        return "connection closed (a TLS server refusing a plaintext client, or a client certificate it won't take?): "
+    for fragments, hint in _TLS_FAILURES:
+        if any(f in lowered for f in fragments):
+            return f"{hint}: "
     return ""
 
 

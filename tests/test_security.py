@@ -395,3 +395,69 @@ class TestAuthorization:
             admin.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="2", host="127.0.0.1", port=4321))
         entry = json.loads((guarded.folders.workspace / "proxy.json").read_text())["echo"]
         assert (entry["port"], entry["registrant"]) == (4321, "operator")
+
+
+class TestCli:
+    """The operator CLI with --tls-* / --token-file (or their environment variables), and errors saying
+    what failed."""
+
+    @staticmethod
+    def run(capsys: pytest.CaptureFixture[str], port: int, *args: str) -> tuple[int, str, str]:
+        from grpc_helper import ctl
+
+        # A refused handshake is retried until --timeout: long enough for a first handshake on a loaded machine
+        code = ctl.main(["--port", str(port), "--timeout", "4", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def test_credentials_from_options_and_environment(
+        self,
+        servers: Servers,
+        pki: Pki,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        policy = write_policy(tmp_path)
+        srv = servers(0, [], cli_config=tls_config(pki, client_auth="required", **{"rpc-auth-policy": str(policy)}))
+        crt, key = pki.issue("operator-cert", "operator")
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKENS["operator"] + "\n")
+        options = ["--tls-ca", str(pki.ca_path), "--tls-cert", str(crt), "--tls-key", str(key)]
+        code, out, _ = self.run(capsys, srv.port, *options, "--token-file", str(token_file), "config", "get")
+        assert code == 0, out
+        code, _, err = self.run(capsys, srv.port, *options, "config", "get")  # a certificate, no known identity
+        assert code == 1
+        assert "UNAUTHENTICATED" in err
+        user_token = tmp_path / "user-token"
+        user_token.write_text(TOKENS["app"])
+        monkeypatch.setenv("GRPC_HELPER_TLS_CA", str(pki.ca_path))
+        monkeypatch.setenv("GRPC_HELPER_TLS_CERT", str(crt))
+        monkeypatch.setenv("GRPC_HELPER_TLS_KEY", str(key))
+        monkeypatch.setenv("GRPC_HELPER_TOKEN_FILE", str(user_token))
+        code, _, err = self.run(capsys, srv.port, "log", "set", "root", "DEBUG")
+        assert code == 1
+        assert "PERMISSION_DENIED" in err
+        assert "needs role admin" in err
+        code, out, _ = self.run(capsys, srv.port, "info")  # a user may
+        assert code == 0, out
+
+    def test_tls_failures_are_told_apart(self, servers: Servers, pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+        srv = servers(0, [], cli_config=tls_config(pki))
+        pki.issue("expired", "localhost", "127.0.0.1", expired=True)
+        expired = servers(0, [], cli_config=tls_config(pki, "expired"))
+        plaintext = servers(0, [])
+        other_ca = pki.folder / "other.crt"
+        other_ca.write_bytes(CertificateAuthority.create("other").cert_pem)
+        ca = ["--tls-ca", str(pki.ca_path)]
+        cases = [
+            (srv.port, ["--tls-ca", str(other_ca)], "unknown CA"),
+            (srv.port, [*ca, "--tls-server-name", "bank"], "does not name this host"),
+            (expired.port, ca, "bad certificate: the server's certificate has expired"),
+            (srv.port, [], "a TLS server refusing a plaintext client"),
+            (plaintext.port, ca, "a TLS client against a plaintext server"),
+        ]
+        for port, options, told in cases:
+            code, _, err = self.run(capsys, port, *options, "info")
+            assert code == 1
+            assert told in err, (options, err)
