@@ -50,7 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     GRPC_HELPER_PROGRAMS=main
 USER grpc
 WORKDIR /data
-EXPOSE 54321
+# No EXPOSE: each service listens on its own GRPC_HELPER_PORT (compose.yaml exposes the right one)
 # Checks the first program (the one on GRPC_HELPER_PORT)
 HEALTHCHECK --interval=5s --timeout=5s --start-period=15s --retries=3 \
     CMD grpc-helper --host 127.0.0.1 --port "${GRPC_HELPER_PORT:-54321}" --timeout 3 health

@@ -38,6 +38,9 @@ cleanup() {
     rm -rf --one-file-system "$ROOTFS"
 }
 trap cleanup EXIT
+# Interrupted (Ctrl-C, a kill): exit, so that the EXIT trap removes the half-built root filesystem
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "build-base-image: debootstrap bookworm from $MIRROR (about a minute)"
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" >/dev/null

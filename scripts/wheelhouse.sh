@@ -26,9 +26,18 @@ else
 fi
 
 # Every platform tag both possible bases accept (bookworm, glibc 2.36); "any" for pure-Python wheels
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --dest wheelhouse --only-binary=:all: \
-    --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-    --platform any \
-    "${REQS[@]}"
+download() {
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+        --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+        --platform any "$@" "${REQS[@]}"
+}
+# A wheelhouse that already resolves every requirement on its own needs no index (air-gapped machines)
+CHECK=$(mktemp -d)
+trap 'rm -rf "$CHECK"' EXIT
+if download --no-index --find-links wheelhouse --dest "$CHECK" >/dev/null 2>&1; then
+    echo "wheelhouse: complete ($(find wheelhouse -maxdepth 1 -name '*.whl' | wc -l) wheels), nothing to download"
+    exit 0
+fi
+download --dest wheelhouse
 echo "wheelhouse: $(find wheelhouse -maxdepth 1 -name '*.whl' | wc -l) wheels in wheelhouse/"

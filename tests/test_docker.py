@@ -6,6 +6,7 @@ All tests share one stack (module fixture) and run in file order on a single xdi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -71,6 +72,7 @@ class Stack:
     """One compose project on a free host port; torn down with its volumes at the end."""
 
     def __init__(self) -> None:
+        self.build_output = ""  # what build-image.sh printed
         self.project = f"ght{os.getpid()}"
         # Host port 0: Docker picks a free one (read back by `port`), no find-then-bind race
         self.env = {**os.environ, "GRPC_HELPER_MAIN_PORT": "0", "COMPOSE_PROJECT_NAME": self.project}
@@ -122,8 +124,12 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh")], check=True, timeout=1800, cwd=ROOT)
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-image.sh")], capture_output=True, text=True, timeout=1800, cwd=ROOT
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
     s = Stack()
+    s.build_output = built.stdout
     try:
         s.compose("up", "-d", "--no-build")
         s.wait_registered()
@@ -314,3 +320,27 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         stack_sh("down")
         cmd = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml"), "down", "-v"]
         subprocess.run(cmd, env=env, capture_output=True, timeout=300, cwd=ROOT)
+
+
+def test_each_service_exposes_its_own_port(stack: Stack) -> None:
+    """`stack.sh status` / `docker ps` show each sample's own port, not main's (issue 13, item 17)."""
+    for service, port in (("main", "54321"), ("echo", "54322"), ("notes", "54323")):
+        exposed = subprocess.run(
+            ["docker", "inspect", "-f", "{{json .Config.ExposedPorts}}", stack.container(service)],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert json.loads(exposed) == {f"{port}/tcp": {}}, (service, exposed)
+
+
+def test_a_complete_wheelhouse_needs_no_index(stack: Stack) -> None:
+    """The image was built (the stack fixture), so wheelhouse/ is complete: filling it again works with no
+    package index at all (a closed loopback port as the index), as on an air-gapped machine (item 16)."""
+    if "can't be pulled" not in stack.build_output:  # built from a registry base: no wheelhouse involved
+        pytest.skip("the image was built from a registry base image: the wheelhouse was not used")
+    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": ""}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "wheelhouse.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing to download" in done.stdout

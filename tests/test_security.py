@@ -461,3 +461,14 @@ class TestCli:
             code, _, err = self.run(capsys, port, *options, "info")
             assert code == 1
             assert told in err, (options, err)
+
+
+def test_policy_found_in_the_system_folder(servers: Servers, tmp_path: Path) -> None:
+    """A relative rpc-auth-policy is looked up in the workspace, then the user folder, then the system folder."""
+    system = tmp_path / "system"
+    system.mkdir()
+    write_policy(system)
+    folders = Folders(system=system, user=tmp_path / "user", workspace=tmp_path / "wks")
+    srv = servers(0, [echo_descriptor()], folders, {"rpc-auth-policy": "policy.json"})
+    with RpcClient("127.0.0.1", srv.port, ECHO_STUBS, timeout=5) as anonymous:
+        assert transport_status(lambda: anonymous.echo.echo(EchoRequest())) == grpc.StatusCode.UNAUTHENTICATED

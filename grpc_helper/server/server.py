@@ -421,7 +421,11 @@ class RpcServer:
         path = RpcStaticConfig.AUTH_POLICY.str_val
         if not path:
             return None
-        policy = Policy.load(resolve(path, self.folders.workspace))
+        # Absolute (a mounted secret), or relative to the workspace, else the user, else the system folder
+        f = self.folders
+        candidates = [resolve(path, folder) for folder in (f.workspace, f.user, f.system) if folder is not None]
+        found = next((c for c in candidates if c.is_file()), candidates[0] if candidates else resolve(path, None))
+        policy = Policy.load(found)
         control = self._control
 
         def reject(kind: str, code: grpc.StatusCode, details: str) -> Handler:
