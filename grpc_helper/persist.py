@@ -25,13 +25,21 @@ def _lock_for(path: Path) -> threading.Lock:
 
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as JSON: temp file in the same folder, fsync, rename. A crash never leaves a partial file."""
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` atomically (temp file in the same folder, fsync, rename, fsync of the folder),
+    the file created with permissions `mode` when given (e.g. 0o600 for a key: never readable by others,
+    not even for a moment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(data, indent=2, sort_keys=True) + "\n"
     with _lock_for(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload)
+            if mode is not None:
+                os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
