@@ -79,7 +79,9 @@ def test_local_stack_up_and_down(tmp_path: Path) -> None:
         creds = operator_env(env)
         with_creds = {**env, **creds}
         assert ctl("config", "set", "notes-max-length=300", env=with_creds).returncode == 0  # admin, via main's mTLS
-        refused = ctl("--timeout", "2", "info", env={**env, "GRPC_HELPER_TLS_CA": creds["GRPC_HELPER_TLS_CA"]})
+        # Bound to 127.0.0.1 only: ask there (localhost may resolve to ::1 first, refused by the kernel)
+        no_cert = {**env, "GRPC_HELPER_TLS_CA": creds["GRPC_HELPER_TLS_CA"]}
+        refused = ctl("--host", "127.0.0.1", "--timeout", "2", "info", env=no_cert)
         assert refused.returncode == 1
         assert "connection closed" in refused.stderr  # no client certificate: the handshake is refused
         security = ClientSecurity.from_files(
