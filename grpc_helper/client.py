@@ -31,6 +31,8 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # experimental option (hence grpcio's bound in pyproject.toml).
     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
+# Less than this left of a call's deadline (seconds): no retry is attempted any more
+_LAST_ATTEMPT = 0.01
 # Stub name -> (generated stub class, API version sent with its calls; None: no version sent)
 StubsMap: TypeAlias = dict[str, tuple[type[Any], int | None]]
 S = TypeVar("S")
@@ -174,8 +176,13 @@ class RpcClient:
             delay = backoff.next_delay()
             self.logger.debug("%s unavailable on %s:%s, retrying in %.2fs", path, self.host, self.port, delay)
             time.sleep(delay)
+            left = end - time.monotonic()
+            if left < _LAST_ATTEMPT:
+                # The window is spent (the last delay was cut to its end): an attempt now could only time
+                # out, and hide why the window was spent; report that instead
+                raise rpc_error_to_exception(error, path) from error
             try:
-                return attempt(max(0.0, end - time.monotonic()))
+                return attempt(left)
             except grpc.RpcError as exc:
                 # A retry cut by the deadline we set (the window's end) reports why the window was
                 # spent: the server was UNAVAILABLE (a caller's own deadline is reported as such)

@@ -88,8 +88,8 @@ class Listener:
             # The queue is kept (and persisted) so that the listener resumes it on the next server
             result = Result(code=ResultCode.ERROR_STREAM_SHUTDOWN, msg="The events service is shutting down")
             last = EventStatus(r=result, client_id=self.queue.client_id)
+        self.on_end(self)  # logged before the client sees the end (2.x's order)
         self.stream.end(last)
-        self.on_end(self)
 
 
 class EventQueue:
