@@ -54,6 +54,7 @@ WORKDIR /data
 # Checks the first program (the one on GRPC_HELPER_PORT)
 HEALTHCHECK --interval=5s --timeout=5s --start-period=15s --retries=3 \
     CMD grpc-helper --host 127.0.0.1 --port "${GRPC_HELPER_PORT:-54321}" --timeout 3 health
-# supervisord is PID 1 (supervise.py execs it): `docker stop` (SIGTERM) stops every program
-# gracefully, within stopwaitsecs=40 — give `docker stop -t`/stop_grace_period more than that
+# supervise.py is PID 1 and runs supervisord: `docker stop` (SIGTERM, forwarded) stops every program
+# gracefully, within stopwaitsecs=40 — give `docker stop -t`/stop_grace_period more than that. A program
+# supervisord gives up on (FATAL) makes the container exit with an error, for its restart policy to act
 ENTRYPOINT ["/opt/venv/bin/python", "/opt/grpc-helper/supervise.py"]

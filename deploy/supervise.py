@@ -21,6 +21,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ DEFAULT_PORTS = {"main": 54321, "echo": 54322, "notes": 54323}
 def program_section(
     name: str, port: int, system: str, user: str, workspace_root: str, extra: str, logdir: str | None
 ) -> str:
+    start_retries = int(os.environ.get("GRPC_HELPER_START_RETRIES", "20"))
     # A program is any installed `grpc-helper-<name>` console script (the samples, or your own)
     executable = shutil.which(f"grpc-helper-{name}") if NAME_RE.fullmatch(name) else None
     if executable is None:
@@ -58,7 +61,7 @@ autostart=true
 ; restarted whatever the exit (a remote shutdown too); supervisord backs off between failed starts
 autorestart=true
 startsecs=2
-startretries=20
+startretries={start_retries}
 stopsignal=TERM
 ; more than rpc-shutdown-grace, so a graceful shutdown is never cut short
 stopwaitsecs=40
@@ -96,7 +99,52 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
         program_section(name, port, args.system, args.user, args.workspace_root, args.extra_args, logdir)
         for name, port in programs
     ]
+    if not local:
+        # A program supervisord gave up on (FATAL) ends the container, with an error: its restart policy
+        # (or Swarm, Kubernetes) takes over, and a fixed file (say config.json) is picked up then
+        sections.append(f"""
+[eventlistener:exit-on-fatal]
+command={sys.executable} {Path(__file__).resolve()} --fatal-listener
+events=PROCESS_STATE_FATAL
+stderr_logfile=/dev/stderr
+stderr_logfile_maxbytes=0
+""")
     return head + "".join(sections)
+
+
+FATAL_FLAG = Path("/tmp/grpc-helper-fatal")  # written by the listener: the container must exit with an error
+
+
+def fatal_listener() -> int:
+    """supervisord's event listener protocol: on PROCESS_STATE_FATAL, flag it and stop supervisord."""
+    while True:
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
+        header = dict(token.split(":", 1) for token in sys.stdin.readline().split())
+        payload = sys.stdin.read(int(header.get("len", "0")))
+        if header.get("eventname") == "PROCESS_STATE_FATAL":
+            fields = dict(token.split(":", 1) for token in payload.split())
+            FATAL_FLAG.write_text(fields.get("processname", "?") + "\n")
+            print(
+                f"supervise: {fields.get('processname')} is FATAL: stopping the container", file=sys.stderr, flush=True
+            )
+            os.kill(os.getppid(), signal.SIGTERM)  # supervisord: stops the other programs gracefully, then exits
+        sys.stdout.write("RESULT 2\nOK")
+        sys.stdout.flush()
+
+
+def run_supervisord(supervisord: str, conf: Path) -> int:
+    """Container mode: supervisord as a child of this PID 1, which forwards SIGTERM/SIGINT to it and exits
+    with an error when a program went FATAL (else with supervisord's own exit code)."""
+    FATAL_FLAG.unlink(missing_ok=True)
+    child = subprocess.Popen([supervisord, "-c", str(conf)])
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: child.send_signal(sig))
+    code = child.wait()
+    if FATAL_FLAG.exists():
+        print(f"supervise: exiting with an error: {FATAL_FLAG.read_text().strip()} went FATAL", file=sys.stderr)
+        return 1
+    return code
 
 
 def parse_programs(specs: list[str], base_port: int | None, local: bool) -> list[tuple[str, int]]:
@@ -131,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", default=None)
     p.add_argument("--conf", default=None, help="where to write the configuration")
     p.add_argument("--render-only", action="store_true", help="write the configuration, don't start")
+    p.add_argument("--fatal-listener", action="store_true", help=argparse.SUPPRESS)  # run by supervisord
     args = p.parse_args(argv)
+    if args.fatal_listener:
+        return fatal_listener()
 
     specs = args.program or args.programs or os.environ.get("GRPC_HELPER_PROGRAMS", "main").split(",")
     env_port = os.environ.get("GRPC_HELPER_PORT")
@@ -147,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(conf)
         return 0
     supervisord = shutil.which("supervisord") or str(Path(sys.executable).parent / "supervisord")
-    os.execv(supervisord, [supervisord, "-c", str(conf)])
-    return 0  # not reached
+    if args.local:
+        os.execv(supervisord, [supervisord, "-c", str(conf)])  # it daemonizes
+    return run_supervisord(supervisord, conf)
 
 
 if __name__ == "__main__":

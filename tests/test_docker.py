@@ -344,3 +344,30 @@ def test_a_complete_wheelhouse_needs_no_index(stack: Stack) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "nothing to download" in done.stdout
+
+
+@pytest.mark.usefixtures("stack")  # the image is built
+def test_a_fatal_program_ends_the_container(tmp_path: Path) -> None:
+    """A program supervisord gives up on (FATAL: here a malformed workspace config.json, one start
+    retry) makes the container exit with an error (issue 13, item 15), so its restart policy takes over."""
+    workspace = tmp_path / "echo"
+    workspace.mkdir()
+    (workspace / "config.json").write_text("{not json")
+    os.chmod(workspace, 0o777)  # the container's user (uid 10001) writes its logs there
+    name = f"ghfatal{os.getpid()}"
+    started = subprocess.run(
+        [
+            "docker", "run", "-d", "--name", name, "--network", "none",
+            "-e", "GRPC_HELPER_PROGRAMS=echo", "-e", "GRPC_HELPER_START_RETRIES=1",
+            "-v", f"{workspace}:/data/workspace/echo", os.environ.get("GRPC_HELPER_IMAGE", "grpc-helper:latest"),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        waited = subprocess.run(["docker", "wait", name], capture_output=True, text=True, timeout=120)
+        assert waited.stdout.strip() == "1", waited  # exited by itself, with an error
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
+        assert "echo went FATAL" in logs.stdout + logs.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
