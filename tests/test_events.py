@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 
 import pytest
 
-from grpc_helper import RpcClient, RpcServer, RpcStaticConfig
+from grpc_helper import RpcClient, RpcException, RpcServer, RpcStaticConfig
 from grpc_helper.api import (
     Empty,
     Event,
@@ -372,3 +373,48 @@ class TestBoundsI11:
         for s in streams[1:]:
             srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
         srv.client.events.interrupt(EventInterrupt(client_id=taken.client_id))
+
+
+def test_listener_leaves_a_server_that_never_answers_its_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that took the listen call but never answers it (wedged): the listener gives up on that
+    stream after FIRST_STATUS_TIMEOUT and reconnects, instead of waiting forever."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from grpc_helper.api import EventStatus
+    from grpc_helper.api.events_pb2_grpc import EventServiceServicer, add_EventServiceServicer_to_server
+    from grpc_helper.events import listener as listener_module
+
+    monkeypatch.setattr(listener_module, "FIRST_STATUS_TIMEOUT", 0.5)
+    release = threading.Event()
+    calls = []
+
+    class Wedged(EventServiceServicer):
+        def listen(self, request: EventFilter, _context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+            calls.append(request)
+            if len(calls) == 1:
+                release.wait(30)  # the first call: taken, never answered
+                return
+            yield EventStatus(client_id=7)
+            release.wait(30)
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    add_EventServiceServicer_to_server(Wedged(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = RpcClient(
+        "127.0.0.1", port, {"events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT)}, timeout=None
+    )
+    listener = Collector(client, [])
+    try:
+        assert listener.ready.wait(10)  # without the watchdog: never
+        assert listener.client_id == 7
+        assert len(calls) >= 2
+    finally:
+        release.set()
+        with contextlib.suppress(RpcException):  # the wedged servicer implements no interrupt
+            listener.interrupt(timeout=5)
+        server.stop(0)
+        client.close()

@@ -15,6 +15,10 @@ from grpc_helper.events.queues import check_name
 
 FIRST_RETRY_DELAY = 0.1  # seconds before the first reconnection attempt
 MAX_RETRY_DELAY = 5.0  # ... doubling up to this
+# Longest wait for the first status of a stream (seconds; the client's timeout if shorter): a server that
+# took the call but never answers it (wedged, or gone without closing the connection) is left, and the
+# listener reconnects, rather than waiting forever
+FIRST_STATUS_TIMEOUT = 10.0
 
 # Errors that no retry can fix: the listener stops (and keeps the error in `error`)
 _FATAL = {
@@ -64,6 +68,7 @@ class EventsListener(ABC):
         self._stopping = False
         self._stream: ResponseStream | None = None
         self._wakeup = threading.Event()  # cuts a backoff sleep short on interrupt()
+        self._watchdog = threading.Timer(0, lambda: None)  # the current stream's (see FIRST_STATUS_TIMEOUT)
         self._thread = threading.Thread(target=self._run, name=f"events-listener-{id(self):x}", daemon=True)
         self._thread.start()
 
@@ -91,6 +96,12 @@ class EventsListener(ABC):
                 except Exception:  # e.g. a client without an `events` stub: no retry will help
                     self.logger.exception("Event listener can't start listening: stop")
                     return
+            # Armed until the first status arrives (see FIRST_STATUS_TIMEOUT)
+            timeout = min(t for t in (FIRST_STATUS_TIMEOUT, getattr(self.client, "timeout", None)) if t is not None)
+            watchdog = threading.Timer(timeout, self._no_first_status, args=(stream,))
+            watchdog.daemon = True
+            self._watchdog = watchdog
+            watchdog.start()
             try:
                 self._consume(stream)
                 if not self._stopping:
@@ -117,6 +128,7 @@ class EventsListener(ABC):
                     "Event listener of queue %s failed; reconnecting in %.1fs", self.client_id, backoff.delay
                 )
             finally:
+                watchdog.cancel()
                 self.connected.clear()
                 with self._lock:
                     self._stream = None
@@ -129,6 +141,7 @@ class EventsListener(ABC):
                 raise RpcException(status.r.msg, status.r.code)
             if first:
                 first = False
+                self._watchdog.cancel()
                 if status.client_id != self.client_id and self.client_id:
                     self.logger.info("Event queue %s replaced by %s", self.client_id, status.client_id)
                 self.client_id = status.client_id
@@ -140,6 +153,12 @@ class EventsListener(ABC):
                     self.on_event(status.event)
                 except Exception:
                     self.logger.exception("Event handler failed on %s", status.event.name)
+
+    def _no_first_status(self, stream: ResponseStream) -> None:
+        """The watchdog: no first status in time; the stream is cancelled and the listener reconnects."""
+        if not self._stopping:
+            self.logger.warning("Event queue %s: no answer to listen in time; reconnecting", self.client_id)
+            stream.cancel()
 
     # --- stopping ---
     def interrupt(self, timeout: float | None = 30) -> None:
