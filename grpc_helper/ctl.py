@@ -352,7 +352,7 @@ class Ctl:
             return None
         try:
             security = ClientSecurity.from_files(a.tls_ca, a.tls_cert, a.tls_key, a.tls_server_name, a.token_file)
-        except (OSError, ValueError, IndexError) as exc:
+        except (OSError, ValueError) as exc:
             raise CtlError(f"Bad security option: {exc}", ResultCode.ERROR_PARAM_INVALID) from exc
         if not (a.tls_ca or a.tls_cert or a.tls_server_name):  # a token alone: plaintext (loopback only)
             security = replace(security, tls=False)

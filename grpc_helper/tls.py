@@ -15,18 +15,17 @@ import ipaddress
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from grpc_helper.api import ResultCode
-from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.config.static import CLIENT_AUTH_MODES, RpcStaticConfig
 from grpc_helper.errors import RpcException
 
 _log = logging.getLogger("grpc_helper.tls")
 
-CLIENT_AUTH_MODES = ("none", "required")
 # Changed files are taken once none changed for this long (ns): the certificate and key of a renewal
 # are written one after the other, and a handshake must never get one without the other
 _SETTLE_NS = 1_000_000_000
@@ -92,9 +91,10 @@ class ClientSecurity:
             raise ValueError("A client certificate needs its key, and a key its certificate")
         token = None
         if token_file is not None:
-            token = Path(token_file).read_text().strip().splitlines()[0] if Path(token_file).stat().st_size else ""
-            if not token:
+            words = Path(token_file).read_text().split()  # a token has no spaces: its first line's only word
+            if not words:
                 raise ValueError(f"Empty token file {token_file}")
+            token = words[0]
         return cls(
             ca=Path(ca).read_bytes() if ca is not None else None,
             cert=Path(cert).read_bytes() if cert is not None else None,
@@ -102,9 +102,6 @@ class ClientSecurity:
             server_name=server_name,
             token=token,
         )
-
-    def with_server_name(self, name: str | None) -> ClientSecurity:
-        return replace(self, server_name=name)
 
     def channel(self, target: str, options: list[tuple[str, object]]) -> grpc.Channel:
         """A channel to `target` with these credentials (`options` added)."""

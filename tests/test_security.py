@@ -188,27 +188,28 @@ class TestTransport:
         assert "PRIVATE" not in text
 
 
+def proxied_echo(servers: Servers, backend_config: dict[str, str], main_config: dict[str, str]) -> RpcServer:
+    """An echo backend and a main proxying it, the backend registered at 127.0.0.1; main."""
+    backend = servers(0, [echo_descriptor(EchoManager())], cli_config=backend_config)
+    main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=main_config)
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    )
+    return main
+
+
 class TestProxyTls:
     """main -> backend over mTLS, the backend verified against the name of the service it registered."""
 
     def test_mtls_through_the_proxy_all_call_kinds(self, servers: Servers, pki: Pki) -> None:
         pki.issue("echo", "echo", "localhost")
-        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=tls_config(pki, "echo", "required"))
-        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=tls_config(pki, client_auth="required"))
-        main.client.srv.proxy_register(
-            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
-        )
+        main = proxied_echo(servers, tls_config(pki, "echo", "required"), tls_config(pki, client_auth="required"))
         with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=pki.client("operator")) as client:
             four_kinds(client)
 
     def test_backend_with_a_certificate_for_another_service_refused(self, servers: Servers, pki: Pki) -> None:
         pki.issue("notes", "notes", "localhost")
-        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=tls_config(pki, "notes"))
-        config = tls_config(pki, **{"rpc-client-timeout": "1"})
-        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
-        main.client.srv.proxy_register(
-            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
-        )
+        main = proxied_echo(servers, tls_config(pki, "notes"), tls_config(pki, **{"rpc-client-timeout": "1"}))
         with RpcClient("localhost", main.port, ECHO_STUBS, timeout=5, security=pki.client()) as client:
             failure = outcome(lambda: client.echo.echo(EchoRequest(text="x")))
         # Answered by main (r.code=ERROR_RPC: its backend can't be reached), not a failure to reach main
@@ -218,12 +219,8 @@ class TestProxyTls:
 
     def test_backend_name_override(self, servers: Servers, pki: Pki) -> None:
         pki.issue("echo", "echo.backends.internal")
-        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=tls_config(pki, "echo"))
         config = tls_config(pki, **{"rpc-tls-backend-name": "{service}.backends.internal"})
-        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
-        main.client.srv.proxy_register(
-            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
-        )
+        main = proxied_echo(servers, tls_config(pki, "echo"), config)
         with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=pki.client()) as client:
             assert client.echo.echo(EchoRequest(text="named")).text == "named"
 

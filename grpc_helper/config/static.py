@@ -19,6 +19,9 @@ def validate_rollover_unit(name: str, value: str) -> None:
         )
 
 
+# rpc-tls-client-auth: client certificates not asked for, or required (grpcio offers nothing between)
+CLIENT_AUTH_MODES = ("none", "required")
+
 _BOOLEANS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
 
 
@@ -185,7 +188,7 @@ class RpcStaticConfig(ConfigHolder):
         "Client certificates: none (not asked for) or required (mTLS: verified against rpc-tls-ca)",
         "none",
         validator=ConfigValidator.CONFIG_VALID_CUSTOM,
-        custom_validator=lambda name, value: validate_choice(name, value, ("none", "required")),
+        custom_validator=lambda name, value: validate_choice(name, value, CLIENT_AUTH_MODES),
     )
     TLS_BACKEND_NAME = Config(
         "rpc-tls-backend-name",
