@@ -170,8 +170,19 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  #
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Operate a grpc-helper server (info, config, logs, events, ...)")
     p.add_argument("-V", "--version", action=_VersionAction, default=argparse.SUPPRESS)
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"server host (default: {DEFAULT_HOST})")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"server port (default: {DEFAULT_PORT})")
+    # The target also from the environment, so `eval "$(stack.sh env)"` points the CLI at a stack whose port
+    # Docker picked; argparse converts (and checks) a string default with `type` as it does the option
+    p.add_argument(
+        "--host",
+        default=os.environ.get("GRPC_HELPER_HOST") or DEFAULT_HOST,
+        help=f"server host (default: {DEFAULT_HOST}; $GRPC_HELPER_HOST)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get("GRPC_HELPER_PORT") or DEFAULT_PORT,
+        help=f"server port (default: {DEFAULT_PORT}; $GRPC_HELPER_PORT)",
+    )
     p.add_argument(
         "--timeout",
         type=_positive_float,

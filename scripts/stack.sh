@@ -9,7 +9,8 @@
 #                           (--insecure: plaintext, no policy, for debugging)
 #   stack.sh down           stop it (workspaces are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
-#   stack.sh env            print the export lines giving the grpc-helper CLI the operator's credentials
+#   stack.sh env            print the export lines pointing the grpc-helper CLI at main, with the
+#                           operator's credentials
 #   stack.sh secrets rotate renew the service certificates (running servers pick them up)
 #
 # Both modes use the same system/user config folders (deploy/system, deploy/user). Secrets (a private
@@ -21,6 +22,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 STATE=${GRPC_HELPER_STACK_STATE:-$ROOT/.stack}   # local mode: workspaces, logs, supervisord files
 MAIN_PORT=${GRPC_HELPER_MAIN_PORT:-54321}
+# Main is asked on IPv4 loopback: the local stack binds it only, and with a Docker-picked port (0) Docker
+# 20.10 may publish IPv4 and IPv6 on different ports, so `localhost` (::1 first) could reach another stack
+MAIN_HOST=127.0.0.1
 SECRETS=${GRPC_HELPER_STACK_SECRETS:-$STATE/secrets}
 PROJECT=${COMPOSE_PROJECT_NAME:-grpc-helper}
 
@@ -43,7 +47,7 @@ mode() {
 wait_ready() {
     # Up when main answers and both samples are registered on it (bounded wait)
     local deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180}))
-    until .venv/bin/grpc-helper --port "$MAIN_PORT" --timeout 2 --json info echo notes 2>/dev/null \
+    until .venv/bin/grpc-helper --host "$MAIN_HOST" --port "$MAIN_PORT" --timeout 2 --json info echo notes 2>/dev/null \
         | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not all(i.get("proxy_port") for i in d["items"]))' 2>/dev/null
     do
         if [ $SECONDS -ge $deadline ]; then
@@ -52,7 +56,7 @@ wait_ready() {
         fi
         sleep 1
     done
-    .venv/bin/grpc-helper --port "$MAIN_PORT" info
+    .venv/bin/grpc-helper --host "$MAIN_HOST" --port "$MAIN_PORT" info
 }
 
 container_secrets() {
@@ -89,14 +93,22 @@ up_docker() {
         secure_compose_env
     fi
     GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build
-    # GRPC_HELPER_MAIN_PORT=0: Docker picked a free host port; read it back
-    MAIN_PORT=$(compose port main 54321 | sed 's/.*://')
+    # GRPC_HELPER_MAIN_PORT=0: Docker picked a free host port; read back the IPv4 one (see MAIN_HOST)
+    MAIN_PORT=$(docker port "$(compose ps -q main)" 54321/tcp | sed -n 's/^0\.0\.0\.0://p' | head -n 1)
 }
 
 operator_env() {
     # The grpc-helper CLI's credentials for the secure stack (its options' environment variables)
     echo "export GRPC_HELPER_TLS_CA=$SECRETS/ca.crt GRPC_HELPER_TLS_CERT=$SECRETS/operator.crt" \
         "GRPC_HELPER_TLS_KEY=$SECRETS/operator.key GRPC_HELPER_TOKEN_FILE=$SECRETS/operator.token"
+}
+
+cli_env() {
+    # One export line: where the CLI finds main (the port Docker picked, when it did), and on the secure
+    # stack the operator's credentials
+    local line="export GRPC_HELPER_HOST=$MAIN_HOST GRPC_HELPER_PORT=$(cat "$STATE/port")"
+    if [ -f "$STATE/secure" ]; then line="$line $(operator_env | sed 's/^export //')"; fi
+    echo "$line"
 }
 
 up_local() {
@@ -139,13 +151,14 @@ case "${1:-}" in
             echo local > "$STATE/mode"
             up_local
         fi
+        echo "$MAIN_PORT" > "$STATE/port"
         wait_ready
-        hint=".venv/bin/grpc-helper info"
-        [ "$SECURE" = 1 ] && hint="eval \"\$(./scripts/stack.sh env)\"; $hint"
-        echo "stack: up ($(mode)$([ "$SECURE" = 1 ] && echo ', mTLS + policy' || echo ', plaintext')); main on localhost:$MAIN_PORT — try: $hint"
+        hint="eval \"\$(./scripts/stack.sh env)\"; .venv/bin/grpc-helper info"
+        echo "stack: up ($(mode)$([ "$SECURE" = 1 ] && echo ', mTLS + policy' || echo ', plaintext')); main on $MAIN_HOST:$MAIN_PORT — try: $hint"
         ;;
     env)
-        if [ -f "$STATE/secure" ]; then operator_env; else echo "# the stack runs plaintext: nothing to export"; fi
+        [ -f "$STATE/port" ] || { echo "stack: not started (stack.sh up)" >&2; exit 1; }
+        cli_env
         ;;
     secrets)
         [ "${2:-}" = rotate ] || { echo "usage: stack.sh secrets rotate" >&2; exit 2; }
@@ -164,7 +177,7 @@ case "${1:-}" in
                 sleep 0.2
             done
         fi
-        rm -f "$STATE/mode"
+        rm -f "$STATE/mode" "$STATE/port"
         ;;
     status)
         if [ "$(mode)" = docker ]; then compose ps; else .venv/bin/supervisorctl -c "$STATE/supervisord.conf" status; fi

@@ -246,6 +246,19 @@ class TestFailures:
         assert "COMMAND" in capsys.readouterr().out
         assert ctl.main(["-V"]) == 0
 
+    def test_target_from_the_environment(
+        self, server: RpcServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """$GRPC_HELPER_HOST / $GRPC_HELPER_PORT (as `stack.sh env` exports them) are the defaults of
+        --host / --port; an invalid one is a usage error, as the option would be."""
+        monkeypatch.setenv("GRPC_HELPER_HOST", "127.0.0.1")
+        monkeypatch.setenv("GRPC_HELPER_PORT", str(server.port))
+        assert ctl.main(["--timeout", "10", "health"]) == 0
+        assert capsys.readouterr().out == "SERVING\n"
+        monkeypatch.setenv("GRPC_HELPER_PORT", "x")
+        assert ctl.main(["health"]) == 2
+        assert "--port" in capsys.readouterr().err
+
     def test_module_entry_point(self, server: RpcServer) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "grpc_helper.ctl", "--port", str(server.port), "health"],

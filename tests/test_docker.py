@@ -283,9 +283,11 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "stack: up (docker, mTLS + policy)" in up.stdout
-        port = int(up.stdout.rsplit("main on localhost:", 1)[1].split()[0])
+        port = int(up.stdout.rsplit("main on 127.0.0.1:", 1)[1].split()[0])
         exported = stack_sh("env").stdout.strip().removeprefix("export ")
         creds = dict(item.split("=", 1) for item in exported.split())
+        target = {"GRPC_HELPER_HOST": "127.0.0.1", "GRPC_HELPER_PORT": str(port)}
+        assert {k: creds[k] for k in target} == target  # the CLI's target: IPv4, as Docker published it
         security = ClientSecurity.from_files(
             creds["GRPC_HELPER_TLS_CA"],
             creds["GRPC_HELPER_TLS_CERT"],
@@ -293,14 +295,16 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
             token_file=creds["GRPC_HELPER_TOKEN_FILE"],
         )
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
-        with RpcClient("localhost", port, stubs, timeout=60, security=security) as client:
+        # 127.0.0.1, not localhost: with a Docker-picked port, [::1]:port may be another stack's (Docker 20.10
+        # picks IPv4 and IPv6 ports apart), as it was once in CI
+        with RpcClient("127.0.0.1", port, stubs, timeout=60, security=security) as client:
             assert client.echo.echo(EchoRequest(text="secure")).text == "secure"
-        ctl = [str(ROOT / ".venv" / "bin" / "grpc-helper"), "--port", str(port), "--timeout", "5"]
+        ctl = [str(ROOT / ".venv" / "bin" / "grpc-helper"), "--timeout", "5"]
         ok = subprocess.run([*ctl, "config", "get"], env={**env, **creds}, capture_output=True, text=True)
         assert ok.returncode == 0, ok.stderr
         assert "notes-max-length" in ok.stdout  # main reached notes over mTLS, as admin
-        refused = subprocess.run([*ctl, "info"], env=env, capture_output=True, text=True)
-        assert refused.returncode == 1
+        refused = subprocess.run([*ctl, "info"], env={**env, **target}, capture_output=True, text=True)
+        assert refused.returncode == 1, refused.stdout
         compose = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml")]
 
         def healthy(service: str) -> bool:
@@ -314,7 +318,7 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
             wait_for(lambda service=service: healthy(service), 120, f"{service} healthy (its healthcheck speaks mTLS)")
         rotated = stack_sh("secrets", "rotate")
         assert rotated.returncode == 0, rotated.stderr
-        with RpcClient("localhost", port, stubs, timeout=60, security=security) as client:  # a new connection
+        with RpcClient("127.0.0.1", port, stubs, timeout=60, security=security) as client:  # a new connection
             assert client.echo.echo(EchoRequest(text="rotated")).text == "rotated"
     finally:
         stack_sh("down")
