@@ -133,11 +133,18 @@ MESSAGES = {
     "Result": {"code": (1, "ResultCode", False), "msg": (2, "string", False), "stack": (3, "string", False)},
     "ResultStatus": {"r": (1, "Result", False)},
     "Empty": {},
-    "Filter": {"names": (1, "string", True), "ignore_unknown": (2, "bool", False)},
+    # New fields of 3 (after 2.x's, with new numbers only): Filter.endpoint, ServiceInfo.endpoints
+    "Filter": {"names": (1, "string", True), "ignore_unknown": (2, "bool", False), "endpoint": (3, "Endpoint", False)},
+    "Endpoint": {"host": (1, "string", False), "port": (2, "uint32", False)},
     "ServiceInfo": {
         "name": (1, "string", False), "version": (2, "string", False), "current_api_version": (3, "uint32", False),
         "supported_api_version": (4, "uint32", False), "is_proxy": (5, "bool", False),
         "proxy_host": (6, "string", False), "proxy_port": (7, "uint32", False),
+        "endpoints": (8, "ProxyEndpoint", True),
+    },
+    "ProxyEndpoint": {
+        "host": (1, "string", False), "port": (2, "uint32", False), "version": (3, "string", False),
+        "serving": (4, "bool", False),
     },
     "MultiServiceInfo": {"r": (1, "Result", False), "items": (2, "ServiceInfo", True)},
     "ShutdownRequest": {"timeout": (1, "int32", False)},

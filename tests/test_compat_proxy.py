@@ -15,7 +15,7 @@ import pytest
 
 import grpc_helper_samples
 from grpc_helper import Config, RpcManager, RpcServer, RpcServiceDescriptor, RpcStaticConfig, current_call
-from grpc_helper.api import ConfigValidator, Filter, ProxyRegisterRequest, ResultCode
+from grpc_helper.api import ConfigValidator, Endpoint, Filter, ProxyRegisterRequest, ResultCode
 from grpc_helper.testing import rc_of
 from grpc_helper_samples.api import EchoRequest, EchoResponse, NotesApiVersion
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
@@ -236,7 +236,9 @@ def test_reregistration_does_not_disturb_a_call_in_progress(servers: Servers) ->
         caller = threading.Thread(target=lambda: answers.append(stub.echo(EchoRequest(), timeout=30)))
         caller.start()
         assert slow.started.wait(10)
-        register(main, new.port, host="127.0.0.1")  # the old backend's channel is no longer registered
+        register(main, new.port, host="127.0.0.1")  # a second endpoint: the service's channel changes
+        # the old backend goes away (its own forget): none of its channels is registered any more
+        main.client.srv.proxy_forget(Filter(names=["echo"], endpoint=Endpoint(host="127.0.0.1", port=old.port)))
         slow.release.set()
         caller.join(10)
         assert [(a.r.code, a.text) for a in answers] == [(ResultCode.OK, "done")]
@@ -353,8 +355,10 @@ def test_proxied_servers_property(servers: Servers) -> None:
     register(main, 1111, names=["echo"], host="")
     register(main, 1111, names=["notes"], host="127.0.0.1")  # the same server: empty host is rpc-main-host
     assert manager._proxied_servers == {("127.0.0.1", 1111)}
-    register(main, 2222, names=["notes"], host="localhost")
+    register(main, 2222, names=["notes"], host="localhost")  # a second endpoint (replica) of notes
     assert manager._proxied_servers == {("127.0.0.1", 1111), ("localhost", 2222)}
+    main.client.srv.proxy_forget(Filter(names=["notes"], endpoint=Endpoint(host="127.0.0.1", port=1111)))
+    assert manager._proxied_servers == {("127.0.0.1", 1111), ("localhost", 2222)}  # echo is still there
     main.client.srv.proxy_forget(Filter(names=["echo"]))
     assert manager._proxied_servers == {("localhost", 2222)}
     with pytest.raises(AttributeError):

@@ -67,7 +67,7 @@ def test_health_check_answers_while_every_worker_is_busy(servers: Servers, busy:
 
 
 def test_health_pools_are_per_server(servers: Servers) -> None:
-    """grpc_health's own option sets the pool on its class's function, i.e. for every server: not ours."""
+    """Each server's health service runs on that server's own pools: another's shutdown leaves it working."""
     first = servers(0)
     second = servers(0)
     first.shutdown()  # its pools are shut down: the other server's watches must not use them
@@ -75,6 +75,52 @@ def test_health_pools_are_per_server(servers: Servers) -> None:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
+
+
+def test_health_watches_opening_and_closing_never_wedge_the_server(servers: Servers) -> None:
+    """Watch streams that open and close all the time (gRPC clients health-checking a backend: main's
+    channels do) while statuses change: the health service keeps answering and the server shuts down
+    at once. grpc_health's servicer hung here: it sends a Watch's first status under its lock, and
+    the send waits for grpcio's server thread, which was blocked on that lock closing another watch."""
+    server = servers(0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watcher() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(300):
+                if stop.is_set():
+                    return
+                watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                try:
+                    next(watch)
+                except grpc.RpcError as exc:  # the server wedged: Watch's first status never came
+                    errors.append(exc)
+                    return
+                watch.cancel()
+
+    def flapper() -> None:
+        for i in range(2000):
+            if stop.is_set():
+                return
+            server.health.set("", health_pb2.HealthCheckResponse.SERVING if i % 2 else 2)
+
+    threads = [threading.Thread(target=watcher) for _ in range(4)] + [threading.Thread(target=flapper)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop.set()
+    assert errors == []
+    assert not any(t.is_alive() for t in threads)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert check.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+    start = time.monotonic()
+    server.shutdown()
+    assert server.wait_shutdown(30)
+    assert time.monotonic() - start < 10
 
 
 # --- 8: calls beyond rpc-max-calls are rejected at once ---

@@ -4,7 +4,7 @@ The code beside this file is generated from protos/grpc_helper/api/*.proto by
 scripts/gen-protos.py; never edit it by hand.
 """
 
-from grpc_helper.api.common_pb2 import Empty, Filter, Result, ResultCode, ResultStatus
+from grpc_helper.api.common_pb2 import Empty, Endpoint, Filter, Result, ResultCode, ResultStatus
 from grpc_helper.api.config_pb2 import (
     ConfigApiVersion,
     ConfigItem,
@@ -25,6 +25,7 @@ from grpc_helper.api.events_pb2 import (
 from grpc_helper.api.logger_pb2 import LoggerApiVersion, LoggerConfig, LoggerLevel, LoggerStatus, LoggerUpdate
 from grpc_helper.api.server_pb2 import (
     MultiServiceInfo,
+    ProxyEndpoint,
     ProxyRegisterRequest,
     ServerApiVersion,
     ServiceInfo,
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigUpdate",
     "ConfigValidator",
     "Empty",
+    "Endpoint",
     "Event",
     "EventApiVersion",
     "EventFilter",
@@ -53,6 +55,7 @@ __all__ = [
     "LoggerStatus",
     "LoggerUpdate",
     "MultiServiceInfo",
+    "ProxyEndpoint",
     "ProxyRegisterRequest",
     "Result",
     "ResultCode",

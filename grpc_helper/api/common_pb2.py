@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgrpc_helper/api/common.proto\"?\n\x06Result\x12\x19\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0b.ResultCode\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"\"\n\x0cResultStatus\x12\x12\n\x01r\x18\x01 \x01(\x0b\x32\x07.Result\"\x07\n\x05\x45mpty\"/\n\x06\x46ilter\x12\r\n\x05names\x18\x01 \x03(\t\x12\x16\n\x0eignore_unknown\x18\x02 \x01(\x08*\xc0\x04\n\nResultCode\x12\x06\n\x02OK\x10\x00\x12\t\n\x05\x45RROR\x10\x01\x12\x08\n\x04\x41RGS\x10\x02\x12\x13\n\x0f\x45RROR_PORT_BUSY\x10\n\x12\x1c\n\x18\x45RROR_API_CLIENT_TOO_OLD\x10\x0b\x12\x1c\n\x18\x45RROR_API_SERVER_TOO_OLD\x10\x0c\x12\r\n\tERROR_RPC\x10\r\x12\x1c\n\x18\x45RROR_PROXY_UNREGISTERED\x10\x0e\x12\x19\n\x15\x45RROR_STREAM_SHUTDOWN\x10\x0f\x12\x17\n\x13\x45RROR_PARAM_MISSING\x10\x14\x12\x17\n\x13\x45RROR_PARAM_INVALID\x10\x15\x12\x1b\n\x17\x45RROR_PARAM_UNSUPPORTED\x10\x16\x12\x16\n\x12\x45RROR_ITEM_UNKNOWN\x10\x1e\x12\x17\n\x13\x45RROR_ITEM_CONFLICT\x10\x1f\x12\x13\n\x0f\x45RROR_ITEM_BUSY\x10 \x12\x17\n\x13\x45RROR_ITEM_MULTIPLE\x10!\x12\x17\n\x13\x45RROR_MODEL_INVALID\x10(\x12\x16\n\x12\x45RROR_MODEL_SYNTAX\x10)\x12\x18\n\x14\x45RROR_REQUEST_FAILED\x10\x32\x12\x19\n\x15\x45RROR_REQUEST_TIMEOUT\x10\x33\x12\x1d\n\x19\x45RROR_REQUEST_UNSUPPORTED\x10\x34\x12\x1b\n\x17\x45RROR_STATE_UNREACHABLE\x10<\x12\x1a\n\x16\x45RROR_STATE_UNEXPECTED\x10=\x12\x10\n\x0c\x45RROR_CUSTOM\x10\x64\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgrpc_helper/api/common.proto\"?\n\x06Result\x12\x19\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x0b.ResultCode\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"\"\n\x0cResultStatus\x12\x12\n\x01r\x18\x01 \x01(\x0b\x32\x07.Result\"\x07\n\x05\x45mpty\"L\n\x06\x46ilter\x12\r\n\x05names\x18\x01 \x03(\t\x12\x16\n\x0eignore_unknown\x18\x02 \x01(\x08\x12\x1b\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\t.Endpoint\"&\n\x08\x45ndpoint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r*\xc0\x04\n\nResultCode\x12\x06\n\x02OK\x10\x00\x12\t\n\x05\x45RROR\x10\x01\x12\x08\n\x04\x41RGS\x10\x02\x12\x13\n\x0f\x45RROR_PORT_BUSY\x10\n\x12\x1c\n\x18\x45RROR_API_CLIENT_TOO_OLD\x10\x0b\x12\x1c\n\x18\x45RROR_API_SERVER_TOO_OLD\x10\x0c\x12\r\n\tERROR_RPC\x10\r\x12\x1c\n\x18\x45RROR_PROXY_UNREGISTERED\x10\x0e\x12\x19\n\x15\x45RROR_STREAM_SHUTDOWN\x10\x0f\x12\x17\n\x13\x45RROR_PARAM_MISSING\x10\x14\x12\x17\n\x13\x45RROR_PARAM_INVALID\x10\x15\x12\x1b\n\x17\x45RROR_PARAM_UNSUPPORTED\x10\x16\x12\x16\n\x12\x45RROR_ITEM_UNKNOWN\x10\x1e\x12\x17\n\x13\x45RROR_ITEM_CONFLICT\x10\x1f\x12\x13\n\x0f\x45RROR_ITEM_BUSY\x10 \x12\x17\n\x13\x45RROR_ITEM_MULTIPLE\x10!\x12\x17\n\x13\x45RROR_MODEL_INVALID\x10(\x12\x16\n\x12\x45RROR_MODEL_SYNTAX\x10)\x12\x18\n\x14\x45RROR_REQUEST_FAILED\x10\x32\x12\x19\n\x15\x45RROR_REQUEST_TIMEOUT\x10\x33\x12\x1d\n\x19\x45RROR_REQUEST_UNSUPPORTED\x10\x34\x12\x1b\n\x17\x45RROR_STATE_UNREACHABLE\x10<\x12\x1a\n\x16\x45RROR_STATE_UNEXPECTED\x10=\x12\x10\n\x0c\x45RROR_CUSTOM\x10\x64\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpc_helper.api.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESULTCODE']._serialized_start=192
-  _globals['_RESULTCODE']._serialized_end=768
+  _globals['_RESULTCODE']._serialized_start=261
+  _globals['_RESULTCODE']._serialized_end=837
   _globals['_RESULT']._serialized_start=32
   _globals['_RESULT']._serialized_end=95
   _globals['_RESULTSTATUS']._serialized_start=97
@@ -40,5 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMPTY']._serialized_start=133
   _globals['_EMPTY']._serialized_end=140
   _globals['_FILTER']._serialized_start=142
-  _globals['_FILTER']._serialized_end=189
+  _globals['_FILTER']._serialized_end=218
+  _globals['_ENDPOINT']._serialized_start=220
+  _globals['_ENDPOINT']._serialized_end=258
 # @@protoc_insertion_point(module_scope)

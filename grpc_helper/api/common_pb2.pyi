@@ -79,9 +79,19 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class Filter(_message.Message):
-    __slots__ = ("names", "ignore_unknown")
+    __slots__ = ("names", "ignore_unknown", "endpoint")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     IGNORE_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     ignore_unknown: bool
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., ignore_unknown: _Optional[bool] = ...) -> None: ...
+    endpoint: Endpoint
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., ignore_unknown: _Optional[bool] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("host", "port")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...

@@ -18,7 +18,7 @@ SERVER_API_SUPPORTED: ServerApiVersion
 SERVER_API_CURRENT: ServerApiVersion
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "version", "current_api_version", "supported_api_version", "is_proxy", "proxy_host", "proxy_port")
+    __slots__ = ("name", "version", "current_api_version", "supported_api_version", "is_proxy", "proxy_host", "proxy_port", "endpoints")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CURRENT_API_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class ServiceInfo(_message.Message):
     IS_PROXY_FIELD_NUMBER: _ClassVar[int]
     PROXY_HOST_FIELD_NUMBER: _ClassVar[int]
     PROXY_PORT_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     current_api_version: int
@@ -33,7 +34,20 @@ class ServiceInfo(_message.Message):
     is_proxy: bool
     proxy_host: str
     proxy_port: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., current_api_version: _Optional[int] = ..., supported_api_version: _Optional[int] = ..., is_proxy: _Optional[bool] = ..., proxy_host: _Optional[str] = ..., proxy_port: _Optional[int] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[ProxyEndpoint]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., current_api_version: _Optional[int] = ..., supported_api_version: _Optional[int] = ..., is_proxy: _Optional[bool] = ..., proxy_host: _Optional[str] = ..., proxy_port: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[ProxyEndpoint, _Mapping]]] = ...) -> None: ...
+
+class ProxyEndpoint(_message.Message):
+    __slots__ = ("host", "port", "version", "serving")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    version: str
+    serving: bool
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
 
 class MultiServiceInfo(_message.Message):
     __slots__ = ("r", "items")

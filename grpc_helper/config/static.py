@@ -92,6 +92,13 @@ class RpcStaticConfig(ConfigHolder):
         "54321",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )
+    PROXY_STALE_TIMEOUT = Config(
+        "rpc-proxy-stale-timeout",
+        "A registered endpoint (replica) of a proxied service that has not been serving for this long is"
+        " forgotten, unless it is the service's last one (seconds)",
+        "60",
+        validator=ConfigValidator.CONFIG_VALID_POS_FLOAT,
+    )
     CLIENT_TIMEOUT = Config(
         "rpc-client-timeout",
         "Timeout for RPC client when server is unreachable or proxy not registered yet (seconds)",

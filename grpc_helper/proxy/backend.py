@@ -1,29 +1,36 @@
-"""One persistent channel per proxied server."""
+"""Channels to proxied servers: balanced over a service's replicas and health-checked by gRPC itself."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import ipaddress
+import json
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import grpc
-
-# grpcio private internal (hence grpcio's bound in pyproject.toml): its Cython core, for the value
-# of the READY connectivity state that the core channel reports (see `Backend.__init__`)
+# grpcio private internal (hence grpcio's bound in pyproject.toml): its Cython core, for the values
+# of the connectivity states that the core channel reports (see `Backend.__init__`)
 from grpc._cython import cygrpc  # type: ignore[attr-defined]  # a compiled module: no type information
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_helper.client import CHANNEL_OPTIONS
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
-_READY: int = cygrpc.ConnectivityState.ready
-# How often a backend's health is checked (seconds; also the bound of each check): a backend that
-# dies or comes back is seen within about twice that
-_WATCH_PERIOD = 1.0
-_SERVING = health_pb2.HealthCheckResponse.SERVING
+READY: int = cygrpc.ConnectivityState.ready
+TRANSIENT_FAILURE: int = cygrpc.ConnectivityState.transient_failure
 
-StateListener = Callable[["Backend", bool], None]
+# gRPC's own balancing and health checking, through the channel's service config: calls are spread
+# over the subchannels (one per address) with round_robin, and a subchannel is used only while the
+# backend's `grpc.health.v1` service (its whole server, service "") says SERVING, as gRPC's client
+# watches it (a Health/Watch stream per subchannel). A backend without a health service
+# (UNIMPLEMENTED) counts as healthy, as gRPC decides. So the channel is READY while at least one
+# address is connected and healthy.
+SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}, separators=(",", ":")
+)
+BALANCED_OPTIONS: list[tuple[str, object]] = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)]
+
+Address = tuple[str, int]  # a host (name or IP literal) and a port
 
 
 class _CoreChannel(Protocol):
@@ -32,77 +39,92 @@ class _CoreChannel(Protocol):
     def check_connectivity_state(self, try_to_connect: bool) -> int: ...  # noqa: FBT001 - grpcio's signature
 
 
-def backend_address(host: str, port: int) -> tuple[str, int]:
+def backend_address(host: str, port: int) -> Address:
     """Where a registration points to: an empty registered host means `rpc-main-host`."""
     return host or RpcStaticConfig.MAIN_HOST.str_val, port
 
 
-class Backend:
-    """A channel to a proxied server, with its cached multi-callables.
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
-    `users` and `retired` are managed by the registry, under its lock: a retired backend (no
-    registration points to it any more) is closed once its last call ends.
+
+def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The IP addresses of `host` (itself if it is one); empty if it does not resolve."""
+    literal = _ip_literal(host)
+    if literal is not None:
+        return [literal]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    # IPv4 first: what a name most often means for a server registered by its address
+    ips = {ipaddress.ip_address(info[4][0]) for info in infos}
+    return sorted(ips, key=lambda ip: (ip.version, int(ip)))
+
+
+def channel_target(addresses: Sequence[Address]) -> str:
+    """The gRPC target reaching every one of `addresses`.
+
+    One address: `host:port`, as given (gRPC's DNS resolver follows a name). Several: the `ipv4:` (or
+    `ipv6:`) resolver's list, which takes IP literals only, so names are resolved here, once (a name
+    that does not resolve is left out: that replica can't be reached anyway, and its own monitor
+    channel says so); IPv4 addresses become IPv4-mapped IPv6 ones when an IPv6 one is in the list.
+    """
+    if len(addresses) == 1:
+        host, port = addresses[0]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    resolved = [(ip, port) for host, port in addresses for ip in _resolve(host, port)[:1]]
+    if not resolved:
+        host, port = addresses[0]
+        return channel_target([(host, port)])
+    if all(ip.version == 4 for ip, _ in resolved):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in resolved)
+    mapped = [(ip if ip.version == 6 else ipaddress.IPv6Address(f"::ffff:{ip}"), port) for ip, port in resolved]
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in mapped)
+
+
+class Backend:
+    """A channel to one or several servers (the replicas of a proxied service), balanced and health
+    checked by gRPC (`SERVICE_CONFIG`), with its cached multi-callables.
+
+    `users`, `retired` and `serving` are managed by the registry, under its lock: a retired backend
+    (no registration uses it any more) is closed once its last call ends.
     """
 
-    def __init__(
-        self, host: str, port: int, on_state: StateListener | None = None, security: ClientSecurity | None = None
-    ) -> None:
-        """`on_state(backend, serving)`: told (from the backend's watch thread) each time the
-        backend's health changes, as `_watch` sees it; None: not watched. `security`: TLS to the
-        backend (None: plaintext)."""
-        self.host, self.port = host, port  # as registered (the host may be empty)
-        address = backend_address(host, port)
-        self.address = f"{address[0]}:{address[1]}"  # resolved once: the channel's target
+    def __init__(self, addresses: Sequence[Address], security: ClientSecurity | None = None) -> None:
+        """`addresses`: where the servers are (an empty host already resolved as `rpc-main-host`);
+        `security`: TLS to them (None: plaintext)."""
+        self.address = ",".join(f"{host}:{port}" for host, port in addresses)  # for messages
         self.users = 0
         self.retired = False
+        self.serving: bool | None = None  # as the registry last saw it (None: not known yet)
+        self.down_since: float | None = None  # monotonic time it was last seen stop serving
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
-        self.channel = (security or PLAINTEXT).channel(self.address, CHANNEL_OPTIONS)
+        options = BALANCED_OPTIONS
+        if len(addresses) > 1:
+            # The authority of an `ipv4:a,b` target would be the whole list: give the first server's
+            # (with TLS, the checked name overrides it anyway)
+            options = [*options, ("grpc.default_authority", f"{addresses[0][0]}:{addresses[0][1]}")]
+        self.channel = (security or PLAINTEXT).channel(channel_target(addresses), options)
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread
         # races with close() (it may query the channel once closed, and die with an error): read
         # the state synchronously from the core channel instead. grpcio private internal (hence
         # grpcio's bound in pyproject.toml): a grpc.Channel keeps its core channel in `_channel`.
         self._core: _CoreChannel = self.channel._channel  # type: ignore[attr-defined]  # private: not in the stubs
-        self.connected(try_to_connect=True)  # connect now: the first call won't wait for it
-        self.serving: bool | None = None  # the backend's health as last seen (None: not known yet)
-        self._stop = threading.Event()
-        self._on_state = on_state
-        if on_state is not None:
-            threading.Thread(target=self._watch, name=f"rpc-backend-health-{self.address}", daemon=True).start()
+        self.state(try_to_connect=True)  # connect now: the first call won't wait for it
 
-    def _watch(self) -> None:
-        """The watch thread: asks the backend's own `grpc.health.v1` service for its status (its whole
-        server, service "") every `_WATCH_PERIOD` seconds, on the backend channel. The backend is
-        serving while it answers SERVING; it is not while it can't be reached in time or answers
-        anything else. A backend without a health service (UNIMPLEMENTED) counts as serving whenever
-        it answers at all.
-
-        Why polled Checks rather than a long-lived Watch stream: closing a channel after cancelling a
-        Watch on it leaves its TCP connection open (measured with grpcio 1.85), and a retired backend
-        must not keep one; and connectivity subscriptions race with close (see `__init__`)."""
-        check = health_pb2_grpc.HealthStub(self.channel).Check
-        request = health_pb2.HealthCheckRequest(service="")
-        while not self._stop.is_set():
-            try:
-                serving = check(request, timeout=_WATCH_PERIOD).status == _SERVING
-            except grpc.RpcError as exc:
-                # UNIMPLEMENTED: no health service, but the backend answered
-                serving = exc.code() == grpc.StatusCode.UNIMPLEMENTED
-            except ValueError:  # "Cannot invoke RPC on closed channel!": closed between two checks
-                return
-            self._report(serving)
-            self._stop.wait(_WATCH_PERIOD)
-
-    def _report(self, serving: bool) -> None:  # noqa: FBT001 - a state, not an option
-        if serving != self.serving and not self._stop.is_set():
-            self.serving = serving
-            assert self._on_state is not None
-            self._on_state(self, serving)
+    def state(self, *, try_to_connect: bool = False) -> int:
+        """The channel's connectivity state; `try_to_connect` asks an idle channel to connect (after
+        losing its connections, a channel stays idle until asked). Never call once closed."""
+        return self._core.check_connectivity_state(try_to_connect)
 
     def connected(self, *, try_to_connect: bool = False) -> bool:
-        """Whether the channel is connected; `try_to_connect` asks it to connect if it is not (after
-        losing its connection, a channel stays idle until asked). Never call once closed."""
-        return self._core.check_connectivity_state(try_to_connect) == _READY
+        """Whether a call can be sent now: a server is connected and healthy."""
+        return self.state(try_to_connect=try_to_connect) == READY
 
     def method(self, kind: str, path: str) -> Callable[..., Any]:
         """The cached multi-callable of `kind` ("unary_unary", ...) for `path`, passing bytes through."""
@@ -119,5 +141,4 @@ class Backend:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._stop.set()  # the watch thread checks no more (a check under way is cancelled below)
             self.channel.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grpc_helper.api import EventApiVersion, Filter, ProxyRegisterRequest, ServerApiVersion
+from grpc_helper.api import Endpoint, EventApiVersion, Filter, ProxyRegisterRequest, ServerApiVersion
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.client import RpcClient, StubsMap
@@ -17,11 +17,13 @@ class RpcProxiedManager(RpcManager):
 
     At `_load`, the services named by `_proxied_services()` are registered on the main server with
     `_proxied_version()` and this server's port (retrying while the main server is not up yet, up to
-    `rpc-client-timeout`); at `_shutdown` they are forgotten. `proxy_client` reaches the main server
+    `rpc-client-timeout`); at `_shutdown` they are forgotten at this endpoint only (other replicas of
+    them, other servers registering the same names, stay registered). `proxy_client` reaches the main server
     (`srv`, `events`, plus `_proxy_stubs()`).
     """
 
     proxy_client: RpcClient
+    _endpoint: Endpoint  # where this server registered (its own host and port)
 
     def _proxied_services(self) -> list[str]:
         """Names of the services to register (as declared in the main server's descriptors)."""
@@ -67,9 +69,10 @@ class RpcProxiedManager(RpcManager):
             security=self.server.client_security(RpcStaticConfig.MAIN_HOST.str_val),
         )
         names = self._proxied_services()
+        self._endpoint = Endpoint(host=self._registered_host(), port=self.server.port)
         self.proxy_client.srv.proxy_register(
             ProxyRegisterRequest(
-                names=names, version=self._proxied_version(), host=self._registered_host(), port=self.server.port
+                names=names, version=self._proxied_version(), host=self._endpoint.host, port=self._endpoint.port
             )
         )
         self.logger.info(
@@ -84,7 +87,8 @@ class RpcProxiedManager(RpcManager):
         if client is not None:
             try:
                 # One quick attempt: a main server that is gone must not delay this shutdown
-                client.srv.proxy_forget(Filter(names=self._proxied_services()), timeout=5)
+                # This server's own endpoint only: other replicas of these services stay registered
+                client.srv.proxy_forget(Filter(names=self._proxied_services(), endpoint=self._endpoint), timeout=5)
             except RpcException as exc:
                 self.logger.warning("Could not forget proxied services on main server: %s", exc)
             client.close()

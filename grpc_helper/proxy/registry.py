@@ -23,7 +23,7 @@ from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.generated import Handler
 from grpc_helper.persist import read_json_object, write_json
-from grpc_helper.proxy.backend import Backend, backend_address
+from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Address, Backend, backend_address
 from grpc_helper.proxy.forward import make_forwarder
 from grpc_helper.tls import ClientSecurity
 
@@ -36,6 +36,8 @@ _WAIT_LOG_PERIOD = 0.5
 # While a call waits for a registered backend to be connected, it checks the connection this often
 _FIRST_POLL = 0.005
 _MAX_POLL = 0.05
+# How often the channels' states are read for health (gRPC sees a change at once: a Watch stream)
+_WATCH_PERIOD = 0.25
 
 
 class HealthSetter(Protocol):
@@ -44,19 +46,54 @@ class HealthSetter(Protocol):
     def __call__(self, name: str, *, serving: bool) -> None: ...
 
 
+Endpoint = tuple[str, int]  # a registered (host, port): the host as given, empty meaning `rpc-main-host`
+# proxy.json: the key, inside a service's entry, listing its endpoints after the first (2.x ignores it)
+REPLICAS_KEY = "replicas"
+
+
 @dataclass(frozen=True)
 class ProxyTarget:
+    """One registered endpoint (replica) of a proxied service."""
+
     host: str  # as registered: empty means `rpc-main-host` (resolved only to connect)
     port: int
     version: str
     registrant: str | None = None  # the identity that registered it (with a policy on): only it may change it
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.host, self.port
+
     def as_json(self) -> dict[str, object]:
-        """The entry of proxy.json: 2.x's `host`, `port` and `version` (it ignores any other key)."""
+        """Its proxy.json entry: 2.x's `host`, `port` and `version` (2.x ignores any other key)."""
         entry: dict[str, object] = {"host": self.host, "port": self.port, "version": self.version}
         if self.registrant is not None:
             entry["registrant"] = self.registrant
         return entry
+
+    @classmethod
+    def from_json(cls, entry: object) -> ProxyTarget | None:
+        """The endpoint of a proxy.json entry; None if it is not a valid one."""
+        try:
+            assert isinstance(entry, dict)
+            registrant = entry.get("registrant")
+            target = cls(
+                str(entry["host"]),
+                int(entry["port"]),
+                str(entry["version"]),
+                registrant if isinstance(registrant, str) else None,
+            )
+        except (AssertionError, KeyError, TypeError, ValueError):
+            return None
+        return target if 0 < target.port <= 65535 else None
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """An endpoint of a proxied service, as `srv.info` shows it."""
+
+    target: ProxyTarget
+    serving: bool
 
 
 class _ConfigLink:
@@ -79,16 +116,24 @@ class _ConfigLink:
         self.client.close()
 
 
+ChannelKey = tuple[str, tuple[Address, ...]]  # (TLS name checked, the servers' addresses)
+
+
 class ProxyRegistry:
-    """Proxied services of one server, their registered targets and backend channels.
+    """Proxied services of one server, their registered endpoints (replicas) and backend channels.
+
+    Each service has one balanced backend channel over all its endpoints (`Backend`: gRPC's
+    round_robin and health checking), and each endpoint a monitor channel of its own whose state
+    tells that endpoint's health (for `srv.info`, the logs and stale endpoints); a service with one
+    endpoint uses its monitor as its backend. Channels are shared by key (TLS name, addresses).
 
     Calls borrow a backend with `acquire` and give it back with `release` (merged config calls borrow
-    config clients with `config_clients`): a backend that no registration uses any more is closed only
-    once its last call is over, so a re-registration never closes a channel under a call.
+    config clients with `config_clients`): a channel that nothing uses any more is closed only once
+    its last call is over, so a registration change never closes a channel under a call.
 
-    Health: a registered service is SERVING while its backend's own health service says so, and
-    NOT_SERVING while the backend is unreachable or not serving (each backend is watched by a
-    thread of its own, see `Backend`); NOT_SERVING when unregistered.
+    Health: a registered service is SERVING while its backend channel is READY (at least one endpoint
+    connected and serving), NOT_SERVING while none is, and when unregistered. One thread reads the
+    channels' states (gRPC does the health checking) every `_WATCH_PERIOD`.
     """
 
     def __init__(
@@ -103,21 +148,24 @@ class ProxyRegistry:
     ) -> None:
         """`descriptors`: the proxied services; `workspace`: where `proxy.json` lives (None: not persisted);
         `streams`: the pool forwarded calls run on; `set_health(name, serving)`: the server's health of
-        a service; `logger`: the server's; `security(service)`: how to reach the backend of `service`
-        (TLS credentials and the name its certificate must carry; None: plaintext)."""
+        a service; `logger`: the server's; `security(service)`: how to reach the backends of `service`
+        (TLS credentials and the name their certificates must carry; None: plaintext)."""
         self._descriptors = {d.name: d for d in descriptors}
         self._security = security or (lambda _service: None)
         self._streams = streams
         self._set_health = set_health
         self.logger = logger
-        self._targets: dict[str, ProxyTarget] = {}
+        self._targets: dict[str, dict[Endpoint, ProxyTarget]] = {}  # endpoints in registration order
         self._versions: dict[str, str] = {}  # last registered version, kept after proxy_forget
-        self._backends: dict[tuple[str, int], Backend] = {}  # by registered (host, port)
-        self._retired: set[Backend] = set()  # unregistered, still used by calls
-        self._config_clients: dict[tuple[str, int], _ConfigLink] = {}  # by resolved address
+        self._serving: dict[str, bool] = {}  # registered services' health, as last set
+        self._channels: dict[ChannelKey, Backend] = {}
+        self._retired: set[Backend] = set()  # unused, still used by calls
+        self._config_clients: dict[Address, _ConfigLink] = {}  # by resolved address
         self._retired_links: set[_ConfigLink] = set()  # unregistered, still used by calls
         self._changed = threading.Condition()
         self._closed = False
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self._path = workspace / PROXY_FILE if workspace is not None and descriptors else None
         self._foreign: dict[str, object] = {}
 
@@ -130,13 +178,32 @@ class ProxyRegistry:
             for method, original in generated.items()
         }
 
+    # --- channels (lock held) ---
+    def _key(self, name: str, endpoints: Iterable[Endpoint]) -> ChannelKey:
+        security = self._security(name)
+        server_name = security.server_name if security is not None and security.server_name else ""
+        return server_name, tuple(backend_address(*e) for e in endpoints)
+
+    def _channel(self, name: str, endpoints: Iterable[Endpoint]) -> Backend:
+        """The channel to these endpoints of `name`, created on first use."""
+        key = self._key(name, endpoints)
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = Backend(key[1], self._security(name))
+        return channel
+
+    def _current(self, name: str) -> Backend | None:
+        """The backend channel of `name`; None when unregistered or shutting down."""
+        endpoints = None if self._closed else self._targets.get(name)
+        return self._channel(name, endpoints) if endpoints else None
+
     # --- backends, for calls ---
     def acquire(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
         """The connected backend serving `name` (to `release` after the call), or an error `Result`.
 
         Waits up to `rpc-client-timeout` (bounded by the caller's deadline) for a registration and
-        for its backend to be connected, following registration changes meanwhile. Nothing is sent
-        while waiting, so following a new registration can never send a request twice.
+        for an endpoint to be connected and serving, following registration changes meanwhile.
+        Nothing is sent while waiting, so following a new registration can never send a request twice.
         """
         with self._changed:
             backend = self._current(name)
@@ -144,11 +211,6 @@ class ProxyRegistry:
                 backend.users += 1
                 return backend
         return self._wait(name, method, context)
-
-    def _current(self, name: str) -> Backend | None:
-        """The backend registered for `name` (lock held); None when unregistered or shutting down."""
-        target = None if self._closed else self._targets.get(name)
-        return self._backends[(target.host, target.port)] if target is not None else None
 
     def _wait(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
         start = time.monotonic()
@@ -171,9 +233,10 @@ class ProxyRegistry:
                     if backend is None:
                         msg = f"Proxied service {name} is not registered"
                         return Result(code=ResultCode.ERROR_PROXY_UNREGISTERED, msg=msg)
+                    registered = ", ".join(f"{h}:{p}" for h, p in self._targets[name])
                     msg = (
                         f"Proxied service {name}: can't connect to {backend.address}"
-                        f" (registered as {backend.host}:{backend.port}) within {now - start:.1f}s"
+                        f" (registered as {registered}) within {now - start:.1f}s"
                     )
                     return Result(code=ResultCode.ERROR_RPC, msg=msg)
                 if backend is None:
@@ -211,89 +274,99 @@ class ProxyRegistry:
             if name not in self._descriptors:
                 self._foreign[name] = entry  # not ours (any more): kept in the file as is
                 continue
-            try:
-                registrant = entry.get("registrant")
-                target = ProxyTarget(
-                    str(entry["host"]),
-                    int(entry["port"]),
-                    str(entry["version"]),
-                    registrant if isinstance(registrant, str) else None,
-                )
-            except (KeyError, TypeError, ValueError):
-                target = None
-            if target is None or target.port <= 0:
-                self.logger.warning("Ignoring invalid persisted registration of %s in %s: %r", name, self._path, entry)
-                continue
-            self._set(name, target)
-            self.logger.info("Restored registration of %s at %s:%s", name, target.host, target.port)
+            replicas = entry.get(REPLICAS_KEY, []) if isinstance(entry, dict) else []
+            # The top-level endpoint last: it is the service's newest registration (see `target`)
+            for item in [*(replicas if isinstance(replicas, list) else [replicas]), entry]:
+                target = ProxyTarget.from_json(item)
+                if target is None:
+                    self.logger.warning(
+                        "Ignoring invalid persisted registration of %s in %s: %r", name, self._path, item
+                    )
+                    continue
+                self._set([name], target)
+                self.logger.info("Restored registration of %s at %s:%s", name, target.host, target.port)
 
     def register(self, names: list[str], version: str, host: str, port: int) -> ProxyTarget:
-        """Forward `names` to host:port from now on; the host is kept as given (empty: `rpc-main-host`).
-        With a policy on, a registration belongs to its registrant: only it (or an admin) replaces it."""
+        """Forward `names` to host:port too from now on: one more endpoint for each (registering the
+        same endpoint again refreshes it); the host is kept as given (empty: `rpc-main-host`).
+        With a policy on, a service's endpoints belong to their registrant: only it (or an admin)
+        adds, replaces or removes one."""
         self._check_registrant(names)
         caller = current_identity()
         target = ProxyTarget(host, port, version, caller.name if caller is not None else None)
-        for name in names:
-            self._set(name, target)
+        self._set(names, target)
         self._persist()
         return target
 
-    def _check_registrant(self, names: list[str]) -> None:
+    def _check_registrant(self, names: list[str], endpoint: Endpoint | None = None) -> None:
         for name in names:
-            current = self._targets.get(name)
-            if current is not None:
-                check_owner(current.registrant, f"The registration of {name}", admin_may=True)
+            for target in self._targets.get(name, {}).values():
+                if endpoint is None or target.endpoint == endpoint:
+                    check_owner(target.registrant, f"The registration of {name}", admin_may=True)
 
-    def forget(self, names: list[str]) -> None:
-        self._check_registrant(names)
-        with self._changed:
-            for name in names:
-                self._targets.pop(name, None)
-            unused = self._release_unused()
-            self._changed.notify_all()
-            for name in names:  # under the lock: a backend's watch thread can't interleave a stale status
-                self._set_health(name, serving=False)
-        self._close(unused)
+    def forget(self, names: list[str], endpoint: Endpoint | None = None) -> None:
+        """Stop forwarding `names` to `endpoint` (one replica going away), or to any of their endpoints
+        (None, as 2.x: its backends forget names only)."""
+        self._check_registrant(names, endpoint)
+        self._remove(names, endpoint)
         self._persist()
 
-    def _set(self, name: str, target: ProxyTarget) -> None:
+    def _remove(self, names: Iterable[str], endpoint: Endpoint | None) -> None:
         with self._changed:
-            key = (target.host, target.port)
-            if key not in self._backends and not self._closed:
-                self._backends[key] = Backend(target.host, target.port, self._backend_state, self._security(name))
-            self._targets[name] = target
-            self._versions[name] = target.version
+            for name in names:
+                endpoints = self._targets.get(name, {})
+                if endpoint is None:
+                    endpoints.clear()
+                else:
+                    endpoints.pop(endpoint, None)
+                if not endpoints:
+                    self._targets.pop(name, None)
+                    self._serving.pop(name, None)
+                    # under the lock: the watcher can't interleave a stale status
+                    self._set_health(name, serving=False)
             unused = self._release_unused()
             self._changed.notify_all()
-            backend = self._backends.get(key)
-            # Until its watch thread has seen the backend, trust the registration (it comes from the backend)
-            self._set_health(name, serving=backend is None or backend.serving is not False)
         self._close(unused)
 
-    def _backend_state(self, backend: Backend, serving: bool) -> None:  # noqa: FBT001 - a state
-        """A backend's health changed (from its watch thread): so does that of the services it serves."""
+    def _set(self, names: list[str], target: ProxyTarget) -> None:
         with self._changed:
-            if self._closed or self._backends.get((backend.host, backend.port)) is not backend:
-                return  # retired meanwhile: its services are elsewhere, or unregistered
-            names = [n for n, t in self._targets.items() if (t.host, t.port) == (backend.host, backend.port)]
             for name in names:
-                self._set_health(name, serving=serving)
-        self.logger.log(
-            logging.INFO if serving else logging.WARNING,
-            "Proxied server %s is %s (services %s)",
-            backend.address,
-            "serving again" if serving else "unreachable or not serving",
-            names,
-        )
+                endpoints = self._targets.setdefault(name, {})
+                endpoints.pop(target.endpoint, None)  # a refreshed endpoint becomes the newest
+                endpoints[target.endpoint] = target
+                self._versions[name] = target.version
+                if name not in self._serving:
+                    # Until the watcher has seen its channel, trust the registration (it comes from the backend)
+                    self._serving[name] = True
+                    self._set_health(name, serving=True)
+            unused = self._release_unused()
+            self._changed.notify_all()
+            if self._watcher is None and not self._closed:
+                self._watcher = threading.Thread(target=self._watch, name="rpc-proxy-health", daemon=True)
+                self._watcher.start()
+        self._close(unused)
+
+    def _used_keys(self) -> set[ChannelKey]:
+        """Keys of the channels registrations use: one per service, one per endpoint (lock held)."""
+        keys = set()
+        for name, endpoints in self._targets.items():
+            keys.add(self._key(name, endpoints))
+            keys.update(self._key(name, [e]) for e in endpoints)
+        return keys
 
     def _release_unused(self) -> list[Backend | _ConfigLink]:
-        """Retire backends and config clients that no registration uses; returns those to close now
-        (outside the lock). Called with the lock held."""
-        used = {(t.host, t.port) for t in self._targets.values()}
-        used_addresses = {backend_address(*key) for key in used}
+        """Retire channels and config clients that no registration uses; returns those to close now
+        (outside the lock). Called with the lock held. The channels registrations use are created."""
+        for name, endpoints in self._targets.items():
+            if not self._closed:
+                self._channel(name, endpoints)
+                for e in endpoints:
+                    self._channel(name, [e])
+        used = self._used_keys()
+        used_addresses = {backend_address(*e) for endpoints in self._targets.values() for e in endpoints}
         to_close: list[Backend | _ConfigLink] = []
-        for key in [k for k in self._backends if k not in used]:
-            backend = self._backends.pop(key)
+        for key in [k for k in self._channels if k not in used]:
+            backend = self._channels.pop(key)
             backend.retired = True
             if backend.users:
                 self._retired.add(backend)  # closed by the last `release`
@@ -316,12 +389,78 @@ class ProxyRegistry:
     def _persist(self) -> None:
         if self._path is not None:
             with self._changed:
-                data = {**self._foreign, **{n: t.as_json() for n, t in self._targets.items()}}
+                data = {**self._foreign, **{n: _entry(e.values()) for n, e in self._targets.items()}}
             write_json(self._path, data)
+
+    # --- health ---
+    def _watch(self) -> None:
+        """The watcher thread: reads the channels' connectivity (gRPC connects, reconnects and health
+        checks them) and sets the services' health and endpoints' states from it; forgets endpoints
+        that have not served for `rpc-proxy-stale-timeout` while their service has other ones."""
+        while not self._stop.wait(_WATCH_PERIOD):
+            with self._changed:
+                if self._closed:
+                    return
+                stale = self._observe(time.monotonic())
+            for name, target in stale:
+                self.logger.warning(
+                    "Forgetting endpoint %s:%s of %s: not serving for over %gs, other endpoints registered",
+                    target.host,
+                    target.port,
+                    name,
+                    RpcStaticConfig.PROXY_STALE_TIMEOUT.float_val,
+                )
+                self._remove([name], target.endpoint)
+            if stale:
+                self._persist()
+
+    def _observe(self, now: float) -> list[tuple[str, ProxyTarget]]:
+        """One look at every channel (lock held); returns the stale endpoints (never a service's last)."""
+        stale: list[tuple[str, ProxyTarget]] = []
+        expiry = RpcStaticConfig.PROXY_STALE_TIMEOUT.float_val
+        for name, endpoints in self._targets.items():
+            down: list[tuple[float, ProxyTarget]] = []
+            for endpoint, target in endpoints.items():
+                monitor = self._channel(name, [endpoint])
+                if _update(monitor) is not None:
+                    self.logger.log(
+                        logging.INFO if monitor.serving else logging.WARNING,
+                        "Proxied server %s (%s) is %s",
+                        monitor.address,
+                        name,
+                        "serving" if monitor.serving else "unreachable or not serving",
+                    )
+                if monitor.down_since is not None and now - monitor.down_since > expiry:
+                    down.append((monitor.down_since, target))
+            if len(down) == len(endpoints):
+                down.remove(max(down, key=lambda d: d[0]))  # all down: keep the one seen serving last
+            stale.extend((name, target) for _, target in down)
+            backend = self._channel(name, endpoints)
+            _update(backend)
+            serving = backend.serving is not False  # unknown yet: as registered
+            if serving != self._serving.get(name):
+                self._serving[name] = serving
+                self._set_health(name, serving=serving)
+        return stale
 
     # --- queries ---
     def target(self, name: str) -> ProxyTarget | None:
-        return self._targets.get(name)
+        """The newest registered endpoint of `name` (what 2.x fields show: in 2.x, a registration replaced
+        the previous one), None if unregistered."""
+        with self._changed:
+            endpoints = self._targets.get(name)
+            return next(reversed(endpoints.values())) if endpoints else None
+
+    def endpoints(self, name: str) -> list[EndpointState]:
+        """Every registered endpoint of `name`, oldest registration first, with its health as last seen
+        (unknown yet: serving)."""
+        with self._changed:
+            endpoints = self._targets.get(name, {})
+            states = []
+            for endpoint, target in endpoints.items():
+                monitor = None if self._closed else self._channels.get(self._key(name, [endpoint]))
+                states.append(EndpointState(target, monitor is None or monitor.serving is not False))
+            return states
 
     def version(self, name: str) -> str | None:
         """The version `name` last registered with (kept after `forget`), None if it never registered."""
@@ -336,18 +475,19 @@ class ProxyRegistry:
     def proxied_servers(self) -> set[tuple[str, int]]:
         """Distinct (host, port) addresses of the registered proxied servers (empty host resolved)."""
         with self._changed:
-            return {backend_address(t.host, t.port) for t in self._targets.values()}
+            return {backend_address(*e) for endpoints in self._targets.values() for e in endpoints}
 
     @contextmanager
     def config_clients(self) -> Iterator[list[RpcClient]]:
-        """A config-service client per registered backend (for the merged config service), borrowed
-        for the `with` block: a registration change meanwhile never closes one under the call."""
+        """A config-service client per registered server (every replica: for the merged config service),
+        borrowed for the `with` block: a registration change meanwhile never closes one under the call."""
         with self._changed:
             links = []
             if not self._closed:
-                served: dict[tuple[str, int], str] = {}  # address -> a service it serves (for its TLS name)
-                for name, t in sorted(self._targets.items()):
-                    served.setdefault(backend_address(t.host, t.port), name)
+                served: dict[Address, str] = {}  # address -> a service it serves (for its TLS name)
+                for name, endpoints in sorted(self._targets.items()):
+                    for endpoint in endpoints:
+                        served.setdefault(backend_address(*endpoint), name)
                 for address, name in sorted(served.items()):
                     link = self._config_clients.get(address)
                     if link is None:
@@ -368,17 +508,48 @@ class ProxyRegistry:
 
     def shutdown(self) -> None:
         """Wake up waiting calls and close backend channels (cancelling the calls still on them)."""
+        self._stop.set()
         with self._changed:
             self._closed = True
             self._changed.notify_all()
             to_close: list[Backend | _ConfigLink] = [
-                *self._backends.values(),
+                *self._channels.values(),
                 *self._retired,
                 *self._config_clients.values(),
                 *self._retired_links,
             ]
-            self._backends.clear()
+            self._channels.clear()
             self._retired.clear()
             self._config_clients.clear()
             self._retired_links.clear()
         self._close(to_close)
+
+
+def _update(channel: Backend) -> bool | None:
+    """Read `channel`'s state into its `serving` (READY: serving; TRANSIENT_FAILURE: not; connecting or
+    idle: as it was); returns the new value when it changed."""
+    state = channel.state(try_to_connect=True)
+    if state == READY:
+        serving = True
+    elif state == TRANSIENT_FAILURE:
+        serving = False
+    else:
+        return None
+    if serving == channel.serving:
+        return None
+    if channel.serving is None and serving:
+        channel.serving = True
+        return None  # first seen serving, as it was trusted to be: nothing to tell
+    channel.serving = serving
+    channel.down_since = None if serving else time.monotonic()
+    return serving
+
+
+def _entry(targets: Iterable[ProxyTarget]) -> dict[str, object]:
+    """A service's proxy.json entry: its newest endpoint at the top level (what 2.x reads), the others
+    under `REPLICAS_KEY`, oldest first."""
+    *others, newest = targets
+    entry = newest.as_json()
+    if others:
+        entry[REPLICAS_KEY] = [t.as_json() for t in others]
+    return entry

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from grpc_helper.api import ConfigApiVersion, Event, EventApiVersion, LoggerApiVersion, ResultCode, ServerApiVersion
@@ -51,6 +51,7 @@ from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
+from grpc_helper.server.health import NOT_SERVING, SERVING, HealthService
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
 from grpc_helper.signals import SignalHandler, graceful_exit
@@ -90,22 +91,6 @@ _NEXT_STATES: dict[ServerState, tuple[ServerState, ...]] = {
     ServerState.STOPPED: (ServerState.TERMINATED,),
     ServerState.TERMINATED: (),
 }
-
-
-class _Health(health.HealthServicer):  # type: ignore[misc]  # grpc_health has no type information
-    """The standard health servicer, plus a way to end its Watch streams at shutdown."""
-
-    def end_watches(self) -> None:
-        # grpc_health private internals (hence its bound, with grpcio's, in pyproject.toml): the
-        # servicer keeps each watcher's response callback in `_send_response_callbacks` (service ->
-        # callbacks) under `_lock`, and has no public way to end the streams; a None response ends one
-        # with OK. `enter_graceful_shutdown` only sends NOT_SERVING and keeps the streams open.
-        # The callbacks stay registered: each stream's own close callback removes its entry (it raises
-        # KeyError on an entry already gone)
-        with self._lock:
-            callbacks = [cb for per_service in self._send_response_callbacks.values() for cb in per_service]
-        for callback in callbacks:
-            callback(None)
 
 
 class _CallLimit(grpc.ServerInterceptor):
@@ -257,8 +242,8 @@ class RpcServer:
 
         # Health and reflection answer at once; until its manager is loaded, a service is NOT_SERVING,
         # and so is the server as a whole ("") until all are.
-        self.health = _Health(experimental_non_blocking=True)
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health = HealthService()
+        self.health.set("", NOT_SERVING)
         for d in self.descriptors:
             self._set_health(d.name, serving=False)
         self._register_health()
@@ -297,7 +282,7 @@ class RpcServer:
             for name in batch:
                 self._gates[name].open()
                 self._set_health(name, serving=True)
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", SERVING)
 
     def _default_descriptors(self, *, with_events: bool) -> list[RpcServiceDescriptor]:
         """The default services, each manager given only what it needs of this server."""
@@ -374,9 +359,8 @@ class RpcServer:
     def _register_health(self) -> None:
         """Serve `self.health` on the control pool: Check and Watch never wait for a worker.
 
-        Per-instance behaviors carry the pool (grpc_health's own `experimental_thread_pool` option sets
-        it on the class's function, i.e. for every server of the process). Watch is non-blocking (grpcio's
-        `experimental_non_blocking`): it registers its stream and returns, holding no thread meanwhile.
+        Per-instance behaviors carry the pool. Watch is non-blocking (grpcio's `experimental_non_blocking`):
+        it registers its stream and returns, holding no thread meanwhile.
         """
         service, generated = capture_service(health_pb2_grpc.add_HealthServicer_to_server, self.health)
         handlers = {}
@@ -476,8 +460,7 @@ class RpcServer:
 
     def _set_health(self, name: str, *, serving: bool) -> None:
         """The health status of the service named `name` (a descriptor's name)."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        self.health.set(self._service_names[name], status)
+        self.health.set(self._service_names[name], SERVING if serving else NOT_SERVING)
 
     def send_event(self, event: Event) -> None:
         """Send `event` on this server's events service, if it runs one (else nothing)."""

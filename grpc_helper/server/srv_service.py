@@ -90,9 +90,13 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
             if d.is_proxy:
                 # The registered version (kept after proxy_forget), the module's until a registration
                 info.version = proxies.version(d.name) or d.version_string
-                target = proxies.target(d.name)
-                if target is not None:
-                    info.proxy_host, info.proxy_port = target.host, target.port
+                newest = proxies.target(d.name)
+                if newest is not None:  # 2.x's two fields: one endpoint, the newest registration
+                    info.proxy_host, info.proxy_port = newest.host, newest.port
+                endpoints = proxies.endpoints(d.name)
+                for e in endpoints:
+                    t = e.target
+                    info.endpoints.add(host=t.host, port=t.port, version=t.version, serving=e.serving)
             items.append(info)
         return MultiServiceInfo(items=items)
 
@@ -153,9 +157,15 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
     def proxy_forget(self, request: Filter) -> ResultStatus:
         check_request(request)
         names = self._proxied(request.names)
-        self._proxies.forget(names)
-        self.logger.info("Proxied services %s forgotten", quote_names(names))
-        self._send_event("RPC_PROXY_FORGET", names=",".join(names))
+        if request.HasField("endpoint"):  # one replica going away: its own endpoint only
+            host, port = request.endpoint.host, request.endpoint.port
+            self._proxies.forget(names, (host, port))
+            self.logger.info("Proxied services %s forgotten at %s:%s", quote_names(names), host, port)
+            self._send_event("RPC_PROXY_FORGET", names=",".join(names), host=host, port=str(port))
+        else:  # every endpoint, as 2.x
+            self._proxies.forget(names)
+            self.logger.info("Proxied services %s forgotten", quote_names(names))
+            self._send_event("RPC_PROXY_FORGET", names=",".join(names))
         return ResultStatus()
 
     def _send_event(self, name: str, **properties: str) -> None:

@@ -1,0 +1,250 @@
+"""Issue 13, items 1-7: several endpoints (replicas) per proxied service, balanced and health-checked
+by gRPC's own round_robin and client-side health checking; failover; config across replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_compat_proxy import raw_echo, register
+
+from grpc_helper import Config, Folders, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper.api import ConfigItemUpdate, ConfigUpdate, ConfigValidator, Endpoint, Filter, ResultCode
+from grpc_helper.proxy.registry import PROXY_FILE
+from grpc_helper_samples import echo
+from grpc_helper_samples.api import EchoRequest, EchoResponse
+
+from helpers import EchoManager, Servers, echo_descriptor, wait_until
+
+
+class Tagged(EchoManager):
+    """An echo replica answering with its own tag (the text is replaced), counting its calls."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+        self.count = 0
+
+    def echo(self, _request: EchoRequest) -> EchoResponse:
+        self.count += 1
+        return EchoResponse(text=self.tag)
+
+
+def replicas(servers: Servers, main: RpcServer, n: int) -> list[RpcServer]:
+    started = [servers(0, [echo_descriptor(Tagged(f"r{i}"))]) for i in range(n)]
+    for backend in started:
+        register(main, backend.port, host="127.0.0.1")
+    return started
+
+
+def endpoints(main: RpcServer, name: str = "echo") -> list[tuple[str, int, bool]]:
+    item = main.client.srv.info(Filter(names=[name])).items[0]
+    return [(e.host, e.port, e.serving) for e in item.endpoints]
+
+
+def main_health(main: RpcServer, service: str = "EchoService") -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{main.port}") as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_every_replica_gets_calls(servers: Servers) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    backends = replicas(servers, main, 3)
+    channel, stub = raw_echo(main.port)
+    with channel:
+        answers = Counter(stub.echo(EchoRequest(), timeout=10).text for _ in range(60))
+    assert set(answers) == {"r0", "r1", "r2"}  # round_robin: every replica, about a third each
+    assert all(count >= 10 for count in answers.values()), answers
+    assert [(h, p) for h, p, _ in endpoints(main)] == [("127.0.0.1", b.port) for b in backends]
+
+
+def test_registration_is_per_endpoint_and_idempotent(servers: Servers, tmp_path: Path) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)], folders=Folders(workspace=tmp_path))
+    first, second = replicas(servers, main, 2)
+    register(main, first.port, host="127.0.0.1", version="b-2")  # again: refreshed, not added
+    assert [(h, p) for h, p, _ in endpoints(main)] == [("127.0.0.1", second.port), ("127.0.0.1", first.port)]
+    item = main.client.srv.info(Filter(names=["echo"])).items[0]
+    # 2.x's fields show one endpoint: the newest registration, as a 2.x re-registration replaced the old one
+    assert (item.proxy_host, item.proxy_port, item.version) == ("127.0.0.1", first.port, "b-2")
+    # proxy.json: the newest endpoint at the top level, as 2.x reads it; the others under "replicas"
+    saved = json.loads((tmp_path / PROXY_FILE).read_text())
+    assert saved == {
+        "echo": {
+            "host": "127.0.0.1",
+            "port": first.port,
+            "version": "b-2",
+            "replicas": [{"host": "127.0.0.1", "port": second.port, "version": "b-1.0"}],
+        }
+    }
+    # A replica's forget removes its own endpoint only
+    main.client.srv.proxy_forget(Filter(names=["echo"], endpoint=Endpoint(host="127.0.0.1", port=first.port)))
+    assert [(h, p) for h, p, _ in endpoints(main)] == [("127.0.0.1", second.port)]
+    channel, stub = raw_echo(main.port)
+    with channel:
+        assert {stub.echo(EchoRequest(), timeout=10).text for _ in range(6)} == {"r1"}
+    # Forgetting an endpoint that is not registered changes nothing
+    main.client.srv.proxy_forget(Filter(names=["echo"], endpoint=Endpoint(host="127.0.0.1", port=1)))
+    assert len(endpoints(main)) == 1
+    # A 2.x backend's forget (names only) removes every endpoint, as 2.x did
+    register(main, first.port, host="127.0.0.1")
+    main.client.srv.proxy_forget(Filter(names=["echo"]))
+    item = main.client.srv.info(Filter(names=["echo"])).items[0]
+    assert (list(item.endpoints), item.proxy_host, item.proxy_port) == ([], "", 0)
+    assert json.loads((tmp_path / PROXY_FILE).read_text()) == {}
+
+
+def test_every_endpoint_is_restored(servers: Servers, tmp_path: Path) -> None:
+    folders = Folders(workspace=tmp_path)
+    main = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)
+    backends = replicas(servers, main, 3)
+    main.shutdown()
+    assert main.wait_shutdown(30)
+    restarted = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)
+    assert [(h, p) for h, p, _ in endpoints(restarted)] == [("127.0.0.1", b.port) for b in backends]
+    channel, stub = raw_echo(restarted.port)
+    with channel:
+        assert {stub.echo(EchoRequest(), timeout=10).text for _ in range(30)} == {"r0", "r1", "r2"}
+
+
+def test_a_replica_not_serving_gets_no_calls_and_health_follows(servers: Servers) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    backends = replicas(servers, main, 2)
+    channel, stub = raw_echo(main.port)
+    with channel:
+        assert {stub.echo(EchoRequest(), timeout=10).text for _ in range(10)} == {"r0", "r1"}
+        backends[0].health.set("", NOT_SERVING)  # e.g. draining: gRPC's health watch tells main's channel
+        assert wait_until(lambda: endpoints(main)[0][2] is False, 10)
+        assert {stub.echo(EchoRequest(), timeout=10).text for _ in range(10)} == {"r1"}
+        assert main_health(main) == SERVING  # one endpoint still serves
+        backends[1].health.set("", NOT_SERVING)
+        assert wait_until(lambda: main_health(main) == NOT_SERVING, 10)  # none serves
+        assert [s for _, _, s in endpoints(main)] == [False, False]
+        backends[0].health.set("", SERVING)
+        assert wait_until(lambda: main_health(main) == SERVING, 10)
+        assert {stub.echo(EchoRequest(), timeout=10).text for _ in range(10)} == {"r0"}
+
+
+def test_a_replica_shutting_down_forgets_only_itself(servers: Servers) -> None:
+    """RpcProxiedManager's own forget, at shutdown, names its endpoint: the other replicas stay."""
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    config = {"rpc-main-host": "127.0.0.1", "rpc-main-port": str(main.port)}
+    one = servers(0, [echo.descriptor()], cli_config=config)  # the sample: registers itself on main
+    two = servers(0, [echo.descriptor()], cli_config=config)
+    assert sorted(p for _, p, _ in endpoints(main)) == sorted([one.port, two.port])
+    one.shutdown()
+    assert one.wait_shutdown(30)
+    assert [p for _, p, _ in endpoints(main)] == [two.port]
+
+
+def test_stale_endpoints_are_forgotten_but_never_the_last(servers: Servers, refused_port: int) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    register(main, refused_port, host="127.0.0.1")  # a replica that died without forgetting itself
+    (live,) = replicas(servers, main, 1)
+    RpcStaticConfig.PROXY_STALE_TIMEOUT.update("0.5")  # static items are process-wide: once all servers started
+    assert wait_until(lambda: [p for _, p, _ in endpoints(main)] == [live.port], 10)
+    live.shutdown()
+    assert live.wait_shutdown(30)
+    # Alone and down: kept (it may come back at the same address, as with 2.x), shown not serving
+    assert wait_until(lambda: endpoints(main) == [("127.0.0.1", live.port, False)], 10)
+    # A duration, not a synchronisation: twice the stale timeout later, it is still registered
+    time.sleep(1)
+    assert endpoints(main) == [("127.0.0.1", live.port, False)]
+
+
+def test_config_reaches_every_replica(servers: Servers, tmp_path: Path) -> None:
+    """Through main, set/reset reach every replica; get reports a conflict only when they disagree."""
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    backends = [
+        servers(
+            0,
+            [echo_descriptor()],
+            folders=Folders(workspace=tmp_path / f"r{i}"),
+            user_items=[Config("replica-limit", "A limit", "5", validator=ConfigValidator.CONFIG_VALID_POS_INT)],
+        )  # an item of its own per server (a Config holds its value)
+        for i in range(2)
+    ]
+    for backend in backends:
+        register(main, backend.port, host="127.0.0.1")
+
+    def values() -> list[str]:
+        return [b.client.config.get(Filter(names=["replica-limit"])).items[0].value for b in backends]
+
+    main.client.config.set(ConfigUpdate(items=[ConfigItemUpdate(name="replica-limit", value="7")]))
+    assert values() == ["7", "7"]
+    assert [i.value for i in main.client.config.get(Filter(names=["replica-limit"])).items] == ["7"]
+    backends[1].client.config.set(ConfigUpdate(items=[ConfigItemUpdate(name="replica-limit", value="9")]))
+    with pytest.raises(RpcException) as exc:  # replicas disagree: said so, not one of them picked
+        main.client.config.get(Filter(names=["replica-limit"]))
+    assert exc.value.rc == ResultCode.ERROR_ITEM_CONFLICT
+    main.client.config.reset(Filter(names=["replica-limit"]))
+    assert values() == ["5", "5"]
+
+
+# --- failover: 3 replicas in processes of their own, one killed with kill -9 under load ---
+
+
+def start_echo(main_port: int, workspace: Path) -> subprocess.Popen[str]:
+    args = ["-p", "0", "-w", str(workspace), "-c", "rpc-main-host=127.0.0.1", "-c", f"rpc-main-port={main_port}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "grpc_helper_samples.echo", *args]
+    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, text=True)
+
+
+def test_failover_after_kill9_loses_only_calls_in_flight(servers: Servers, tmp_path: Path) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    processes = [start_echo(main.port, tmp_path / f"echo{i}") for i in range(3)]
+    try:
+        assert wait_until(lambda: sum(s for _, _, s in endpoints(main)) == 3, 60)
+        concurrency, stop = 4, threading.Event()
+        outcomes: list[tuple[float, float, bool]] = []  # (sent, answered, ok)
+        lock = threading.Lock()
+
+        def load() -> None:
+            channel, stub = raw_echo(main.port)
+            with channel:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    r = stub.echo(EchoRequest(text="x"), timeout=10)
+                    with lock:
+                        outcomes.append((sent, time.monotonic(), r.r.code == ResultCode.OK))
+
+        threads = [threading.Thread(target=load) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: len(outcomes) > 200, 30)  # steady load on the three
+        killed = processes[0]
+        killed.send_signal(signal.SIGKILL)
+        kill_time = time.monotonic()
+        assert wait_until(lambda: len([o for o in outcomes if o[0] > kill_time + 1.5]) > 200, 30)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        failed = [o for o in outcomes if not o[2]]
+        # At most the calls in flight on the killed replica fail (each load thread has one call at a time)
+        assert len(failed) <= concurrency, failed
+        assert all(sent <= kill_time + 0.05 for sent, _, _ in failed), (kill_time, failed)
+        late = [o for o in outcomes if o[0] > kill_time + 1]
+        assert late
+        assert all(ok for _, _, ok in late)  # every call issued 1 s after the kill succeeds
+        assert wait_until(lambda: sum(s for _, _, s in endpoints(main)) == 2, 10)
+        assert main_health(main) == SERVING
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait(30)
