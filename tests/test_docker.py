@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from grpc_helper import ClientSecurity, EventsListener, RpcClient, RpcException
@@ -71,9 +73,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 class Stack:
     """One compose project on a free host port; torn down with its volumes at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "ght") -> None:
         self.build_output = ""  # what build-image.sh printed
-        self.project = f"ght{os.getpid()}"
+        self.project = f"{prefix}{os.getpid()}"
         # Host port 0: Docker picks a free one (read back by `port`), no find-then-bind race
         self.env = {**os.environ, "GRPC_HELPER_MAIN_PORT": "0", "COMPOSE_PROJECT_NAME": self.project}
 
@@ -324,6 +326,60 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         stack_sh("down")
         cmd = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml"), "down", "-v"]
         subprocess.run(cmd, env=env, capture_output=True, timeout=300, cwd=ROOT)
+
+
+def test_scaled_echo_balances_and_fails_over_after_kill9(stack: Stack) -> None:  # noqa: ARG001 - the image
+    """`up --scale echo=3` with compose.yaml as shipped (item 11): each replica registers its own address,
+    main balances over the three; a kill -9 of one replica's PID 1 under steady load loses at most the
+    calls in flight on it, and every call issued 1 s after the kill succeeds (item 6)."""
+    scaled = Stack("ghr")
+    try:
+        scaled.compose("up", "-d", "--no-build", "--scale", "echo=3")
+
+        def echo_endpoints() -> list[Any]:
+            with scaled.main_client() as c:
+                return list(c.srv.info(Filter(names=["echo"]), timeout=5).items[0].endpoints)
+
+        wait_for(lambda: sum(e.serving for e in echo_endpoints()) == 3, 180, "3 echo replicas registered")
+        assert len({e.host for e in echo_endpoints()}) == 3  # each its own container address
+        concurrency, stop, lock = 4, threading.Event(), threading.Lock()
+        outcomes: list[tuple[float, bool]] = []  # (sent, ok)
+
+        def load() -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{scaled.port}") as channel:
+                stub = EchoServiceStub(channel)
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    ok = stub.echo(EchoRequest(text="x"), timeout=10).r.code == ResultCode.OK
+                    with lock:
+                        outcomes.append((sent, ok))
+
+        threads = [threading.Thread(target=load) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: len(outcomes) > 100, 60, "steady load through main")
+            victim = scaled.compose("ps", "-q", "echo").stdout.split()[0]
+            # kill -9 of its PID 1 from the host (not `docker kill`, which Docker counts as a manual stop and
+            # so never restarts): a crash, as the restart policy sees it
+            pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", victim], capture_output=True, text=True)
+            os.kill(int(pid.stdout), signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(lambda: sum(1 for o in outcomes if o[0] > killed_at + 1.5) > 100, 60, "load after the kill")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        failed = [sent for sent, ok in outcomes if not ok]
+        assert len(failed) <= concurrency, failed  # each load thread has one call in flight at a time
+        assert all(sent <= killed_at + 0.05 for sent in failed), (killed_at, failed)
+        late = [ok for sent, ok in outcomes if sent > killed_at + 1]
+        assert late
+        assert all(late)
+        # The restart policy brings the killed replica back: it registers again and serves
+        wait_for(lambda: sum(e.serving for e in echo_endpoints()) >= 3, 120, "the killed replica back")
+    finally:
+        scaled.compose("down", "-v", check=False)
 
 
 def test_each_service_exposes_its_own_port(stack: Stack) -> None:
