@@ -248,3 +248,14 @@ def test_failover_after_kill9_loses_only_calls_in_flight(servers: Servers, tmp_p
                 process.terminate()
         for process in processes:
             process.wait(30)
+
+
+def test_the_registered_host_can_be_given(servers: Servers) -> None:
+    """`rpc-proxy-host` (e.g. a pod IP from Kubernetes' downward API) is what a proxied server registers."""
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    config = {"rpc-main-host": "127.0.0.1", "rpc-main-port": str(main.port), "rpc-proxy-host": "127.0.0.2"}
+    backend = servers(0, [echo.descriptor()], cli_config=config)
+    assert endpoints(main) == [("127.0.0.2", backend.port, True)]
+    channel, stub = raw_echo(main.port)
+    with channel:
+        assert stub.echo(EchoRequest(text="via .2"), timeout=10).text == "via .2"

@@ -92,6 +92,13 @@ class RpcStaticConfig(ConfigHolder):
         "54321",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )
+    PROXY_HOST = Config(
+        "rpc-proxy-host",
+        "Host a proxied server registers on main (e.g. a Kubernetes pod IP from the downward API);"
+        " empty: as 2.x, rpc-main-host, or this host's IP on the route to main when the manager asks for it",
+        "",
+        can_be_empty=True,
+    )
     PROXY_STALE_TIMEOUT = Config(
         "rpc-proxy-stale-timeout",
         "A registered endpoint (replica) of a proxied service that has not been serving for this long is"

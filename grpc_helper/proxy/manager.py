@@ -42,12 +42,15 @@ class RpcProxiedManager(RpcManager):
         return False
 
     def _registered_host(self) -> str:
-        """The host registered on main, as 2.x does: this host's IP as seen on the route to main when
-        `_proxy_use_current_host` says so, else `rpc-main-host` (main runs on this same host)."""
+        """The host registered on main: `rpc-proxy-host` when set; else as 2.x does, this host's IP as seen
+        on the route to main when `_proxy_use_current_host` says so, else `rpc-main-host` (main runs on
+        this same host)."""
         # A method here; 2.x declared it as a property, which its subclasses may still override
         use_current: object = self._proxy_use_current_host
         if callable(use_current):
             use_current = use_current()
+        if RpcStaticConfig.PROXY_HOST.str_val:  # set by the deployment: it knows the address best
+            return RpcStaticConfig.PROXY_HOST.str_val
         main_host = RpcStaticConfig.MAIN_HOST.str_val
         return ip_towards(main_host) if use_current else main_host
 
