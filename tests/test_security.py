@@ -217,6 +217,20 @@ class TestProxyTls:
         assert failure.rc == ResultCode.ERROR_RPC
         assert not isinstance(failure, RpcTransportError)
 
+    def test_replicas_over_mtls(self, servers: Servers, pki: Pki) -> None:
+        """Two echo replicas registered at their IP, with certificates naming only the service (as on a
+        swarm: the task's address is in none): main's balanced channel checks each against "echo" (it once
+        sent the first address as the call's authority, which TLS refused: "call host does not match")."""
+        pki.issue("echo", "echo", "localhost")
+        config = tls_config(pki, "echo", "required")
+        main = proxied_echo(servers, config, tls_config(pki, client_auth="required"))
+        second = servers(0, [echo_descriptor(EchoManager())], cli_config=config)
+        main.client.srv.proxy_register(
+            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=second.port)
+        )
+        with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=pki.client("operator")) as client:
+            assert [client.echo.echo(EchoRequest(text=f"{i}")).text for i in range(4)] == ["0", "1", "2", "3"]
+
     def test_backend_name_override(self, servers: Servers, pki: Pki) -> None:
         pki.issue("echo", "echo.backends.internal")
         config = tls_config(pki, **{"rpc-tls-backend-name": "{service}.backends.internal"})

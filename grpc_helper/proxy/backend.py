@@ -104,12 +104,14 @@ class Backend:
         self.down_since: float | None = None  # monotonic time it was last seen stop serving
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
+        security = security or PLAINTEXT
         options = BALANCED_OPTIONS
-        if len(addresses) > 1:
-            # The authority of an `ipv4:a,b` target would be the whole list: give the first server's
-            # (with TLS, the checked name overrides it anyway)
+        if len(addresses) > 1 and not (security.tls and security.server_name):
+            # The authority of an `ipv4:a,b` target would be the whole list: give the first server's.
+            # Never with TLS's checked name: that name is the authority then, and TLS refuses a call whose
+            # authority the server's certificate does not carry ("call host does not match SSL server name")
             options = [*options, ("grpc.default_authority", f"{addresses[0][0]}:{addresses[0][1]}")]
-        self.channel = (security or PLAINTEXT).channel(channel_target(addresses), options)
+        self.channel = security.channel(channel_target(addresses), options)
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread
         # races with close() (it may query the channel once closed, and die with an error): read
         # the state synchronously from the core channel instead. grpcio private internal (hence
