@@ -191,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for an unreachable server, and for each call (default: {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument("--json", action="store_true", help="JSON output")
+    route = p.add_argument_group("routing through main (info, config, log, events, shutdown, proxy)")
+    route.add_argument(
+        "--service",
+        dest="route_service",
+        default="",
+        metavar="NAME",
+        help="answered by the server of this proxied service (its own srv/config/log/events), not by main",
+    )
+    route.add_argument(
+        "--endpoint",
+        dest="route_endpoint",
+        default="",
+        metavar="HOST:PORT",
+        help="with --service: that one of its endpoints (replicas), as `info` lists them",
+    )
     tls = p.add_argument_group("security (each also from its environment variable)")
     for option, env, what in _SECURITY_OPTIONS:
         tls.add_argument(
@@ -350,7 +365,11 @@ class Ctl:
                     "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
                 },
                 timeout=self.timeout,  # retry an unreachable server that long, then fail
-                name=CLIENT_NAME,
+                name=RpcMetadata(
+                    client=CLIENT_NAME,
+                    route_service=self.args.route_service,
+                    route_endpoint=self.args.route_endpoint,
+                ),
                 security=self.security,
             )
         return self._client
@@ -577,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.route_endpoint and not args.route_service:
+            parser.error("--endpoint needs --service")
     except SystemExit as exc:  # usage error (2), or --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     ctl = Ctl(args)

@@ -14,6 +14,11 @@ KEY_USER = "user"
 KEY_HOST = "host"
 KEY_IP = "ip"
 KEY_API_VERSION = "api_version"
+# Routing (new in 3): a call to a default service (srv, config, log, events) made through main with
+# `route-service` set to a proxied service's name is answered by that service's server (one of its
+# replicas, or the one `route-endpoint`, "host:port" as registered, names)
+KEY_ROUTE_SERVICE = "route-service"
+KEY_ROUTE_ENDPOINT = "route-endpoint"
 
 # Call metadata as gRPC gives and takes it: (key, value) pairs, values of "-bin" keys as bytes
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
@@ -60,7 +65,16 @@ class RpcMetadata:
     user: str = field(default_factory=_local_user)
     host: str = field(default_factory=_local_host)
     ip: str = field(default_factory=local_ip)
+    route_service: str = ""  # see KEY_ROUTE_SERVICE: the default services of this proxied service's server
+    route_endpoint: str = ""  # ... of this endpoint of it ("host:port")
 
     def as_metadata(self) -> tuple[tuple[str, str], ...]:
-        pairs = ((KEY_CLIENT, self.client), (KEY_USER, self.user), (KEY_HOST, self.host), (KEY_IP, self.ip))
+        pairs = (
+            (KEY_CLIENT, self.client),
+            (KEY_USER, self.user),
+            (KEY_HOST, self.host),
+            (KEY_IP, self.ip),
+            (KEY_ROUTE_SERVICE, self.route_service),
+            (KEY_ROUTE_ENDPOINT, self.route_endpoint),
+        )
         return tuple((k, v) for k, v in pairs if v)

@@ -10,18 +10,37 @@ ThreadPoolExecutor (see `generated.run_on`): none of the parent's machinery is u
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, SimpleQueue
+from types import FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _log = logging.getLogger("grpc_helper.threads")
+
+
+def current_frames() -> dict[int, FrameType]:
+    """`sys._current_frames()` with the garbage collector paused.
+
+    CPython builds that dict holding its thread-state lock; a collection run meanwhile may call a grpcio
+    channel's `__del__`, whose close waits for a thread that can't get its thread state without that
+    lock: the process hangs (seen in a test looking at every thread's stack)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+
 
 IDLE_TIMEOUT = 2.0  # seconds a thread waits for work before it ends
 

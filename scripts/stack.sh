@@ -2,11 +2,12 @@
 # Run the reference stack: a main proxying server (port 54321) and the proxied echo and notes
 # sample services.
 #
-#   stack.sh up [--local] [--insecure]
+#   stack.sh up [--local] [--insecure] [--scale SERVICE=N]
 #                           set up and start it: Docker compose when an engine is reachable,
 #                           otherwise (or with --local) local processes under supervisord (bound to
 #                           loopback). Either runs mTLS on every hop with the authorization policy on
-#                           (--insecure: plaintext, no policy, for debugging)
+#                           (--insecure: plaintext, no policy, for debugging); --scale (Docker only,
+#                           repeatable): run N replicas of a stateless service, e.g. --scale echo=3
 #   stack.sh down           stop it (workspaces are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
 #   stack.sh env            print the export lines pointing the grpc-helper CLI at main, with the
@@ -92,7 +93,7 @@ up_docker() {
         container_secrets
         secure_compose_env
     fi
-    GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build
+    GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build "${SCALE[@]}"
     # GRPC_HELPER_MAIN_PORT=0: Docker picked a free host port; read back the IPv4 one (see MAIN_HOST)
     MAIN_PORT=$(docker port "$(compose ps -q main)" 54321/tcp | sed -n 's/^0\.0\.0\.0://p' | head -n 1)
 }
@@ -127,13 +128,18 @@ up_local() {
 
 case "${1:-}" in
     up)
-        LOCAL=0 SECURE=1
-        for arg in "${@:2}"; do
-            case "$arg" in
+        LOCAL=0 SECURE=1 SCALE=()
+        set -- "${@:2}"
+        while [ $# -gt 0 ]; do
+            case "$1" in
                 --local) LOCAL=1 ;;
                 --insecure) SECURE=0 ;;
-                *) echo "stack: unknown option $arg" >&2; exit 2 ;;
+                --scale)
+                    [[ "${2:-}" =~ ^(echo)=[1-9][0-9]?$ ]] || { echo "stack: --scale echo=N (1-99): only echo is stateless" >&2; exit 2; }
+                    SCALE+=(--scale "$2"); shift ;;
+                *) echo "stack: unknown option $1" >&2; exit 2 ;;
             esac
+            shift
         done
         bash scripts/dev-setup.sh   # the CLI and supervisord used below live in .venv
         mkdir -p "$STATE"

@@ -266,9 +266,10 @@ def test_image_runs_as_non_root(stack: Stack) -> None:
 
 
 def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
-    """`stack.sh up` as the README runs it: mTLS on every hop, the policy on, the container healthchecks
-    over mTLS; the operator's credentials from `stack.sh env` get through main, the CLI without them is
-    refused; `stack.sh secrets rotate` is picked up without a restart."""
+    """`stack.sh up --scale echo=2` as the README runs it: mTLS on every hop (two echo replicas), the
+    policy on, the container healthchecks over mTLS; the operator's credentials from `stack.sh env` get
+    through main, the CLI without them is refused; `stack.sh secrets rotate` is picked up without a
+    restart."""
     project = f"ghs{os.getpid()}"
     env = {
         **os.environ,
@@ -281,7 +282,7 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         cmd = ["bash", str(ROOT / "scripts" / "stack.sh"), *args]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
-    up = stack_sh("up")
+    up = stack_sh("up", "--scale", "echo=2")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "stack: up (docker, mTLS + policy)" in up.stdout
@@ -299,8 +300,16 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
         # 127.0.0.1, not localhost: with a Docker-picked port, [::1]:port may be another stack's (Docker 20.10
         # picks IPv4 and IPv6 ports apart), as it was once in CI
+        srv = {"srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT)}
+        with RpcClient("127.0.0.1", port, srv, timeout=60, security=security) as info_client:
+
+            def serving_echo() -> int:
+                return sum(e.serving for e in info_client.srv.info(Filter(names=["echo"])).items[0].endpoints)
+
+            # Two echo replicas (--scale), each reached by main over mTLS at its own address
+            wait_for(lambda: serving_echo() == 2, 120, "2 echo replicas serving")
         with RpcClient("127.0.0.1", port, stubs, timeout=60, security=security) as client:
-            assert client.echo.echo(EchoRequest(text="secure")).text == "secure"
+            assert [client.echo.echo(EchoRequest(text=f"s{i}")).text for i in range(4)] == ["s0", "s1", "s2", "s3"]
         ctl = [str(ROOT / ".venv" / "bin" / "grpc-helper"), "--timeout", "5"]
         ok = subprocess.run([*ctl, "config", "get"], env={**env, **creds}, capture_output=True, text=True)
         assert ok.returncode == 0, ok.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from grpc_helper.api import (
 )
 from grpc_helper.proxy import registry
 from grpc_helper.testing import rc_of
+from grpc_helper.threads import current_frames
 from grpc_helper_samples.api import EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
@@ -112,7 +112,7 @@ def test_backend_killed_mid_call_and_restarted_is_not_sent_twice(servers: Server
 def waiting_for_a_backend() -> int:
     """How many threads of this process are in `ProxyRegistry._wait` (a proxied call waiting)."""
     count = 0
-    for frame in sys._current_frames().values():
+    for frame in current_frames().values():
         f: FrameType | None = frame
         while f is not None and not (f.f_code.co_name == "_wait" and f.f_code.co_filename == registry.__file__):
             f = f.f_back

@@ -12,14 +12,26 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_compat_proxy import raw_echo, register
 
-from grpc_helper import Config, Folders, RpcException, RpcServer, RpcStaticConfig
-from grpc_helper.api import ConfigItemUpdate, ConfigUpdate, ConfigValidator, Endpoint, Filter, ResultCode
+from grpc_helper import Config, Folders, RpcClient, RpcException, RpcMetadata, RpcServer, RpcStaticConfig
+from grpc_helper.api import (
+    ConfigApiVersion,
+    ConfigItemUpdate,
+    ConfigUpdate,
+    ConfigValidator,
+    Endpoint,
+    Filter,
+    ResultCode,
+    ServerApiVersion,
+)
+from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.proxy.registry import PROXY_FILE
 from grpc_helper_samples import echo
 from grpc_helper_samples.api import EchoRequest, EchoResponse
@@ -259,3 +271,70 @@ def test_the_registered_host_can_be_given(servers: Servers) -> None:
     channel, stub = raw_echo(main.port)
     with channel:
         assert stub.echo(EchoRequest(text="via .2"), timeout=10).text == "via .2"
+
+
+# --- item 8: a backend's own default services, through main ---
+
+
+def routed(main: RpcServer, service: str, endpoint: str = "") -> RpcClient:
+    """A client of main's default services whose calls carry the routing keys."""
+    stubs: dict[str, Any] = {
+        "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+        "config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT),
+    }
+    metadata = RpcMetadata(client="routing-test", route_service=service, route_endpoint=endpoint)
+    return RpcClient("127.0.0.1", main.port, stubs, timeout=10, name=metadata)
+
+
+def test_default_services_of_a_backend_through_main(servers: Servers, capsys: pytest.CaptureFixture[str]) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    backends = [
+        servers(0, [echo_descriptor()], user_items=[Config("replica-limit", "A limit", str(5 + i))]) for i in range(2)
+    ]
+    for backend in backends:
+        register(main, backend.port, host="127.0.0.1")
+    # Without the key: main itself (echo is proxied there)
+    assert main.client.srv.info(Filter(names=["echo"])).items[0].is_proxy
+    with routed(main, "echo") as client:  # any replica: its own srv, where echo is served, not proxied
+        assert client.srv.info(Filter(names=["echo"])).items[0].is_proxy is False
+    for i, backend in enumerate(backends):  # one replica, named by its endpoint
+        with routed(main, "echo", f"127.0.0.1:{backend.port}") as client:
+            assert client.config.get(Filter(names=["replica-limit"])).items[0].value == str(5 + i)
+            client.config.set(ConfigUpdate(items=[ConfigItemUpdate(name="replica-limit", value=str(20 + i))]))
+    assert [b.client.config.get(Filter(names=["replica-limit"])).items[0].value for b in backends] == ["20", "21"]
+    # The CLI: --service / --endpoint
+    from grpc_helper import ctl
+
+    endpoint = f"127.0.0.1:{backends[1].port}"
+    argv = ["--port", str(main.port), "--service", "echo", "--endpoint", endpoint, "--json", "config", "get"]
+    assert ctl.main([*argv, "replica-limit"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"][0]["value"] == "21"
+    assert ctl.main(["--port", str(main.port), "--endpoint", endpoint, "info"]) == 2  # --endpoint needs --service
+    # Bad routes: clear errors, nothing forwarded
+    for service, endpoint, code in (
+        ("nope", "", ResultCode.ERROR_ITEM_UNKNOWN),
+        ("srv", "", ResultCode.ERROR_ITEM_UNKNOWN),  # not a proxied service
+        ("echo", "127.0.0.1", ResultCode.ERROR_PARAM_INVALID),
+        ("echo", "127.0.0.1:1", ResultCode.ERROR_ITEM_UNKNOWN),  # not one of its endpoints
+    ):
+        with routed(main, service, endpoint) as client, pytest.raises(RpcException) as exc:
+            client.srv.info(Filter())
+        assert exc.value.rc == code, (service, endpoint, exc.value)
+
+
+def test_routed_log_set_changes_the_backend_not_main(servers: Servers, tmp_path: Path) -> None:
+    """`grpc-helper --service echo log set ...` (the issue's example): the echo process's logger changes
+    (persisted in its workspace), main's does not."""
+    from grpc_helper import ctl
+
+    main = servers(0, [echo_descriptor(is_proxy=True)], folders=Folders(workspace=tmp_path / "main"))
+    process = start_echo(main.port, tmp_path / "echo")
+    try:
+        assert wait_until(lambda: sum(s for _, _, s in endpoints(main)) == 1, 60)
+        assert ctl.main(["--port", str(main.port), "--service", "echo", "log", "set", "EchoManager", "DEBUG"]) == 0
+        saved = json.loads((tmp_path / "echo" / "loggers.json").read_text())
+        assert saved == {"EchoManager": "DEBUG"}
+        assert not (tmp_path / "main" / "loggers.json").exists()
+    finally:
+        process.terminate()
+        process.wait(30)

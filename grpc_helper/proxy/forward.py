@@ -47,10 +47,12 @@ from grpc_helper.api import Result
 from grpc_helper.calls import VersionRange, error_answer, remaining
 from grpc_helper.errors import rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
-from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, Metadata
+from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_ROUTE_ENDPOINT, KEY_ROUTE_SERVICE, Metadata
 from grpc_helper.proxy.backend import Backend
 
 _PROXIED_SUFFIX = "(proxied)"
+# The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
+_NOT_FORWARDED = frozenset(("user-agent", "authorization", KEY_ROUTE_SERVICE, KEY_ROUTE_ENDPOINT))
 
 
 class Backends(Protocol):
@@ -68,11 +70,9 @@ class Backends(Protocol):
 
 
 def forwarded_metadata(metadata: Metadata) -> Metadata:
-    """Caller metadata to pass on: everything but transport headers and the caller's credentials (a
-    backend must never see a caller's token: main calls it as itself)."""
-    return tuple(
-        (k, v) for k, v in metadata if k != "user-agent" and k != "authorization" and not k.startswith("grpc-")
-    )
+    """Caller metadata to pass on: everything but transport headers, the caller's credentials (a backend
+    must never see a caller's token: main calls it as itself) and routing keys."""
+    return tuple((k, v) for k, v in metadata if k not in _NOT_FORWARDED and not k.startswith("grpc-"))
 
 
 def proxied_metadata(metadata: Metadata, current_version: int) -> Metadata:

@@ -24,7 +24,7 @@ from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.generated import Handler
 from grpc_helper.persist import read_json_object, write_json
 from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Address, Backend, backend_address
-from grpc_helper.proxy.forward import make_forwarder
+from grpc_helper.proxy.forward import Backends, make_forwarder
 from grpc_helper.tls import ClientSecurity
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ class ProxyRegistry:
         self._versions: dict[str, str] = {}  # last registered version, kept after proxy_forget
         self._serving: dict[str, bool] = {}  # registered services' health, as last set
         self._channels: dict[ChannelKey, Backend] = {}
+        self._server_names: dict[str, str] = {}  # the TLS name each service's backends are checked against
         self._retired: set[Backend] = set()  # unused, still used by calls
         self._config_clients: dict[Address, _ConfigLink] = {}  # by resolved address
         self._retired_links: set[_ConfigLink] = set()  # unregistered, still used by calls
@@ -178,10 +179,28 @@ class ProxyRegistry:
             for method, original in generated.items()
         }
 
+    def routed_handlers(
+        self, service: str, generated: dict[str, Handler], versions: VersionRange, backends: Backends
+    ) -> dict[str, Handler]:
+        """Forwarders of a default service's methods to the server `backends` picks per call (routing)."""
+        return {
+            method: make_forwarder("", service, method, original, versions, backends, self._streams)
+            for method, original in generated.items()
+        }
+
+    def is_proxied(self, name: str) -> bool:
+        return name in self._descriptors
+
+    def has_endpoint(self, name: str, endpoint: Endpoint) -> bool:
+        with self._changed:
+            return endpoint in self._targets.get(name, {})
+
     # --- channels (lock held) ---
     def _key(self, name: str, endpoints: Iterable[Endpoint]) -> ChannelKey:
-        security = self._security(name)
-        server_name = security.server_name if security is not None and security.server_name else ""
+        server_name = self._server_names.get(name)
+        if server_name is None:  # once per service: this is on every forwarded call's path
+            security = self._security(name)
+            server_name = self._server_names[name] = (security.server_name or "") if security is not None else ""
         return server_name, tuple(backend_address(*e) for e in endpoints)
 
     def _channel(self, name: str, endpoints: Iterable[Endpoint]) -> Backend:
@@ -192,27 +211,35 @@ class ProxyRegistry:
             channel = self._channels[key] = Backend(key[1], self._security(name))
         return channel
 
-    def _current(self, name: str) -> Backend | None:
-        """The backend channel of `name`; None when unregistered or shutting down."""
+    def _current(self, name: str, endpoint: Endpoint | None = None) -> Backend | None:
+        """The backend channel of `name` (of its `endpoint` only, if given); None when unregistered (that
+        endpoint included) or shutting down."""
         endpoints = None if self._closed else self._targets.get(name)
-        return self._channel(name, endpoints) if endpoints else None
+        if not endpoints or (endpoint is not None and endpoint not in endpoints):
+            return None
+        return self._channel(name, endpoints if endpoint is None else [endpoint])
 
     # --- backends, for calls ---
-    def acquire(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
-        """The connected backend serving `name` (to `release` after the call), or an error `Result`.
+    def acquire(
+        self, name: str, method: str, context: grpc.ServicerContext, endpoint: Endpoint | None = None
+    ) -> Backend | Result:
+        """The connected backend serving `name` (to `release` after the call), or an error `Result`;
+        with `endpoint`, the channel to that one endpoint of it only.
 
         Waits up to `rpc-client-timeout` (bounded by the caller's deadline) for a registration and
         for an endpoint to be connected and serving, following registration changes meanwhile.
         Nothing is sent while waiting, so following a new registration can never send a request twice.
         """
         with self._changed:
-            backend = self._current(name)
+            backend = self._current(name, endpoint)
             if backend is not None and backend.connected():  # the usual case: no wait
                 backend.users += 1
                 return backend
-        return self._wait(name, method, context)
+        return self._wait(name, method, context, endpoint)
 
-    def _wait(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
+    def _wait(
+        self, name: str, method: str, context: grpc.ServicerContext, endpoint: Endpoint | None
+    ) -> Backend | Result:
         start = time.monotonic()
         limit = RpcStaticConfig.CLIENT_TIMEOUT.float_val
         left = remaining(context)
@@ -223,7 +250,7 @@ class ProxyRegistry:
         context.add_callback(self._wake)
         with self._changed:
             while True:
-                backend = self._current(name)
+                backend = self._current(name, endpoint)
                 if backend is not None and backend.connected(try_to_connect=True):
                     backend.users += 1
                     return backend
@@ -233,7 +260,7 @@ class ProxyRegistry:
                     if backend is None:
                         msg = f"Proxied service {name} is not registered"
                         return Result(code=ResultCode.ERROR_PROXY_UNREGISTERED, msg=msg)
-                    registered = ", ".join(f"{h}:{p}" for h, p in self._targets[name])
+                    registered = ", ".join(f"{h}:{p}" for h, p in self._targets[name] if endpoint in (None, (h, p)))
                     msg = (
                         f"Proxied service {name}: can't connect to {backend.address}"
                         f" (registered as {registered}) within {now - start:.1f}s"

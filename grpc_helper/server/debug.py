@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import traceback
 from datetime import datetime
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from grpc_helper.calls import PENDING
 from grpc_helper.logs import PRIVATE_FOLDER_MODE, private_opener
+from grpc_helper.threads import current_frames
 
 
 def render_dump(server_id: int) -> str:
@@ -17,7 +17,7 @@ def render_dump(server_id: int) -> str:
     call of this server, `Thread 0x<ident, 16 hex digits> -- <the call's entry trace>`."""
     lines = [f"RpcServer debug dump, {datetime.now().isoformat(timespec='seconds')}", ""]
     names = {t.ident: t.name for t in threading.enumerate()}
-    frames = sys._current_frames()
+    frames = current_frames()
     lines.append(f"== Threads ({len(frames)}) ==")
     for ident, frame in frames.items():
         lines.append(f"\n-- Thread {names.get(ident, '?')} (0x{ident:016x}) --")

@@ -49,6 +49,7 @@ from grpc_helper.generated import (
 from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
+from grpc_helper.proxy.route import RoutedBackends, RouteInterceptor
 from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
 from grpc_helper.server.health import NOT_SERVING, SERVING, HealthService
@@ -216,7 +217,11 @@ class RpcServer:
         limit = _CallLimit(self._workers, RpcStaticConfig.MAX_CALLS.int_val, self._control)
         self.authorizer = self._authorizer()
         # Authorization first: a refused call is never counted against the limit
-        interceptors: list[grpc.ServerInterceptor] = [i for i in (self.authorizer, limit) if i is not None]
+        # Routed calls (a backend's default services, through main) are forwarded, never counted as ours;
+        # `_routes` is filled once the default services are registered
+        self._routes: dict[str, Handler] = {}
+        router = RouteInterceptor(self._routes)
+        interceptors: list[grpc.ServerInterceptor] = [i for i in (self.authorizer, router, limit) if i is not None]
         self._grpc = grpc.server(self._workers, interceptors=interceptors, options=_SERVER_OPTIONS)
 
         self.proxies = ProxyRegistry(
@@ -236,6 +241,7 @@ class RpcServer:
             raise RpcException(f"Duplicate service names: {', '.join(duplicates)}", ResultCode.ERROR_MODEL_INVALID)
 
         services = [self._register(d) for d in self.descriptors]
+        self._register_routes(defaults)
         twice = sorted({s for s in services if services.count(s) > 1})
         if twice:
             raise RpcException(f"gRPC services served twice: {', '.join(twice)}", ResultCode.ERROR_MODEL_INVALID)
@@ -355,6 +361,15 @@ class RpcServer:
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         self._service_names[d.name] = service
         return service
+
+    def _register_routes(self, defaults: list[RpcServiceDescriptor]) -> None:
+        """Forwarders of the default services' methods, for calls routed to a proxied service's server."""
+        backends = RoutedBackends(self.proxies)
+        for d in defaults:
+            service, generated = capture_service(d.register_method, d.manager)
+            versions = VersionRange(d.supported_version, d.current_version)
+            routed = self.proxies.routed_handlers(service, generated, versions, backends)
+            self._routes.update({f"/{service}/{method}": handler for method, handler in routed.items()})
 
     def _register_health(self) -> None:
         """Serve `self.health` on the control pool: Check and Watch never wait for a worker.
