@@ -14,7 +14,8 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeAlias
 
@@ -36,6 +37,7 @@ from grpc_helper.api import (
     EventFilter,
     EventInterrupt,
     EventProperty,
+    EventStatus,
     Filter,
     LoggerApiVersion,
     LoggerConfig,
@@ -52,6 +54,7 @@ from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
+from grpc_helper.backoff import Backoff
 from grpc_helper.client import RpcClient
 from grpc_helper.errors import RpcException, RpcTransportError, rc_name
 from grpc_helper.metadata import RpcMetadata
@@ -449,46 +452,60 @@ class Ctl:
         return self.out(r, lambda: f"sent {format_event(event)}")
 
     def events_listen(self) -> int:
-        """Print events until --count of them came, --timeout-s elapsed, or Ctrl-C; then interrupt the queue."""
+        """Print events until --count of them came, --timeout-s elapsed, or Ctrl-C; then interrupt the queue.
+
+        A stream lost once listening (the server shut down or restarted, the connection broke) is
+        reconnected, resuming the same queue, as `EventsListener` does: with backoff, until the server
+        is back, --timeout-s passes or Ctrl-C. Failing to reach the server at first is an error."""
         args = self.args
-        flt = EventFilter(names=args.names, client_id=args.client_id or 0)
-        # The call deadline implements --timeout-s; the client's own timeout bounds the wait for the server
-        stream = self.client.events.listen(flt, timeout=args.duration)
-        client_id = 0
-        received = 0
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        listening = _Listening(args.client_id or 0)
         interrupt = True  # whether the queue is still ours to interrupt on the way out
         try:
-            for status in stream:
-                if not client_id:
-                    client_id = status.client_id
-                    # On stderr: stdout only has events (one per line, or one JSON object per line)
-                    print(f"listening with client id {client_id}", file=sys.stderr, flush=True)
-                if not status.event.name:  # the first status, and keep-alives
-                    continue
-                if args.json:
-                    print(json.dumps(message_dict(status.event)), flush=True)
-                else:
-                    print(format_event(status.event), flush=True)
-                received += 1
-                if args.count and received >= args.count:
-                    return EXIT_OK
-            # A normal end: someone interrupted the queue, or resumed it from another stream
-            interrupt = False
-            print(f"event queue {client_id} interrupted or resumed elsewhere", file=sys.stderr)
-            return self._listen_end(received, "", ResultCode.ERROR_STATE_UNEXPECTED)
+            while True:
+                flt = EventFilter(names=args.names, client_id=listening.client_id)
+                # The call deadline implements --timeout-s; the client's own timeout bounds the wait for the server
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                stream = self.client.events.listen(flt, timeout=left)
+                try:
+                    if self._consume(stream, listening):
+                        return EXIT_OK
+                    # A normal end: someone interrupted the queue, or resumed it from another stream
+                    interrupt = False
+                    print(f"event queue {listening.client_id} interrupted or resumed elsewhere", file=sys.stderr)
+                    return self._listen_end(listening.received, "", ResultCode.ERROR_STATE_UNEXPECTED)
+                except RpcException as exc:
+                    timed_out = isinstance(exc, RpcTransportError) and exc.status == grpc.StatusCode.DEADLINE_EXCEEDED
+                    if args.duration is not None and timed_out:
+                        within = f" within {args.duration:g}s"
+                        return self._listen_end(listening.received, within, ResultCode.ERROR_REQUEST_TIMEOUT)
+                    if not listening.listening or not _stream_lost(exc):
+                        interrupt = False
+                        raise
+                    listening.lost(exc)
+                finally:
+                    stream.cancel()
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-        except RpcException as exc:
-            timed_out = isinstance(exc, RpcTransportError) and exc.status == grpc.StatusCode.DEADLINE_EXCEEDED
-            if args.duration is None or not timed_out:
-                interrupt = False  # server gone, or shutting down (ERROR_STREAM_SHUTDOWN)
-                raise
-            return self._listen_end(received, f" within {args.duration:g}s", ResultCode.ERROR_REQUEST_TIMEOUT)
         finally:
             # Interrupt first, so that the server retains the queue (resumable with --client-id)
-            if client_id and interrupt:
-                self._interrupt(client_id)
-            stream.cancel()
+            if listening.client_id and interrupt:
+                self._interrupt(listening.client_id)
+
+    def _consume(self, stream: Iterable[EventStatus], listening: _Listening) -> bool:
+        """Print the events of one listen stream; True once --count of them came, False when it ends."""
+        for status in stream:
+            listening.connected(status.client_id)
+            if not status.event.name:  # the first status, and keep-alives
+                continue
+            if self.args.json:
+                print(json.dumps(message_dict(status.event)), flush=True)
+            else:
+                print(format_event(status.event), flush=True)
+            listening.received += 1
+            if self.args.count and listening.received >= self.args.count:
+                return True
+        return False
 
     def _listen_end(self, received: int, within: str, rc: int) -> int:
         """Listening stopped before --count events: an error if a count was asked for."""
@@ -542,6 +559,43 @@ class Ctl:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
         print(json.dumps({"status": status}) if self.args.json else status)
         return EXIT_OK if r.status == health_pb2.HealthCheckResponse.SERVING else EXIT_ERROR
+
+
+class _Listening:
+    """Where an `events listen` is: its queue, the events printed, and reconnections (said on stderr:
+    stdout only has events, one per line, or one JSON object per line)."""
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.received = 0
+        self._backoff = Backoff()
+        self.listening = False  # a first status came
+        self._reconnecting = False
+
+    def connected(self, client_id: int) -> None:
+        """A status came: the first one says which queue listens, or that it was resumed."""
+        if not self.listening:
+            self.client_id, self.listening = client_id, True
+            print(f"listening with client id {client_id}", file=sys.stderr, flush=True)
+        elif self._reconnecting:
+            print(f"resumed event queue {client_id}", file=sys.stderr, flush=True)
+            self._reconnecting = False
+            self._backoff.reset()
+
+    def lost(self, exc: RpcException) -> None:
+        """The stream was lost: wait before the next attempt to resume the queue."""
+        if not self._reconnecting:
+            print(f"lost the event stream ({exc}): reconnecting...", file=sys.stderr, flush=True)
+            self._reconnecting = True
+        time.sleep(self._backoff.next_delay())  # a wait between attempts, not a synchronisation
+
+
+def _stream_lost(exc: RpcException) -> bool:
+    """Whether a listen stream ended because of the server or the network (worth reconnecting): the
+    server shutting down, or gone (unreachable, connection reset)."""
+    if exc.rc == ResultCode.ERROR_STREAM_SHUTDOWN:
+        return True
+    return isinstance(exc, RpcTransportError) and exc.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def _describe(exc: RpcException, ctl: Ctl) -> str:

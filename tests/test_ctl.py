@@ -21,7 +21,7 @@ from grpc_helper.api import ConfigValidator, Event, EventFilter, EventInterrupt,
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import Servers, echo_descriptor
+from helpers import Servers, echo_descriptor, wait_until
 
 
 class Run:
@@ -287,6 +287,10 @@ def props(**kwargs: str) -> list[EventProperty]:
     return [EventProperty(name=k, value=v) for k, v in kwargs.items()]
 
 
+def wait_until_text(stream: io.StringIO, text: str) -> bool:
+    return wait_until(lambda: text in stream.getvalue(), 30)
+
+
 class Listening:
     """`grpc-helper events listen ...` running in a thread, its output in memory."""
 
@@ -384,12 +388,25 @@ class TestEvents:
         if count:
             assert err.splitlines()[-1] == "error: ERROR_STATE_UNEXPECTED: 0 of 5 event(s) received"
 
-    def test_listen_ends_at_server_shutdown(self, server: RpcServer, monkeypatch: pytest.MonkeyPatch) -> None:
-        listening = Listening(monkeypatch, server.port)
-        listening.wait()
-        server.shutdown()
-        assert listening.join() == 1
-        assert listening.err.getvalue().splitlines()[-1].startswith("error: ERROR_STREAM_SHUTDOWN: ")
+    def test_listen_resumes_its_queue_when_the_server_restarts(
+        self, servers: Servers, folders: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Issue 13, item 14: a server shutdown (ERROR_STREAM_SHUTDOWN) no longer ends `events listen`: it
+        reconnects and resumes its queue on the server started again (same port, same workspace)."""
+        first = servers(0, [], folders=folders, with_events=True)
+        port = first.port
+        listening = Listening(monkeypatch, port, "CTL_RESTART", "--count", "2")
+        client_id = listening.wait()
+        first.client.events.send(Event(name="CTL_RESTART", properties=props(n="1")))
+        assert wait_until_text(listening.out, "CTL_RESTART n=1\n")
+        first.shutdown()
+        assert first.wait_shutdown(30)
+        assert wait_until_text(listening.err, "reconnecting...")
+        second = servers(port, [], folders=folders, with_events=True)  # its queue restored from queues.json
+        assert wait_until_text(listening.err, f"resumed event queue {client_id}")
+        second.client.events.send(Event(name="CTL_RESTART", properties=props(n="2")))
+        assert listening.join() == 0
+        assert listening.out.getvalue() == "CTL_RESTART n=1\nCTL_RESTART n=2\n"
 
     def test_ctrl_c_interrupts_queue(self, server: RpcServer) -> None:
         proc = subprocess.Popen(
