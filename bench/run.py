@@ -3,7 +3,8 @@
 
     python bench/run.py [--duration S] [--rounds N] [--only NAME]... [--json FILE] [--extra]
 
-NAME: core (raw vs RpcServer + RpcClient), proxy (raw vs proxied), fanout (events vs raw
+NAME: core (raw vs RpcServer + RpcClient), proxy (raw vs proxied, and RpcClient's direct mode past the
+proxy), fanout (events vs raw
 streaming), or a workload: unary, stream. Every server and every client runs in its own process.
 Raw and helper measurements alternate (order rotated each round) over several rounds on the same
 servers, and the median of each is reported with the helper/raw ratio against its target.
@@ -57,6 +58,8 @@ TARGETS = [
     Target("helper stream", "raw stream", 0.95, p99_ratio=1.2),
     Target("proxied unary", "raw unary", 0.6, p99_ratio=2.0),
     Target("proxied stream", "raw stream", 0.6),
+    Target("direct unary", "raw unary", 0.9, p99_ratio=1.2),
+    Target("direct stream", "raw stream", 0.9),
     Target("fanout", "raw stream", 0.8, p99_max_ms=100),
 ]
 UNITS = {"unary": "calls/s", "stream": "msgs/s", "fanout": "deliveries/s"}
@@ -105,6 +108,7 @@ def echo_variants(groups: list[str], workload: str, extra: bool) -> list[Variant
         variants.append(("helper", "helper", ("helper",)))
     if "proxy" in groups:
         variants.append(("proxied", "helper", ("proxy", "backend")))
+        variants.append(("direct", "direct", ("proxy", "backend")))  # given main, calls the backend
     if extra:
         variants.append(("rawproxy", "helper", ("rawproxy", "backend")))
         variants.append(("aioproxy", "helper", ("aioproxy", "backend")))
@@ -218,7 +222,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str,
             row |= {"base": base_name, "ratio": r.ops_per_s / base.ops_per_s, "p99_ratio": r.p99_ms / base.p99_ms,
                     "target": "diagnostic", "verdict": ""}  # fmt: skip
         rows.append(row)
-    variants = ("raw", "raw-st", "helper", "proxied", "rawproxy", "aioproxy")
+    variants = ("raw", "raw-st", "helper", "proxied", "direct", "rawproxy", "aioproxy")
     order = [f"{v} {w}" for w in WORKLOADS for v in variants] + ["fanout", "rawevents fanout", "aioevents fanout"]
     rows.sort(key=lambda row: order.index(row["scenario"]) if row["scenario"] in order else len(order))
 

@@ -41,7 +41,9 @@ def _echo_loop(client_kind: str, port: int, workload: str) -> Callable[[list[int
         stub: Any = EchoServiceStub(secure.channel(port, options))
     else:
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
-        stub = RpcClient("localhost", port, stubs, security=secure.client_security()).echo
+        # direct: RpcClient's direct mode, given main's port (it calls the backend past main)
+        direct = client_kind == "direct"
+        stub = RpcClient("localhost", port, stubs, security=secure.client_security(), direct=direct).echo
     request = EchoRequest(payload=PAYLOAD, count=STREAM_COUNT)
 
     if workload == "unary":

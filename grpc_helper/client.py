@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
+from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
@@ -14,8 +14,10 @@ import grpc
 import grpc.experimental
 from google.protobuf.message import Message
 
-from grpc_helper.api import ResultCode
+from grpc_helper.api import Filter, MultiServiceInfo, ResultCode, ServerApiVersion
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
+from grpc_helper.balancing import SERVICE_CONFIG, Address, channel_target
 from grpc_helper.errors import RpcException, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, Metadata, RpcMetadata
@@ -31,6 +33,14 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # experimental option (hence grpcio's bound in pyproject.toml).
     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
+# Balanced over several servers (see `balancing.SERVICE_CONFIG`): main's channels to replicas, direct mode
+BALANCED_OPTIONS: list[tuple[str, object]] = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)]
+# Direct mode: how long a replica's channel may take to connect before main is used instead (seconds),
+# and how often at most routes are read again after an UNAVAILABLE call
+DIRECT_CONNECT_TIMEOUT = 1.0
+_ROUTES_REFRESH = 1.0
+# Stubs of main's own services: never routed directly
+_MAIN_STUBS = frozenset(("srv", "config", "log", "events", "health"))
 # Less than this left of a call's deadline (seconds): no retry is attempted any more
 _LAST_ATTEMPT = 0.01
 # Stub name -> (generated stub class, API version sent with its calls; None: no version sent)
@@ -48,7 +58,7 @@ class _Stub:
         if version is not None:
             metadata += ((KEY_API_VERSION, str(int(version))),)
         for method, spec in stub_methods(stub_class).items():
-            setattr(self, method, client._bind(spec, metadata))
+            setattr(self, method, client._bind(spec, metadata, name))
 
     def __repr__(self) -> str:
         return f"<stub {self._name}>"
@@ -64,6 +74,8 @@ class RpcClient:
     - `exception`: raise `custom_exception(msg, rc)` for responses with a non-OK code below ERROR_CUSTOM
     - `security`: TLS (CA, client certificate, server name) and a bearer token (`ClientSecurity`);
       None: plaintext, as 2.x
+    - `direct`: for stubs of services this server (a main) proxies, call their replicas directly,
+      balanced by gRPC (round_robin, health-checked), instead of through it; see `refresh_routes`
     """
 
     def __init__(
@@ -78,6 +90,7 @@ class RpcClient:
         custom_exception: type[Exception] = RpcException,
         *,
         security: ClientSecurity | None = None,
+        direct: bool = False,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.security = security or PLAINTEXT
@@ -88,13 +101,18 @@ class RpcClient:
         self.exception = exception
         self.custom_exception = custom_exception
         self.channel = self._new_channel()
-        self._channel_lock = threading.Lock()  # serializes close(): never taken by calls
+        self.direct = direct
+        self._routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}  # stub -> its replicas' channel
+        self._routes_read = 0.0  # when `refresh_routes` last asked main (monotonic)
+        self._channel_lock = threading.Lock()  # serializes close() and route changes: never taken by calls
         self._rebinders: list[Callable[[], None]] = []  # one per bound method: rebinds it to self.channel
         self.stubs = dict(stubs)
         self._stubs: dict[str, _Stub] = {}
         for attr, (stub_class, version) in stubs.items():
             self._stubs[attr] = _Stub(self, attr, stub_class, version)
             setattr(self, attr, self._stubs[attr])
+        if direct:
+            self.refresh_routes()
 
     if TYPE_CHECKING:
         # Stubs are set per instance from the stubs map: untyped this way (see `stub` for typed ones)
@@ -130,9 +148,74 @@ class RpcClient:
         # channel is closed, so only calls already started on it are affected.
         with self._channel_lock:
             old, self.channel = self.channel, self._new_channel()
+            routes, self._routes = self._routes, {}  # through main again until routes are read again
             for rebind in self._rebinders:
                 rebind()
         old.close()
+        for _, channel in routes.values():
+            channel.close()
+
+    def refresh_routes(self) -> None:
+        """Direct mode: ask this client's server (a main) where the proxied services of this client's stubs
+        run (`srv.info`), and send their calls there from now on: one channel per service over its
+        serving endpoints, balanced and health-checked by gRPC (round_robin), with the same metadata,
+        deadlines and API-version checks. A service with no endpoint reachable from here within
+        `DIRECT_CONNECT_TIMEOUT` (e.g. addresses of a network this host is not on), or a main that does
+        not answer, goes through main. Called at construction, and again (at most once a second) when a
+        call fails with UNAVAILABLE. With TLS, a replica's certificate is checked against its service's
+        name (main's default `rpc-tls-backend-name`)."""
+        self._routes_read = time.monotonic()
+        names = [n for n in self.stubs if n not in _MAIN_STUBS]
+        if not names:
+            return
+        metadata = self.metadata.as_metadata() + self.security.metadata()
+        metadata += ((KEY_API_VERSION, str(int(ServerApiVersion.SERVER_API_CURRENT))),)
+        try:
+            request = Filter(names=names, ignore_unknown=True)
+            info = RpcServerServiceStub(self.channel).info(request, timeout=DIRECT_CONNECT_TIMEOUT, metadata=metadata)
+        except grpc.RpcError as exc:
+            self.logger.debug("Direct routes: main %s:%s did not answer (%s): through main", self.host, self.port, exc)
+            info = MultiServiceInfo()
+        found: dict[str, tuple[Address, ...]] = {}
+        for item in info.items:
+            endpoints = tuple((e.host or self.host, e.port) for e in item.endpoints if e.serving)
+            if item.is_proxy and endpoints:
+                found[item.name] = endpoints
+        routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}
+        unused: list[grpc.Channel] = []
+        for name, endpoints in found.items():
+            current = self._routes.get(name)
+            if current is not None and current[0] == endpoints:
+                routes[name] = current
+                continue
+            channel = self._replicas_channel(name, endpoints)
+            if channel is None:
+                continue
+            routes[name] = (endpoints, channel)
+        with self._channel_lock:
+            old, self._routes = self._routes, routes
+            for rebind in self._rebinders:
+                rebind()
+        unused = [channel for name, (_, channel) in old.items() if routes.get(name, (None, None))[1] is not channel]
+        for channel in unused:
+            channel.close()
+
+    def _replicas_channel(self, service: str, endpoints: tuple[Address, ...]) -> grpc.Channel | None:
+        """A balanced channel to `endpoints`, once connected; None if none can be reached in time."""
+        security = self.security
+        options = BALANCED_OPTIONS
+        if security.tls:
+            security = replace(security, server_name=service)
+        elif len(endpoints) > 1:
+            options = [*options, ("grpc.default_authority", f"{endpoints[0][0]}:{endpoints[0][1]}")]
+        channel = security.channel(channel_target(endpoints), options)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=DIRECT_CONNECT_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            self.logger.info("Direct routes: %s unreachable at %s from here: through main", service, endpoints)
+            return None
+        return channel
 
     def _new_channel(self) -> grpc.Channel:
         return self.security.channel(f"{self.host}:{self.port}", CHANNEL_OPTIONS)
@@ -176,6 +259,8 @@ class RpcClient:
             delay = backoff.next_delay()
             self.logger.debug("%s unavailable on %s:%s, retrying in %.2fs", path, self.host, self.port, delay)
             time.sleep(delay)
+            if self.direct and time.monotonic() - self._routes_read >= _ROUTES_REFRESH:
+                self.refresh_routes()  # replicas moved, or went away: follow main's registrations
             left = end - time.monotonic()
             if left < _LAST_ATTEMPT:
                 # The window is spent (the last delay was cut to its end): an attempt now could only time
@@ -190,16 +275,18 @@ class RpcClient:
                     error = exc
 
     # --- method binding ---
-    def _bind(self, spec: MethodSpec, metadata: Metadata) -> Callable[..., Any]:
-        """The client-side method of `spec` (by its kind), kept bound to `self.channel` by `close()`."""
+    def _bind(self, spec: MethodSpec, metadata: Metadata, stub: str) -> Callable[..., Any]:
+        """The client-side method of `spec` (by its kind) of stub `stub`, kept bound to its current channel
+        (`self.channel`, or its direct route) by `close()` and `refresh_routes()`."""
         check = self.exception and path_has_result(spec.path)
-        method, rebind = _METHOD_FACTORIES[spec.kind](self, spec, metadata, check=check)
+        method, rebind = _METHOD_FACTORIES[spec.kind](self, spec, metadata, stub, check=check)
         self._rebinders.append(rebind)
         return method
 
-    def _multicallable(self, spec: MethodSpec) -> Callable[..., Any]:
-        """`spec`'s gRPC multi-callable on the current channel."""
-        factory = getattr(self.channel, spec.kind)
+    def _multicallable(self, spec: MethodSpec, stub: str) -> Callable[..., Any]:
+        """`spec`'s gRPC multi-callable on the current channel of `stub`."""
+        route = self._routes.get(stub)
+        factory = getattr(self.channel if route is None else route[1], spec.kind)
         # `_registered_method=True`: a private parameter of grpcio's method factories (what its generated
         # stubs pass), making calls use the method pre-registered on the channel instead of interning
         # its path on every call (hence grpcio's bound in pyproject.toml)
@@ -215,13 +302,13 @@ class RpcClient:
 _Bound: TypeAlias = tuple[Callable[..., Any], Callable[[], None]]
 
 
-def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound:
-    call = client._multicallable(spec)
+def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
+    call = client._multicallable(spec, stub)
     path = spec.path
 
     def rebind() -> None:
         nonlocal call
-        call = client._multicallable(spec)
+        call = client._multicallable(spec, stub)
 
     def unary(request: Message, timeout: float | None = None) -> Any:
         started = monotonic()
@@ -229,8 +316,10 @@ def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, ch
             # The client's timeout is the call's deadline unless it has its own (see RpcClient)
             response = call(request, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            retry = partial(call, request, metadata=metadata)
-            response = client._retry(lambda left: retry(timeout=left), exc, path, timeout, started)
+            # `call` read at each attempt: a retry goes where the routes now point (direct mode)
+            response = client._retry(
+                lambda left: call(request, timeout=left, metadata=metadata), exc, path, timeout, started
+            )
         if check:
             client._raise_for(response)
         return response
@@ -238,13 +327,13 @@ def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, ch
     return unary, rebind
 
 
-def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound:
-    call = client._multicallable(spec)
+def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
+    call = client._multicallable(spec, stub)
     path = spec.path
 
     def rebind() -> None:
         nonlocal call
-        call = client._multicallable(spec)
+        call = client._multicallable(spec, stub)
 
     def client_stream(requests: Iterable[Message], timeout: float | None = None) -> Any:
         tracked = _TrackedIterator(requests)
@@ -254,8 +343,9 @@ def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
         except grpc.RpcError as exc:
             if tracked.started:  # can't replay a consumed request stream
                 raise rpc_error_to_exception(exc, path) from exc
-            retry = partial(call, tracked, metadata=metadata)
-            response = client._retry(lambda left: retry(timeout=left), exc, path, timeout, started)
+            response = client._retry(
+                lambda left: call(tracked, timeout=left, metadata=metadata), exc, path, timeout, started
+            )
         if check:
             client._raise_for(response)
         return response
@@ -263,14 +353,14 @@ def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
     return client_stream, rebind
 
 
-def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound:
-    call = client._multicallable(spec)
+def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
+    call = client._multicallable(spec, stub)
     path = spec.path
     request_streaming = spec.kind == "stream_stream"
 
     def rebind() -> None:
         nonlocal call
-        call = client._multicallable(spec)
+        call = client._multicallable(spec, stub)
 
     # `request`: a message, or an iterable of them for a bidirectional stream
     def server_stream(request: Any, timeout: float | None = None) -> ResponseStream:
@@ -284,7 +374,9 @@ def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
 
 
 class _MethodFactory(Protocol):
-    def __call__(self, client: RpcClient, spec: MethodSpec, metadata: Metadata, *, check: bool) -> _Bound: ...
+    def __call__(
+        self, client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool
+    ) -> _Bound: ...
 
 
 _METHOD_FACTORIES: dict[str, _MethodFactory] = {

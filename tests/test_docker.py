@@ -319,11 +319,12 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         compose = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml")]
 
         def healthy(service: str) -> bool:
-            cid = subprocess.run([*compose, "ps", "-q", service], env=env, capture_output=True, text=True).stdout
+            """Every container of `service` (echo has two) healthy."""
+            ids = subprocess.run([*compose, "ps", "-q", service], env=env, capture_output=True, text=True).stdout
             status = subprocess.run(
-                ["docker", "inspect", "-f", "{{.State.Health.Status}}", cid.strip()], capture_output=True, text=True
+                ["docker", "inspect", "-f", "{{.State.Health.Status}}", *ids.split()], capture_output=True, text=True
             )
-            return status.stdout.strip() == "healthy"
+            return bool(ids.split()) and set(status.stdout.split()) == {"healthy"}
 
         for service in ("main", "echo", "notes"):
             wait_for(lambda service=service: healthy(service), 120, f"{service} healthy (its healthcheck speaks mTLS)")

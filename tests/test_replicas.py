@@ -34,7 +34,8 @@ from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.proxy.registry import PROXY_FILE
 from grpc_helper_samples import echo
-from grpc_helper_samples.api import EchoRequest, EchoResponse
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 from helpers import EchoManager, Servers, echo_descriptor, wait_until
 
@@ -338,3 +339,42 @@ def test_routed_log_set_changes_the_backend_not_main(servers: Servers, tmp_path:
     finally:
         process.terminate()
         process.wait(30)
+
+
+# --- item 9: direct mode, past the proxy ---
+
+
+def direct_client(main: RpcServer) -> RpcClient:
+    stubs: dict[str, Any] = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+    return RpcClient("127.0.0.1", main.port, stubs, timeout=10, name="direct-test", direct=True)
+
+
+def test_direct_mode_calls_the_replicas_past_main(servers: Servers) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    backends = replicas(servers, main, 2)
+    with direct_client(main) as client:
+        assert {client.echo.echo(EchoRequest()).text for _ in range(10)} == {"r0", "r1"}  # balanced by gRPC
+        main.shutdown()  # main gone: the calls never went through it
+        assert main.wait_shutdown(30)
+        assert {client.echo.echo(EchoRequest()).text for _ in range(10)} == {"r0", "r1"}
+        assert [m.index for m in client.echo.repeat(EchoRequest(count=3))] == [0, 1, 2]  # streams too
+        # A replica going away: the other one answers (gRPC's health checking), nothing fails
+        backends[0].shutdown()
+        assert backends[0].wait_shutdown(30)
+        assert {client.echo.echo(EchoRequest()).text for _ in range(10)} == {"r1"}
+
+
+def test_direct_mode_goes_through_main_without_reachable_replicas_and_follows_them(servers: Servers) -> None:
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    with direct_client(main) as client:  # nothing registered yet: through main
+        (first,) = replicas(servers, main, 1)
+        assert client.echo.echo(EchoRequest()).text == "r0"  # forwarded by main
+        client.refresh_routes()
+        assert client.echo.echo(EchoRequest()).text == "r0"  # direct now
+        # Its only replica goes away and another registers: the UNAVAILABLE call reads the routes again
+        first.shutdown()
+        assert first.wait_shutdown(30)
+        second = servers(0, [echo_descriptor(Tagged("next"))])
+        register(main, second.port, host="127.0.0.1")
+        assert wait_until(lambda: ("127.0.0.1", second.port, True) in endpoints(main), 10)
+        assert client.echo.echo(EchoRequest()).text == "next"

@@ -18,12 +18,13 @@ from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.auth import check_owner, current_identity
 from grpc_helper.backoff import Backoff
+from grpc_helper.balancing import Address
 from grpc_helper.calls import VersionRange, remaining
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.generated import Handler
 from grpc_helper.persist import read_json_object, write_json
-from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Address, Backend, backend_address
+from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Backend, backend_address
 from grpc_helper.proxy.forward import Backends, make_forwarder
 from grpc_helper.tls import ClientSecurity
 
