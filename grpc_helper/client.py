@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
@@ -47,6 +47,18 @@ _LAST_ATTEMPT = 0.01
 StubsMap: TypeAlias = dict[str, tuple[type[Any], int | None]]
 S = TypeVar("S")
 T = TypeVar("T")
+
+
+def balanced_channel(security: ClientSecurity, addresses: Sequence[Address]) -> grpc.Channel:
+    """A channel to every one of `addresses`, balanced and health-checked by gRPC (`BALANCED_OPTIONS`):
+    main's channels to a service's replicas, and direct mode's."""
+    options = BALANCED_OPTIONS
+    if len(addresses) > 1 and not (security.tls and security.server_name):
+        # The authority of an `ipv4:a,b` target would be the whole list: give the first server's. Never with
+        # TLS's checked name: that name is the authority then, and TLS refuses a call whose authority the
+        # server's certificate does not carry ("call host does not match SSL server name")
+        options = [*options, ("grpc.default_authority", f"{addresses[0][0]}:{addresses[0][1]}")]
+    return security.channel(channel_target(addresses), options)
 
 
 class _Stub:
@@ -202,13 +214,8 @@ class RpcClient:
 
     def _replicas_channel(self, service: str, endpoints: tuple[Address, ...]) -> grpc.Channel | None:
         """A balanced channel to `endpoints`, once connected; None if none can be reached in time."""
-        security = self.security
-        options = BALANCED_OPTIONS
-        if security.tls:
-            security = replace(security, server_name=service)
-        elif len(endpoints) > 1:
-            options = [*options, ("grpc.default_authority", f"{endpoints[0][0]}:{endpoints[0][1]}")]
-        channel = security.channel(channel_target(endpoints), options)
+        security = replace(self.security, server_name=service) if self.security.tls else self.security
+        channel = balanced_channel(security, endpoints)
         try:
             grpc.channel_ready_future(channel).result(timeout=DIRECT_CONNECT_TIMEOUT)
         except grpc.FutureTimeoutError:

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 # of the connectivity states that the core channel reports (see `Backend.__init__`)
 from grpc._cython import cygrpc  # type: ignore[attr-defined]  # a compiled module: no type information
 
-from grpc_helper.balancing import Address, channel_target
-from grpc_helper.client import BALANCED_OPTIONS
+from grpc_helper.balancing import Address
+from grpc_helper.client import balanced_channel
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
@@ -47,14 +47,7 @@ class Backend:
         self.down_since: float | None = None  # monotonic time it was last seen stop serving
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
-        security = security or PLAINTEXT
-        options = BALANCED_OPTIONS
-        if len(addresses) > 1 and not (security.tls and security.server_name):
-            # The authority of an `ipv4:a,b` target would be the whole list: give the first server's.
-            # Never with TLS's checked name: that name is the authority then, and TLS refuses a call whose
-            # authority the server's certificate does not carry ("call host does not match SSL server name")
-            options = [*options, ("grpc.default_authority", f"{addresses[0][0]}:{addresses[0][1]}")]
-        self.channel = security.channel(channel_target(addresses), options)
+        self.channel = balanced_channel(security or PLAINTEXT, addresses)
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread
         # races with close() (it may query the channel once closed, and die with an error): read
         # the state synchronously from the core channel instead. grpcio private internal (hence
