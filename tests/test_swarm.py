@@ -171,7 +171,9 @@ def test_stack_on_swarm_replaces_tasks_and_updates_without_failures(swarm: None,
             wait_for(lambda: len(outcomes) > 20, 60, "steady load")
             before = set(deployed.containers("echo"))
             docker("service", "update", "--force", "--quiet", f"{deployed.name}_echo", timeout=600)
-            assert not before & set(deployed.containers("echo"))  # every task replaced
+            # Every task replaced; the old ones shut down gracefully (they may still be stopping when the
+            # update has converged on the new ones)
+            wait_for(lambda: not before & set(deployed.containers("echo")), 120, "the old echo tasks gone")
             wait_for(lambda: deployed.serving_echo() == 3, 120, "the updated tasks serving")
         finally:
             stop.set()
