@@ -167,6 +167,11 @@ class RpcClient:
         for _, channel in routes.values():
             channel.close()
 
+    @property
+    def routes(self) -> dict[str, tuple[Address, ...]]:
+        """Direct mode: the stubs whose calls go straight to their replicas, and those replicas' addresses."""
+        return {name: endpoints for name, (endpoints, _) in self._routes.items()}
+
     def refresh_routes(self) -> None:
         """Direct mode: ask this client's server (a main) where the proxied services of this client's stubs
         run (`srv.info`), and send their calls there from now on: one channel per service over its

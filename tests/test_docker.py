@@ -382,7 +382,9 @@ def test_scaled_echo_balances_and_fails_over_after_kill9(stack: Stack) -> None: 
                 t.join(30)
         failed = [sent for sent, ok in outcomes if not ok]
         assert len(failed) <= concurrency, failed  # each load thread has one call in flight at a time
-        assert all(sent <= killed_at + 0.05 for sent in failed), (killed_at, failed)
+        # ... sent before main's channel saw the replica gone (a call written to its dead connection may have
+        # reached it: never resent), so none issued 1 s after the kill
+        assert all(sent <= killed_at + 1 for sent in failed), (killed_at, failed)
         late = [ok for sent, ok in outcomes if sent > killed_at + 1]
         assert late
         assert all(late)

@@ -151,6 +151,14 @@ class RpcStaticConfig(ConfigHolder):
         "100",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )
+    CLIENT_DIRECT = Config(
+        "rpc-client-direct",
+        "Whether the auto-client and proxied managers' clients of main call proxied services' replicas"
+        " directly (RpcClient direct mode) instead of through main (true/false)",
+        "false",
+        validator=ConfigValidator.CONFIG_VALID_CUSTOM,
+        custom_validator=validate_bool,
+    )
     ERROR_STACK = Config(
         "rpc-error-stack",
         "Whether an error answered by a manager carries the server's traceback in `r.stack` (true/false)",

@@ -6,7 +6,7 @@ from grpc_helper.api import Endpoint, EventApiVersion, Filter, ProxyRegisterRequ
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.client import RpcClient, StubsMap
-from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.config.static import RpcStaticConfig, bool_value
 from grpc_helper.errors import RpcException
 from grpc_helper.manager import RpcManager
 from grpc_helper.metadata import ip_towards
@@ -70,6 +70,7 @@ class RpcProxiedManager(RpcManager):
             logger=self.logger,
             # With TLS, this server's own certificate (its identity on main), main's checked as rpc-main-host
             security=self.server.client_security(RpcStaticConfig.MAIN_HOST.str_val),
+            direct=bool_value(RpcStaticConfig.CLIENT_DIRECT),  # _proxy_stubs' services past main
         )
         names = self._proxied_services()
         self._endpoint = Endpoint(host=self._registered_host(), port=self.server.port)

@@ -28,7 +28,7 @@ from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_meth
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import ConfigItems
 from grpc_helper.config.manager import ConfigManager
-from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.config.static import RpcStaticConfig, bool_value
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
 from grpc_helper.events.service import EventsManager
@@ -271,6 +271,7 @@ class RpcServer:
             timeout=RpcStaticConfig.CLIENT_TIMEOUT.float_val,
             name="auto-client",
             security=self._own_security(),
+            # Its routes are read once every service is loaded (see below): srv answers only then
         )
         managers = self.managers
         for name, manager in managers.items():
@@ -289,6 +290,9 @@ class RpcServer:
                 self._gates[name].open()
                 self._set_health(name, serving=True)
         self.health.set("", SERVING)
+        if bool_value(RpcStaticConfig.CLIENT_DIRECT):
+            self.auto_client.direct = True
+            self.auto_client.refresh_routes()  # proxied services restored from proxy.json, if any
 
     def _default_descriptors(self, *, with_events: bool) -> list[RpcServiceDescriptor]:
         """The default services, each manager given only what it needs of this server."""
