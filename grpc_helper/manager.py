@@ -56,6 +56,11 @@ class RpcManager:
     def _load(self) -> None:
         """Called once every service of the server is alive."""
 
+    def _withdraw(self) -> None:
+        """Called first when the server shuts down, while it still serves: a manager known elsewhere says
+        it is leaving (`RpcProxiedManager` forgets its endpoint on main), so that no new call is sent
+        to this server once it stops taking them. Then calls in progress end, then `_shutdown`."""
+
     def _shutdown(self) -> None:
         """Called when the server shuts down: finalize, and interrupt long-running operations."""
 

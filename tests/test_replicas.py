@@ -422,3 +422,28 @@ def test_the_auto_client_goes_direct_when_configured(servers: Servers, tmp_path:
     direct = servers(0, [echo_descriptor(is_proxy=True)], folders=folders, cli_config={"rpc-client-direct": "true"})
     assert direct.client.routes == {"echo": (("127.0.0.1", backend.port),)}
     assert direct.client.echo.echo(EchoRequest()).text == "r0"
+
+
+def test_a_replica_leaves_main_before_it_stops_taking_calls(servers: Servers) -> None:
+    """Shutdown's first phase (`_withdraw`): the replica forgets its endpoint on main while it still serves,
+    so that main never sends it a call it would refuse (a rolling update once lost one that way)."""
+    main = servers(0, [echo_descriptor(is_proxy=True)])
+    seen: list[tuple[list[int], str]] = []
+
+    class Leaving(echo.EchoManager):
+        def _withdraw(self) -> None:
+            super()._withdraw()
+            assert self.server is not None
+            port = self.server.port
+            channel, stub = raw_echo(port)
+            with channel:  # still taking calls, and no longer registered on main
+                seen.append(([p for _, p, _ in endpoints(main)], stub.echo(EchoRequest(text="still"), timeout=5).text))
+
+    config = {"rpc-main-host": "127.0.0.1", "rpc-main-port": str(main.port)}
+    descriptor = echo.descriptor()
+    descriptor.manager = Leaving()
+    replica = servers(0, [descriptor], cli_config=config)
+    assert [p for _, p, _ in endpoints(main)] == [replica.port]
+    replica.shutdown()
+    assert replica.wait_shutdown(30)
+    assert seen == [([], "still")]

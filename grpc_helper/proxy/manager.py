@@ -17,7 +17,8 @@ class RpcProxiedManager(RpcManager):
 
     At `_load`, the services named by `_proxied_services()` are registered on the main server with
     `_proxied_version()` and this server's port (retrying while the main server is not up yet, up to
-    `rpc-client-timeout`); at `_shutdown` they are forgotten at this endpoint only (other replicas of
+    `rpc-client-timeout`); at shutdown (`_withdraw`, before the server stops taking calls) they are
+    forgotten at this endpoint only (other replicas of
     them, other servers registering the same names, stay registered). `proxy_client` reaches the main server
     (`srv`, `events`, plus `_proxy_stubs()`).
     """
@@ -86,14 +87,24 @@ class RpcProxiedManager(RpcManager):
             RpcStaticConfig.MAIN_PORT.int_val,
         )
 
+    def _withdraw(self) -> None:
+        """Forget this server's endpoint on main before it stops taking calls: main sends it no more (a
+        call it sent meanwhile is still served, within the grace period). Once only."""
+        client = getattr(self, "proxy_client", None)
+        if client is None or getattr(self, "_withdrawn", False):
+            return
+        self._withdrawn = True
+        try:
+            # One quick attempt: a main server that is gone must not delay this shutdown
+            # This server's own endpoint only: other replicas of these services stay registered
+            client.srv.proxy_forget(Filter(names=self._proxied_services(), endpoint=self._endpoint), timeout=5)
+        except RpcException as exc:
+            self.logger.warning("Could not forget proxied services on main server: %s", exc)
+        super()._withdraw()
+
     def _shutdown(self) -> None:
+        self._withdraw()  # if the server did not (a manager shut down on its own)
         client = getattr(self, "proxy_client", None)
         if client is not None:
-            try:
-                # One quick attempt: a main server that is gone must not delay this shutdown
-                # This server's own endpoint only: other replicas of these services stay registered
-                client.srv.proxy_forget(Filter(names=self._proxied_services(), endpoint=self._endpoint), timeout=5)
-            except RpcException as exc:
-                self.logger.warning("Could not forget proxied services on main server: %s", exc)
             client.close()
         super()._shutdown()

@@ -533,6 +533,7 @@ class RpcServer:
         for gate in self._gates.values():
             gate.fail(reason)  # calls still waiting for a manager's _load (a failed start) answer now
         stopped = None
+        self._withdraw_managers()  # first: nothing new is sent here once gRPC stops taking calls
         if self._grpc is not None:
             if hasattr(self, "health"):
                 self.health.enter_graceful_shutdown()  # every status NOT_SERVING, sent to watchers
@@ -548,6 +549,13 @@ class RpcServer:
         self._advance(ServerState.STOPPED)
         if self._linger <= 0:
             self._advance(ServerState.TERMINATED)
+
+    def _withdraw_managers(self) -> None:
+        for manager in reversed(self._loaded):
+            try:
+                manager._withdraw()
+            except Exception:
+                _log.exception("Manager %s failed to withdraw", manager.logger.name)
 
     def _shutdown_managers(self) -> None:
         while self._loaded:
