@@ -173,6 +173,9 @@ case "${1:-}" in
         ;;
     down)
         if [ "$(mode)" = docker ]; then
+            # echo's replicas keep their workspaces in anonymous volumes: removed with them (a down/up
+            # cycle must not leave volumes behind); main's and notes' named volumes are kept
+            compose rm --stop --force -v echo >/dev/null
             compose down
         elif [ -S "$STATE/supervisor.sock" ]; then
             # supervisord stops every program with SIGTERM (graceful shutdown), then exits
