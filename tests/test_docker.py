@@ -200,7 +200,9 @@ def test_config_set_reaches_samples_and_survives_down_up(stack: Stack) -> None:
         with pytest.raises(RpcException) as exc:
             c.notes.put(Note(key="long", text="way too long"))  # enforced by the notes container
         assert exc.value.rc == ResultCode.ERROR_PARAM_INVALID
-    stack.compose("down")  # volumes kept
+    # As stack.sh down: echo's replicas go with their anonymous workspaces, the named volumes are kept
+    stack.compose("rm", "--stop", "--force", "-v", "echo")
+    stack.compose("down")
     stack.compose("up", "-d", "--no-build")
     stack.wait_registered()
     with stack.main_client() as c:
