@@ -199,7 +199,6 @@ class RpcClient:
             if item.is_proxy and endpoints:
                 found[item.name] = endpoints
         routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}
-        unused: list[grpc.Channel] = []
         for name, endpoints in found.items():
             current = self._routes.get(name)
             if current is not None and current[0] == endpoints:
@@ -213,9 +212,9 @@ class RpcClient:
             old, self._routes = self._routes, routes
             for rebind in self._rebinders:
                 rebind()
-        unused = [channel for name, (_, channel) in old.items() if routes.get(name, (None, None))[1] is not channel]
-        for channel in unused:
-            channel.close()
+        for name, route in old.items():
+            if routes.get(name) is not route:  # a kept route is the very same (endpoints, channel) pair
+                route[1].close()
 
     def _replicas_channel(self, service: str, endpoints: tuple[Address, ...]) -> grpc.Channel | None:
         """A balanced channel to `endpoints`, once connected; None if none can be reached in time."""

@@ -25,6 +25,7 @@ class RpcProxiedManager(RpcManager):
 
     proxy_client: RpcClient
     _endpoint: Endpoint  # where this server registered (its own host and port)
+    _withdrawn = False  # its endpoint forgotten on main (see `_withdraw`)
 
     def _proxied_services(self) -> list[str]:
         """Names of the services to register (as declared in the main server's descriptors)."""
@@ -91,7 +92,7 @@ class RpcProxiedManager(RpcManager):
         """Forget this server's endpoint on main before it stops taking calls: main sends it no more (a
         call it sent meanwhile is still served, within the grace period). Once only."""
         client = getattr(self, "proxy_client", None)
-        if client is None or getattr(self, "_withdrawn", False):
+        if client is None or self._withdrawn:
             return
         self._withdrawn = True
         try:

@@ -75,8 +75,9 @@ class ProxyTarget:
     @classmethod
     def from_json(cls, entry: object) -> ProxyTarget | None:
         """The endpoint of a proxy.json entry; None if it is not a valid one."""
+        if not isinstance(entry, dict):
+            return None
         try:
-            assert isinstance(entry, dict)
             registrant = entry.get("registrant")
             target = cls(
                 str(entry["host"]),
@@ -84,7 +85,7 @@ class ProxyTarget:
                 str(entry["version"]),
                 registrant if isinstance(registrant, str) else None,
             )
-        except (AssertionError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             return None
         return target if 0 < target.port <= 65535 else None
 
@@ -175,17 +176,20 @@ class ProxyRegistry:
     def handlers(
         self, d: RpcServiceDescriptor, service: str, generated: dict[str, Handler], versions: VersionRange
     ) -> dict[str, Handler]:
-        return {
-            method: make_forwarder(d.name, service, method, original, versions, self, self._streams)
-            for method, original in generated.items()
-        }
+        """Forwarders of a proxied service's methods to its backends."""
+        return self._forwarders(d.name, service, generated, versions, self)
 
     def routed_handlers(
         self, service: str, generated: dict[str, Handler], versions: VersionRange, backends: Backends
     ) -> dict[str, Handler]:
         """Forwarders of a default service's methods to the server `backends` picks per call (routing)."""
+        return self._forwarders("", service, generated, versions, backends)
+
+    def _forwarders(
+        self, name: str, service: str, generated: dict[str, Handler], versions: VersionRange, backends: Backends
+    ) -> dict[str, Handler]:
         return {
-            method: make_forwarder("", service, method, original, versions, backends, self._streams)
+            method: make_forwarder(name, service, method, original, versions, backends, self._streams)
             for method, original in generated.items()
         }
 
@@ -374,23 +378,16 @@ class ProxyRegistry:
                 self._watcher.start()
         self._close(unused)
 
-    def _used_keys(self) -> set[ChannelKey]:
-        """Keys of the channels registrations use: one per service, one per endpoint (lock held)."""
-        keys = set()
-        for name, endpoints in self._targets.items():
-            keys.add(self._key(name, endpoints))
-            keys.update(self._key(name, [e]) for e in endpoints)
-        return keys
-
     def _release_unused(self) -> list[Backend | _ConfigLink]:
         """Retire channels and config clients that no registration uses; returns those to close now
-        (outside the lock). Called with the lock held. The channels registrations use are created."""
+        (outside the lock). Called with the lock held. The channels registrations use (one per service,
+        one per endpoint) are created, unless shutting down."""
+        used: set[ChannelKey] = set()
         for name, endpoints in self._targets.items():
-            if not self._closed:
-                self._channel(name, endpoints)
-                for e in endpoints:
-                    self._channel(name, [e])
-        used = self._used_keys()
+            for group in (list(endpoints), *([e] for e in endpoints)):
+                used.add(self._key(name, group))
+                if not self._closed:
+                    self._channel(name, group)
         used_addresses = {backend_address(*e) for endpoints in self._targets.values() for e in endpoints}
         to_close: list[Backend | _ConfigLink] = []
         for key in [k for k in self._channels if k not in used]:

@@ -157,15 +157,13 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
     def proxy_forget(self, request: Filter) -> ResultStatus:
         check_request(request)
         names = self._proxied(request.names)
-        if request.HasField("endpoint"):  # one replica going away: its own endpoint only
-            host, port = request.endpoint.host, request.endpoint.port
-            self._proxies.forget(names, (host, port))
-            self.logger.info("Proxied services %s forgotten at %s:%s", quote_names(names), host, port)
-            self._send_event("RPC_PROXY_FORGET", names=",".join(names), host=host, port=str(port))
-        else:  # every endpoint, as 2.x
-            self._proxies.forget(names)
-            self.logger.info("Proxied services %s forgotten", quote_names(names))
-            self._send_event("RPC_PROXY_FORGET", names=",".join(names))
+        # With an endpoint, one replica going away (its own endpoint only); without, every endpoint, as 2.x
+        endpoint = (request.endpoint.host, request.endpoint.port) if request.HasField("endpoint") else None
+        self._proxies.forget(names, endpoint)
+        where = {} if endpoint is None else {"host": endpoint[0], "port": str(endpoint[1])}
+        at = "" if endpoint is None else f" at {endpoint[0]}:{endpoint[1]}"
+        self.logger.info("Proxied services %s forgotten%s", quote_names(names), at)
+        self._send_event("RPC_PROXY_FORGET", names=",".join(names), **where)
         return ResultStatus()
 
     def _send_event(self, name: str, **properties: str) -> None:
