@@ -4,8 +4,9 @@
     python bench/run.py [--duration S] [--rounds N] [--only NAME]... [--json FILE] [--extra]
 
 NAME: core (raw vs RpcServer + RpcClient), proxy (raw vs proxied, and RpcClient's direct mode past the
-proxy), fanout (events vs raw
-streaming), or a workload: unary, stream. Every server and every client runs in its own process.
+proxy), replicas (the same with 3 replicas of the backend, against 3 plain grpcio servers balanced by
+round_robin), fanout (events vs raw streaming), or a workload: unary, stream. Every server and every
+client runs in its own process.
 Raw and helper measurements alternate (order rotated each round) over several rounds on the same
 servers, and the median of each is reported with the helper/raw ratio against its target.
 """
@@ -29,7 +30,7 @@ from workloads import STREAM_COUNT, echo, fanout
 
 THREADS = 8
 LISTENERS = 100
-GROUPS = ("core", "proxy", "fanout")
+GROUPS = ("core", "proxy", "replicas", "fanout")
 WORKLOADS = ("unary", "stream")
 FOREIGN_WARNING = 0.2  # cores used by other processes during a measurement: results are suspect
 
@@ -60,6 +61,11 @@ TARGETS = [
     Target("proxied stream", "raw stream", 0.6),
     Target("direct unary", "raw unary", 0.9, p99_ratio=1.2),
     Target("direct stream", "raw stream", 0.9),
+    # 3 replicas on 2 cores: reported against 3 plain grpcio servers (issue 13 asks for the figure only)
+    Target("proxied x3 unary", "raw x3 unary", 0.6, p99_ratio=2.0),
+    Target("proxied x3 stream", "raw x3 stream", 0.6),
+    Target("direct x3 unary", "raw x3 unary", 0.9, p99_ratio=1.2),
+    Target("direct x3 stream", "raw x3 stream", 0.9),
     Target("fanout", "raw stream", 0.8, p99_max_ms=100),
 ]
 UNITS = {"unary": "calls/s", "stream": "msgs/s", "fanout": "deliveries/s"}
@@ -88,8 +94,10 @@ class Plan:
     run: Callable[[], Result]
 
 
-# One echo measurement: (name, client kind, server roles: the first one is called, all are measured)
-Variant = tuple[str, str, tuple[str, ...]]
+# One echo measurement: (name, client kind, server roles: the first one is called, all are measured; a
+# raw client calls all of them, balanced)
+Roles = tuple[str, ...]
+Variant = tuple[str, str, Roles]
 T = TypeVar("T")
 
 
@@ -109,6 +117,11 @@ def echo_variants(groups: list[str], workload: str, extra: bool) -> list[Variant
     if "proxy" in groups:
         variants.append(("proxied", "helper", ("proxy", "backend")))
         variants.append(("direct", "direct", ("proxy", "backend")))  # given main, calls the backend
+    if "replicas" in groups:
+        replicas = ("proxy3", "backend", "backend2", "backend3")
+        variants.append(("raw x3", "raw", ("raw", "raw2", "raw3")))
+        variants.append(("proxied x3", "helper", replicas))
+        variants.append(("direct x3", "direct", replicas))
     if extra:
         variants.append(("rawproxy", "helper", ("rawproxy", "backend")))
         variants.append(("aioproxy", "helper", ("aioproxy", "backend")))
@@ -140,9 +153,10 @@ def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], roun
 
     for workload in workloads:
         for name, client, roles in rotated(echo_variants(groups, workload, args.extra), round_):
-            port = servers[roles[0]].port
+            called = roles if client == "raw" else roles[:1]
+            ports = tuple(servers[role].port for role in called)
 
-            def run(c: str = client, p: int = port, wl: str = workload, r: tuple[str, ...] = roles) -> Result:
+            def run(c: str = client, p: tuple[int, ...] = ports, wl: str = workload, r: Roles = roles) -> Result:
                 return echo(c, p, wl, THREADS, d, w, pids(*r))
 
             plans.append(Plan(f"{name} {workload}", run))
@@ -158,26 +172,44 @@ def plan_round(args: argparse.Namespace, servers: dict[str, ServerProcess], roun
     return plans
 
 
+# The servers a run may start: name -> (kind, the servers it proxies to), in start order (backends first)
+SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "raw": ("raw", ()),
+    "raw2": ("raw", ()),
+    "raw3": ("raw", ()),
+    "helper": ("helper", ()),
+    "backend": ("helper", ()),
+    "backend2": ("helper", ()),
+    "backend3": ("helper", ()),
+    "proxy": ("proxy", ("backend",)),
+    "proxy3": ("proxy", ("backend", "backend2", "backend3")),  # echo with 3 replicas
+    "rawproxy": ("rawproxy", ("backend",)),
+    "aioproxy": ("aioproxy", ("backend",)),
+    "events": ("events", ()),
+    "rawevents": ("rawevents", ()),
+    "aioevents": ("aioevents", ()),
+}
+GROUP_SERVERS = {
+    "core": {"helper"},
+    "proxy": {"backend", "proxy"},
+    "replicas": {"raw2", "raw3", "backend", "backend2", "backend3", "proxy3"},
+    "fanout": {"events"},
+}
+
+
 def start_servers(args: argparse.Namespace) -> dict[str, ServerProcess]:
     only = set(args.only or GROUPS)
-    needed = {"raw"}
-    if "core" in only or not only & set(GROUPS):
-        needed.add("helper")
-    if "proxy" in only or not only & set(GROUPS):
-        needed |= {"backend", "proxy"}
-    if "fanout" in only or not only & set(GROUPS):
-        needed.add("events")
+    groups = only & set(GROUPS) or set(GROUPS)  # a workload alone: every group
+    needed = {"raw"}.union(*(GROUP_SERVERS[g] for g in groups))
     if args.extra:
         needed |= {"backend", "rawproxy", "aioproxy"}
         if "events" in needed:
             needed |= {"rawevents", "aioevents"}
     servers: dict[str, ServerProcess] = {}
     try:
-        for name in ("raw", "helper", "backend", "proxy", "rawproxy", "aioproxy", "events", "rawevents", "aioevents"):
+        for name, (kind, backends) in SERVERS.items():
             if name in needed:
-                kind = "helper" if name == "backend" else name
-                backend = servers["backend"].port if name in ("proxy", "rawproxy", "aioproxy") else 0
-                servers[name] = ServerProcess(kind, backend)
+                servers[name] = ServerProcess(kind, tuple(servers[b].port for b in backends))
     except BaseException:
         for server in servers.values():
             server.close()
@@ -214,7 +246,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str,
                 ok = ok and r.p99_ms < target.p99_max_ms
             row |= {"base": target.base, "ratio": ratio, "p99_ratio": p99_ratio, "target": target.describe(),
                     "verdict": "PASS" if ok else "FAIL"}  # fmt: skip
-        elif name.startswith("raw "):
+        elif name in ("raw unary", "raw stream"):
             row |= {"ratio": 1.0, "p99_ratio": 1.0, "target": "baseline", "verdict": ""}
         elif _diagnostic_base(name) in results:  # --extra diagnostics: ratio only
             base_name = _diagnostic_base(name)
@@ -222,7 +254,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str,
             row |= {"base": base_name, "ratio": r.ops_per_s / base.ops_per_s, "p99_ratio": r.p99_ms / base.p99_ms,
                     "target": "diagnostic", "verdict": ""}  # fmt: skip
         rows.append(row)
-    variants = ("raw", "raw-st", "helper", "proxied", "direct", "rawproxy", "aioproxy")
+    variants = ("raw", "raw-st", "helper", "proxied", "direct", "raw x3", "proxied x3", "direct x3")
+    variants += ("rawproxy", "aioproxy")
     order = [f"{v} {w}" for w in WORKLOADS for v in variants] + ["fanout", "rawevents fanout", "aioevents fanout"]
     rows.sort(key=lambda row: order.index(row["scenario"]) if row["scenario"] in order else len(order))
 

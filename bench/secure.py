@@ -70,10 +70,17 @@ def add_port(server: grpc.Server) -> int:
     return server.add_secure_port("127.0.0.1:0", creds)
 
 
-def channel(port: int, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
-    """A plain grpcio channel to a local server, with the same TLS credentials when asked."""
+def channel(ports: tuple[int, ...], options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+    """A plain grpcio channel to a local server, with the same TLS credentials when asked; to several
+    (replicas), balanced by gRPC's round_robin (no health checking: plain servers have no health service)."""
     d = folder()
-    target = f"localhost:{port}"
+    target = f"localhost:{ports[0]}"
+    if len(ports) > 1:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+        service_config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+        # the certificate names localhost: the name checked against it, as the dialled host is an IP list
+        balanced = [("grpc.service_config", service_config), ("grpc.ssl_target_name_override", "localhost")]
+        options = [*(options or ()), *balanced]
     if d is None:
         return grpc.insecure_channel(target, options=options)
     ca, key, cert = ((d / name).read_bytes() for name in ("ca.crt", "client.key", "client.crt"))

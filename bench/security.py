@@ -72,7 +72,7 @@ def main() -> None:
         os.environ[secure.ENV] = tmp  # inherited by every spawned server and client process
         raw, helper = ServerProcess("raw"), ServerProcess("helper")
         backend = ServerProcess("helper")
-        proxy = ServerProcess("proxy", backend.port)
+        proxy = ServerProcess("proxy", (backend.port,))
         try:
             plan = [
                 ("raw grpcio + TLS unary", "raw", raw, "unary"),
@@ -89,7 +89,7 @@ def main() -> None:
                         {"server": server.pid} if server is not proxy else {"proxy": proxy.pid, "backend": backend.pid}
                     )
                     results[name].append(
-                        workloads.echo(client, server.port, workload, args.threads, args.duration, pids=pids)
+                        workloads.echo(client, (server.port,), workload, args.threads, args.duration, pids=pids)
                     )
         finally:
             for p in (proxy, backend, helper, raw):

@@ -211,10 +211,10 @@ class AioEvents(EventServiceServicer):
         return ResultStatus()
 
 
-async def _serve_aio(kind: str, ports: Any, stop: Any, arg: int) -> None:
+async def _serve_aio(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
     server = grpc.aio.server()
     if kind == "aioproxy":
-        server.add_generic_rpc_handlers((_AioBytesForwarder(arg),))
+        server.add_generic_rpc_handlers((_AioBytesForwarder(backends[0]),))
     else:
         add_EventServiceServicer_to_server(AioEvents(), server)  # type: ignore[no-untyped-call]
     ports.put(server.add_insecure_port("127.0.0.1:0"))
@@ -223,10 +223,10 @@ async def _serve_aio(kind: str, ports: Any, stop: Any, arg: int) -> None:
     await server.stop(0)
 
 
-def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
+def _serve(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
     """Child process body: start a server of `kind`, report its port, serve until `stop` is set."""
     if kind in ("aioproxy", "aioevents"):
-        asyncio.run(_serve_aio(kind, ports, stop, arg))
+        asyncio.run(_serve_aio(kind, ports, stop, backends))
         return
     if kind in ("raw", "rawproxy", "rawevents"):
         # Event listeners each hold a thread for the whole stream
@@ -236,7 +236,7 @@ def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
         elif kind == "rawevents":
             add_EventServiceServicer_to_server(RawEvents(), server)
         else:
-            server.add_generic_rpc_handlers((_BytesForwarder(arg),))
+            server.add_generic_rpc_handlers((_BytesForwarder(backends[0]),))
         ports.put(secure.add_port(server))
         server.start()
         stop.wait()
@@ -247,8 +247,9 @@ def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
         srv = RpcServer(0, [echo_descriptor()], cli_config=config, with_debug_signal=False)
     elif kind == "proxy":
         srv = RpcServer(0, [echo_descriptor(is_proxy=True)], cli_config=config, with_debug_signal=False)
-        request = ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=arg)
-        srv.client.srv.proxy_register(request)
+        for port in backends:  # each one an endpoint (a replica) of echo
+            request = ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=port)
+            srv.client.srv.proxy_register(request)
     elif kind == "events":
         srv = RpcServer(0, [], with_events=True, with_debug_signal=False)
     else:
@@ -259,13 +260,15 @@ def _serve(kind: str, ports: Any, stop: Any, arg: int) -> None:
 
 
 class ServerProcess:
-    """A server of `kind` in a child process (`arg`: backend port of a proxy); `close()` stops it."""
+    """A server of `kind` in a child process (`backends`: the backend port(s) of a proxy, each a replica
+    of echo for `proxy`; the minimal proxies use the first); `close()` stops it."""
 
-    def __init__(self, kind: str, arg: int = 0) -> None:
+    def __init__(self, kind: str, backends: tuple[int, ...] = ()) -> None:
         ctx = mp.get_context("spawn")
         queue, self._stop = ctx.Queue(), ctx.Event()
         self.kind = kind
-        self._proc = ctx.Process(target=_serve, args=(kind, queue, self._stop, arg), daemon=True, name=f"bench-{kind}")
+        args = (kind, queue, self._stop, backends)
+        self._proc = ctx.Process(target=_serve, args=args, daemon=True, name=f"bench-{kind}")
         self._proc.start()
         self.port: int = queue.get(timeout=60)
 

@@ -33,17 +33,22 @@ EVENT_NAME = "BENCH"
 # --- echo ---
 
 
-def _echo_loop(client_kind: str, port: int, workload: str) -> Callable[[list[int], int, threading.Event], None]:
-    """A function making one call, adding the ops it completes to `counts[i]`, stopping early on `stop`."""
+def _echo_loop(
+    client_kind: str, ports: tuple[int, ...], workload: str
+) -> Callable[[list[int], int, threading.Event], None]:
+    """A function making one call, adding the ops it completes to `counts[i]`, stopping early on `stop`.
+
+    `ports`: the server's; for a `raw` client, several are plain grpcio replicas, balanced by gRPC's
+    round_robin over one channel (what a grpcio user does with several servers)."""
     if client_kind in ("raw", "raw-st"):
         # raw-st (diagnostic): the plain stub with the channel options RpcClient uses
         options = CHANNEL_OPTIONS if client_kind == "raw-st" else None
-        stub: Any = EchoServiceStub(secure.channel(port, options))
+        stub: Any = EchoServiceStub(secure.channel(ports, options))
     else:
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
-        # direct: RpcClient's direct mode, given main's port (it calls the backend past main)
+        # direct: RpcClient's direct mode, given main's port (it calls the backends past main)
         direct = client_kind == "direct"
-        stub = RpcClient("localhost", port, stubs, security=secure.client_security(), direct=direct).echo
+        stub = RpcClient("localhost", ports[0], stubs, security=secure.client_security(), direct=direct).echo
     request = EchoRequest(payload=PAYLOAD, count=STREAM_COUNT)
 
     if workload == "unary":
@@ -67,7 +72,7 @@ def _echo_loop(client_kind: str, port: int, workload: str) -> Callable[[list[int
 
 def _run_echo(
     client_kind: str,
-    port: int,
+    ports: tuple[int, ...],
     workload: str,
     threads: int,
     duration: float,
@@ -75,7 +80,7 @@ def _run_echo(
     pids: dict[str, int],
     out: Any,
 ) -> None:
-    call = _echo_loop(client_kind, port, workload)
+    call = _echo_loop(client_kind, ports, workload)
     call([0], 0, threading.Event())  # connect before the clock starts
     counts = [0] * threads
     latencies: list[list[float]] = [[] for _ in range(threads)]
@@ -126,15 +131,16 @@ def run_in_process(target: Callable[..., None], *args: Any) -> Any:
 
 def echo(
     client_kind: str,
-    port: int,
+    ports: tuple[int, ...],
     workload: str,
     threads: int,
     duration: float,
     warmup: float = 1.0,
     pids: dict[str, int] | None = None,
 ) -> Result:
-    """Measure `workload` ("unary" or "stream") with a `client_kind` ("raw" or "helper") client."""
-    return run_in_process(_run_echo, client_kind, port, workload, threads, duration, warmup, pids or {})
+    """Measure `workload` ("unary" or "stream") with a `client_kind` client ("raw", "raw-st", "helper",
+    "direct") of the server at `ports` (several: plain grpcio replicas, for a raw client)."""
+    return run_in_process(_run_echo, client_kind, ports, workload, threads, duration, warmup, pids or {})
 
 
 # --- events fan-out ---

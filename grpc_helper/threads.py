@@ -15,7 +15,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, SimpleQueue
@@ -45,11 +44,20 @@ def current_frames() -> dict[int, FrameType]:
 IDLE_TIMEOUT = 2.0  # seconds a thread waits for work before it ends
 
 
+_Task = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
 class IdlePool(ThreadPoolExecutor):
     """`submit`/`shutdown` of a ThreadPoolExecutor, with threads ended after `idle_timeout` idle seconds.
 
     `pending` is the number of tasks submitted and not finished (queued or running): the server
     reads it to bound the calls waiting for its workers.
+
+    Tasks go through one `SimpleQueue`: threads wait for work in C, as the stdlib pool's do, instead of
+    a Python `Condition` allocating a lock per wait and per wake-up on every call. The counts under `_lock`
+    say who takes a task: `_idle` threads are waiting with nothing promised to them, so a task
+    submitted meanwhile is theirs (one fewer idle); else a new thread starts, up to `max_workers`;
+    else the task is `_backlog`, taken by the next thread to finish its task.
     """
 
     def __init__(self, max_workers: int, thread_name_prefix: str = "", idle_timeout: float = IDLE_TIMEOUT) -> None:
@@ -57,10 +65,11 @@ class IdlePool(ThreadPoolExecutor):
         self._limit = max_workers
         self._prefix = thread_name_prefix or "idle-pool"
         self._idle_timeout = idle_timeout
-        self._cond = threading.Condition(threading.Lock())
-        self._tasks: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = deque()
+        self._queue: SimpleQueue[_Task | None] = SimpleQueue()  # None: a thread's end, at shutdown
+        self._lock = threading.Lock()
         self._workers: set[threading.Thread] = set()
-        self._idle = 0  # threads waiting for a task
+        self._idle = 0  # threads waiting for a task, none promised to them
+        self._backlog = 0  # tasks queued while every thread was busy and no more could start
         self._pending = 0  # tasks submitted, not finished
         self._closed = False
         self._seq = 0
@@ -77,36 +86,40 @@ class IdlePool(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._tasks.append((future, fn, args, kwargs))
             self._pending += 1
-            # An idle thread takes it (each queued task needs its own); else a new thread, if allowed
-            if self._idle >= len(self._tasks):
-                self._cond.notify()
+            self._queue.put((future, fn, args, kwargs))
+            if self._idle:
+                self._idle -= 1  # an idle thread takes it
             elif len(self._workers) < self._limit:
                 self._seq += 1
                 thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._seq}", daemon=True)
                 self._workers.add(thread)
                 thread.start()
+            else:
+                self._backlog += 1
         return future
 
     def _work(self) -> None:
         me = threading.current_thread()
+        get, lock = self._queue.get, self._lock
         while True:
-            with self._cond:
-                while not self._tasks:
-                    if self._closed:
+            try:
+                task = get(timeout=self._idle_timeout)
+            except Empty:
+                with lock:
+                    if self._idle:  # idle for a whole timeout, and no task promised to an idle thread: end
+                        self._idle -= 1
                         self._workers.discard(me)
                         return
-                    self._idle += 1
-                    woken = self._cond.wait(self._idle_timeout)
-                    self._idle -= 1
-                    if not woken and not self._tasks and not self._closed:  # idle for a whole timeout: end
-                        self._workers.discard(me)
-                        return
-                future, fn, args, kwargs = self._tasks.popleft()
+                continue  # a task was just promised to an idle thread (this one): it is on its way
+            if task is None:  # shutdown
+                with lock:
+                    self._workers.discard(me)
+                return
+            future, fn, args, kwargs = task
             result: Any = None
             error: BaseException | None = None
             run = future.set_running_or_notify_cancel()
@@ -117,26 +130,35 @@ class IdlePool(ThreadPoolExecutor):
                 error = exc
             finally:
                 # Counted done before the future resolves: whoever waits on it sees `pending` without it
-                with self._cond:
+                with lock:
                     self._pending -= 1
+                    if self._backlog:
+                        self._backlog -= 1  # this thread takes a queued task next
+                    else:
+                        self._idle += 1
             if run:
                 if error is None:
                     future.set_result(result)
                 else:
                     future.set_exception(error)
-            del future, fn, args, kwargs, result, error  # don't keep the last task's objects alive while idle
+            del task, future, fn, args, kwargs, result, error  # don't keep the last task's objects alive while idle
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: FBT001, FBT002
         """No new tasks; queued ones still run unless `cancel_futures`; `wait`: until all threads end."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             if cancel_futures:
-                while self._tasks:
-                    future = self._tasks.popleft()[0]
-                    future.cancel()
-                    self._pending -= 1
-            self._cond.notify_all()
+                while True:
+                    try:
+                        task = self._queue.get_nowait()
+                    except Empty:
+                        break
+                    if task is not None:
+                        task[0].cancel()
+                        self._pending -= 1
             threads = list(self._workers)
+            for _ in threads:
+                self._queue.put(None)  # after the queued tasks: they run first
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer, RpcStaticConfig
 from grpc_helper.api import (
     ConfigUpdate,
     Empty,
@@ -181,6 +181,14 @@ class TestTransport:
     def test_token_needs_tls_off_loopback(self) -> None:
         with pytest.raises(ValueError, match="plaintext"):
             RpcClient("10.1.2.3", 1, ECHO_STUBS, security=ClientSecurity(tls=False, token="x"))
+
+    def test_optional_client_certificates_are_refused_with_the_reason(self) -> None:
+        # grpcio can only require client certificates or not ask for them: "optional" is told so, not
+        # silently served as "none" (callers would think their certificate identifies them)
+        with pytest.raises(RpcException, match="grpcio can only require client certificates") as info:
+            RpcStaticConfig.TLS_CLIENT_AUTH.validate("rpc-tls-client-auth", "optional")
+        assert info.value.rc == ResultCode.ERROR_PARAM_INVALID
+        RpcStaticConfig.TLS_CLIENT_AUTH.validate("rpc-tls-client-auth", "Required")  # the valid ones still are
 
     def test_repr_shows_no_secret(self, pki: Pki) -> None:
         text = repr(pki.client("operator", token="s3cr3t"))

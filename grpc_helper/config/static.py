@@ -40,6 +40,20 @@ def validate_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         )
 
 
+def validate_client_auth(name: str, value: str) -> None:
+    """`rpc-tls-client-auth`: one of CLIENT_AUTH_MODES; "optional" is refused with the reason, as it is asked for."""
+    if value.lower() == "optional":
+        # grpcio's server credentials take a boolean: don't ask for a client certificate, or ask for one
+        # and require it (GRPC_SSL_REQUEST_AND_REQUIRE_...); the C core's "request, verify if given" is
+        # not reachable from Python
+        raise RpcException(
+            f"Invalid value for {name}: optional (grpcio can only require client certificates or not ask for "
+            "them: use required, or none with bearer tokens)",
+            ResultCode.ERROR_PARAM_INVALID,
+        )
+    validate_choice(name, value, CLIENT_AUTH_MODES)
+
+
 def bool_value(item: Config) -> bool:
     """A boolean item's value (checked by `validate_bool`): true/on/yes/1 or false/off/no/0."""
     return _BOOLEANS.get(item.str_val.lower(), True)
@@ -210,7 +224,7 @@ class RpcStaticConfig(ConfigHolder):
         "Client certificates: none (not asked for) or required (mTLS: verified against rpc-tls-ca)",
         "none",
         validator=ConfigValidator.CONFIG_VALID_CUSTOM,
-        custom_validator=lambda name, value: validate_choice(name, value, CLIENT_AUTH_MODES),
+        custom_validator=validate_client_auth,
     )
     TLS_BACKEND_NAME = Config(
         "rpc-tls-backend-name",
