@@ -63,22 +63,24 @@ wait_ready() {
 container_secrets() {
     # One folder per service, mounted read-only in its container (compose.yaml): its certificate and key,
     # the CA and the policy, owned by the containers' user (uid 10001) and readable by it only. Replaced
-    # file by file (a rename each), so a running server picks a renewal up (rpc-tls-* files re-read)
-    local out="$STATE/container-secrets" svc
-    for svc in main echo notes; do
-        mkdir -p "$out/$svc"
-        chmod 0700 "$out/$svc"
-        for pair in "$svc.crt:cert.pem" "$svc.key:key.pem" "ca.crt:ca.pem" "policy.json:policy.json"; do
-            install -m 0600 "$SECRETS/${pair%%:*}" "$out/$svc/.${pair#*:}.tmp"
-            mv -f "$out/$svc/.${pair#*:}.tmp" "$out/$svc/${pair#*:}"
-        done
+    # file by file (a rename each), so a running server picks a renewal up (rpc-tls-* files re-read).
+    # Done as root in a throw-away container of the image, whoever runs this script: a user who is not
+    # root could neither give the files to uid 10001 nor replace them once given.
+    local out="$STATE/container-secrets"
+    mkdir -p "$out"
+    # shellcheck disable=SC2016  # expanded by the container's shell
+    local script='set -eu
+for svc in main echo notes; do
+    mkdir -p "$2/$svc"
+    chmod 0700 "$2/$svc"
+    for pair in "$svc.crt:cert.pem" "$svc.key:key.pem" "ca.crt:ca.pem" "policy.json:policy.json"; do
+        install -m 0600 -o 10001 -g 10001 "$1/${pair%%:*}" "$2/$svc/.${pair#*:}.tmp"
+        mv -f "$2/$svc/.${pair#*:}.tmp" "$2/$svc/${pair#*:}"
     done
-    if [ "$(id -u)" = 0 ]; then
-        chown -R 10001:10001 "$out"
-    else  # the image is there: let a throw-away container of it hand the files over
-        docker run --rm --network none --user 0 --entrypoint chown -v "$out:/s" "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" \
-            -R 10001:10001 /s
-    fi
+    chown 10001:10001 "$2/$svc"
+done'
+    docker run --rm --network none --user 0 --entrypoint sh -v "$SECRETS:/in:ro" -v "$out:/out" \
+        "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" -c "$script" sh /in /out
 }
 
 secure_compose_env() {

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -267,6 +269,20 @@ def test_image_runs_as_non_root(stack: Stack) -> None:
     assert health in ("healthy", "starting")
 
 
+def served_certificate(port: int, creds: dict[str, str]) -> bytes:
+    """The certificate (DER) main's TLS server presents to a new connection with the operator's credentials."""
+    context = ssl.create_default_context(cafile=creds["GRPC_HELPER_TLS_CA"])
+    context.load_cert_chain(creds["GRPC_HELPER_TLS_CERT"], creds["GRPC_HELPER_TLS_KEY"])
+    context.set_alpn_protocols(["h2"])  # what gRPC servers expect
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
 def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
     """`stack.sh up --scale echo=2` as the README runs it: mTLS on every hop (two echo replicas), the
     policy on, the container healthchecks over mTLS; the operator's credentials from `stack.sh env` get
@@ -330,8 +346,14 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
 
         for service in ("main", "echo", "notes"):
             wait_for(lambda service=service: healthy(service), 120, f"{service} healthy (its healthcheck speaks mTLS)")
+        main_crt = Path(creds["GRPC_HELPER_TLS_CA"]).parent / "main.crt"
+        assert served_certificate(port, creds) == ssl.PEM_cert_to_DER_cert(main_crt.read_text())
         rotated = stack_sh("secrets", "rotate")
         assert rotated.returncode == 0, rotated.stderr
+        renewed = ssl.PEM_cert_to_DER_cert(main_crt.read_text())
+        # main serves the renewed certificate to new connections, without a restart (its files re-read
+        # once they settled for a second); the container is the same one
+        wait_for(lambda: served_certificate(port, creds) == renewed, 60, "main serving its renewed certificate")
         with RpcClient("127.0.0.1", port, stubs, timeout=60, security=security) as client:  # a new connection
             assert client.echo.echo(EchoRequest(text="rotated")).text == "rotated"
     finally:
