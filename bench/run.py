@@ -254,8 +254,10 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> dict[str,
             row |= {"base": base_name, "ratio": r.ops_per_s / base.ops_per_s, "p99_ratio": r.p99_ms / base.p99_ms,
                     "target": "diagnostic", "verdict": ""}  # fmt: skip
         rows.append(row)
-    variants = ("raw", "raw-st", "helper", "proxied", "direct", "raw x3", "proxied x3", "direct x3")
-    variants += ("rawproxy", "aioproxy")
+    variants = (
+        *("raw", "raw-st", "helper", "proxied", "direct"),
+        *("raw x3", "proxied x3", "direct x3", "rawproxy", "aioproxy"),
+    )
     order = [f"{v} {w}" for w in WORKLOADS for v in variants] + ["fanout", "rawevents fanout", "aioevents fanout"]
     rows.sort(key=lambda row: order.index(row["scenario"]) if row["scenario"] in order else len(order))
 
