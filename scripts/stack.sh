@@ -8,7 +8,7 @@
 #                           loopback). Either runs mTLS on every hop with the authorization policy on
 #                           (--insecure: plaintext, no policy, for debugging); --scale (Docker only,
 #                           repeatable): run N replicas of a stateless service, e.g. --scale echo=3
-#   stack.sh down           stop it (workspaces are kept: compose volumes, or .stack/)
+#   stack.sh down           stop it (workspaces and secrets are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
 #   stack.sh env            print the export lines pointing the grpc-helper CLI at main, with the
 #                           operator's credentials
@@ -81,6 +81,13 @@ for svc in main echo notes; do
 done'
     docker run --rm --network none --user 0 --entrypoint sh -v "$SECRETS:/in:ro" -v "$out:/out" \
         "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" -c "$script" sh /in /out
+}
+
+drop_container_secrets() {
+    # The copies given to uid 10001 go with the stack (`up` makes them again): only root may remove them
+    [ -d "$STATE/container-secrets" ] || return 0
+    docker run --rm --network none --user 0 --entrypoint rm -v "$STATE:/state" "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" \
+        -rf /state/container-secrets || echo "stack: could not remove $STATE/container-secrets (owned by uid 10001)" >&2
 }
 
 secure_compose_env() {
@@ -179,6 +186,7 @@ case "${1:-}" in
             # cycle must not leave volumes behind); main's and notes' named volumes are kept
             compose rm --stop --force -v echo >/dev/null
             compose down
+            drop_container_secrets
         elif [ -S "$STATE/supervisor.sock" ]; then
             # supervisord stops every program with SIGTERM (graceful shutdown), then exits
             pid=$(cat "$STATE/supervisord.pid")

@@ -356,6 +356,11 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         wait_for(lambda: served_certificate(port, creds) == renewed, 60, "main serving its renewed certificate")
         with RpcClient("127.0.0.1", port, stubs, timeout=60, security=security) as client:  # a new connection
             assert client.echo.echo(EchoRequest(text="rotated")).text == "rotated"
+        down = stack_sh("down")
+        assert down.returncode == 0, down.stderr
+        # The copies handed to the containers' user go with the stack: whoever ran it can delete its clone
+        assert not (tmp_path / "state" / "container-secrets").exists()
+        assert (tmp_path / "state" / "secrets" / "main.crt").exists()  # the secrets themselves are kept
     finally:
         stack_sh("down")
         cmd = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml"), "down", "-v"]
