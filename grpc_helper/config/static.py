@@ -41,7 +41,7 @@ def validate_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def validate_client_auth(name: str, value: str) -> None:
-    """`rpc-tls-client-auth`: one of CLIENT_AUTH_MODES; "optional" is refused with the reason, as it is asked for."""
+    """`rpc-tls-client-auth`: one of CLIENT_AUTH_MODES; "optional", which grpcio can't serve, is refused with why."""
     if value.lower() == "optional":
         # grpcio's server credentials take a boolean: don't ask for a client certificate, or ask for one
         # and require it (GRPC_SSL_REQUEST_AND_REQUIRE_...); the C core's "request, verify if given" is
