@@ -48,6 +48,32 @@ def _read(path: Path, what: str) -> bytes:
         raise RpcException(f"Can't read the {what} {path}: {exc.strerror}", ResultCode.ERROR_MODEL_INVALID) from exc
 
 
+def read_token(path: Path) -> str:
+    """The bearer token a file holds: its first word (a token has no spaces); ValueError if it has none."""
+    words = path.read_text().split()
+    if not words:
+        raise ValueError(f"Empty token file {path}")
+    return words[0]
+
+
+def server_token(workspace: Path | None, *, tls: bool) -> str | None:
+    """The token a server sends to the servers it calls (`rpc-auth-token-file`), read once at start;
+    None when not configured. Never sent in plaintext: it needs the server's TLS (`tls`)."""
+    path = RpcStaticConfig.AUTH_TOKEN_FILE.str_val
+    if not path:
+        return None
+    if not tls:
+        msg = "rpc-auth-token-file needs TLS (rpc-tls-cert, rpc-tls-key): a token is never sent in plaintext"
+        raise RpcException(msg, ResultCode.ERROR_PARAM_MISSING)
+    file = resolve(path, workspace)
+    try:
+        return read_token(file)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "empty"
+        msg = f"Can't read the token (rpc-auth-token-file) {file}: {why}"
+        raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
+
+
 def _stamp(paths: list[Path]) -> tuple[tuple[int, int], ...]:
     """What tells that a file changed: (mtime, size) of each (a missing one as (0, -1))."""
     out = []
@@ -89,12 +115,7 @@ class ClientSecurity:
         token read from `token_file` (its first line)."""
         if (cert is None) != (key is None):
             raise ValueError("A client certificate needs its key, and a key its certificate")
-        token = None
-        if token_file is not None:
-            words = Path(token_file).read_text().split()  # a token has no spaces: its first line's only word
-            if not words:
-                raise ValueError(f"Empty token file {token_file}")
-            token = words[0]
+        token = read_token(Path(token_file)) if token_file is not None else None
         return cls(
             ca=Path(ca).read_bytes() if ca is not None else None,
             cert=Path(cert).read_bytes() if cert is not None else None,

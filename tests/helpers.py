@@ -7,11 +7,15 @@ tests/ on sys.path), never conftest.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc_helper_samples
@@ -123,6 +127,18 @@ class Servers:
 
 
 # --- waiting ---
+
+
+def start_echo(
+    main_port: int, workspace: Path, stderr: int = subprocess.DEVNULL, **items: str
+) -> subprocess.Popen[str]:
+    """The echo sample in a process of its own, registering on main at 127.0.0.1:`main_port`, with these
+    extra static `items` (name: value); its `stderr` (e.g. `subprocess.PIPE`) discarded by default."""
+    config = {"rpc-main-host": "127.0.0.1", "rpc-main-port": str(main_port), **items}
+    args = ["-p", "0", "-w", str(workspace), *(a for k, v in config.items() for a in ("-c", f"{k}={v}"))]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "grpc_helper_samples.echo", *args]
+    return subprocess.Popen(command, env=env, stderr=stderr, stdout=subprocess.DEVNULL, text=True)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:

@@ -4,10 +4,7 @@ by gRPC's own round_robin and client-side health checking; failover; config acro
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,7 +37,7 @@ from grpc_helper_samples import echo
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import EchoManager, Servers, echo_descriptor, wait_until
+from helpers import EchoManager, Servers, echo_descriptor, start_echo, wait_until
 
 
 class Tagged(EchoManager):
@@ -211,13 +208,6 @@ def test_config_reaches_every_replica(servers: Servers, tmp_path: Path) -> None:
 
 
 # --- failover: 3 replicas in processes of their own, one killed with kill -9 under load ---
-
-
-def start_echo(main_port: int, workspace: Path) -> subprocess.Popen[str]:
-    args = ["-p", "0", "-w", str(workspace), "-c", "rpc-main-host=127.0.0.1", "-c", f"rpc-main-port={main_port}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "grpc_helper_samples.echo", *args]
-    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, text=True)
 
 
 def test_failover_after_kill9_loses_only_calls_in_flight(servers: Servers, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,13 @@ from grpc_helper.api import (
 )
 from grpc_helper.auth import token_hash
 from grpc_helper.errors import RpcTransportError
-from grpc_helper.pki import CertificateAuthority, Issued
+from grpc_helper.pki import CertificateAuthority, Issued, write_private
+from grpc_helper.proxy.registry import PROXY_FILE
 from grpc_helper.tls import ClientSecurity
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import EchoManager, Servers, echo_descriptor, event
+from helpers import EchoManager, Servers, echo_descriptor, event, start_echo, wait_until
 
 ECHO_STUBS = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
 TOKENS = {"operator": "t-admin-0123456789", "app": "t-user-0123456789", "svc": "t-service-0123456789"}
@@ -204,6 +206,82 @@ def proxied_echo(servers: Servers, backend_config: dict[str, str], main_config: 
         ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
     )
     return main
+
+
+def write_json(path: Path, doc: Any) -> str:
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def token_file(path: Path, token: str) -> str:
+    write_private(path, token.encode() + b"\n")
+    return str(path)
+
+
+class TestServerTokens:
+    """TLS without client certificates: servers known to each other by their `rpc-auth-token-file` tokens."""
+
+    def test_a_backend_registers_and_main_forwards_with_their_own_tokens(
+        self, servers: Servers, pki: Pki, tmp_path: Path
+    ) -> None:
+        pki.issue("echo", "echo", "localhost", "127.0.0.1")
+        tokens = {"main": "t-main-0123456789", "echo": "t-echo-0123456789", "app": TOKENS["app"]}
+        main_policy = write_json(tmp_path / "main-policy.json", {"identities": {
+            "echo": {"role": "service", "token_sha256": token_hash(tokens["echo"])},
+            "app": {"role": "user", "token_sha256": token_hash(tokens["app"])}}})  # fmt: skip
+        # The echo server lets main call it (as admin: config and log through main too), nobody else
+        echo_policy = write_json(tmp_path / "echo-policy.json", {"identities": {
+            "main": {"role": "admin", "token_sha256": token_hash(tokens["main"])}}})  # fmt: skip
+        main_token = token_file(tmp_path / "main.token", tokens["main"])
+        main_items = {"rpc-auth-policy": main_policy, "rpc-auth-token-file": main_token}
+        workspace = tmp_path / "main"
+        workspace.mkdir()
+        config, folders = tls_config(pki, **main_items), Folders(workspace=workspace)
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config, folders=folders)
+        echo_items = {
+            **tls_config(pki, "echo"),
+            "rpc-auth-policy": echo_policy,
+            "rpc-auth-token-file": token_file(tmp_path / "echo.token", tokens["echo"]),
+        }
+        process = start_echo(main.port, tmp_path / "echo", **echo_items)
+        try:
+
+            def serving() -> bool:
+                items = main.client.srv.info(Filter(names=["echo"])).items
+                return any(e.serving for e in items[0].endpoints)
+
+            assert wait_until(serving, 60)  # registered by its token: a `service` on main
+            entry = json.loads((workspace / PROXY_FILE).read_text())["echo"]
+            assert entry["registrant"] == "echo"
+            app = pki.client(token=tokens["app"])
+            with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=app) as client:
+                # main -> echo with main's token (never the app's): echo's policy knows main only
+                assert client.echo.echo(EchoRequest(text="hop")).text == "hop"
+        finally:
+            process.terminate()
+            process.wait(30)
+
+    def test_a_backend_without_its_token_is_refused(self, servers: Servers, pki: Pki, tmp_path: Path) -> None:
+        pki.issue("echo", "echo", "localhost", "127.0.0.1")
+        policy = write_json(tmp_path / "policy.json", {"identities": {
+            "echo": {"role": "service", "token_sha256": token_hash("t-echo-0123456789")}}})  # fmt: skip
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=tls_config(pki, **{"rpc-auth-policy": policy}))
+        items = {**tls_config(pki, "echo"), "rpc-client-timeout": "2"}
+        process = start_echo(main.port, tmp_path / "echo", stderr=subprocess.PIPE, **items)
+        try:
+            _, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+            process.wait(30)
+        assert process.returncode != 0  # its start failed: its registration was refused, and said why
+        assert "UNAUTHENTICATED" in err, err
+        assert not main.client.srv.info(Filter(names=["echo"])).items[0].endpoints
+
+    def test_a_token_is_never_sent_in_plaintext(self, tmp_path: Path) -> None:
+        config = {"rpc-auth-token-file": token_file(tmp_path / "t.token", "t-0123456789")}
+        with pytest.raises(RpcException, match="needs TLS") as info:
+            RpcServer(0, [], cli_config=config, folders=Folders(workspace=tmp_path), with_debug_signal=False)
+        assert info.value.rc == ResultCode.ERROR_PARAM_MISSING
 
 
 class TestProxyTls:

@@ -237,3 +237,9 @@ class RpcStaticConfig(ConfigHolder):
         "",
         can_be_empty=True,
     )
+    AUTH_TOKEN_FILE = Config(
+        "rpc-auth-token-file",
+        "Bearer token (file, absolute or workspace-relative) this server sends to main and its backends (needs TLS)",
+        "",
+        can_be_empty=True,
+    )

@@ -12,6 +12,7 @@ from grpc._cython import cygrpc  # type: ignore[attr-defined]  # a compiled modu
 from grpc_helper.balancing import Address
 from grpc_helper.client import balanced_channel
 from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.metadata import Metadata
 from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
 READY: int = cygrpc.ConnectivityState.ready
@@ -48,6 +49,8 @@ class Backend:
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
         self.channel = balanced_channel(security or PLAINTEXT, addresses)
+        # Added to every forwarded call: the server's own token (`rpc-auth-token-file`), if any, never a caller's
+        self.credentials: Metadata = security.metadata() if security is not None else ()
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread
         # races with close() (it may query the channel once closed, and die with an error): read
         # the state synchronously from the core channel instead. grpcio private internal (hence

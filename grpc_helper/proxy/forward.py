@@ -127,7 +127,7 @@ class _ForwardSite:
         if err is None:
             backend = self.registry.acquire(self.name, self.method, context)
             if not isinstance(backend, Result):
-                return backend, proxied_metadata(md, self.versions.current)
+                return backend, proxied_metadata(md, self.versions.current) + backend.credentials
             err = backend
         return error_answer(self.response_cls, context, err).SerializeToString()
 
