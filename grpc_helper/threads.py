@@ -89,18 +89,29 @@ class IdlePool(ThreadPoolExecutor):
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._pending += 1
-            self._queue.put((future, fn, args, kwargs))
             if self._idle:
                 self._idle -= 1  # an idle thread takes it
-            elif len(self._workers) < self._limit:
-                self._seq += 1
-                thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._seq}", daemon=True)
-                self._workers.add(thread)
-                thread.start()
-            else:
-                self._backlog += 1
+            elif len(self._workers) >= self._limit or not self._start_thread():
+                self._backlog += 1  # the next thread to finish a task takes it
+            self._pending += 1
+            self._queue.put((future, fn, args, kwargs))
         return future
+
+    def _start_thread(self) -> bool:
+        """One more thread (under `_lock`); False when the system refuses one while others run (the task
+        then waits for them), RuntimeError when no thread at all would ever run it."""
+        self._seq += 1
+        thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._seq}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread": out of threads or memory
+            if not self._workers:
+                raise
+            running = len(self._workers)
+            _log.warning("%s: can't start a thread (%d running): the task waits for one", self._prefix, running)
+            return False
+        self._workers.add(thread)
+        return True
 
     def _work(self) -> None:
         me = threading.current_thread()

@@ -233,6 +233,32 @@ def test_idle_pool_shutdown_cancels_queued_tasks() -> None:
     assert wait_until(lambda: pool.thread_count == 0, 5)
 
 
+def test_idle_pool_without_threads_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the system refuses a thread ("can't start new thread"), a task waits for a running one; with
+    none running, `submit` says so and counts nothing."""
+    pool, empty = IdlePool(4, "idle-refused"), IdlePool(2, "idle-none")
+    gate = threading.Event()
+    running = pool.submit(gate.wait, 10)
+    assert wait_until(running.running, 5)
+
+    def refuse(_thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", refuse)
+        queued = pool.submit(lambda: 2)
+        assert (pool.pending, pool.thread_count) == (2, 1)
+        with pytest.raises(RuntimeError, match="can't start"):
+            empty.submit(lambda: 1)
+        assert (empty.pending, empty.thread_count) == (0, 0)
+    gate.set()
+    assert queued.result(10) == 2  # run by the thread that was there
+    assert empty.submit(lambda: 3).result(10) == 3  # threads again: back to normal
+    pool.shutdown(wait=True)
+    empty.shutdown(wait=True)
+    assert pool.thread_count == empty.thread_count == 0
+
+
 class LongLivedEcho(BlockingEcho):
     _long_lived_methods = ("echo",)  # served on the stream pool, as proxied calls are
 
