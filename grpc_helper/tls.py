@@ -67,11 +67,16 @@ def server_token(workspace: Path | None, *, tls: bool) -> str | None:
         raise RpcException(msg, ResultCode.ERROR_PARAM_MISSING)
     file = resolve(path, workspace)
     try:
-        return read_token(file)
+        token = read_token(file)
+        mode = file.stat().st_mode
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "empty"
         msg = f"Can't read the token (rpc-auth-token-file) {file}: {why}"
         raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
+    if mode & 0o077:  # a secret: its owner's only (the path is logged, never the token)
+        warning = "The token file %s (rpc-auth-token-file) is readable by others (mode %o): make it 0600"
+        _log.warning(warning, file, mode & 0o777)
+    return token
 
 
 def _stamp(paths: list[Path]) -> tuple[tuple[int, int], ...]:

@@ -277,6 +277,18 @@ class TestServerTokens:
         assert "UNAUTHENTICATED" in err, err
         assert not main.client.srv.info(Filter(names=["echo"])).items[0].endpoints
 
+    def test_a_token_file_readable_by_others_is_told(
+        self, servers: Servers, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        token = token_file(tmp_path / "t.token", "t-shared-0123456789")
+        Path(token).chmod(0o644)
+        with caplog.at_level(logging.WARNING, logger="grpc_helper.tls"):
+            servers(0, [], cli_config=tls_config(pki, **{"rpc-auth-token-file": token}))
+        warned = [r.getMessage() for r in caplog.records if "rpc-auth-token-file" in r.getMessage()]
+        expected = f"The token file {token} (rpc-auth-token-file) is readable by others (mode 644): make it 0600"
+        assert warned == [expected]
+        assert "t-shared-0123456789" not in caplog.text  # the path is told, never the token
+
     def test_a_token_is_never_sent_in_plaintext(self, tmp_path: Path) -> None:
         config = {"rpc-auth-token-file": token_file(tmp_path / "t.token", "t-0123456789")}
         with pytest.raises(RpcException, match="needs TLS") as info:
