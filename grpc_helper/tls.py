@@ -56,15 +56,8 @@ def read_token(path: Path) -> str:
     return words[0]
 
 
-def server_token(workspace: Path | None, *, tls: bool) -> str | None:
-    """The token a server sends to the servers it calls (`rpc-auth-token-file`), read once at start;
-    None when not configured. Never sent in plaintext: it needs the server's TLS (`tls`)."""
-    path = RpcStaticConfig.AUTH_TOKEN_FILE.str_val
-    if not path:
-        return None
-    if not tls:
-        msg = "rpc-auth-token-file needs TLS (rpc-tls-cert, rpc-tls-key): a token is never sent in plaintext"
-        raise RpcException(msg, ResultCode.ERROR_PARAM_MISSING)
+def _server_token(path: str, workspace: Path | None) -> str:
+    """The token of `rpc-auth-token-file` (`path`), read once at start."""
     file = resolve(path, workspace)
     try:
         token = read_token(file)
@@ -173,7 +166,10 @@ class ServerTls:
     gRPC asks `_fetch` before every TLS handshake: when the files changed on disk (a renewed certificate
     or CA) and then stayed unchanged for a second, new connections get them, without a restart;
     connections made before keep theirs. Files that can't be read are logged and the previous ones kept.
+    `token` (`rpc-auth-token-file`, read once at start) is what the server's own clients send, if set.
     """
+
+    token: str | None = None
 
     def __init__(self, cert: Path, key: Path, ca: Path | None, client_auth: str) -> None:
         if client_auth not in CLIENT_AUTH_MODES:
@@ -191,19 +187,24 @@ class ServerTls:
     def from_config(cls, workspace: Path | None) -> ServerTls | None:
         """The server's TLS from its static items; None when no certificate is configured (plaintext)."""
         cert, key = RpcStaticConfig.TLS_CERT.str_val, RpcStaticConfig.TLS_KEY.str_val
-        ca = RpcStaticConfig.TLS_CA.str_val
+        ca, token = RpcStaticConfig.TLS_CA.str_val, RpcStaticConfig.AUTH_TOKEN_FILE.str_val
         if not cert:
             if key:
                 raise RpcException("rpc-tls-key is set but not rpc-tls-cert", ResultCode.ERROR_PARAM_MISSING)
+            if token:
+                msg = "rpc-auth-token-file needs TLS (rpc-tls-cert, rpc-tls-key): a token is never sent in plaintext"
+                raise RpcException(msg, ResultCode.ERROR_PARAM_MISSING)
             return None
         if not key:
             raise RpcException("rpc-tls-cert is set but not rpc-tls-key", ResultCode.ERROR_PARAM_MISSING)
-        return cls(
+        tls = cls(
             resolve(cert, workspace),
             resolve(key, workspace),
             resolve(ca, workspace) if ca else None,
             RpcStaticConfig.TLS_CLIENT_AUTH.str_val.lower(),
         )
+        tls.token = _server_token(token, workspace) if token else None
+        return tls
 
     def _load(self) -> tuple[bytes, bytes, bytes | None]:
         cert = _read(self._paths[0], "certificate (rpc-tls-cert)")
@@ -244,5 +245,6 @@ class ServerTls:
         return config
 
     def client_security(self, server_name: str) -> ClientSecurity:
-        """What this server's own clients use: its CA, its own certificate (their identity), `server_name`."""
-        return ClientSecurity(ca=self.ca, cert=self.cert, key=self.key, server_name=server_name)
+        """What this server's own clients use: its CA, its own certificate and token (their identity),
+        `server_name`."""
+        return ClientSecurity(ca=self.ca, cert=self.cert, key=self.key, server_name=server_name, token=self.token)

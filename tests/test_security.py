@@ -208,12 +208,13 @@ def proxied_echo(servers: Servers, backend_config: dict[str, str], main_config: 
     return main
 
 
-def write_json(path: Path, doc: Any) -> str:
-    path.write_text(json.dumps(doc))
-    return str(path)
+def policy_file(path: Path, identities: dict[str, dict[str, str]]) -> Path:
+    """An authorization policy at `path` with these identities."""
+    path.write_text(json.dumps({"identities": identities}))
+    return path
 
 
-def token_file(path: Path, token: str) -> str:
+def write_token(path: Path, token: str) -> str:
     write_private(path, token.encode() + b"\n")
     return str(path)
 
@@ -226,22 +227,22 @@ class TestServerTokens:
     ) -> None:
         pki.issue("echo", "echo", "localhost", "127.0.0.1")
         tokens = {"main": "t-main-0123456789", "echo": "t-echo-0123456789", "app": TOKENS["app"]}
-        main_policy = write_json(tmp_path / "main-policy.json", {"identities": {
+        main_policy = policy_file(tmp_path / "main-policy.json", {
             "echo": {"role": "service", "token_sha256": token_hash(tokens["echo"])},
-            "app": {"role": "user", "token_sha256": token_hash(tokens["app"])}}})  # fmt: skip
+            "app": {"role": "user", "token_sha256": token_hash(tokens["app"])}})  # fmt: skip
         # The echo server lets main call it (as admin: config and log through main too), nobody else
-        echo_policy = write_json(tmp_path / "echo-policy.json", {"identities": {
-            "main": {"role": "admin", "token_sha256": token_hash(tokens["main"])}}})  # fmt: skip
-        main_token = token_file(tmp_path / "main.token", tokens["main"])
-        main_items = {"rpc-auth-policy": main_policy, "rpc-auth-token-file": main_token}
+        echo_policy = policy_file(tmp_path / "echo-policy.json", {
+            "main": {"role": "admin", "token_sha256": token_hash(tokens["main"])}})  # fmt: skip
+        main_token = write_token(tmp_path / "main.token", tokens["main"])
+        main_items = {"rpc-auth-policy": str(main_policy), "rpc-auth-token-file": main_token}
         workspace = tmp_path / "main"
         workspace.mkdir()
         config, folders = tls_config(pki, **main_items), Folders(workspace=workspace)
         main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config, folders=folders)
         echo_items = {
             **tls_config(pki, "echo"),
-            "rpc-auth-policy": echo_policy,
-            "rpc-auth-token-file": token_file(tmp_path / "echo.token", tokens["echo"]),
+            "rpc-auth-policy": str(echo_policy),
+            "rpc-auth-token-file": write_token(tmp_path / "echo.token", tokens["echo"]),
         }
         process = start_echo(main.port, tmp_path / "echo", **echo_items)
         try:
@@ -263,9 +264,10 @@ class TestServerTokens:
 
     def test_a_backend_without_its_token_is_refused(self, servers: Servers, pki: Pki, tmp_path: Path) -> None:
         pki.issue("echo", "echo", "localhost", "127.0.0.1")
-        policy = write_json(tmp_path / "policy.json", {"identities": {
-            "echo": {"role": "service", "token_sha256": token_hash("t-echo-0123456789")}}})  # fmt: skip
-        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=tls_config(pki, **{"rpc-auth-policy": policy}))
+        policy = policy_file(tmp_path / "policy.json", {
+            "echo": {"role": "service", "token_sha256": token_hash("t-echo-0123456789")}})  # fmt: skip
+        config = tls_config(pki, **{"rpc-auth-policy": str(policy)})
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
         items = {**tls_config(pki, "echo"), "rpc-client-timeout": "2"}
         process = start_echo(main.port, tmp_path / "echo", stderr=subprocess.PIPE, **items)
         try:
@@ -280,7 +282,7 @@ class TestServerTokens:
     def test_a_token_file_readable_by_others_is_told(
         self, servers: Servers, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        token = token_file(tmp_path / "t.token", "t-shared-0123456789")
+        token = write_token(tmp_path / "t.token", "t-shared-0123456789")
         Path(token).chmod(0o644)
         with caplog.at_level(logging.WARNING, logger="grpc_helper.tls"):
             servers(0, [], cli_config=tls_config(pki, **{"rpc-auth-token-file": token}))
@@ -290,7 +292,7 @@ class TestServerTokens:
         assert "t-shared-0123456789" not in caplog.text  # the path is told, never the token
 
     def test_a_token_is_never_sent_in_plaintext(self, tmp_path: Path) -> None:
-        config = {"rpc-auth-token-file": token_file(tmp_path / "t.token", "t-0123456789")}
+        config = {"rpc-auth-token-file": write_token(tmp_path / "t.token", "t-0123456789")}
         with pytest.raises(RpcException, match="needs TLS") as info:
             RpcServer(0, [], cli_config=config, folders=Folders(workspace=tmp_path), with_debug_signal=False)
         assert info.value.rc == ResultCode.ERROR_PARAM_MISSING
@@ -350,9 +352,7 @@ def write_policy(folder: Path, *, certificate_service: str | None = None) -> Pat
     }
     if certificate_service:
         identities[certificate_service] = {"role": "service", "certificate": certificate_service}
-    path = folder / "policy.json"
-    path.write_text(json.dumps({"identities": identities}))
-    return path
+    return policy_file(folder / "policy.json", identities)
 
 
 def client_as(srv: RpcServer, token: str | None, timeout: float = 5) -> RpcClient:

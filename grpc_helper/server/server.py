@@ -57,7 +57,7 @@ from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
 from grpc_helper.signals import SignalHandler, graceful_exit
 from grpc_helper.threads import IdlePool
-from grpc_helper.tls import PLAINTEXT, SELF_NAME, ClientSecurity, ServerTls, backend_name, resolve, server_token
+from grpc_helper.tls import PLAINTEXT, SELF_NAME, ClientSecurity, ServerTls, backend_name, resolve
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -203,7 +203,6 @@ class RpcServer:
     ) -> None:
         self.config = ConfigManager(self.folders, cli_config, [RpcStaticConfig, *(static_items or [])], user_items)
         self.tls = ServerTls.from_config(self.folders.workspace)  # None: plaintext
-        self._token = server_token(self.folders.workspace, tls=self.tls is not None)  # what it calls others with
         self._logs = RollingLogs(self.folders)
         self.loggers = LoggersConfig(self.folders)
         self.logger = self._logs.add_manager(logging.getLogger(DEFAULT_LOGGERS["srv"]))
@@ -447,12 +446,9 @@ class RpcServer:
         return security
 
     def client_security(self, server_name: str) -> ClientSecurity | None:
-        """What this server's own clients use to reach `server_name`: its certificate and CA with TLS, and
-        its `rpc-auth-token-file` token when set (None when it serves plaintext)."""
-        if self.tls is None:
-            return None
-        security = self.tls.client_security(server_name)
-        return replace(security, token=self._token) if self._token is not None else security
+        """What this server's own clients use to reach `server_name`: its certificate, CA and
+        `rpc-auth-token-file` token with TLS (None when it serves plaintext)."""
+        return self.tls.client_security(server_name) if self.tls is not None else None
 
     # --- state ---
     @property
