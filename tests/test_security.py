@@ -251,9 +251,14 @@ class TestServerTokens:
                 items = main.client.srv.info(Filter(names=["echo"])).items
                 return any(e.serving for e in items[0].endpoints)
 
+            def registrant() -> str | None:
+                path = workspace / PROXY_FILE
+                return json.loads(path.read_text()).get("echo", {}).get("registrant") if path.exists() else None
+
             assert wait_until(serving, 60)  # registered by its token: a `service` on main
-            entry = json.loads((workspace / PROXY_FILE).read_text())["echo"]
-            assert entry["registrant"] == "echo"
+            # ... and persisted as the registration of that identity (written once registered: main may
+            # already show it serving meanwhile)
+            assert wait_until(lambda: registrant() == "echo", 30), registrant()
             app = pki.client(token=tokens["app"])
             with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=app) as client:
                 # main -> echo with main's token (never the app's): echo's policy knows main only
