@@ -207,7 +207,6 @@ class Authorizer(grpc.ServerInterceptor):
         self._certificates = certificates
         self._reject = reject
         self._logger = logger
-        self._wrapped: dict[str, Handler] = {}
         self.refused = 0
         # The server's own clients (its auto-client) call as this admin identity, with a token nobody else has
         self.own_token = secrets.token_urlsafe(32)
@@ -232,7 +231,10 @@ class Authorizer(grpc.ServerInterceptor):
             _CALLER.set(identity)
             return handler
         if self._certificates:
-            return self._by_certificate(handler, path, need)
+            # A wrapper per call, never cached: the handler differs from call to call on the same path (main's
+            # own, a routed forwarder, the call limit's refusal), and a cached wrapper once answered every
+            # later certificate call with the first call's handler
+            return self._certificate_handler(handler, path, need)
         return self._reject(
             kind_of(handler), *self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, "no credentials")
         )
@@ -255,12 +257,6 @@ class Authorizer(grpc.ServerInterceptor):
         if code is grpc.StatusCode.UNAUTHENTICATED:
             return code, f"{path}: {why}: give a known bearer token or client certificate"
         return code, f"{path}: {who} may not call it ({why})"
-
-    def _by_certificate(self, handler: Handler, path: str, need: int) -> Handler:
-        wrapped = self._wrapped.get(path)
-        if wrapped is None:
-            wrapped = self._wrapped[path] = self._certificate_handler(handler, path, need)
-        return wrapped
 
     def _certificate_handler(self, handler: Handler, path: str, need: int) -> Handler:
         kind = kind_of(handler)

@@ -8,6 +8,7 @@ tests/ on sys.path), never conftest.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import grpc_helper_samples
 from grpc_helper import EventsListener, Folders, RpcClient, RpcException, RpcManager, RpcServer, RpcServiceDescriptor
 from grpc_helper.api import Event, EventFilter, EventProperty, ResultCode
 from grpc_helper.testing import serve
+from grpc_helper_samples._run import PROXY_USE_CURRENT_HOST_ENV
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
     EchoServiceServicer,
@@ -124,6 +126,67 @@ class Servers:
             with_debug_signal=with_debug_signal,
         )
         return self._stack.enter_context(served).server
+
+
+# --- sample programs as processes ---
+
+WAIT = 30  # bound for anything that waits on a process
+LISTENING = re.compile(r"listening on port (\d+)")  # what a sample logs once its server listens
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without anything that would act as a config layer or change registration."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("RPC_", "NOTES_")) and k != PROXY_USE_CURRENT_HOST_ENV
+    }
+
+
+class Program:
+    """A sample program run as a subprocess (`python -m grpc_helper_samples.<name>`) on port 0, stderr in a file.
+
+    `wait_port()` waits until it reported the port it got (its log says "listening on port N").
+    """
+
+    def __init__(self, name: str, root: Path, *extra: str) -> None:
+        self.name = name
+        self.log = root / f"{name}-{time.monotonic_ns()}.log"
+        cmd = [
+            sys.executable, "-m", f"grpc_helper_samples.{name}", "-p", "0", "-w", str(root / name),
+            "--system", str(root / "system"), "--user", str(root / "user"), *extra,
+        ]  # fmt: skip
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=clean_env())
+        self.port = 0
+
+    def wait_port(self) -> int:
+        """The port the program listens on, once it reported it (bounded wait); sets `port`."""
+
+        def reported() -> bool:
+            return LISTENING.search(self.output) is not None or self.proc.poll() is not None
+
+        assert wait_until(reported, WAIT), f"{self.name}: no port reported within {WAIT}s:\n{self.output}"
+        found = LISTENING.search(self.output)
+        assert found, f"{self.name} ended (exit code {self.proc.poll()}) without listening:\n{self.output}"
+        self.port = int(found.group(1))
+        return self.port
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self) -> int:
+        """SIGTERM, then kill if it doesn't end in time; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
 
 
 # --- waiting ---

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import subprocess
 import sys
 import threading
@@ -41,20 +39,9 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from helpers import Collector, Servers, wait_until
+from helpers import WAIT, Collector, Program, Servers, clean_env
 
-WAIT = 30  # bound for anything that waits on a process
-LISTENING = re.compile(r"listening on port (\d+)")  # what a sample logs once its server listens
 StartNotes = Callable[..., RpcServer]
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without anything that would act as a config layer or change registration."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RPC_", "NOTES_")) and k != _run.PROXY_USE_CURRENT_HOST_ENV
-    }
 
 
 def wait_serving(port: int, timeout: float = WAIT) -> None:
@@ -68,54 +55,6 @@ def wait_serving(port: int, timeout: float = WAIT) -> None:
             assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
         finally:
             watch.cancel()
-
-
-class Program:
-    """A sample program run as a subprocess (`python -m grpc_helper_samples.<name>`) on port 0, stderr in a file.
-
-    `wait_port()` waits until it reported the port it got (its log says "listening on port N").
-    """
-
-    def __init__(self, name: str, root: Path, *extra: str) -> None:
-        self.name = name
-        self.log = root / f"{name}-{time.monotonic_ns()}.log"
-        cmd = [
-            sys.executable, "-m", f"grpc_helper_samples.{name}", "-p", "0", "-w", str(root / name),
-            "--system", str(root / "system"), "--user", str(root / "user"), *extra,
-        ]  # fmt: skip
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=clean_env())
-        self.port = 0
-
-    def wait_port(self) -> int:
-        """The port the program listens on, once it reported it (bounded wait); sets `port`."""
-
-        def reported() -> bool:
-            return LISTENING.search(self.output) is not None or self.proc.poll() is not None
-
-        assert wait_until(reported, WAIT), f"{self.name}: no port reported within {WAIT}s:\n{self.output}"
-        found = LISTENING.search(self.output)
-        assert found, f"{self.name} ended (exit code {self.proc.poll()}) without listening:\n{self.output}"
-        self.port = int(found.group(1))
-        return self.port
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-
-    def stop(self) -> int:
-        """SIGTERM, then kill if it doesn't end in time; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
 
 
 class Stack:

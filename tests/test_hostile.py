@@ -1,0 +1,268 @@
+"""Hostile callers (issue 17): the reference topology with mTLS and the policy on, attacked by callers that
+try, identified by their certificate and by their token, directly and routed through main.
+
+The stack is real processes (the sample main and echo, as `stack.sh up --local` runs them) with a private
+CA; each test's caller is one identity of the policy, in each identity form (`FORMS`): its own client
+certificate, or a bearer token over a TLS connection whose certificate no identity has.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer
+from grpc_helper.api import (
+    ConfigApiVersion,
+    EventApiVersion,
+    Filter,
+    LoggerApiVersion,
+    LoggerConfig,
+    LoggerLevel,
+    LoggerUpdate,
+    ProxyRegisterRequest,
+    ResultCode,
+    ServerApiVersion,
+)
+from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
+from grpc_helper.api.events_pb2_grpc import EventServiceStub
+from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
+from grpc_helper.auth import token_hash
+from grpc_helper.errors import RpcTransportError
+from grpc_helper.metadata import RpcMetadata
+from grpc_helper.pki import CertificateAuthority
+from grpc_helper.tls import ClientSecurity
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+
+from helpers import WAIT, BlockingEcho, Program, Servers, echo_descriptor, wait_until
+
+FORMS = ("certificate", "token")
+# Identities of the policy: role, and whether they forward calls for others (main)
+ROLES = {"operator": "admin", "app": "user", "app2": "user", "svc": "service", "main": "admin", "echo": "service"}
+STUBS = {
+    "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+    "config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT),
+    "log": (LoggerServiceStub, LoggerApiVersion.LOGGER_API_CURRENT),
+    "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
+    "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+}
+
+
+def token_of(name: str) -> str:
+    return f"t-{name}-0123456789abcdef"
+
+
+@dataclass
+class Pki:
+    """A private CA, the servers' certificates and key files, and a certificate per caller identity."""
+
+    folder: Path
+    ca: CertificateAuthority
+
+    @classmethod
+    def create(cls, folder: Path) -> Pki:
+        folder.mkdir(parents=True, exist_ok=True)
+        pki = cls(folder, CertificateAuthority.create("hostile test CA"))
+        (folder / "ca.crt").write_bytes(pki.ca.cert_pem)
+        for server in ("main", "echo"):
+            pki.ca.issue(server, "localhost", "127.0.0.1").write(folder, server)
+        return pki
+
+    def tls_items(self, server: str, policy: Path, **extra: str) -> dict[str, str]:
+        """A server's static items: mTLS with its certificate, the policy on."""
+        return {
+            "rpc-tls-cert": str(self.folder / f"{server}.crt"),
+            "rpc-tls-key": str(self.folder / f"{server}.key"),
+            "rpc-tls-ca": str(self.folder / "ca.crt"),
+            "rpc-tls-client-auth": "required",
+            "rpc-auth-policy": str(policy),
+            **extra,
+        }
+
+    def security(self, name: str, form: str) -> ClientSecurity:
+        """`name`'s credentials in `form`: its certificate, or its token over a certificate no identity has."""
+        issued = self.ca.issue(name if form == "certificate" else "stranger")
+        token = token_of(name) if form == "token" else None
+        return ClientSecurity(ca=self.ca.cert_pem, cert=issued.cert, key=issued.key, token=token)
+
+
+def write_policy(path: Path, **extra: dict[str, Any]) -> Path:
+    """The test policy: every identity of `ROLES` by certificate and token, main forwarding for others."""
+    identities: dict[str, dict[str, Any]] = {
+        name: {"role": role, "certificate": name, "token_sha256": token_hash(token_of(name))}
+        for name, role in ROLES.items()
+    }
+    identities["main"]["proxy"] = True
+    for name, entry in extra.items():
+        identities[name] = {**identities.get(name, {}), **entry}
+    path.write_text(json.dumps({"identities": identities}))
+    return path
+
+
+def items_args(items: dict[str, str]) -> list[str]:
+    return [a for k, v in items.items() for a in ("-c", f"{k}={v}")]
+
+
+class SecureStack:
+    """The sample main and echo as processes, mTLS and the policy on, as `stack.sh up --local` runs them."""
+
+    def __init__(self, root: Path, **main_items: str) -> None:
+        self.root = root
+        self.pki = Pki.create(root / "pki")
+        self.policy = write_policy(root / "policy.json")
+        self.programs: list[Program] = []
+        self.clients: list[RpcClient] = []
+        common = {"rpc-main-host": "127.0.0.1", "rpc-client-timeout": "10", "rpc-shutdown-grace": "2"}
+        self.main = self._start("main", {**common, **main_items})
+
+    def _start(self, name: str, items: dict[str, str]) -> Program:
+        program = Program(name, self.root, *items_args(self.pki.tls_items(name, self.policy, **items)))
+        self.programs.append(program)
+        program.wait_port()
+        return program
+
+    def start_echo(self) -> Program:
+        items = {"rpc-main-host": "127.0.0.1", "rpc-main-port": str(self.main.port), "rpc-shutdown-grace": "2"}
+        return self._start("echo", items)
+
+    def client(self, name: str, form: str, *, port: int | None = None, route: str = "") -> RpcClient:
+        """A client of main (or `port`) as identity `name` in `form`, routed to `route`'s server if given."""
+        client = RpcClient(
+            "127.0.0.1",
+            port or self.main.port,
+            STUBS,
+            timeout=WAIT,
+            name=RpcMetadata(client=f"hostile-{name}", route_service=route),
+            security=self.pki.security(name, form),
+        )
+        self.clients.append(client)
+        return client
+
+    def wait_echo_registered(self) -> None:
+        operator = self.client("operator", "certificate")
+        assert operator.echo.echo(EchoRequest(text="ready"), timeout=WAIT).text == "ready"
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for program in reversed(self.programs):
+            program.terminate()
+        for program in reversed(self.programs):
+            program.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
+    """main + echo, registered and answering through main."""
+    s = SecureStack(tmp_path_factory.mktemp("hostile"))
+    try:
+        s.start_echo()
+        s.wait_echo_registered()
+        yield s
+    finally:
+        s.close()
+
+
+def refusal(call: Callable[[], Any]) -> grpc.StatusCode | int | None:
+    """How `call()` was refused: a gRPC status, a `Result` code (int), or None if it was answered."""
+    try:
+        call()
+    except RpcTransportError as exc:
+        return exc.status
+    except RpcException as exc:
+        return exc.rc
+    return None
+
+
+# --- defect 1: one call's authorization never decides another's ---
+
+
+@pytest.mark.parametrize("form", FORMS)
+class TestAuthorizationPerCall:
+    def test_a_routed_call_does_not_answer_mains_own(self, stack: SecureStack, form: str) -> None:
+        routed = stack.client("app", form, route="echo").srv.info(Filter())
+        assert [i.name for i in routed.items if i.name == "echo" and not i.is_proxy] == ["echo"]  # echo's own
+        own = stack.client("operator", form).srv.info(Filter())  # main's, not the route's
+        assert [i.name for i in own.items if i.name == "echo" and i.is_proxy] == ["echo"]
+        routed_again = stack.client("operator", form, route="echo").srv.info(Filter())
+        assert not next(i for i in routed_again.items if i.name == "echo").is_proxy
+
+    def test_a_routed_log_change_changes_the_backend_only(self, stack: SecureStack, form: str) -> None:
+        name = f"hostile.{form}"
+
+        def level(client: RpcClient) -> int:
+            return int(client.log.get(Filter(names=[name])).items[0].level)
+
+        main, routed = stack.client("operator", form), stack.client("operator", form, route="echo")
+        main.log.set(LoggerUpdate(items=[LoggerConfig(name=name, enabled=True, level=LoggerLevel.LVL_WARNING)]))
+        routed.log.set(LoggerUpdate(items=[LoggerConfig(name=name, enabled=True, level=LoggerLevel.LVL_DEBUG)]))
+        assert level(main) == LoggerLevel.LVL_WARNING
+        assert level(routed) == LoggerLevel.LVL_DEBUG
+
+
+def limited_server(servers: Servers, tmp_path: Path) -> tuple[RpcServer, Pki, BlockingEcho]:
+    """An echo server with mTLS, the policy and room for 2 calls only (rpc-max-calls=2)."""
+    pki = Pki.create(tmp_path / "pki")
+    policy = write_policy(tmp_path / "policy.json")
+    manager = BlockingEcho()
+    items = pki.tls_items("main", policy, **{"rpc-max-calls": "2"})
+    srv = servers(0, [echo_descriptor(manager)], Folders(workspace=tmp_path / "wks"), items)
+    return srv, pki, manager
+
+
+@pytest.mark.parametrize("form", FORMS)
+class TestCallLimitPerCall:
+    def test_over_the_limit_every_caller_is_refused_at_once_and_served_after(
+        self, servers: Servers, tmp_path: Path, form: str
+    ) -> None:
+        srv, pki, manager = limited_server(servers, tmp_path)
+        greedy = RpcClient("127.0.0.1", srv.port, STUBS, timeout=None, security=pki.security("app", form))
+        # 6 calls of one caller: 2 held by the server, 4 refused
+        blocked = [
+            threading.Thread(target=refusal, args=(lambda: greedy.echo.echo(EchoRequest()),), daemon=True)
+            for _ in range(6)
+        ]
+        try:
+            for thread in blocked:
+                thread.start()
+            assert wait_until(lambda: srv._workers.pending >= 2, WAIT)  # the 2 calls the server has room for
+            for name, caller_form in (("app2", "token"), ("app2", "certificate"), ("operator", form)):
+                other = RpcClient("127.0.0.1", srv.port, STUBS, timeout=None, security=pki.security(name, caller_form))
+                with other:
+                    # The first call of this path by a certificate arrives over the limit: refused at once...
+                    code = refusal(lambda: other.echo.echo(EchoRequest(text="over"), timeout=WAIT))  # noqa: B023
+                    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            manager.release.set()
+            for thread in blocked:
+                thread.join(WAIT)
+            greedy.close()
+        # ... which decides nothing for the calls after it, on an idle server
+        for name, caller_form in (("app2", "certificate"), ("app2", "token")):
+            with RpcClient("127.0.0.1", srv.port, STUBS, timeout=WAIT, security=pki.security(name, caller_form)) as c:
+                assert c.echo.echo(EchoRequest(text="idle")).text == "done"  # released: answers at once
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_routed_registration_never_stops_the_real_backend(tmp_path: Path, form: str) -> None:
+    """A service identity's routed `proxy_register` just after main starts (before echo registered) is
+    answered, and decides nothing for echo's own registration: echo registers and serves."""
+    stack = SecureStack(tmp_path, **{"rpc-client-timeout": "1"})
+    try:
+        routed = stack.client("svc", form, route="echo")
+        request = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=1)
+        assert refusal(lambda: routed.srv.proxy_register(request, timeout=WAIT)) == ResultCode.ERROR_PROXY_UNREGISTERED
+        echo = stack.start_echo()
+        stack.wait_echo_registered()
+        assert echo.proc.poll() is None
+    finally:
+        stack.close()
