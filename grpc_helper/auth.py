@@ -14,6 +14,12 @@ requires client certificates (mTLS), by its certificate's names (SANs, then CN) 
 Health is open to all. No or unknown credentials: UNAUTHENTICATED; known but not allowed:
 PERMISSION_DENIED; both logged at INFO with the caller's identity (never its token).
 
+Forwarded calls keep their caller. An identity marked `"proxy": true` (main) forwards calls for others: it
+names the caller it authenticated in the `rpc-caller` metadata key, and the server then applies its own
+policy to that caller, as if called directly (`current_identity()` is the caller, `via` the forwarder).
+The key is believed from such an identity only: from anyone else it is refused (PERMISSION_DENIED), and
+main replaces whatever a caller sent in it. A forwarder calling without the key acts as itself.
+
 With no policy, nobody is asked for anything (grpc-helper 2.x's behaviour).
 """
 
@@ -29,12 +35,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import grpc
 
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import AccessDenied, RpcException
 from grpc_helper.generated import Handler, kind_of, make_handler
+from grpc_helper.metadata import KEY_CALLER, Metadata
 
 ROLES = ("user", "service", "admin")  # each may do what the ones before it may
 _RANK = {role: n for n, role in enumerate(ROLES)}
@@ -65,10 +73,17 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 _CALLER: ContextVar[Identity | None] = ContextVar("grpc_helper_caller", default=None)
 
 
+# The name of a server's own identity: what its own clients (the auto-client) call as
+SELF = "self"
+
+
 @dataclass(frozen=True)
 class Identity:
+    """A caller known to the policy: its name and role; `via`: the forwarder (main) it called through."""
+
     name: str
     role: str
+    via: str | None = None
 
     @property
     def rank(self) -> int:
@@ -102,6 +117,15 @@ def required_role(path: str) -> int:
     return _RANK["admin" if service in _DEFAULT_SERVICES else "user"]
 
 
+def caller_metadata() -> Metadata:
+    """What a forwarder (main) adds to a call it forwards: the `rpc-caller` it authenticated (see the module
+    doc); nothing without a policy, or for the server's own calls (it then acts as itself)."""
+    caller = _CALLER.get()
+    if caller is None or caller.name == SELF:
+        return ()
+    return ((KEY_CALLER, quote(caller.name, safe="")),)  # any policy name, as metadata's printable ASCII
+
+
 def token_hash(token: str) -> str:
     """What a policy stores of a token: its SHA-256, hex."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -110,11 +134,17 @@ def token_hash(token: str) -> str:
 class Policy:
     """Identities and their roles (see the module doc); `load` reads a policy file."""
 
-    def __init__(self, identities: Iterable[tuple[Identity, str | None, str | None]]) -> None:
-        """`identities`: (identity, token SHA-256 hex or None, certificate name or None)."""
+    def __init__(
+        self, identities: Iterable[tuple[Identity, str | None, str | None]], proxies: Iterable[str] = ()
+    ) -> None:
+        """`identities`: (identity, token SHA-256 hex or None, certificate name or None); `proxies`: the
+        names of those that may forward calls for others."""
         self._tokens: list[tuple[bytes, Identity]] = []
         self._certificates: dict[str, Identity] = {}
+        self._names: dict[str, Identity] = {}
+        self._proxies = frozenset(proxies)
         for identity, digest, certificate in identities:
+            self._names[identity.name] = identity
             if digest:
                 self._tokens.append((bytes.fromhex(digest), identity))
             if certificate:
@@ -129,7 +159,9 @@ class Policy:
                 f"Can't read the authorization policy {path}: {exc}", ResultCode.ERROR_MODEL_INVALID
             ) from exc
         try:
-            return cls(_parse(data))
+            identities = _parse(data)
+            proxies = [name for name, entry in data["identities"].items() if entry.get("proxy") is True]
+            return cls(identities, proxies)
         except (TypeError, ValueError, KeyError) as exc:
             raise RpcException(f"Invalid authorization policy {path}: {exc}", ResultCode.ERROR_MODEL_INVALID) from exc
 
@@ -151,12 +183,21 @@ class Policy:
                 return identity
         return None
 
+    def by_name(self, name: str) -> Identity | None:
+        return self._names.get(name)
+
+    def is_proxy(self, identity: Identity) -> bool:
+        """Whether `identity` may name the caller it forwards for (`rpc-caller`)."""
+        return identity.name in self._proxies
+
 
 def _parse(data: Any) -> list[tuple[Identity, str | None, str | None]]:
     if not isinstance(data, dict) or not isinstance(data.get("identities"), dict):
         raise ValueError('expected {"identities": {name: {"role": ..., "token_sha256": ..., "certificate": ...}}}')
     out = []
     for name, entry in data["identities"].items():
+        if name == SELF:
+            raise ValueError(f"identity {name!r}: the name of a server's own identity, reserved")
         if not isinstance(entry, dict) or entry.get("role") not in _RANK:
             raise ValueError(f"identity {name!r}: a role among {', '.join(ROLES)} is needed")
         digest, certificate = entry.get("token_sha256"), entry.get("certificate")
@@ -164,6 +205,8 @@ def _parse(data: Any) -> list[tuple[Identity, str | None, str | None]]:
             raise ValueError(f"identity {name!r}: token_sha256 must be 64 hex digits")
         if certificate is not None and not isinstance(certificate, str):
             raise ValueError(f"identity {name!r}: certificate must be a name")
+        if not isinstance(entry.get("proxy", False), bool):
+            raise ValueError(f"identity {name!r}: proxy must be true or false")
         if not digest and not certificate:
             raise ValueError(f"identity {name!r}: give a token_sha256 or a certificate name")
         out.append((Identity(str(name), entry["role"]), digest, certificate))
@@ -176,6 +219,13 @@ def _token_of(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
             text = value.decode(errors="replace") if isinstance(value, bytes) else value
             scheme, _, token = text.partition(" ")
             return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def _forwarded_caller(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    for key, value in metadata:
+        if key == KEY_CALLER:
+            return unquote(value.decode(errors="replace") if isinstance(value, bytes) else value)
     return None
 
 
@@ -210,7 +260,7 @@ class Authorizer(grpc.ServerInterceptor):
         self.refused = 0
         # The server's own clients (its auto-client) call as this admin identity, with a token nobody else has
         self.own_token = secrets.token_urlsafe(32)
-        policy.add_token(Identity("self", "admin"), self.own_token)
+        policy.add_token(Identity(SELF, "admin"), self.own_token)
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Handler | None], details: grpc.HandlerCallDetails
@@ -222,10 +272,10 @@ class Authorizer(grpc.ServerInterceptor):
         need = required_role(path)
         if need == OPEN:
             return handler
-        token = _token_of(details.invocation_metadata)
+        metadata = details.invocation_metadata
+        token = _token_of(metadata)
         if token is not None:
-            identity = self.policy.by_token(token)
-            refusal = self._refusal(identity, need, path, "unknown token")
+            identity, refusal = self._identify(self.policy.by_token(token), metadata, need, path, "unknown token")
             if refusal is not None:
                 return self._reject(kind_of(handler), *refusal)
             _CALLER.set(identity)
@@ -239,20 +289,34 @@ class Authorizer(grpc.ServerInterceptor):
             kind_of(handler), *self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, "no credentials")
         )
 
-    def _refusal(
-        self, identity: Identity | None, need: int, path: str, unknown: str
-    ) -> tuple[grpc.StatusCode, str] | None:
+    def _identify(
+        self, identity: Identity | None, metadata: Iterable[tuple[str, str | bytes]], need: int, path: str, unknown: str
+    ) -> tuple[Identity | None, tuple[grpc.StatusCode, str] | None]:
+        """(who the call is for, the refusal if it may not be made): the direct caller `identity`, or the
+        caller a forwarder names (see the module doc), checked against the role `need`."""
         if identity is None:
-            return self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, unknown)
+            return None, self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, unknown)
+        forwarded = _forwarded_caller(metadata)
+        if forwarded is not None:
+            if not self.policy.is_proxy(identity):
+                why = f"{KEY_CALLER} given, but it may not call for others"
+                return None, self._refused(grpc.StatusCode.PERMISSION_DENIED, path, identity, why)
+            caller = self.policy.by_name(forwarded)
+            if caller is None:
+                why = f"unknown caller {forwarded!r} forwarded by {identity.name}"
+                return None, self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, why)
+            identity = Identity(caller.name, caller.role, via=identity.name)
         if identity.rank < need:
-            return self._refused(grpc.StatusCode.PERMISSION_DENIED, path, identity, f"needs role {ROLES[need]}")
-        return None
+            return None, self._refused(grpc.StatusCode.PERMISSION_DENIED, path, identity, f"needs role {ROLES[need]}")
+        return identity, None
 
     def _refused(
         self, code: grpc.StatusCode, path: str, identity: Identity | None, why: str
     ) -> tuple[grpc.StatusCode, str]:
         self.refused += 1
         who = f"{identity.name} (role {identity.role})" if identity is not None else "an unidentified caller"
+        if identity is not None and identity.via is not None:
+            who += f" through {identity.via}"
         self._logger.info("Refused %s to %s: %s, %s (%s refused so far)", path, who, code.name, why, self.refused)
         if code is grpc.StatusCode.UNAUTHENTICATED:
             return code, f"{path}: {why}: give a known bearer token or client certificate"
@@ -263,8 +327,8 @@ class Authorizer(grpc.ServerInterceptor):
         original = getattr(handler, kind)
 
         def behavior(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
-            identity = self.policy.by_certificate(_certificate_names(context))
-            refusal = self._refusal(identity, need, path, "unknown certificate")
+            known = self.policy.by_certificate(_certificate_names(context))
+            identity, refusal = self._identify(known, context.invocation_metadata(), need, path, "unknown certificate")
             if refusal is not None:
                 context.abort(*refusal)
             _CALLER.set(identity)

@@ -19,6 +19,8 @@ KEY_API_VERSION = "api_version"
 # replicas, or the one `route-endpoint`, "host:port" as registered, names)
 KEY_ROUTE_SERVICE = "route-service"
 KEY_ROUTE_ENDPOINT = "route-endpoint"
+# Forwarding (new in 3): the caller a forwarder (main) authenticated, for the server it forwards to (see auth)
+KEY_CALLER = "rpc-caller"
 
 # Call metadata as gRPC gives and takes it: (key, value) pairs, values of "-bin" keys as bytes
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]

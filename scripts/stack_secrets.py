@@ -7,7 +7,9 @@ certificate and token, and the authorization policy, in a folder of their own (0
 Certificates name what each server is reached by: main `main`, `localhost`, `127.0.0.1` (the operator and
 the samples call it so); a sample its service name (what main verifies it against: rpc-tls-backend-name),
 `localhost` and `127.0.0.1` (its own auto-client). The policy: `operator` is admin (token or certificate),
-`main` admin by its certificate (it calls the samples' config and log services), the samples services.
+`main` admin by its certificate and a forwarder (`proxy`: it names the caller of each call it forwards, whom
+the samples then check, not main), the samples services. `create` brings a policy written before forwarders
+existed up to date (main marked `proxy`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def issue_services(ca: CertificateAuthority, folder: Path) -> None:
 
 def create(folder: Path) -> None:
     if (folder / "policy.json").exists():  # written last: a create that was interrupted starts over
+        upgrade(folder / "policy.json")
         return
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
@@ -44,13 +47,24 @@ def create(folder: Path) -> None:
     policy = {
         "identities": {
             "operator": {"role": "admin", "token_sha256": token_hash(token), "certificate": "operator"},
-            "main": {"role": "admin", "certificate": "main"},
+            "main": {"role": "admin", "certificate": "main", "proxy": True},
             "echo": {"role": "service", "certificate": "echo"},
             "notes": {"role": "service", "certificate": "notes"},
         }
     }
     write_private(folder / "policy.json", json.dumps(policy, indent=2).encode())
     print(f"secrets: created a CA, certificates for {', '.join(SERVICES)} and the operator, and a policy in {folder}")
+
+
+def upgrade(path: Path) -> None:
+    """Mark main as a forwarder in a policy written before forwarders existed (its routed calls are refused
+    by the samples otherwise: it names their callers)."""
+    policy = json.loads(path.read_text())
+    main = policy.get("identities", {}).get("main")
+    if isinstance(main, dict) and "proxy" not in main:
+        main["proxy"] = True
+        write_private(path, json.dumps(policy, indent=2).encode())
+        print(f"secrets: main marked as a forwarder (proxy) in {path}")
 
 
 def rotate(folder: Path) -> None:

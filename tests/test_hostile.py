@@ -21,7 +21,11 @@ import pytest
 from grpc_helper import Folders, RpcClient, RpcException, RpcServer
 from grpc_helper.api import (
     ConfigApiVersion,
+    ConfigUpdate,
+    Empty,
     EventApiVersion,
+    EventFilter,
+    EventInterrupt,
     Filter,
     LoggerApiVersion,
     LoggerConfig,
@@ -30,6 +34,7 @@ from grpc_helper.api import (
     ProxyRegisterRequest,
     ResultCode,
     ServerApiVersion,
+    ShutdownRequest,
 )
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
@@ -37,17 +42,26 @@ from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.auth import token_hash
 from grpc_helper.errors import RpcTransportError
-from grpc_helper.metadata import RpcMetadata
+from grpc_helper.metadata import KEY_CALLER, RpcMetadata
 from grpc_helper.pki import CertificateAuthority
 from grpc_helper.tls import ClientSecurity
+from grpc_helper_samples import notes
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import WAIT, BlockingEcho, Program, Servers, echo_descriptor, wait_until
+from helpers import WAIT, BlockingEcho, EchoManager, Program, Servers, echo_descriptor, wait_until
 
 FORMS = ("certificate", "token")
 # Identities of the policy: role, and whether they forward calls for others (main)
-ROLES = {"operator": "admin", "app": "user", "app2": "user", "svc": "service", "main": "admin", "echo": "service"}
+ROLES = {
+    "operator": "admin",
+    "app": "user",
+    "app2": "user",
+    "svc": "service",
+    "svc2": "service",
+    "main": "admin",
+    "echo": "service",
+}
 STUBS = {
     "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
     "config": (ConfigServiceStub, ConfigApiVersion.CONFIG_API_CURRENT),
@@ -266,3 +280,120 @@ def test_a_routed_registration_never_stops_the_real_backend(tmp_path: Path, form
         assert echo.proc.poll() is None
     finally:
         stack.close()
+
+
+# --- defect 2: a route never lends main's rights ---
+
+
+def denied(call: Callable[[], Any]) -> bool:
+    """Whether `call()` was refused PERMISSION_DENIED: by main (a gRPC status), or by the backend behind it
+    (passed on by main: a status, or a 2.x-shaped `Result` error quoting it)."""
+    try:
+        call()
+    except RpcTransportError as exc:
+        return exc.status == grpc.StatusCode.PERMISSION_DENIED
+    except RpcException as exc:
+        return "PERMISSION_DENIED" in str(exc)
+    except grpc.RpcError as exc:  # a raw stub's
+        return exc.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[no-any-return]
+    return False
+
+
+@dataclass
+class Routed:
+    """main, and behind it a backend serving echo and events, proxying notes, with a policy of its own
+    where the operator is only a user."""
+
+    main: RpcServer
+    backend: RpcServer
+    pki: Pki
+
+    def client(self, name: str, form: str, *, route: str = "echo", direct: bool = False) -> RpcClient:
+        port = self.backend.port if direct else self.main.port
+        metadata = RpcMetadata(client=f"hostile-{name}", route_service="" if direct else route)
+        return RpcClient("127.0.0.1", port, STUBS, timeout=WAIT, name=metadata, security=self.pki.security(name, form))
+
+    def raw(self, client: RpcClient, stub: type[Any], method: str, request: Any, **metadata: str) -> Any:
+        """`method` called on `client`'s channel with its own metadata plus `metadata` (as a forger would)."""
+        md = [*client.metadata.as_metadata(), *client.security.metadata(), *metadata.items()]
+        return getattr(stub(client.channel), method)(request, metadata=md, timeout=WAIT)
+
+
+@pytest.fixture
+def routed(servers: Servers, tmp_path: Path) -> Routed:
+    pki = Pki.create(tmp_path / "pki")
+    main_policy = write_policy(tmp_path / "main-policy.json")
+    backend_policy = write_policy(tmp_path / "backend-policy.json", operator={"role": "user"})
+    backend = servers(
+        0,
+        [echo_descriptor(EchoManager()), notes.descriptor(proxy=True)],
+        Folders(workspace=tmp_path / "backend"),
+        pki.tls_items("echo", backend_policy),
+        with_events=True,
+    )
+    main = servers(
+        0,
+        [echo_descriptor(is_proxy=True)],
+        Folders(workspace=tmp_path / "main"),
+        pki.tls_items("main", main_policy),
+        with_events=True,
+    )
+    registration = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    main.client.srv.proxy_register(registration)
+    return Routed(main, backend, pki)
+
+
+@pytest.mark.parametrize("form", FORMS)
+class TestRoutedCallsKeepTheirCaller:
+    def test_another_callers_queue_cant_be_hijacked_through_main(self, routed: Routed, form: str) -> None:
+        owner, other = routed.client("app", form), routed.client("app2", form)
+        stream = owner.events.listen(EventFilter(names=["E"]))
+        client_id = next(stream).client_id
+        try:
+            assert client_id in owner.events.inspect(Empty()).client_ids  # created on the backend, as app's
+            assert client_id not in other.events.inspect(Empty()).client_ids
+            assert denied(lambda: other.events.interrupt(EventInterrupt(client_id=client_id)))
+            assert denied(lambda: next(other.events.listen(EventFilter(client_id=client_id))))
+            # Directly to the backend, the same answers
+            direct = routed.client("app2", form, direct=True)
+            assert denied(lambda: direct.events.interrupt(EventInterrupt(client_id=client_id)))
+            owner.events.interrupt(EventInterrupt(client_id=client_id))  # its owner may
+        finally:
+            stream.cancel()
+
+    def test_routed_registrations_belong_to_the_caller(self, routed: Routed, form: str) -> None:
+        request = ProxyRegisterRequest(names=["notes"], version="1", host="127.0.0.1", port=1234)
+        routed.client("svc", form).srv.proxy_register(request)
+        assert routed.backend.proxies.target("notes").registrant == "svc"  # not main
+        other = routed.client("svc2", form)
+        assert denied(lambda: other.srv.proxy_forget(Filter(names=["notes"])))
+        hijack = ProxyRegisterRequest(names=["notes"], version="1", host="127.0.0.1", port=6666)
+        assert denied(lambda: other.srv.proxy_register(hijack))
+        assert denied(lambda: routed.client("app", form).srv.proxy_register(request))  # a user: refused by main
+
+    def test_the_backends_policy_applies_to_routed_callers(self, routed: Routed, form: str) -> None:
+        """The operator is admin on main, a user on the backend: routed, it may change nothing there."""
+        operator = routed.client("operator", form)
+        level = LoggerUpdate(items=[LoggerConfig(name="hostile.routed", enabled=True, level=LoggerLevel.LVL_DEBUG)])
+        assert denied(lambda: operator.log.set(level))
+        assert denied(lambda: operator.config.set(ConfigUpdate(items=[])))
+        assert denied(lambda: operator.srv.shutdown(ShutdownRequest(timeout=-1)))
+        assert operator.log.get(Filter(names=["root"])).items  # what a user may do, it may
+        assert routed.backend.is_running
+        with routed.client("operator", form, route="") as on_main:  # and on main, it is admin
+            on_main.log.set(level)
+
+    def test_a_forged_caller_is_refused_or_replaced(self, routed: Routed, form: str) -> None:
+        operator = routed.client("operator", form)
+        stream = operator.events.listen(EventFilter(names=["E"]))
+        client_id = next(stream).client_id
+        try:
+            # Straight to the backend, naming another caller: refused, whoever asks
+            direct = routed.client("app", form, direct=True)
+            assert denied(lambda: routed.raw(direct, EventServiceStub, "inspect", Empty(), **{KEY_CALLER: "operator"}))
+            # Through main too: only a forwarder may name a caller
+            app = routed.client("app", form)
+            assert denied(lambda: routed.raw(app, EventServiceStub, "inspect", Empty(), **{KEY_CALLER: "operator"}))
+            assert client_id not in app.events.inspect(Empty()).client_ids
+        finally:
+            stream.cancel()

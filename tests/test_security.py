@@ -208,7 +208,7 @@ def proxied_echo(servers: Servers, backend_config: dict[str, str], main_config: 
     return main
 
 
-def policy_file(path: Path, identities: dict[str, dict[str, str]]) -> Path:
+def policy_file(path: Path, identities: dict[str, dict[str, Any]]) -> Path:
     """An authorization policy at `path` with these identities."""
     path.write_text(json.dumps({"identities": identities}))
     return path
@@ -230,9 +230,10 @@ class TestServerTokens:
         main_policy = policy_file(tmp_path / "main-policy.json", {
             "echo": {"role": "service", "token_sha256": token_hash(tokens["echo"])},
             "app": {"role": "user", "token_sha256": token_hash(tokens["app"])}})  # fmt: skip
-        # The echo server lets main call it (as admin: config and log through main too), nobody else
+        # The echo server knows main, which forwards calls for others, and the app main forwards for
         echo_policy = policy_file(tmp_path / "echo-policy.json", {
-            "main": {"role": "admin", "token_sha256": token_hash(tokens["main"])}})  # fmt: skip
+            "main": {"role": "admin", "token_sha256": token_hash(tokens["main"]), "proxy": True},
+            "app": {"role": "user", "token_sha256": token_hash(tokens["app"])}})  # fmt: skip
         main_token = write_token(tmp_path / "main.token", tokens["main"])
         main_items = {"rpc-auth-policy": str(main_policy), "rpc-auth-token-file": main_token}
         workspace = tmp_path / "main"
@@ -261,7 +262,7 @@ class TestServerTokens:
             assert wait_until(lambda: registrant() == "echo", 30), registrant()
             app = pki.client(token=tokens["app"])
             with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=app) as client:
-                # main -> echo with main's token (never the app's): echo's policy knows main only
+                # main -> echo with main's token (never the app's), naming the app as its caller
                 assert client.echo.echo(EchoRequest(text="hop")).text == "hop"
         finally:
             process.terminate()

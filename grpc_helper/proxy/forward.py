@@ -28,10 +28,11 @@ callers get a gRPC status instead: before anything is sent (version check, phase
 served call answers for the same `Result` (`calls.error_answer`); in phase 2, the backend's own.
 For streamed responses, an error becomes the stream's last message.
 
-Forwarded metadata: the caller's, minus transport headers, with `client` renamed
-`<client>(proxied)` (just `(proxied)` when the caller sent none: the original appends to the name
-whatever it is), and the proxy's current API version of the service added when the caller sent no
-`api_version`, so the backend checks the version the proxy serves.
+Forwarded metadata: the caller's, minus transport headers and its credentials, plus the caller's identity
+as main authenticated it (`rpc-caller`, see `auth`: the backend applies its own policy to that caller),
+with `client` renamed `<client>(proxied)` (just `(proxied)` when the caller sent none: the original
+appends to the name whatever it is), and the proxy's current API version of the service added when the
+caller sent no `api_version`, so the backend checks the version the proxy serves.
 """
 
 from __future__ import annotations
@@ -44,15 +45,24 @@ from typing import Protocol
 import grpc
 
 from grpc_helper.api import Result
+from grpc_helper.auth import caller_metadata
 from grpc_helper.calls import VersionRange, error_answer, remaining
 from grpc_helper.errors import rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
-from grpc_helper.metadata import KEY_API_VERSION, KEY_CLIENT, KEY_ROUTE_ENDPOINT, KEY_ROUTE_SERVICE, Metadata
+from grpc_helper.metadata import (
+    KEY_API_VERSION,
+    KEY_CALLER,
+    KEY_CLIENT,
+    KEY_ROUTE_ENDPOINT,
+    KEY_ROUTE_SERVICE,
+    Metadata,
+)
 from grpc_helper.proxy.backend import Backend
 
 _PROXIED_SUFFIX = "(proxied)"
 # The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
-_NOT_FORWARDED = frozenset(("user-agent", "authorization", KEY_ROUTE_SERVICE, KEY_ROUTE_ENDPOINT))
+# and the caller's identity is main's to state (`auth.caller_metadata`): whatever a caller sent in it is dropped
+_NOT_FORWARDED = frozenset(("user-agent", "authorization", KEY_ROUTE_SERVICE, KEY_ROUTE_ENDPOINT, KEY_CALLER))
 
 
 class Backends(Protocol):
@@ -127,7 +137,8 @@ class _ForwardSite:
         if err is None:
             backend = self.registry.acquire(self.name, self.method, context)
             if not isinstance(backend, Result):
-                return backend, proxied_metadata(md, self.versions.current) + backend.credentials
+                # The caller's identity goes along: the backend applies its own policy to it, not main's rights
+                return backend, proxied_metadata(md, self.versions.current) + backend.credentials + caller_metadata()
             err = backend
         return error_answer(self.response_cls, context, err).SerializeToString()
 
