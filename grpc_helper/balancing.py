@@ -48,14 +48,15 @@ def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
 def channel_target(addresses: Sequence[Address]) -> str:
     """The gRPC target reaching every one of `addresses`.
 
-    One address: `host:port`, as given (gRPC's DNS resolver follows a name). Several: the `ipv4:` (or
-    `ipv6:`) resolver's list, which takes IP literals only, so names are resolved here, once (a name
-    that does not resolve is left out: that replica can't be reached anyway, and its own monitor
-    channel says so); IPv4 addresses become IPv4-mapped IPv6 ones when an IPv6 one is in the list.
+    One address: `host:port`, as given (gRPC's DNS resolver follows a name; an IPv6 literal bracketed).
+    Several: the `ipv4:` (or `ipv6:`) resolver's list, which takes IP literals only, so names are
+    resolved here, once (a name that does not resolve is left out: that replica can't be reached
+    anyway, and its own monitor channel says so); IPv4 addresses become IPv4-mapped IPv6 ones when an
+    IPv6 one is in the list.
     """
     if len(addresses) == 1:
         host, port = addresses[0]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     resolved = [(ip, port) for host, port in addresses for ip in _resolve(host, port)[:1]]
     if not resolved:
         host, port = addresses[0]

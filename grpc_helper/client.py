@@ -18,10 +18,10 @@ from grpc_helper.api import Filter, MultiServiceInfo, ResultCode, ServerApiVersi
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
 from grpc_helper.balancing import SERVICE_CONFIG, Address, channel_target
-from grpc_helper.errors import RpcException, rpc_error_to_exception
+from grpc_helper.errors import PlaintextTokenError, RpcException, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, Metadata, RpcMetadata
-from grpc_helper.tls import PLAINTEXT, ClientSecurity, is_loopback
+from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
 CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
@@ -85,7 +85,8 @@ class RpcClient:
     - `name`: client name (str) or a full `RpcMetadata`, sent as call metadata
     - `exception`: raise `custom_exception(msg, rc)` for responses with a non-OK code below ERROR_CUSTOM
     - `security`: TLS (CA, client certificate, server name) and a bearer token (`ClientSecurity`);
-      None: plaintext, as 2.x
+      None: plaintext, as 2.x. A token without TLS goes to loopback only: to another host,
+      `PlaintextTokenError` (a `ValueError`), here or wherever a channel is made (see `refresh_routes`)
     - `direct`: for stubs of services this server (a main) proxies, call their replicas directly,
       balanced by gRPC (round_robin, health-checked), instead of through it; see `refresh_routes`
     """
@@ -106,8 +107,6 @@ class RpcClient:
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.security = security or PLAINTEXT
-        if self.security.token and not self.security.tls and not is_loopback(host):
-            raise ValueError(f"A token is sent to {host} in plaintext only on loopback: give TLS credentials")
         self.metadata = name if isinstance(name, RpcMetadata) else RpcMetadata(client=name)
         self.logger = logger or logging.getLogger("grpc_helper.client")
         self.exception = exception
@@ -118,6 +117,7 @@ class RpcClient:
         self._routes_read = 0.0  # when `refresh_routes` last asked main (monotonic)
         self._channel_lock = threading.Lock()  # serializes close() and route changes: never taken by calls
         self._rebinders: list[Callable[[], None]] = []  # one per bound method: rebinds it to self.channel
+        self._kept_off: set[tuple[str, tuple[Address, ...]]] = set()  # direct routes refused for the token
         self.stubs = dict(stubs)
         self._stubs: dict[str, _Stub] = {}
         for attr, (stub_class, version) in stubs.items():
@@ -180,7 +180,11 @@ class RpcClient:
         `DIRECT_CONNECT_TIMEOUT` (e.g. addresses of a network this host is not on), or a main that does
         not answer, goes through main. Called at construction, and again (at most once a second) when a
         call fails with UNAVAILABLE. With TLS, a replica's certificate is checked against its service's
-        name (main's default `rpc-tls-backend-name`)."""
+        name (main's default `rpc-tls-backend-name`).
+
+        A token never travels in plaintext off loopback: with a token and no TLS, a service with any
+        endpoint not on loopback gets no direct route (logged once, at WARNING): its calls keep going
+        through main, which never forwards a caller's token, rather than failing."""
         self._routes_read = time.monotonic()
         names = [n for n in self.stubs if n not in _MAIN_STUBS]
         if not names:
@@ -217,9 +221,17 @@ class RpcClient:
                 route[1].close()
 
     def _replicas_channel(self, service: str, endpoints: tuple[Address, ...]) -> grpc.Channel | None:
-        """A balanced channel to `endpoints`, once connected; None if none can be reached in time."""
+        """A balanced channel to `endpoints`, once connected; None if none can be reached in time, or if
+        it would carry this client's token in plaintext (`PlaintextTokenError`: through main instead)."""
         security = replace(self.security, server_name=service) if self.security.tls else self.security
-        channel = balanced_channel(security, endpoints)
+        try:
+            channel = balanced_channel(security, endpoints)
+        except PlaintextTokenError:
+            if (service, endpoints) not in self._kept_off:  # once: routes are read again often
+                self._kept_off.add((service, endpoints))
+                why = "Direct routes: %s at %s through main: not all on loopback, and a token needs TLS off it"
+                self.logger.warning(why, service, endpoints)
+            return None
         try:
             grpc.channel_ready_future(channel).result(timeout=DIRECT_CONNECT_TIMEOUT)
         except grpc.FutureTimeoutError:
@@ -229,7 +241,7 @@ class RpcClient:
         return channel
 
     def _new_channel(self) -> grpc.Channel:
-        return self.security.channel(f"{self.host}:{self.port}", CHANNEL_OPTIONS)
+        return self.security.channel(channel_target([(self.host, self.port)]), CHANNEL_OPTIONS)
 
     def __enter__(self) -> RpcClient:
         return self

@@ -62,6 +62,14 @@ class AccessDenied(RpcException):
         super().__init__(message, ResultCode.ERROR_PARAM_INVALID)
 
 
+class PlaintextTokenError(RpcException, ValueError):
+    """A channel that would carry a bearer token in plaintext to a server not on loopback: refused before
+    it is made (`ClientSecurity.channel`). A `ValueError` too, as this refusal always was."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ResultCode.ERROR_PARAM_INVALID)
+
+
 def rc_name(rc: int) -> str:
     """`ResultCode` name of a code, or the number for codes it does not name (custom ones included)."""
     try:

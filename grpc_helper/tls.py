@@ -22,7 +22,7 @@ import grpc
 
 from grpc_helper.api import ResultCode
 from grpc_helper.config.static import CLIENT_AUTH_MODES, RpcStaticConfig
-from grpc_helper.errors import RpcException
+from grpc_helper.errors import PlaintextTokenError, RpcException
 
 _log = logging.getLogger("grpc_helper.tls")
 
@@ -90,7 +90,8 @@ class ClientSecurity:
     roots), presenting `cert`/`key` when given (mTLS), checking the server's certificate against
     `server_name` instead of the dialled host when given, and sending `token` as a bearer token.
 
-    `tls=False` is a plaintext channel (only a token may then be set, sent as is: use it on loopback only).
+    `tls=False` is a plaintext channel (only a token may then be set, sent as is, and to loopback only:
+    `channel` refuses any other target).
     """
 
     ca: bytes | None = None
@@ -123,8 +124,18 @@ class ClientSecurity:
         )
 
     def channel(self, target: str, options: list[tuple[str, object]]) -> grpc.Channel:
-        """A channel to `target` with these credentials (`options` added)."""
+        """A channel to `target` with these credentials (`options` added).
+
+        Every client channel of the library is made here (`RpcClient`'s to its server and, in direct mode,
+        to replicas; main's to its backends), so this is where a bearer token is kept off the network in
+        plaintext: with a token and no TLS, a target not wholly on loopback (`loopback_target`) raises
+        `PlaintextTokenError` before any channel exists.
+        """
         if not self.tls:
+            if self.token and not loopback_target(target):
+                # The target is an address list, never the token: safe to tell
+                msg = f"A token is sent in plaintext only on loopback, not to {target}: give TLS credentials"
+                raise PlaintextTokenError(msg)
             return grpc.insecure_channel(target, options=options)
         credentials = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
         if self.server_name:
@@ -152,12 +163,38 @@ def backend_name(service: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` (a name, an IP literal, `[v6]`) is this machine's loopback: `localhost`, 127/8, ::1,
+    or an IPv4-mapped loopback (`balancing.channel_target` maps IPv4 addresses in mixed lists)."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
+def loopback_target(target: str) -> bool:
+    """Whether every server a gRPC `target` names is on loopback (`is_loopback`): `host:port`,
+    `[v6]:port`, `dns:[//authority/]host:port`, and the `ipv4:`/`ipv6:` lists of `channel_target`. Any
+    other form (`unix:`, another scheme) counts as not loopback: a token is refused rather than guessed safe."""
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        addresses = rest.split(",")
+    elif scheme == "dns":
+        # dns:host:port, dns:///host:port or dns://authority/host:port (the authority is the DNS server)
+        addresses = [rest[2:].partition("/")[2] if rest.startswith("//") else rest]
+    else:
+        addresses = [target]
+    return all(is_loopback(_host(address)) for address in addresses)
+
+
+def _host(address: str) -> str:
+    """The host of `host:port`, `[v6]:port` or a bare host."""
+    if address.startswith("["):
+        return address[1 : address.find("]")] if "]" in address else address
+    return address.rpartition(":")[0] if address.count(":") == 1 else address
 
 
 class ServerTls:

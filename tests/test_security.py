@@ -3,11 +3,16 @@ real servers (loopback only)."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
+import os
+import re
+import socket
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer, RpcStaticConfig, current_call
 from grpc_helper.api import (
     ConfigUpdate,
     Empty,
@@ -28,11 +33,12 @@ from grpc_helper.api import (
     ShutdownRequest,
 )
 from grpc_helper.auth import token_hash
-from grpc_helper.errors import RpcTransportError
+from grpc_helper.client import balanced_channel
+from grpc_helper.errors import PlaintextTokenError, RpcTransportError
 from grpc_helper.pki import CertificateAuthority, Issued, write_private
 from grpc_helper.proxy.registry import PROXY_FILE
-from grpc_helper.tls import ClientSecurity
-from grpc_helper_samples.api import EchoApiVersion, EchoRequest
+from grpc_helper.tls import ClientSecurity, loopback_target
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 from helpers import EchoManager, Servers, echo_descriptor, event, start_echo, wait_until
@@ -587,3 +593,147 @@ def test_policy_found_in_the_system_folder(servers: Servers, tmp_path: Path) -> 
     srv = servers(0, [echo_descriptor()], folders, {"rpc-auth-policy": "policy.json"})
     with RpcClient("127.0.0.1", srv.port, ECHO_STUBS, timeout=5) as anonymous:
         assert transport_status(lambda: anonymous.echo.echo(EchoRequest())) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- a bearer token never travels in plaintext off loopback (issue 17, item 7) ---
+
+
+@pytest.fixture(scope="module")
+def own_ip() -> str:
+    """A non-loopback IPv4 address of this machine (its servers are reached there off loopback; nothing
+    else is dialled): the test is skipped without one, and failed under CI=true, where it must run."""
+    addresses: list[str] = []
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        ip = subprocess.run(["ip", "-4", "-o", "addr", "show", "up"], capture_output=True, text=True, timeout=10)
+        addresses = [line.split()[3].partition("/")[0] for line in ip.stdout.splitlines() if len(line.split()) > 3]
+    if not addresses:  # no `ip` command: what the host name resolves to
+        with contextlib.suppress(OSError):
+            addresses = socket.gethostbyname_ex(socket.gethostname())[2]
+    found = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    if found:
+        return found[0]
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true but this machine has no non-loopback IPv4 address: the test must run", pytrace=False)
+    pytest.skip("no non-loopback IPv4 address on this machine: nothing to reach off loopback")
+
+
+class TokenRecorder(EchoManager):
+    """An echo replica recording the `authorization` metadata each echo call brought it (None: none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[str | None] = []
+
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        call = current_call()
+        assert call is not None
+        self.received.append(next((str(v) for k, v in call.metadata if k == "authorization"), None))
+        return super().echo(request)
+
+
+def replica_at(
+    servers: Servers, main: RpcServer, ip: str, config: dict[str, str] | None = None
+) -> tuple[TokenRecorder, int]:
+    """A `TokenRecorder` replica (listening on every interface) registered on `main` at `ip`, once main
+    shows it serving; the recorder and the replica's port."""
+    recorder = TokenRecorder()
+    backend = servers(0, [echo_descriptor(recorder)], cli_config=config)
+    main.client.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="1", host=ip, port=backend.port))
+
+    def serving() -> bool:
+        item = main.client.srv.info(Filter(names=["echo"])).items[0]
+        return any((e.host, e.port, e.serving) == (ip, backend.port, True) for e in item.endpoints)
+
+    assert wait_until(serving, 10)
+    return recorder, backend.port
+
+
+class TestTokenNeverInPlaintext:
+    """Main on loopback, a replica at this machine's own non-loopback address (`own_ip`)."""
+
+    @pytest.mark.parametrize(
+        ("target", "loopback"),
+        [
+            ("127.0.0.1:1", True),
+            ("localhost:1", True),
+            ("[::1]:1", True),
+            ("dns:///localhost:1", True),
+            ("ipv4:127.0.0.1:1,127.0.0.2:2", True),
+            ("ipv6:[::1]:1,[::ffff:127.0.0.1]:2", True),  # channel_target's mixed list
+            ("192.0.2.1:1", False),
+            ("example.com:1", False),
+            ("dns://127.0.0.1/example.com:1", False),  # the DNS server's address is not the target's
+            ("ipv4:127.0.0.1:1,192.0.2.1:2", False),  # one replica elsewhere is enough
+            ("ipv6:[::1]:1,[::ffff:192.0.2.1]:2", False),
+            ("unix:/tmp/socket", False),  # a form not known: refused, not guessed safe
+        ],
+    )
+    def test_loopback_targets(self, target: str, loopback: bool) -> None:
+        assert loopback_target(target) is loopback
+
+    def test_direct_mode_keeps_a_plaintext_token_off_a_replica_elsewhere(
+        self, servers: Servers, tmp_path: Path, own_ip: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A plaintext client with a token, direct: no route to the replica (it used to get one, and the
+        token with every call); its calls go through main, which never forwards a caller's token. The
+        same for main's auto-client (its own admin token, plaintext, `rpc-client-direct`)."""
+        config = {"rpc-auth-policy": str(write_policy(tmp_path)), "rpc-client-direct": "true"}
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
+        replica, port = replica_at(servers, main, own_ip)
+        # Reachable straight from here: only the token rule keeps direct routes away from it
+        with grpc.insecure_channel(f"{own_ip}:{port}") as channel:
+            assert EchoServiceStub(channel).echo(EchoRequest(text="reachable"), timeout=10).text == "reachable"
+        replica.received.clear()
+
+        caplog.set_level(logging.WARNING, logger="grpc_helper.client")
+        user = ClientSecurity(tls=False, token=TOKENS["app"])
+        with RpcClient("127.0.0.1", main.port, ECHO_STUBS, timeout=10, security=user, direct=True) as client:
+            assert client.routes == {}
+            assert client.echo.echo(EchoRequest(text="through main")).text == "through main"
+            client.refresh_routes()  # read again (after an UNAVAILABLE call, or a registration event): the same
+            assert client.routes == {}
+            assert client.echo.echo(EchoRequest(text="again")).text == "again"
+        main.client.refresh_routes()  # the auto-client
+        assert main.client.routes == {}
+        assert main.client.echo.echo(EchoRequest(text="auto")).text == "auto"
+
+        assert replica.received == [None, None, None]  # all three served by the replica, none with a token
+        told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Direct routes")]
+        reason = "through main: not all on loopback, and a token needs TLS off it"
+        assert told == [f"Direct routes: echo at (('{own_ip}', {port}),) {reason}"] * 2  # once per client
+        assert TOKENS["app"] not in caplog.text
+
+    def test_a_tls_client_with_a_token_goes_direct_to_a_replica_elsewhere(
+        self, servers: Servers, pki: Pki, own_ip: str
+    ) -> None:
+        pki.issue("echo", "echo")  # direct mode checks a replica against its service's name
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=tls_config(pki))
+        replica, port = replica_at(servers, main, own_ip, tls_config(pki, "echo"))
+        security = pki.client(token=TOKENS["app"])
+        with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=security, direct=True) as client:
+            assert client.routes == {"echo": ((own_ip, port),)}
+            assert client.echo.echo(EchoRequest(text="direct")).text == "direct"
+        # Main never forwards a caller's token: the replica got it from the client itself, over TLS
+        assert replica.received == [f"Bearer {TOKENS['app']}"]
+
+    def test_a_plaintext_token_to_another_host_is_refused_with_the_reason(
+        self, own_ip: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from grpc_helper import ctl
+
+        plaintext = ClientSecurity(tls=False, token=TOKENS["app"])
+        reason = f"A token is sent in plaintext only on loopback, not to {own_ip}:1: give TLS credentials"
+        with pytest.raises(PlaintextTokenError) as info:
+            RpcClient(own_ip, 1, ECHO_STUBS, security=plaintext)
+        assert (str(info.value), info.value.rc) == (reason, ResultCode.ERROR_PARAM_INVALID)
+        assert isinstance(info.value, ValueError)  # what this refusal always raised
+        # Any channel with those credentials: a balanced one (direct routes, main's to its backends) too
+        with pytest.raises(PlaintextTokenError, match=f"not to ipv4:127.0.0.1:1,{re.escape(own_ip)}:1:"):
+            balanced_channel(plaintext, [("127.0.0.1", 1), (own_ip, 1)])
+        # Allowed: the same on loopback; TLS to another host (neither connects before a call)
+        RpcClient("127.0.0.1", 1, ECHO_STUBS, security=plaintext).close()
+        RpcClient(own_ip, 1, ECHO_STUBS, security=replace(plaintext, tls=True)).close()
+        # The CLI: its error line, with the reason (it used to end in a ValueError's traceback)
+        token_file = write_token(tmp_path / "t.token", TOKENS["app"])
+        code = ctl.main(["--host", own_ip, "--port", "1", "--token-file", token_file, "info"])
+        assert (code, capsys.readouterr().err) == (1, f"error: ERROR_PARAM_INVALID: {reason}\n")
