@@ -14,6 +14,7 @@ plain grpcio with TLS; the check under 5 us per call.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -27,19 +28,23 @@ import workloads
 from servers import ServerProcess
 from stats import median_result
 
-from grpc_helper.auth import Authorizer, Identity, Policy
+from grpc_helper.auth import Authorizer, token_hash
 
 
 def authorization_check_us(calls: int = 200_000) -> float:
     """Microseconds per call of the authorization interceptor, for a known token (the common path)."""
-    policy = Policy([])
-    for n in range(5):  # a policy with a few identities: every digest is compared
-        policy.add_token(Identity(f"id{n}", "user"), f"token-{n}-0123456789")
+    identities = {  # a policy with a few identities: every digest is compared
+        f"id{n}": {"role": "user", "token_sha256": token_hash(f"token-{n}-0123456789")} for n in range(5)
+    }
 
     def reject(*_: Any) -> Any:  # never called: the token is known
         raise AssertionError("refused")
 
-    authorizer = Authorizer(policy, certificates=False, reject=reject, logger=logging.getLogger("bench"))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "policy.json"
+        path.write_text(json.dumps({"identities": identities}))
+        authorizer = Authorizer(path, certificates=False, reject=reject, logger=logging.getLogger("bench"))
+    authorizer.close()
     handler = object()
 
     class Details:

@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from grpc_helper.api import ResultCode
 from grpc_helper.errors import AccessDenied, RpcException
 from grpc_helper.generated import Handler, kind_of, make_handler
 from grpc_helper.metadata import KEY_CALLER, Metadata
+from grpc_helper.persist import file_stamp
 
 ROLES = ("user", "service", "admin")  # each may do what the ones before it may
 _RANK = {role: n for n, role in enumerate(ROLES)}
@@ -69,8 +71,12 @@ _METHOD_ROLES = {
 }
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
-# The identity of the call being served (set by the server's `Authorizer` for each call it lets through)
+# The identity of the call being served, and the policy that let it through (set by the server's
+# `Authorizer` for each call it lets through: a policy reloaded meanwhile decides nothing of that call)
 _CALLER: ContextVar[Identity | None] = ContextVar("grpc_helper_caller", default=None)
+_POLICY: ContextVar[Policy | None] = ContextVar("grpc_helper_policy", default=None)
+# How often a server looks at its policy file (seconds): a change is adopted once unchanged for one look
+POLICY_POLL = 0.5
 
 
 # The name of a server's own identity: what its own clients (the auto-client) call as
@@ -117,6 +123,17 @@ def required_role(path: str) -> int:
     return _RANK["admin" if service in _DEFAULT_SERVICES else "user"]
 
 
+def check_service_names(names: Iterable[str]) -> None:
+    """Raise `AccessDenied` unless the caller may register every proxied service of `names` (the policy's
+    `services` grants: see `Policy.may_register`; always fine without a policy)."""
+    caller, policy = _CALLER.get(), _POLICY.get()
+    if caller is None or policy is None:
+        return
+    refused = sorted(name for name in names if not policy.may_register(caller, name))
+    if refused:
+        raise AccessDenied(f"{caller.name} may not register {', '.join(refused)}: the policy grants it to others")
+
+
 def caller_metadata() -> Metadata:
     """What a forwarder (main) adds to a call it forwards: the `rpc-caller` it authenticated (see the module
     doc); nothing without a policy, or for the server's own calls (it then acts as itself)."""
@@ -131,24 +148,38 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One identity of a policy and how it is recognized (see the module doc)."""
+
+    identity: Identity
+    token_sha256: str | None = None  # hex
+    certificate: str | None = None  # a name its certificate carries
+    proxy: bool = False  # may name the caller it forwards for (`rpc-caller`)
+    services: frozenset[str] | None = None  # the proxied service names it may register (None: not said)
+
+
 class Policy:
     """Identities and their roles (see the module doc); `load` reads a policy file."""
 
-    def __init__(
-        self, identities: Iterable[tuple[Identity, str | None, str | None]], proxies: Iterable[str] = ()
-    ) -> None:
-        """`identities`: (identity, token SHA-256 hex or None, certificate name or None); `proxies`: the
-        names of those that may forward calls for others."""
+    def __init__(self, entries: Iterable[PolicyEntry]) -> None:
         self._tokens: list[tuple[bytes, Identity]] = []
         self._certificates: dict[str, Identity] = {}
         self._names: dict[str, Identity] = {}
-        self._proxies = frozenset(proxies)
-        for identity, digest, certificate in identities:
+        self._proxies: set[str] = set()
+        self._grants: dict[str, frozenset[str]] = {}  # identity name -> the service names it may register
+        for entry in entries:
+            identity = entry.identity
             self._names[identity.name] = identity
-            if digest:
-                self._tokens.append((bytes.fromhex(digest), identity))
-            if certificate:
-                self._certificates[certificate] = identity
+            if entry.token_sha256:
+                self._tokens.append((bytes.fromhex(entry.token_sha256), identity))
+            if entry.certificate:
+                self._certificates[entry.certificate] = identity
+            if entry.proxy:
+                self._proxies.add(identity.name)
+            if entry.services is not None:
+                self._grants[identity.name] = entry.services
+        self._granted = frozenset().union(*self._grants.values())  # names some identity is granted
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -159,11 +190,12 @@ class Policy:
                 f"Can't read the authorization policy {path}: {exc}", ResultCode.ERROR_MODEL_INVALID
             ) from exc
         try:
-            identities = _parse(data)
-            proxies = [name for name, entry in data["identities"].items() if entry.get("proxy") is True]
-            return cls(identities, proxies)
+            return cls(_parse(data))
         except (TypeError, ValueError, KeyError) as exc:
             raise RpcException(f"Invalid authorization policy {path}: {exc}", ResultCode.ERROR_MODEL_INVALID) from exc
+
+    def __len__(self) -> int:
+        return len(self._names)
 
     def add_token(self, identity: Identity, token: str) -> None:
         self._tokens.append((bytes.fromhex(token_hash(token)), identity))
@@ -190,8 +222,25 @@ class Policy:
         """Whether `identity` may name the caller it forwards for (`rpc-caller`)."""
         return identity.name in self._proxies
 
+    def may_register(self, identity: Identity, service: str) -> bool:
+        """Whether `identity` may register the proxied service `service`: an admin any; an identity with
+        `services` those it lists; one without, any name no identity is granted (a policy with no grants at
+        all: any name, as before grants existed)."""
+        if identity.may("admin"):
+            return True
+        grants = self._grants.get(identity.name)
+        return service in grants if grants is not None else service not in self._granted
 
-def _parse(data: Any) -> list[tuple[Identity, str | None, str | None]]:
+
+def _names_list(value: Any, name: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"identity {name!r}: services must be a list of service names")
+    return frozenset(value)
+
+
+def _parse(data: Any) -> list[PolicyEntry]:
     if not isinstance(data, dict) or not isinstance(data.get("identities"), dict):
         raise ValueError('expected {"identities": {name: {"role": ..., "token_sha256": ..., "certificate": ...}}}')
     out = []
@@ -209,7 +258,9 @@ def _parse(data: Any) -> list[tuple[Identity, str | None, str | None]]:
             raise ValueError(f"identity {name!r}: proxy must be true or false")
         if not digest and not certificate:
             raise ValueError(f"identity {name!r}: give a token_sha256 or a certificate name")
-        out.append((Identity(str(name), entry["role"]), digest, certificate))
+        identity = Identity(str(name), entry["role"])
+        services = _names_list(entry.get("services"), name)
+        out.append(PolicyEntry(identity, digest, certificate, entry.get("proxy", False), services))
     return out
 
 
@@ -245,22 +296,60 @@ class Authorizer(grpc.ServerInterceptor):
 
     def __init__(
         self,
-        policy: Policy,
+        path: Path,
         *,
         certificates: bool,
         reject: Callable[[str, grpc.StatusCode, str], Handler],
         logger: logging.Logger,
     ) -> None:
-        """`certificates`: the server requires client certificates; `reject(kind, code, details)`: a handler
-        of `kind` aborting with `code` at once."""
-        self.policy = policy
+        """`path`: the policy file (read now, and again whenever it changes: see `reload`); `certificates`:
+        the server requires client certificates; `reject(kind, code, details)`: a handler of `kind` aborting
+        with `code` at once."""
+        self.path = path
         self._certificates = certificates
         self._reject = reject
         self._logger = logger
         self.refused = 0
         # The server's own clients (its auto-client) call as this admin identity, with a token nobody else has
         self.own_token = secrets.token_urlsafe(32)
+        self._stamp = file_stamp(path)
+        self.policy = self._load()
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="rpc-policy-watch", daemon=True)
+        self._watcher.start()
+
+    def _load(self) -> Policy:
+        policy = Policy.load(self.path)
         policy.add_token(Identity(SELF, "admin"), self.own_token)
+        return policy
+
+    def reload(self) -> bool:
+        """Read the policy file again: adopted if valid (True), else the previous policy is kept and the
+        reason logged as an ERROR (False). Calls already let through keep the policy they were let in by."""
+        try:
+            policy = self._load()
+        except RpcException as exc:
+            self._logger.error("Keeping the previous authorization policy: %s", exc)
+            return False
+        self.policy = policy  # one assignment: each call reads the policy once, whole
+        self._logger.warning("Authorization policy %s reloaded: %d identities", self.path, len(policy))
+        return True
+
+    def _watch(self) -> None:
+        """Reload the policy when its file changed, once it stayed unchanged for one look (an editor may
+        write it in several steps; `stack_secrets.py` replaces it atomically)."""
+        seen = self._stamp
+        while not self._stop.wait(POLICY_POLL):
+            stamp = file_stamp(self.path)
+            if stamp != seen:
+                seen = stamp  # changing: look again before reading it
+            elif stamp != self._stamp:
+                self._stamp = stamp
+                self.reload()
+
+    def close(self) -> None:
+        """Stop watching the policy file (the server is shutting down)."""
+        self._stop.set()
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Handler | None], details: grpc.HandlerCallDetails
@@ -275,10 +364,13 @@ class Authorizer(grpc.ServerInterceptor):
         metadata = details.invocation_metadata
         token = _token_of(metadata)
         if token is not None:
-            identity, refusal = self._identify(self.policy.by_token(token), metadata, need, path, "unknown token")
+            policy = self.policy
+            known = policy.by_token(token)
+            identity, refusal = self._identify(policy, known, metadata, need, path, "unknown token")
             if refusal is not None:
                 return self._reject(kind_of(handler), *refusal)
             _CALLER.set(identity)
+            _POLICY.set(policy)
             return handler
         if self._certificates:
             # A wrapper per call, never cached: the handler differs from call to call on the same path (main's
@@ -290,18 +382,24 @@ class Authorizer(grpc.ServerInterceptor):
         )
 
     def _identify(
-        self, identity: Identity | None, metadata: Iterable[tuple[str, str | bytes]], need: int, path: str, unknown: str
+        self,
+        policy: Policy,
+        identity: Identity | None,
+        metadata: Iterable[tuple[str, str | bytes]],
+        need: int,
+        path: str,
+        unknown: str,
     ) -> tuple[Identity | None, tuple[grpc.StatusCode, str] | None]:
         """(who the call is for, the refusal if it may not be made): the direct caller `identity`, or the
-        caller a forwarder names (see the module doc), checked against the role `need`."""
+        caller a forwarder names (see the module doc), checked against the role `need` by `policy`."""
         if identity is None:
             return None, self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, unknown)
         forwarded = _forwarded_caller(metadata)
         if forwarded is not None:
-            if not self.policy.is_proxy(identity):
+            if not policy.is_proxy(identity):
                 why = f"{KEY_CALLER} given, but it may not call for others"
                 return None, self._refused(grpc.StatusCode.PERMISSION_DENIED, path, identity, why)
-            caller = self.policy.by_name(forwarded)
+            caller = policy.by_name(forwarded)
             if caller is None:
                 why = f"unknown caller {forwarded!r} forwarded by {identity.name}"
                 return None, self._refused(grpc.StatusCode.UNAUTHENTICATED, path, None, why)
@@ -327,11 +425,14 @@ class Authorizer(grpc.ServerInterceptor):
         original = getattr(handler, kind)
 
         def behavior(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
-            known = self.policy.by_certificate(_certificate_names(context))
-            identity, refusal = self._identify(known, context.invocation_metadata(), need, path, "unknown certificate")
+            policy = self.policy
+            known = policy.by_certificate(_certificate_names(context))
+            md = context.invocation_metadata()
+            identity, refusal = self._identify(policy, known, md, need, path, "unknown certificate")
             if refusal is not None:
                 context.abort(*refusal)
             _CALLER.set(identity)
+            _POLICY.set(policy)
             return original(request, context, *args)
 
         for option in ("experimental_thread_pool", "experimental_non_blocking"):  # grpcio's, see generated.py

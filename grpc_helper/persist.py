@@ -101,3 +101,13 @@ def read_json_object(path: Path | None, value_types: tuple[type, ...], what: str
             f"Invalid {what} file {path}: expected a JSON object of {names} values", ResultCode.ERROR_MODEL_INVALID
         )
     return data
+
+
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    """What tells that a file changed, replaced atomically included: (mtime ns, size, inode); a missing
+    file is (0, -1, 0)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0, -1, 0
+    return st.st_mtime_ns, st.st_size, st.st_ino

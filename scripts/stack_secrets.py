@@ -8,8 +8,8 @@ Certificates name what each server is reached by: main `main`, `localhost`, `127
 the samples call it so); a sample its service name (what main verifies it against: rpc-tls-backend-name),
 `localhost` and `127.0.0.1` (its own auto-client). The policy: `operator` is admin (token or certificate),
 `main` admin by its certificate and a forwarder (`proxy`: it names the caller of each call it forwards, whom
-the samples then check, not main), the samples services. `create` brings a policy written before forwarders
-existed up to date (main marked `proxy`).
+the samples then check, not main), the samples services, each granted its own service name (`services`).
+`create` brings a policy written by an older version up to date.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def create(folder: Path) -> None:
         "identities": {
             "operator": {"role": "admin", "token_sha256": token_hash(token), "certificate": "operator"},
             "main": {"role": "admin", "certificate": "main", "proxy": True},
-            "echo": {"role": "service", "certificate": "echo"},
-            "notes": {"role": "service", "certificate": "notes"},
+            "echo": {"role": "service", "certificate": "echo", "services": ["echo"]},
+            "notes": {"role": "service", "certificate": "notes", "services": ["notes"]},
         }
     }
     write_private(folder / "policy.json", json.dumps(policy, indent=2).encode())
@@ -57,14 +57,21 @@ def create(folder: Path) -> None:
 
 
 def upgrade(path: Path) -> None:
-    """Mark main as a forwarder in a policy written before forwarders existed (its routed calls are refused
-    by the samples otherwise: it names their callers)."""
+    """Bring a policy written by an older version up to date: main marked as a forwarder (the samples refuse
+    its routed calls otherwise: it names their callers), and each sample granted its own service name."""
     policy = json.loads(path.read_text())
-    main = policy.get("identities", {}).get("main")
-    if isinstance(main, dict) and "proxy" not in main:
-        main["proxy"] = True
+    identities = policy.get("identities", {})
+    changes = []
+    if isinstance(identities.get("main"), dict) and "proxy" not in identities["main"]:
+        identities["main"]["proxy"] = True
+        changes.append("main marked as a forwarder (proxy)")
+    for name in ("echo", "notes"):
+        if isinstance(identities.get(name), dict) and "services" not in identities[name]:
+            identities[name]["services"] = [name]
+            changes.append(f"{name} granted its service name")
+    if changes:
         write_private(path, json.dumps(policy, indent=2).encode())
-        print(f"secrets: main marked as a forwarder (proxy) in {path}")
+        print(f"secrets: {', '.join(changes)} in {path}")
 
 
 def rotate(folder: Path) -> None:

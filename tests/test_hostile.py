@@ -9,6 +9,7 @@ certificate, or a bearer token over a TLS connection whose certificate no identi
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,12 +111,16 @@ class Pki:
 
 
 def write_policy(path: Path, **extra: dict[str, Any]) -> Path:
-    """The test policy: every identity of `ROLES` by certificate and token, main forwarding for others."""
+    """The test policy: every identity of `ROLES` by certificate and token, main forwarding for others; `extra`
+    entries update or add identities."""
     identities: dict[str, dict[str, Any]] = {
         name: {"role": role, "certificate": name, "token_sha256": token_hash(token_of(name))}
         for name, role in ROLES.items()
     }
     identities["main"]["proxy"] = True
+    # Proxied service names belong to identities: echo's to echo, notes' to svc (svc2 is granted none)
+    identities["echo"]["services"] = ["echo"]
+    identities["svc"]["services"] = ["notes"]
     for name, entry in extra.items():
         identities[name] = {**identities.get(name, {}), **entry}
     path.write_text(json.dumps({"identities": identities}))
@@ -397,3 +402,101 @@ class TestRoutedCallsKeepTheirCaller:
             assert client_id not in app.events.inspect(Empty()).client_ids
         finally:
             stream.cancel()
+
+
+# --- defect 5: service names belong to identities ---
+
+
+@pytest.mark.parametrize("form", FORMS)
+class TestServiceNames:
+    def test_a_name_is_registered_by_its_grantees_only(self, stack: SecureStack, form: str) -> None:
+        def register(name: str, who: str) -> Any:
+            request = ProxyRegisterRequest(names=[name], version="1", host="127.0.0.1", port=1)
+            return stack.client(who, form).srv.proxy_register(request)
+
+        for who, name in (("svc2", "echo"), ("svc2", "notes"), ("svc", "echo"), ("echo", "notes")):
+            assert denied(lambda: register(name, who)), (who, name)  # noqa: B023
+        register("notes", "svc")
+        svc = stack.client("svc", form)
+        svc.srv.proxy_forget(Filter(names=["notes"]))  # a graceful forget: nobody registers it now...
+        assert denied(lambda: register("notes", "svc2"))  # ... but it is still svc's to register
+        assert denied(lambda: register("notes", "echo"))
+        register("notes", "svc")
+        svc.srv.proxy_forget(Filter(names=["notes"]))
+        # The real echo is still the one registered, and answering
+        assert stack.client("app", form).echo.echo(EchoRequest(text="still echo")).text == "still echo"
+
+    def test_a_rogue_registration_before_the_owner_starts_is_refused(self, tmp_path: Path, form: str) -> None:
+        stack = SecureStack(tmp_path)
+        try:
+            request = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=1)
+            assert denied(lambda: stack.client("svc2", form).srv.proxy_register(request))
+            echo = stack.start_echo()
+            stack.wait_echo_registered()  # the real one registers, and serves
+            assert echo.proc.poll() is None
+        finally:
+            stack.close()
+
+
+# --- defect 8: the policy reloads without a restart ---
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, as an operator's tooling would."""
+    temp = path.with_suffix(".tmp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
+@pytest.mark.parametrize("form", FORMS)
+class TestPolicyReload:
+    @pytest.fixture
+    def guarded(self, servers: Servers, tmp_path: Path) -> tuple[RpcServer, Pki, Path]:
+        pki = Pki.create(tmp_path / "pki")
+        policy = write_policy(tmp_path / "policy.json")
+        srv = servers(0, [echo_descriptor()], Folders(workspace=tmp_path / "wks"), pki.tls_items("main", policy))
+        return srv, pki, policy
+
+    @staticmethod
+    def answered(srv: RpcServer, pki: Pki, name: str, form: str) -> grpc.StatusCode | None:
+        with RpcClient("127.0.0.1", srv.port, STUBS, timeout=None, security=pki.security(name, form)) as client:
+            code = refusal(lambda: client.log.get(Filter(names=["root"]), timeout=WAIT))
+            return code if code is None else grpc.StatusCode(code)
+
+    def test_a_removed_identity_loses_its_rights(self, guarded: tuple[RpcServer, Pki, Path], form: str) -> None:
+        srv, pki, policy = guarded
+        assert self.answered(srv, pki, "app", form) is None
+        data = json.loads(policy.read_text())
+        del data["identities"]["app"]
+        rewrite(policy, json.dumps(data))
+        assert wait_until(lambda: self.answered(srv, pki, "app", form) == grpc.StatusCode.UNAUTHENTICATED, WAIT)
+        assert self.answered(srv, pki, "app2", form) is None  # the others keep theirs
+
+    def test_a_new_identity_is_let_in(self, guarded: tuple[RpcServer, Pki, Path], form: str) -> None:
+        srv, pki, policy = guarded
+        assert self.answered(srv, pki, "newcomer", form) == grpc.StatusCode.UNAUTHENTICATED
+        data = json.loads(policy.read_text())
+        newcomer = {"role": "admin", "certificate": "newcomer", "token_sha256": token_hash(token_of("newcomer"))}
+        data["identities"]["newcomer"] = newcomer
+        rewrite(policy, json.dumps(data))
+        assert wait_until(lambda: self.answered(srv, pki, "newcomer", form) is None, WAIT)
+
+    def test_a_malformed_policy_keeps_the_previous_one(
+        self, guarded: tuple[RpcServer, Pki, Path], form: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        srv, pki, policy = guarded
+        with caplog.at_level(logging.WARNING):
+            rewrite(policy, '{"identities": {"app": {"role": "emperor"')  # truncated, and no such role
+
+            def told() -> bool:
+                return any("Keeping the previous authorization policy" in r.getMessage() for r in caplog.records)
+
+            assert wait_until(told, WAIT)
+            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert errors
+            assert str(policy) in errors[0].getMessage()
+            assert self.answered(srv, pki, "app", form) is None  # still the previous policy
+            rewrite(policy, json.dumps({"identities": {"app": {"role": "emperor", "certificate": "app"}}}))
+            assert wait_until(lambda: len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2, WAIT)
+            assert "a role among user, service, admin is needed" in caplog.records[-1].getMessage()
+            assert self.answered(srv, pki, "app", form) is None

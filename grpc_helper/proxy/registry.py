@@ -16,7 +16,7 @@ import grpc
 
 from grpc_helper.api import ConfigApiVersion, Result, ResultCode
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
-from grpc_helper.auth import check_owner, current_identity
+from grpc_helper.auth import check_owner, check_service_names, current_identity
 from grpc_helper.backoff import Backoff
 from grpc_helper.balancing import Address
 from grpc_helper.calls import VersionRange, remaining
@@ -322,7 +322,9 @@ class ProxyRegistry:
         """Forward `names` to host:port too from now on: one more endpoint for each (registering the
         same endpoint again refreshes it); the host is kept as given (empty: `rpc-main-host`).
         With a policy on, a service's endpoints belong to their registrant: only it (or an admin)
-        adds, replaces or removes one."""
+        adds, replaces or removes one; and a name the policy grants (`services`) is registered by its
+        grantees only, registered or not."""
+        check_service_names(names)  # the names the policy grants the caller, whatever is registered now
         self._check_registrant(names)
         caller = current_identity()
         target = ProxyTarget(host, port, version, caller.name if caller is not None else None)

@@ -23,7 +23,7 @@ from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigService
 from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerServiceServicer_to_server
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
-from grpc_helper.auth import Authorizer, Policy
+from grpc_helper.auth import Authorizer
 from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_method, wrap_method
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import ConfigItems
@@ -428,14 +428,13 @@ class RpcServer:
         f = self.folders
         candidates = [resolve(path, folder) for folder in (f.workspace, f.user, f.system) if folder is not None]
         found = next((c for c in candidates if c.is_file()), candidates[0] if candidates else resolve(path, None))
-        policy = Policy.load(found)
         control = self._control
 
         def reject(kind: str, code: grpc.StatusCode, details: str) -> Handler:
             return reject_handler(kind, code, details, control)
 
         mtls = self.tls is not None and self.tls.client_auth == "required"
-        return Authorizer(policy, certificates=mtls, reject=reject, logger=self.logger)
+        return Authorizer(found, certificates=mtls, reject=reject, logger=self.logger)
 
     def _own_security(self) -> ClientSecurity | None:
         """The auto-client's: this server's certificate, verified as `localhost`, and the token only this
@@ -573,6 +572,9 @@ class RpcServer:
         for pool in ("_workers", "streams", "_control"):
             if hasattr(self, pool):
                 getattr(self, pool).shutdown(wait=False, cancel_futures=True)
+        authorizer: Authorizer | None = getattr(self, "authorizer", None)  # None: no policy, or a failed start
+        if authorizer is not None:
+            authorizer.close()
         if self._logs is not None:
             self._logs.close()
         if self._previous_usr2 is not None and threading.current_thread() is threading.main_thread():
