@@ -37,7 +37,7 @@ import grpc_helper_samples
 from grpc_helper import RpcManager, RpcServer, RpcServiceDescriptor
 from grpc_helper.api import Event, EventFilter, EventInterrupt, EventStatus, ProxyRegisterRequest, ResultStatus
 from grpc_helper.api.events_pb2_grpc import EventServiceServicer, add_EventServiceServicer_to_server
-from grpc_helper.client import CHANNEL_OPTIONS
+from grpc_helper.options import Peer, channel_options
 from grpc_helper.proxy.forward import forwarded_metadata
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
@@ -102,7 +102,7 @@ class _BytesForwarder(_Forwarder):
 
     def __init__(self, port: int) -> None:
         super().__init__()
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(Peer.OURS))
 
     def _make(self, path: str) -> grpc.RpcMethodHandler:
         if path.endswith("/repeat"):
@@ -161,7 +161,7 @@ class _AioBytesForwarder(_Forwarder):
 
     def __init__(self, port: int) -> None:
         super().__init__()
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(Peer.OURS))
 
     def _make(self, path: str) -> grpc.RpcMethodHandler:
         if path.endswith("/repeat"):

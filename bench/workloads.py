@@ -22,7 +22,7 @@ import secure
 from stats import CpuMeter, Result, percentile_ms
 
 from grpc_helper import RpcClient
-from grpc_helper.client import CHANNEL_OPTIONS
+from grpc_helper.options import Peer, channel_options
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
@@ -42,7 +42,7 @@ def _echo_loop(
     round_robin over one channel (what a grpcio user does with several servers)."""
     if client_kind in ("raw", "raw-st"):
         # raw-st (diagnostic): the plain stub with the channel options RpcClient uses
-        options = CHANNEL_OPTIONS if client_kind == "raw-st" else None
+        options = channel_options(Peer.OURS) if client_kind == "raw-st" else None
         stub: Any = EchoServiceStub(secure.channel(ports, options))
     else:
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}

@@ -11,7 +11,6 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
 import grpc
-import grpc.experimental
 from google.protobuf.message import Message
 
 from grpc_helper.api import Filter, MultiServiceInfo, ResultCode, ServerApiVersion
@@ -21,20 +20,9 @@ from grpc_helper.balancing import SERVICE_CONFIG, Address, channel_target
 from grpc_helper.errors import PlaintextTokenError, RpcException, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, Metadata, RpcMetadata
+from grpc_helper.options import Peer, channel_options
 from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
-CHANNEL_OPTIONS: list[tuple[str, object]] = [
-    # Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Read server streams on the consuming thread instead of handing every message over from
-    # gRPC's channel thread (measured: much faster proxied streams and event fan-out). A grpcio
-    # experimental option (hence grpcio's bound in pyproject.toml).
-    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
-]
-# Balanced over several servers (see `balancing.SERVICE_CONFIG`): main's channels to replicas, direct mode
-BALANCED_OPTIONS: list[tuple[str, object]] = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)]
 # Direct mode: how long a replica's channel may take to connect before main is used instead (seconds),
 # and how often at most routes are read again after an UNAVAILABLE call
 DIRECT_CONNECT_TIMEOUT = 1.0
@@ -50,9 +38,9 @@ T = TypeVar("T")
 
 
 def balanced_channel(security: ClientSecurity, addresses: Sequence[Address]) -> grpc.Channel:
-    """A channel to every one of `addresses`, balanced and health-checked by gRPC (`BALANCED_OPTIONS`):
-    main's channels to a service's replicas, and direct mode's."""
-    options = BALANCED_OPTIONS
+    """A channel to every one of `addresses`, balanced and health-checked by gRPC (`SERVICE_CONFIG`): main's
+    channels to a service's replicas, and direct mode's; servers we may not configure (`Peer.ANY`)."""
+    options = channel_options(Peer.ANY, SERVICE_CONFIG)
     if len(addresses) > 1 and not (security.tls and security.server_name):
         # The authority of an `ipv4:a,b` target would be the whole list: give the first server's. Never with
         # TLS's checked name: that name is the authority then, and TLS refuses a call whose authority the
@@ -174,8 +162,9 @@ class RpcClient:
 
     def refresh_routes(self) -> None:
         """Direct mode: ask this client's server (a main) where the proxied services of this client's stubs
-        run (`srv.info`), and send their calls there from now on: one channel per service over its
-        serving endpoints, balanced and health-checked by gRPC (round_robin), with the same metadata,
+        run (`srv.info`), and send their calls there from now on: one channel per service with a serving
+        endpoint, over all its endpoints, balanced and health-checked by gRPC (round_robin: an endpoint
+        down gets no call until it serves again), with the same metadata,
         deadlines and API-version checks. A service with no endpoint reachable from here within
         `DIRECT_CONNECT_TIMEOUT` (e.g. addresses of a network this host is not on), or a main that does
         not answer, goes through main. Called at construction, and again (at most once a second) when a
@@ -199,9 +188,11 @@ class RpcClient:
             info = MultiServiceInfo()
         found: dict[str, tuple[Address, ...]] = {}
         for item in info.items:
-            endpoints = tuple((e.host or self.host, e.port) for e in item.endpoints if e.serving)
-            if item.is_proxy and endpoints:
-                found[item.name] = endpoints
+            if item.is_proxy and any(e.serving for e in item.endpoints):
+                # Every registered endpoint, serving or not: gRPC's health checking and round_robin skip those
+                # down and take them back once they serve again (a route read while one was down would
+                # otherwise never send it a call again)
+                found[item.name] = tuple((e.host or self.host, e.port) for e in item.endpoints)
         routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}
         for name, endpoints in found.items():
             current = self._routes.get(name)
@@ -241,7 +232,8 @@ class RpcClient:
         return channel
 
     def _new_channel(self) -> grpc.Channel:
-        return self.security.channel(channel_target([(self.host, self.port)]), CHANNEL_OPTIONS)
+        # Our server (main, usually): pinged while any call is open, an event listener's silent stream too
+        return self.security.channel(channel_target([(self.host, self.port)]), channel_options(Peer.OURS))
 
     def __enter__(self) -> RpcClient:
         return self

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -141,21 +141,37 @@ def clean_env() -> dict[str, str]:
     }
 
 
+def _target(module: str) -> list[str]:
+    return [module] if module.endswith(".py") else ["-m", module]
+
+
 class Program:
     """A sample program run as a subprocess (`python -m grpc_helper_samples.<name>`) on port 0, stderr in a file.
 
     `wait_port()` waits until it reported the port it got (its log says "listening on port N").
     """
 
-    def __init__(self, name: str, root: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        *extra: str,
+        module: str | None = None,
+        wrap: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`module`: what to run (the sample `name` by default), a module or a script (`.py`); `wrap`: a command
+        prefix (e.g. `ip netns exec NS` to run it on another host); `env`: added to its environment; its
+        workspace is `root / name`."""
         self.name = name
         self.log = root / f"{name}-{time.monotonic_ns()}.log"
         cmd = [
-            sys.executable, "-m", f"grpc_helper_samples.{name}", "-p", "0", "-w", str(root / name),
+            *wrap, sys.executable, *_target(module or f"grpc_helper_samples.{name}"), "-p", "0", "-w", str(root / name),
             "--system", str(root / "system"), "--user", str(root / "user"), *extra,
         ]  # fmt: skip
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=clean_env())
+            environment = {**clean_env(), **(env or {})}
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=environment)
         self.port = 0
 
     def wait_port(self) -> int:

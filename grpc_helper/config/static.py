@@ -32,6 +32,24 @@ def validate_bool(name: str, value: str) -> None:
         )
 
 
+# The least keepalive period our servers accept from a client (seconds): see `keepalive_seconds`
+MIN_KEEPALIVE = 1.0
+
+
+def keepalive_seconds(name: str, value: str) -> None:
+    """A keepalive time or timeout: seconds, at least `MIN_KEEPALIVE` (our servers refuse more frequent
+    pings with a too_many_pings GOAWAY, as gRPC's enforcement does)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= MIN_KEEPALIVE:  # NaN included
+        raise RpcException(
+            f"Invalid value for {name}: {quote(value)} (expected seconds, at least {MIN_KEEPALIVE:g})",
+            ResultCode.ERROR_PARAM_INVALID,
+        )
+
+
 def validate_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value.lower() not in choices:
         raise RpcException(
@@ -198,6 +216,22 @@ class RpcStaticConfig(ConfigHolder):
         " the longest retained queues are dropped",
         str(64 << 20),
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    # Network faults: HTTP/2 keepalive on every connection (see grpc_helper.keepalive)
+    KEEPALIVE_TIME = Config(
+        "rpc-keepalive-time",
+        "Every connection pings its peer this often (seconds, at least 1): a peer that vanished without a"
+        " reset (lost host, network cut) is noticed within rpc-keepalive-time + rpc-keepalive-timeout",
+        "2",
+        validator=ConfigValidator.CONFIG_VALID_CUSTOM,
+        custom_validator=keepalive_seconds,
+    )
+    KEEPALIVE_TIMEOUT = Config(
+        "rpc-keepalive-timeout",
+        "A ping not acknowledged within this long closes its connection, failing the calls on it (seconds, at least 1)",
+        "2",
+        validator=ConfigValidator.CONFIG_VALID_CUSTOM,
+        custom_validator=keepalive_seconds,
     )
     # Security (TLS, bind address, authorization)
     BIND_ADDRESS = Config(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+import grpc
 
 # grpcio private internal (hence grpcio's bound in pyproject.toml): its Cython core, for the values
 # of the connectivity states that the core channel reports (see `Backend.__init__`)
@@ -17,6 +20,14 @@ from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
 READY: int = cygrpc.ConnectivityState.ready
 TRANSIENT_FAILURE: int = cygrpc.ConnectivityState.transient_failure
+
+# The bounded health check of a monitor channel (see `Backend.probe`): how often, on which method; its
+# request is an empty `HealthCheckRequest` (the whole server), and its deadline `rpc-keepalive-timeout`
+PROBE_PERIOD = 1.0
+_PROBE_PATH = "/grpc.health.v1.Health/Check"
+# A probe failing with one of these: the server was not reached in time (any other answer, UNIMPLEMENTED
+# from a server without a health service included, came from the server: it is there)
+_UNREACHED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 
 
 class _CoreChannel(Protocol):
@@ -46,6 +57,9 @@ class Backend:
         self.retired = False
         self.serving: bool | None = None  # as the registry last saw it (None: not known yet)
         self.down_since: float | None = None  # monotonic time it was last seen stop serving
+        self.reached: bool | None = None  # whether its last bounded health check got an answer (see `probe`)
+        self._probe: grpc.Future | None = None  # type: ignore[type-arg]  # grpc's stubs: generic in them only
+        self._probed = 0.0  # when the last probe started (monotonic)
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
         self.channel = balanced_channel(security or PLAINTEXT, addresses)
@@ -79,7 +93,31 @@ class Backend:
             self._methods[key] = callable_
         return callable_
 
+    def probe(self) -> None:
+        """Start a bounded health check (one `Health.Check`, deadline `rpc-keepalive-timeout`) unless one
+        is in flight or started less than `PROBE_PERIOD` ago; its outcome lands in `reached`.
+
+        Why, on top of keepalive: a monitor channel carries nothing but gRPC's health watch, a stream that
+        stays silent while the health does not change, and main pings servers it may not configure only
+        after sending them something (`options.Peer.ANY`). The check is that something, and it notices a
+        server that vanished by itself: no answer within its deadline."""
+        now = time.monotonic()
+        if self._closed or (self._probe is not None and not self._probe.done()) or now - self._probed < PROBE_PERIOD:
+            return
+        self._probed = now
+        timeout = RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val
+        self._probe = self.method("unary_unary", _PROBE_PATH).future(b"", timeout=timeout)  # type: ignore[attr-defined]
+        self._probe.add_done_callback(self._probed_done)
+
+    def _probed_done(self, future: grpc.Future) -> None:  # type: ignore[type-arg]
+        if future.cancelled():
+            return
+        error = future.exception()
+        self.reached = error is None or error.code() not in _UNREACHED  # type: ignore[attr-defined]
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._probe is not None:
+                self._probe.cancel()
             self.channel.close()

@@ -135,7 +135,9 @@ class ProxyRegistry:
 
     Health: a registered service is SERVING while its backend channel is READY (at least one endpoint
     connected and serving), NOT_SERVING while none is, and when unregistered. One thread reads the
-    channels' states (gRPC does the health checking) every `_WATCH_PERIOD`.
+    channels' states (gRPC does the health checking) every `_WATCH_PERIOD`, and has each endpoint's
+    monitor answer a bounded health check every second (`Backend.probe`): an endpoint that vanished
+    without a reset is not serving within `rpc-keepalive-timeout` + 1 s.
     """
 
     def __init__(
@@ -449,6 +451,7 @@ class ProxyRegistry:
             down: list[tuple[float, ProxyTarget]] = []
             for endpoint, target in endpoints.items():
                 monitor = self._channel(name, [endpoint])
+                monitor.probe()
                 if _update(monitor) is not None:
                     self.logger.log(
                         logging.INFO if monitor.serving else logging.WARNING,
@@ -553,12 +556,12 @@ class ProxyRegistry:
 
 
 def _update(channel: Backend) -> bool | None:
-    """Read `channel`'s state into its `serving` (READY: serving; TRANSIENT_FAILURE: not; connecting or
-    idle: as it was); returns the new value when it changed."""
+    """Read `channel`'s state into its `serving` (READY and answering its probes: serving; TRANSIENT_FAILURE,
+    or its last probe unanswered: not; else as it was); returns the new value when it changed."""
     state = channel.state(try_to_connect=True)
-    if state == READY:
+    if state == READY and channel.reached is not False:
         serving = True
-    elif state == TRANSIENT_FAILURE:
+    elif state == TRANSIENT_FAILURE or channel.reached is False:
         serving = False
     else:
         return None

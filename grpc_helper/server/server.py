@@ -48,6 +48,7 @@ from grpc_helper.generated import (
 )
 from grpc_helper.logs import LoggersConfig, RollingLogs
 from grpc_helper.manager import RpcManager
+from grpc_helper.options import server_options
 from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.proxy.route import RoutedBackends, RouteInterceptor
 from grpc_helper.server import debug
@@ -61,8 +62,6 @@ from grpc_helper.tls import PLAINTEXT, SELF_NAME, ClientSecurity, ServerTls, bac
 
 _log = logging.getLogger("grpc_helper.server")
 
-# Disable SO_REUSEPORT: with it, a second server could silently share a busy port
-_SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 # Logger names of the default managers: those of grpc-helper 2.x (named after its manager classes),
 # which existing loggers.json files and `log.set` calls address
 DEFAULT_LOGGERS = {"srv": "RpcServer", "config": "ConfigManager", "log": "LogsManager", "events": "EventsManager"}
@@ -222,7 +221,7 @@ class RpcServer:
         self._routes: dict[str, Handler] = {}
         router = RouteInterceptor(self._routes)
         interceptors: list[grpc.ServerInterceptor] = [i for i in (self.authorizer, router, limit) if i is not None]
-        self._grpc = grpc.server(self._workers, interceptors=interceptors, options=_SERVER_OPTIONS)
+        self._grpc = grpc.server(self._workers, interceptors=interceptors, options=server_options())
 
         self.proxies = ProxyRegistry(
             [d for d in descriptors if d.is_proxy],

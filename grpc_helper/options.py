@@ -1,0 +1,91 @@
+"""The gRPC options of every channel and server of the library, built in one place: reconnection, reading
+streams, balancing, and HTTP/2 keepalive, so that a peer that vanishes (a host lost, a network cut, a
+firewall dropping packets: nothing resets the connection) is noticed within seconds on every hop.
+
+Keepalive (`rpc-keepalive-time` T, `rpc-keepalive-timeout` W, static items read when a channel or server is
+made): a connection with calls on it pings its peer every T seconds and closes when a ping is not
+acknowledged within W, failing the calls on it (never resent: see `proxy.forward`), so a dead peer is
+noticed within T + W. Servers ping their callers the same way, idle or not, which ends the streams of a
+caller that vanished (an event listener's queue is then retained).
+
+gRPC servers refuse pings that come too often without data (`too_many_pings` GOAWAY); gRPC's default is at
+most one every 5 minutes, with 2 strikes. Two client profiles keep clear of that:
+
+- `Peer.OURS` (an `RpcClient`'s channel to its server, usually a main): pings while any call is open,
+  however long it stays silent (an event listener waiting for events). Our servers accept a ping a
+  second (`MIN_KEEPALIVE`).
+- `Peer.ANY` (main's channels to its backends, direct mode's to replicas: servers we may not configure,
+  2.x and plain grpcio ones included): at most one ping per message or call the client sends. A ping
+  that follows the client's own data never makes 3 strikes at a default server, and still finds a dead
+  peer under any traffic; a connection left silent is watched by main's bounded health checks instead
+  (see `proxy.backend.Backend.probe`).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+import grpc.experimental
+
+from grpc_helper.config.static import MIN_KEEPALIVE, RpcStaticConfig
+
+# Reconnect quickly once a server is back: gRPC's default backoff grows to 2 minutes
+_RECONNECT: list[tuple[str, object]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class Peer(enum.Enum):
+    """Which servers a channel talks to: how freely it may ping them (see the module doc)."""
+
+    OURS = "ours"
+    ANY = "any"
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def keepalive_bound() -> float:
+    """Seconds within which a vanished peer is noticed: `rpc-keepalive-time` + `rpc-keepalive-timeout`."""
+    return RpcStaticConfig.KEEPALIVE_TIME.float_val + RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val
+
+
+def channel_options(peer: Peer, service_config: str | None = None) -> list[tuple[str, object]]:
+    """The options of a client channel to `peer` servers; with `service_config`, balanced by it."""
+    options: list[tuple[str, object]] = [
+        *_RECONNECT,
+        # Read server streams on the consuming thread instead of handing every message over from gRPC's
+        # channel thread (measured: much faster proxied streams and event fan-out). A grpcio experimental
+        # option (hence grpcio's bound in pyproject.toml).
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+        ("grpc.keepalive_time_ms", _ms(RpcStaticConfig.KEEPALIVE_TIME.float_val)),
+        ("grpc.keepalive_timeout_ms", _ms(RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val)),
+        # Idle connections (no call) are not pinged: a call sent on a dead one is, at once
+        ("grpc.keepalive_permit_without_calls", 0),
+        # 0: no limit to the pings without data sent (OURS); 1: one per message sent (ANY)
+        ("grpc.http2.max_pings_without_data", 0 if peer is Peer.OURS else 1),
+    ]
+    if service_config is not None:
+        options.append(("grpc.service_config", service_config))
+    return options
+
+
+def server_options() -> list[tuple[str, object]]:
+    """The options of every `RpcServer`."""
+    return [
+        # No SO_REUSEPORT: with it, a second server could silently share a busy port
+        ("grpc.so_reuseport", 0),
+        # Ping callers, idle or not, without limit (clients never refuse pings): a caller that vanished is
+        # noticed, its streams end, its resources are freed
+        ("grpc.keepalive_time_ms", _ms(RpcStaticConfig.KEEPALIVE_TIME.float_val)),
+        ("grpc.keepalive_timeout_ms", _ms(RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Accept our clients' pings, idle or not, down to one a second; faster ones still get gRPC's strikes
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(MIN_KEEPALIVE)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]

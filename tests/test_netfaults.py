@@ -1,0 +1,219 @@
+"""Network faults (issue 18): peers that vanish without a reset, across hosts of their own.
+
+Each test builds hosts as network namespaces (`netns.Network`) and cuts one off with `iptables -j DROP`:
+nothing is reset, packets just vanish, as with a lost node, a frozen VM or a network cut. Processes are the
+real programs (main and echo replicas, events listeners); the keepalive settings are the defaults.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_helper import RpcClient, RpcException
+from grpc_helper.api import Filter, ServerApiVersion
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
+
+import netns
+from helpers import Program, wait_until
+
+pytestmark = pytest.mark.xdist_group("netns")  # one at a time: their timings are what they assert
+
+TAGGED_ECHO = str(Path(__file__).parent / "programs" / "tagged_echo.py")
+STUBS = {
+    "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+    "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+}
+# The issue's goals, with the default keepalive (2 s + 2 s)
+NOTICED = 5.0  # main shows a vanished endpoint not serving within this
+LONGEST_CALL = 10.0  # no call issued after the cut waits longer
+BACK = 10.0  # a healed replica serves, and gets calls, within this
+
+
+@pytest.fixture
+def network() -> Iterator[netns.Network]:
+    netns.require()
+    with netns.Network() as net:
+        yield net
+
+
+class Topology:
+    """main on this host, echo replicas (tagged with their host's name) on hosts of their own."""
+
+    def __init__(self, root: Path, net: netns.Network) -> None:
+        self.root, self.net = root, net
+        self.programs: list[Program] = []
+        common = ["-c", "rpc-client-timeout=5", "-c", "rpc-shutdown-grace=1"]
+        self.main = self._start(Program("main", root, *common))
+        self.hosts: dict[str, netns.Host] = {}
+        self.clients: list[RpcClient] = []
+
+    def _start(self, program: Program) -> Program:
+        self.programs.append(program)
+        program.wait_port()
+        return program
+
+    def replica(self, name: str) -> Program:
+        host = self.hosts[name] = self.net.host(name)
+        items = {
+            "rpc-main-host": host.gateway,  # this host, as seen from there
+            "rpc-main-port": str(self.main.port),
+            "rpc-proxy-host": host.ip,  # where main (and direct clients) reach it
+            "rpc-shutdown-grace": "1",
+        }
+        args = [a for k, v in items.items() for a in ("-c", f"{k}={v}")]
+        wrap = ("ip", "netns", "exec", host.namespace)
+        return self._start(Program(name, self.root, *args, module=TAGGED_ECHO, wrap=wrap, env={"ECHO_TAG": name}))
+
+    def client(self, *, direct: bool = False) -> RpcClient:
+        """A client of main (direct: of the replicas, routes read from main), one attempt and no deadline per
+        call: nothing but the fault handling bounds a call."""
+        client = RpcClient("127.0.0.1", self.main.port, STUBS, timeout=None, name="netfaults", direct=direct)
+        self.clients.append(client)
+        return client
+
+    def endpoints(self) -> dict[str, bool]:
+        """Main's view (srv.info): replica host ip -> serving."""
+        info = self.client().srv.info(Filter(names=["echo"]), timeout=5)
+        return {e.host: e.serving for e in info.items[0].endpoints}
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for program in self.programs:
+            program.terminate()
+        for program in self.programs:
+            program.stop()
+
+
+@pytest.fixture
+def topology(tmp_path: Path, network: netns.Network) -> Iterator[Topology]:
+    t = Topology(tmp_path, network)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+@dataclass
+class Outcome:
+    issued: float  # monotonic
+    took: float
+    tag: str  # the replica that answered ("" if the call failed)
+
+
+@dataclass
+class Load:
+    """Callers calling echo in a loop (bounded in time), each call's outcome recorded."""
+
+    call: Callable[[], bytes]
+    threads: int = 4
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, limit: float = 120) -> Load:
+        deadline = time.monotonic() + limit
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(deadline,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _run(self, deadline: float) -> None:
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            issued = time.monotonic()
+            try:
+                tag = self.call().decode()
+            except RpcException:
+                tag = ""
+            self.outcomes.append(Outcome(issued, time.monotonic() - issued, tag))
+            time.sleep(0.005)  # a steady rate, not a busy loop (pacing, not synchronisation)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(60)
+            assert not worker.is_alive(), "a call never returned"
+
+    def since(self, start: float, end: float = float("inf")) -> list[Outcome]:
+        return [o for o in self.outcomes if start <= o.issued < end]
+
+
+def success_rate(outcomes: list[Outcome]) -> float:
+    assert outcomes, "no call issued in that window"
+    return sum(1 for o in outcomes if o.tag) / len(outcomes)
+
+
+def first_answer_by(load: Load, tag: str, since: float) -> float | None:
+    """When (monotonic) a call issued after `since` was first answered by replica `tag`."""
+    times = [o.issued + o.took for o in load.since(since) if o.tag == tag]
+    return min(times) if times else None
+
+
+def echo_call(client: RpcClient) -> Callable[[], bytes]:
+    return lambda: client.echo.echo(EchoRequest(text="x")).payload
+
+
+class TestReplicaBlackHoled:
+    def test_under_load_through_main_and_direct(self, topology: Topology) -> None:
+        """Two replicas, one black-holed under load, through main and from a direct-mode client: main shows
+        it not serving within 5 s, calls issued from 5 s after the cut succeed (99%), none waits over 10 s,
+        and once healed it serves and gets calls again within 10 s, both ways."""
+        replicas = ["replica1", "replica2"]
+        for name in replicas:
+            topology.replica(name)
+        ip = {name: topology.hosts[name].ip for name in replicas}
+        assert wait_until(lambda: topology.endpoints() == {ip[n]: True for n in replicas}, 30)
+        through_main = Load(echo_call(topology.client())).start()
+        direct = Load(echo_call(topology.client(direct=True))).start()
+        try:
+            assert wait_until(lambda: {o.tag for o in direct.outcomes} >= set(replicas), 10)  # both, direct too
+            cut = time.monotonic()
+            topology.hosts["replica1"].cut()
+            assert wait_until(lambda: not topology.endpoints()[ip["replica1"]], NOTICED + 1)
+            noticed = time.monotonic() - cut
+            assert wait_until(lambda: time.monotonic() - cut > 12, 15)  # a window of calls after the cut
+            healed = time.monotonic()
+            topology.hosts["replica1"].heal()
+            assert wait_until(lambda: topology.endpoints()[ip["replica1"]], BACK)
+            for load in (through_main, direct):
+                assert wait_until(lambda: first_answer_by(load, "replica1", healed) is not None, BACK)  # noqa: B023
+        finally:
+            through_main.stop()
+            direct.stop()
+        assert noticed <= NOTICED, f"main showed the cut endpoint serving for {noticed:.1f}s"
+        for name, load in (("through main", through_main), ("direct", direct)):
+            after = load.since(cut + 5, healed)
+            assert success_rate(after) >= 0.99, f"{name}: {success_rate(after):.3f} of {len(after)} calls succeeded"
+            longest = max(o.took for o in load.since(cut))
+            assert longest <= LONGEST_CALL, f"{name}: a call issued after the cut took {longest:.1f}s"
+            back = first_answer_by(load, "replica1", healed)
+            assert back is not None
+            assert back - healed <= BACK, f"{name}: replica1 answered again {back - healed:.1f}s after the heal"
+
+    def test_a_single_replica_makes_the_service_not_serving(self, topology: Topology) -> None:
+        topology.replica("replica1")
+        with grpc.insecure_channel(f"127.0.0.1:{topology.main.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                request = health_pb2.HealthCheckRequest(service="EchoService")
+                return health.Check(request, timeout=5).status  # type: ignore[no-any-return]
+
+            assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 30)
+            cut = time.monotonic()
+            topology.hosts["replica1"].cut()
+            assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, NOTICED + 1)
+            assert time.monotonic() - cut <= NOTICED
+            topology.hosts["replica1"].heal()
+            assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, BACK)
