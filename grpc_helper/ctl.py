@@ -463,7 +463,7 @@ class Ctl:
         interrupt = True  # whether the queue is still ours to interrupt on the way out
         try:
             while True:
-                flt = EventFilter(names=args.names, client_id=listening.client_id)
+                flt = EventFilter(names=args.names, client_id=listening.client_id, last_seq=listening.last_seq)
                 # The call deadline implements --timeout-s; the client's own timeout bounds the wait for the server
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
                 stream = self.client.events.listen(flt, timeout=left)
@@ -496,7 +496,7 @@ class Ctl:
         """Print the events of one listen stream; True once --count of them came, False when it ends."""
         for status in stream:
             listening.connected(status.client_id)
-            if not status.event.name:  # the first status, and keep-alives
+            if not status.event.name or not listening.first_time(status.seq):  # first status, keep-alives, again
                 continue
             if self.args.json:
                 print(json.dumps(message_dict(status.event)), flush=True)
@@ -570,6 +570,7 @@ class _Listening:
         self.received = 0
         self._backoff = Backoff()
         self.listening = False  # a first status came
+        self.last_seq = 0  # the number of the last event received (EventStatus.seq), said when resuming
         self._reconnecting = False
 
     def connected(self, client_id: int) -> None:
@@ -581,6 +582,13 @@ class _Listening:
             print(f"resumed event queue {client_id}", file=sys.stderr, flush=True)
             self._reconnecting = False
             self._backoff.reset()
+
+    def first_time(self, seq: int) -> bool:
+        """Whether the event numbered `seq` is new: not one sent again after a lost stream (unnumbered: new)."""
+        if seq and seq <= self.last_seq:
+            return False
+        self.last_seq = seq or self.last_seq
+        return True
 
     def lost(self, exc: RpcException) -> None:
         """The stream was lost: wait before the next attempt to resume the queue."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -98,6 +99,36 @@ class TestService:
         assert wait_until(lambda: f"Event queue {s.client_id} retained: its listener went away" in caplog.text)
         srv.client.events.send(event("WHILE_AWAY"))
         assert Stream(srv.client, client_id=s.client_id).next_event().name == "WHILE_AWAY"
+
+    def test_a_lost_stream_gets_its_last_events_again_once(self, srv: RpcServer) -> None:
+        """Events sent to a stream lost meanwhile (the client went away without interrupting, as a vanished
+        peer looks) are sent again on resume: a client that says the last one it got (`last_seq`) gets
+        each once, one that does not (2.x) at least once."""
+        events = srv.client.events
+        queues = srv.managers["events"]._queues
+
+        def lost(stream: Any, cid: int) -> None:
+            stream.cancel()
+            assert wait_until(lambda: queues[cid].owner is None)
+
+        first = events.listen(EventFilter(names=["E"]))
+        cid = next(first).client_id
+        for i in range(3):
+            events.send(event("E", i=str(i)))
+        got = [next(first) for _ in range(3)]
+        seqs = [status.seq for status in got]
+        assert seqs == list(range(seqs[0], seqs[0] + 3))  # numbered in order
+        lost(first, cid)
+        again = events.listen(EventFilter(client_id=cid))  # as a 2.x client resumes: without last_seq
+        assert next(again).client_id == cid
+        assert [next(again) for _ in range(3)] == got  # the same events, the same numbers
+        lost(again, cid)
+        events.send(event("E", i="3"))
+        resumed = events.listen(EventFilter(client_id=cid, last_seq=seqs[-1]))
+        next(resumed)
+        new = next(resumed)
+        assert (new.event.properties[0].value, new.seq) == ("3", seqs[-1] + 1)
+        events.interrupt(EventInterrupt(client_id=cid))
 
     def test_keepalive(self, srv: RpcServer) -> None:
         RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.update("1")
@@ -202,6 +233,21 @@ class TestListener:
         listener.interrupt()
         assert not listener.is_alive
         assert rc_of(listener.interrupt) == ResultCode.ERROR_STATE_UNEXPECTED
+
+    def test_a_lost_stream_loses_nothing_and_repeats_nothing(self, srv: RpcServer) -> None:
+        listener = Collector(srv.client, ["A"])
+        assert listener.ready.wait(30)
+        for i in range(3):
+            srv.client.events.send(event("A", i=str(i)))
+        assert listener.wait_count(3)
+        stream = listener._stream
+        assert stream is not None
+        stream.cancel()  # lost: the server sends the last events again, the listener skips them
+        assert wait_until(lambda: listener.connected.is_set() and listener._stream is not stream)
+        srv.client.events.send(event("A", i="3"))
+        assert listener.wait_count(4)
+        listener.interrupt()
+        assert [e.properties[0].value for e in listener.events] == ["0", "1", "2", "3"]
 
     def test_interrupt_unknown_id(self, srv: RpcServer) -> None:
         RpcStaticConfig.EVENT_RETAIN_TIMEOUT.update("1")

@@ -7,30 +7,36 @@ real programs (main and echo replicas, events listeners); the keepalive settings
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_helper import RpcClient, RpcException
-from grpc_helper.api import Filter, ServerApiVersion
+from grpc_helper.api import EventApiVersion, Filter, ServerApiVersion
+from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 import netns
-from helpers import Program, wait_until
+from helpers import Program, clean_env, event, wait_until
 
 pytestmark = pytest.mark.xdist_group("netns")  # one at a time: their timings are what they assert
 
 TAGGED_ECHO = str(Path(__file__).parent / "programs" / "tagged_echo.py")
 STUBS = {
     "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
+    "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
     "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
 }
 # The issue's goals, with the default keepalive (2 s + 2 s)
@@ -217,3 +223,80 @@ class TestReplicaBlackHoled:
             assert time.monotonic() - cut <= NOTICED
             topology.hosts["replica1"].heal()
             assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, BACK)
+
+
+class Lines:
+    """A process's output lines, each with the time it was read (a reader thread per stream)."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._readers = [threading.Thread(target=self._read, args=(s,), daemon=True) for s in streams]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def first(self, fragment: str, since: float = 0) -> float | None:
+        """When a line holding `fragment` was first read after `since`."""
+        return next((t for t, line in self.lines if t >= since and fragment in line), None)
+
+
+class TestListenerCutOff:
+    def test_a_listener_cut_off_for_30s_resumes_its_queue(self, topology: Topology) -> None:
+        """The listener (the CLI's `events listen`, on a host of its own) notices within 10 s and reconnects
+        with backoff; main ends its stream within 30 s and retains its queue; healed, it resumes the queue
+        and gets every event sent meanwhile, the last one within 15 s of the heal."""
+        host = topology.net.host("listener")
+        listen = [str(Path(sys.executable).parent / "grpc-helper"), "--host", host.gateway]
+        listen += ["--port", str(topology.main.port), "events", "listen", "TICK"]
+        process = host.popen(listen, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+        assert process.stdout is not None
+        assert process.stderr is not None
+        output = Lines(process.stdout, process.stderr)
+        sender = topology.client()
+        sent: list[tuple[float, int]] = []
+
+        def send(count: int, period: float = 0.5) -> None:
+            for _ in range(count):  # bounded: `count` events, one every `period` seconds
+                n = len(sent)
+                sender.events.send(event("TICK", n=str(n)), timeout=5)
+                sent.append((time.monotonic(), n))
+                time.sleep(period)  # the sender's pace
+
+        assert wait_until(lambda: output.first("listening with client id") is not None, 30)
+        send(4)
+        assert wait_until(lambda: output.first("TICK n=3") is not None, 10)
+        cut = time.monotonic()
+        host.cut()
+        send(60)  # 30 s of events while the listener is cut off
+        healed = time.monotonic()
+        host.heal()
+        noticed = output.first("reconnecting", cut)
+        retained = main_saw_listener_leave(topology.main)
+        assert wait_until(lambda: all(output.first(f"TICK n={n}", 0) for _, n in sent), 20), missing(output, sent)
+        last = max(output.first(f"TICK n={n}") or 0 for _, n in sent)
+        process.terminate()
+        process.wait(30)
+        assert noticed is not None, "the listener never noticed"
+        assert noticed - cut <= 10, f"the listener noticed {noticed - cut:.1f}s after the cut"
+        assert output.first("resumed event queue", healed) is not None  # its queue, not a new one
+        assert retained is not None, "main never saw the listener's stream end"
+        assert retained - cut <= 30, f"main saw the stream end {retained - cut:.1f}s after the cut"
+        assert last - healed <= 15, f"the last event arrived {last - healed:.1f}s after the heal"
+        received = [line for _, line in output.lines if line.startswith("TICK ")]
+        assert len(received) == len(set(received)) == len(sent)  # each once: what was sent again is skipped
+
+
+def main_saw_listener_leave(main: Program) -> float | None:
+    """When main logged the listener's stream ending (and its queue retained): read from its log's stamps."""
+    for line in main.output.splitlines():
+        if "retained: its listener went away" in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            return time.monotonic() - (time.time() - stamp)
+    return None
+
+
+def missing(output: Lines, sent: list[tuple[float, int]]) -> str:
+    return f"events never received: {[n for _, n in sent if output.first(f'TICK n={n}') is None]}"

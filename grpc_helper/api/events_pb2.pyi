@@ -34,22 +34,26 @@ class Event(_message.Message):
     def __init__(self, name: _Optional[str] = ..., properties: _Optional[_Iterable[_Union[EventProperty, _Mapping]]] = ...) -> None: ...
 
 class EventStatus(_message.Message):
-    __slots__ = ("r", "event", "client_id")
+    __slots__ = ("r", "event", "client_id", "seq")
     R_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     r: _common_pb2.Result
     event: Event
     client_id: int
-    def __init__(self, r: _Optional[_Union[_common_pb2.Result, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., client_id: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, r: _Optional[_Union[_common_pb2.Result, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., client_id: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class EventFilter(_message.Message):
-    __slots__ = ("names", "client_id")
+    __slots__ = ("names", "client_id", "last_seq")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     client_id: int
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., client_id: _Optional[int] = ...) -> None: ...
+    last_seq: int
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., client_id: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class EventInterrupt(_message.Message):
     __slots__ = ("client_id",)

@@ -43,7 +43,9 @@ class EventsListener(ABC):
 
     After a broken stream or a server shutdown (ERROR_STREAM_SHUTDOWN) it reconnects with backoff
     (0.1 s doubling to 5 s, on top of the client's own retries while the server is unavailable) and
-    resumes the same queue, so nothing sent meanwhile is lost. If the server no longer knows the
+    resumes the same queue, so nothing sent meanwhile is lost: the server sends again what it sent lately
+    (the stream may have been dead already), and the listener, saying the last event it got
+    (`last_seq`), gets each event once. If the server no longer knows the
     id (ERROR_ITEM_UNKNOWN), it asks for a new one. It stops on `interrupt()`, and also when its
     stream ends normally: the queue was interrupted, or resumed by another stream, elsewhere.
     """
@@ -60,6 +62,7 @@ class EventsListener(ABC):
         for name in self.names:
             check_name(name)  # fail here rather than retrying a request the server always rejects
         self.client_id = client_id or 0
+        self.last_seq = 0  # the number of the last event received (EventStatus.seq), said when resuming
         self.logger = logger or logging.getLogger("grpc_helper.events")
         self.ready = threading.Event()
         self.connected = threading.Event()
@@ -90,9 +93,8 @@ class EventsListener(ABC):
                     return
                 try:
                     # Starting the call does not block: interrupt() can cancel it from now on
-                    stream = self._stream = self.client.events.listen(
-                        EventFilter(names=self.names, client_id=self.client_id)
-                    )
+                    request = EventFilter(names=self.names, client_id=self.client_id, last_seq=self.last_seq)
+                    stream = self._stream = self.client.events.listen(request)
                 except Exception:  # e.g. a client without an `events` stub: no retry will help
                     self.logger.exception("Event listener can't start listening: stop")
                     return
@@ -144,11 +146,16 @@ class EventsListener(ABC):
                 self._watchdog.cancel()
                 if status.client_id != self.client_id and self.client_id:
                     self.logger.info("Event queue %s replaced by %s", self.client_id, status.client_id)
+                    self.last_seq = 0  # a new queue: its numbers are its own
                 self.client_id = status.client_id
                 self.connected.set()
                 self.ready.set()
                 continue
             if status.event.name:
+                if status.seq:
+                    if status.seq <= self.last_seq:
+                        continue  # sent again after a lost stream, and received before it was lost
+                    self.last_seq = status.seq
                 try:
                     self.on_event(status.event)
                 except Exception:

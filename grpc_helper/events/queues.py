@@ -14,11 +14,15 @@ from grpc_helper.api import Event, EventProperty, EventStatus, Result, ResultCod
 from grpc_helper.calls import PushStream
 from grpc_helper.errors import RpcException
 from grpc_helper.limits import quote
+from grpc_helper.options import keepalive_bound
 
 _log = logging.getLogger("grpc_helper.events")
 
 # While a queue overflows, warn at its first drop and then every this many drops (not on each one)
 _DROP_WARN_EVERY = 1000
+# Events a live queue keeps after sending them, to send again if its stream turns out lost (see
+# `EventQueue.requeue_recent`): those sent within the last `redeliver_window()` seconds, at most this many
+REDELIVER_MAX = 1000
 
 # An event pending in a queue, with its serialized size: made once by `send`, shared by every queue
 Pending: TypeAlias = tuple[Event, int]
@@ -26,6 +30,12 @@ Pending: TypeAlias = tuple[Event, int]
 
 def _run_now(task: Callable[[], None]) -> None:
     task()
+
+
+def redeliver_window() -> float:
+    """How long after sending an event a queue keeps it to send again: twice the time a vanished peer takes
+    to be noticed (keepalive), so that whatever was sent to a stream already dead is covered."""
+    return 2 * keepalive_bound()
 
 
 def check_name(name: str) -> None:
@@ -62,13 +72,13 @@ class Listener:
         cid = q.client_id
         stream = self.stream
         while True:
-            batch, keepalive, must_end = q._work_for(self)
+            batch, seq, keepalive, must_end = q._work_for(self)
             if must_end:
                 break
             if not batch and not keepalive:
                 return  # no longer scheduled
-            for event in batch:
-                if not stream.send(EventStatus(event=event, client_id=cid)):
+            for n, event in enumerate(batch, seq):
+                if not stream.send(EventStatus(event=event, client_id=cid, seq=n)):
                     break  # the client is gone: its callback detaches the queue, ending this listener
             if keepalive and not batch:
                 # An empty event, present on the wire (as 2.x sends it)
@@ -102,6 +112,14 @@ class EventQueue:
     Hot path: `push` is one short lock and an append, plus, only if the owner has no delivery
     scheduled, one task handed to the delivery threads (`schedule`), which then sends everything
     pending at once.
+
+    Deliveries are numbered (`EventStatus.seq`): `next_seq` is the number of the next event sent, starting
+    from the microseconds since the epoch when the queue is made or restored, so that numbers only grow,
+    across restarts too. What was sent lately stays in `recent` (shared, not copied), to be queued again
+    if the stream it went to is lost (`requeue_recent`): sending on a stream only hands the event to the
+    connection, and a connection whose peer vanished takes events until keepalive closes it. A listener
+    resuming says the last number it got (`skip_through`): it gets each event once, and a 2.x client, which
+    does not say, at least once.
     """
 
     __slots__ = (
@@ -114,7 +132,9 @@ class EventQueue:
         "dropped",
         "events",
         "names",
+        "next_seq",
         "owner",
+        "recent",
         "retained_since",
         "size",
     )
@@ -136,6 +156,8 @@ class EventQueue:
         self.retained_since: float | None = time.monotonic()
         self.closed = False  # the service shuts down: the owner must end (the queue itself is kept)
         self.dropped = 0  # events dropped since the queue was last drained
+        self.next_seq = time.time_ns() // 1000  # see the class doc
+        self.recent: deque[tuple[float, Pending]] = deque()  # (sent at, event): the last sent, newest last
         self._logger = logger or _log
         self._lock = Lock()
         self._schedule = schedule or _run_now
@@ -203,16 +225,44 @@ class EventQueue:
             self._kick(previous)
         return previous is not None
 
-    def detach(self, listener: Listener | None = None) -> bool:
+    def detach(self, listener: Listener | None = None, *, lost: bool = False) -> bool:
         """Retain the queue if `listener` (or, for None, anybody) owns it; False if it was not owned so.
-        The owner ends."""
+        The owner ends. `lost`: its stream went away (not interrupted): what was sent to it lately is
+        queued again (`requeue_recent`)."""
         with self._lock:
             owner = self.owner
             if owner is None or (listener is not None and owner is not listener):
                 return False
             self.owner, self.retained_since = None, time.monotonic()
+            if lost:
+                self._requeue_recent()
             self._kick(owner)
         return True
+
+    def _requeue_recent(self) -> None:
+        """Put back in front of the pending events those sent within `redeliver_window()`, with the numbers
+        they were sent with (caller holds self._lock): they may never have reached a listener that vanished."""
+        recent = self.recent
+        oldest = time.monotonic() - redeliver_window()
+        while recent and recent[0][0] < oldest:
+            recent.popleft()
+        if not recent:
+            return
+        self.next_seq -= len(recent)  # `recent` is the tail of what was sent: the same numbers again
+        self.events.extendleft(item for _, item in reversed(recent))
+        self.size += sum(item[1] for _, item in recent)
+        recent.clear()
+
+    def skip_through(self, seq: int) -> int:
+        """Drop the pending events numbered up to `seq` (a resuming listener got them already); how many."""
+        skipped = 0
+        with self._lock:
+            events = self.events
+            while events and self.next_seq <= seq:
+                self.size -= events.popleft()[1]
+                self.next_seq += 1
+                skipped += 1
+        return skipped
 
     def close(self) -> None:
         """The service shuts down: the owner ends; the queue and its events are kept."""
@@ -226,25 +276,37 @@ class EventQueue:
             return self.owner is None and self.retained_since is not None and now - self.retained_since > retain
 
     # --- consumer side ---
-    def _work_for(self, listener: Listener) -> tuple[list[Event], bool, bool]:
-        """(everything pending, a keep-alive is due, the listener must end) for the running `listener`;
-        when there is nothing to do, it is no longer scheduled."""
+    def _work_for(self, listener: Listener) -> tuple[list[Event], int, bool, bool]:
+        """(everything pending, the number of its first event, a keep-alive is due, the listener must end)
+        for the running `listener`; when there is nothing to do, it is no longer scheduled."""
         with self._lock:
+            seq = self.next_seq
             if self.owner is not listener or self.closed:
-                return [], False, True
+                return [], seq, False, True
             keepalive, listener.keepalive_due = listener.keepalive_due, False
             events = self.events
             if not events:
                 if not keepalive:
                     listener.scheduled = False
-                return [], keepalive, False
+                return [], seq, keepalive, False
             batch = [event for event, _ in events]
+            self._remember(events)
             events.clear()
             self.size = 0
+            self.next_seq += len(batch)
             dropped, self.dropped = self.dropped, 0
         if dropped:
             self._logger.warning("Event queue %s dropped %s of its oldest events while full", self.client_id, dropped)
-        return batch, keepalive, False
+        return batch, seq, keepalive, False
+
+    def _remember(self, sent: Iterable[Pending]) -> None:
+        """Keep what is being sent in `recent`, within `REDELIVER_MAX` events (caller holds self._lock)."""
+        now = time.monotonic()
+        recent = self.recent
+        recent.extend((now, item) for item in sent)
+        excess = len(recent) - REDELIVER_MAX
+        for _ in range(excess):
+            recent.popleft()
 
     def refilter(self, names: frozenset[str]) -> int:
         """Replace the filter by a non-empty `names`, dropping pending events it does not accept; how many."""

@@ -321,7 +321,7 @@ class EventsManager(EventServiceServicer, RpcManager):
 
     def _gone(self, q: EventQueue, listener: Listener) -> None:
         """gRPC callback at the end of a listen call: if the client went away, retain its queue."""
-        if q.detach(listener) and not q.closed:
+        if q.detach(listener, lost=True) and not q.closed:
             self.logger.info("Event queue %s retained: its listener went away", q.client_id)
             self._dirty.set()
 
@@ -378,6 +378,12 @@ class EventsManager(EventServiceServicer, RpcManager):
         for name in names:
             check_name(name)
         q, dropped, listener, took_over = self._open_queue(request.client_id, names, stream)
+        if request.client_id and request.last_seq:
+            skipped = q.skip_through(request.last_seq)  # before anything is sent: the listener got them
+            if skipped:
+                self.logger.info(
+                    "Event queue %s: %s events sent again skipped (the listener got them)", q.client_id, skipped
+                )
         if request.client_id:
             self._dirty.set()
         else:
