@@ -1,5 +1,5 @@
-"""A small private PKI with `cryptography` (a dev/deployment dependency, not needed to serve): a CA and the
-certificates it issues, for the reference stack's secrets (`scripts/stack_secrets.py`) and the tests.
+"""A small private PKI with `cryptography`: a CA and the certificates it issues, for the reference stack's
+secrets (`scripts/stack_secrets.py`) and the tests.
 
 Keys are EC P-256; certificates carry their names as SANs (DNS names and IP addresses), and the CN of
 the first. Files holding keys are written `0600`, atomically.
@@ -106,14 +106,16 @@ class CertificateAuthority:
     def key_pem(self) -> bytes:
         return _key_pem(self._key)
 
-    def issue(self, *names: str, days: float = 90, expired: bool = False) -> Issued:
+    def issue(self, *names: str, days: float = 90, expired: bool = False, future: bool = False) -> Issued:
         """A certificate for `names` (SANs; the first is also the CN), valid for servers and clients alike.
-        `expired`: one whose validity ended yesterday (for tests)."""
+        For tests: `expired`, one whose validity ended yesterday; `future`, one valid from tomorrow."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
         if expired:
             start, end = now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)
+        elif future:
+            start = now + datetime.timedelta(days=1)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))

@@ -31,6 +31,8 @@ _log = logging.getLogger("grpc_helper.tls")
 _SETTLE_NS = 1_000_000_000
 # The name a server's certificate must carry for its own auto-client (which dials 127.0.0.1)
 SELF_NAME = "localhost"
+# What the files of a server's TLS are (its certificate, its key, its CA bundle), as errors tell them
+_FILES = ("certificate (rpc-tls-cert)", "private key (rpc-tls-key)", "CA bundle (rpc-tls-ca)")
 
 
 def resolve(path: str, workspace: Path | None) -> Path:
@@ -197,13 +199,26 @@ def _host(address: str) -> str:
     return address.rpartition(":")[0] if address.count(":") == 1 else address
 
 
+@dataclass(frozen=True)
+class _Material:
+    """A checked set of a server's PEM files, used together: inbound and by its own clients."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes | None
+
+
 class ServerTls:
     """A server's TLS material, from the `rpc-tls-*` static items (paths absolute or workspace-relative).
 
-    gRPC asks `_fetch` before every TLS handshake: when the files changed on disk (a renewed certificate
-    or CA) and then stayed unchanged for a second, new connections get them, without a restart;
-    connections made before keep theirs. Files that can't be read are logged and the previous ones kept.
-    `token` (`rpc-auth-token-file`, read once at start) is what the server's own clients send, if set.
+    The files are checked before they are used (`grpc_helper.certs`: the key matches, valid now, issued
+    by `rpc-tls-ca`, and on a renewal still naming what the previous certificate named): at start a
+    failure fails the start; later, when the files changed on disk (a renewed certificate or CA) and then
+    stayed unchanged for a second, they are checked once, then used by new connections (gRPC asks
+    `credentials`' fetcher before every handshake) and by the server's own clients created afterwards
+    (`client_security`), or else logged as an ERROR and the previous ones kept, for both. Connections
+    made before keep theirs. `token` (`rpc-auth-token-file`, read once at start) is what the server's
+    own clients send, if set.
     """
 
     token: str | None = None
@@ -218,7 +233,7 @@ class ServerTls:
         self.client_auth = client_auth
         self._lock = threading.Lock()
         self._stamp = _stamp(self._paths)
-        self.cert, self.key, self.ca = self._load()
+        self._material = self._load(None)
 
     @classmethod
     def from_config(cls, workspace: Path | None) -> ServerTls | None:
@@ -243,45 +258,71 @@ class ServerTls:
         tls.token = _server_token(token, workspace) if token else None
         return tls
 
-    def _load(self) -> tuple[bytes, bytes, bytes | None]:
-        cert = _read(self._paths[0], "certificate (rpc-tls-cert)")
-        key = _read(self._paths[1], "private key (rpc-tls-key)")
-        ca = _read(self._paths[2], "CA bundle (rpc-tls-ca)") if len(self._paths) > 2 else None
-        return cert, key, ca
+    @property
+    def cert(self) -> bytes:
+        return self._material.cert
 
-    def _config(self) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration([(self.key, self.cert)], self.ca)
+    @property
+    def key(self) -> bytes:
+        return self._material.key
+
+    @property
+    def ca(self) -> bytes | None:
+        return self._material.ca
+
+    def _load(self, previous: _Material | None) -> _Material:
+        """The files, checked (RpcException naming the file and why); `previous`: the material in use."""
+        # cryptography is imported only by servers with TLS: the operator CLI (a health probe) stays light
+        from grpc_helper.certs import PemFile, check_server_files
+
+        named = zip(_FILES, self._paths, strict=False)  # the CA is optional
+        cert, key, *ca = (PemFile(what, path, _read(path, what)) for what, path in named)
+        check_server_files(cert, key, ca[0] if ca else None, previous.cert if previous is not None else None)
+        return _Material(cert.data, key.data, ca[0].data if ca else None)
 
     def credentials(self) -> grpc.ServerCredentials:
         """Dynamic server credentials: the current files for each new connection."""
+        served = self._material
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            """gRPC's certificate fetcher (before each handshake): a new configuration when it changed."""
+            nonlocal served
+            self.refresh()
+            current = self._material
+            if current is served:
+                return None  # the common case
+            served = current
+            return grpc.ssl_server_certificate_configuration([(current.key, current.cert)], current.ca)
+
         return grpc.dynamic_ssl_server_credentials(
-            self._config(),
-            self._fetch,  # type: ignore[arg-type]  # may return None ("no change"), as grpcio documents; its stubs say not
+            grpc.ssl_server_certificate_configuration([(served.key, served.cert)], served.ca),
+            fetch,  # type: ignore[arg-type]  # may return None ("no change"), as grpcio documents; its stubs say not
             require_client_authentication=self.client_auth == "required",
         )
 
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's certificate fetcher (before each handshake): a new configuration when the files changed."""
+    def refresh(self) -> None:
+        """Take the files if they changed and settled, once checked (else log why, keep the previous ones)."""
         stamp = _stamp(self._paths)
         if stamp == self._stamp:
-            return None  # the common case: one stat() per file
+            return  # the common case: one stat() per file
         if time.time_ns() - max(mtime for mtime, _ in stamp) < _SETTLE_NS:
-            return None  # a renewal may be half done (the certificate written, not yet its key): wait
+            return  # a renewal may be half done (the certificate written, not yet its key): wait
         with self._lock:
             if stamp == self._stamp:
-                return None
-            self._stamp = stamp
+                return
+            self._stamp = stamp  # checked once: a refused renewal is told once, not at every handshake
             try:
-                cert, key, ca = self._load()
-                config = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
-            except Exception as exc:  # e.g. a renewal half written: keep serving the previous files
-                _log.error("Keeping the previous TLS certificate: %s", exc)
-                return None
-            self.cert, self.key, self.ca = cert, key, ca
+                self._material = self._load(self._material)
+            except RpcException as exc:
+                _log.error("Keeping the previous TLS certificate, key and CA: %s", exc)
+                return
         _log.warning("TLS certificate files changed: new connections use them")
-        return config
 
     def client_security(self, server_name: str) -> ClientSecurity:
         """What this server's own clients use: its CA, its own certificate and token (their identity),
-        `server_name`."""
-        return ClientSecurity(ca=self.ca, cert=self.cert, key=self.key, server_name=server_name, token=self.token)
+        `server_name`; the files as last checked (a renewal is taken here too, not only by a handshake)."""
+        self.refresh()
+        current = self._material
+        return ClientSecurity(
+            ca=current.ca, cert=current.cert, key=current.key, server_name=server_name, token=self.token
+        )

@@ -11,7 +11,10 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,13 +40,14 @@ from grpc_helper.client import balanced_channel
 from grpc_helper.errors import PlaintextTokenError, RpcTransportError
 from grpc_helper.pki import CertificateAuthority, Issued, write_private
 from grpc_helper.proxy.registry import PROXY_FILE
-from grpc_helper.tls import ClientSecurity, loopback_target
+from grpc_helper.tls import _SETTLE_NS, ClientSecurity, ServerTls, loopback_target
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 from helpers import EchoManager, Servers, echo_descriptor, event, start_echo, wait_until
 
 ECHO_STUBS = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+MAIN_NAMES = ("localhost", "127.0.0.1", "main")  # what the `pki` fixture's main certificate names
 TOKENS = {"operator": "t-admin-0123456789", "app": "t-user-0123456789", "svc": "t-service-0123456789"}
 
 
@@ -53,8 +57,8 @@ class Pki:
     ca: CertificateAuthority
     ca_path: Path
 
-    def issue(self, name: str, *names: str, expired: bool = False) -> tuple[Path, Path]:
-        return self.ca.issue(*names, expired=expired).write(self.folder, name)
+    def issue(self, name: str, *names: str, expired: bool = False, future: bool = False) -> tuple[Path, Path]:
+        return self.ca.issue(*names, expired=expired, future=future).write(self.folder, name)
 
     def client(
         self, name: str | None = None, *, token: str | None = None, server_name: str | None = None
@@ -78,7 +82,7 @@ def pki(tmp_path: Path) -> Pki:
     ca_path = folder / "ca.crt"
     ca_path.write_bytes(ca.cert_pem)
     pki = Pki(folder, ca, ca_path)
-    pki.issue("main", "localhost", "127.0.0.1", "main")
+    pki.issue("main", *MAIN_NAMES)
     return pki
 
 
@@ -115,6 +119,27 @@ def four_kinds(client: RpcClient) -> None:
     assert [r.text for r in client.echo.chat(iter([EchoRequest(text="x"), EchoRequest(text="y")]))] == ["X", "Y"]
 
 
+def settled(*paths: Path) -> None:
+    """Date files written by a test back past the settle time, so that a server takes them at its next
+    handshake (or its next own client) instead of waiting for them to stay unchanged."""
+    past = time.time_ns() - 10 * _SETTLE_NS
+    for path in paths:
+        os.utime(path, ns=(past, past))
+
+
+@contextmanager
+def bare_tls_server(issued: Issued) -> Iterator[int]:
+    """A bare gRPC server (no service) with this certificate, unchecked: an RpcServer refuses to start with
+    a bad one, a client must refuse it too. Its port, on localhost."""
+    server = grpc.server(ThreadPoolExecutor(1))
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([(issued.key, issued.cert)]))
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)
+
+
 class TestTransport:
     def test_tls_direct_all_call_kinds(self, servers: Servers, pki: Pki) -> None:
         srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki))
@@ -141,10 +166,11 @@ class TestTransport:
         with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=other) as client:
             assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
 
-    def test_expired_server_certificate_refused(self, servers: Servers, pki: Pki) -> None:
-        pki.issue("expired", "localhost", "127.0.0.1", expired=True)
-        srv = servers(0, [echo_descriptor()], cli_config=tls_config(pki, "expired"))
-        with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=1, security=pki.client()) as client:
+    def test_expired_server_certificate_refused(self, pki: Pki) -> None:
+        with (
+            bare_tls_server(pki.ca.issue("localhost", "127.0.0.1", expired=True)) as port,
+            RpcClient("localhost", port, ECHO_STUBS, timeout=1, security=pki.client()) as client,
+        ):
             assert transport_status(lambda: client.echo.echo(EchoRequest())) == grpc.StatusCode.UNAVAILABLE
 
     def test_server_certificate_for_another_name_refused(self, servers: Servers, pki: Pki) -> None:
@@ -169,8 +195,9 @@ class TestTransport:
         before = RpcClient("localhost", srv.port, ECHO_STUBS, timeout=5, security=pki.client())
         assert before.echo.echo(EchoRequest(text="1")).text == "1"
         renewed = CertificateAuthority.create("renewed CA")
-        renewed.issue("localhost", "127.0.0.1").write(pki.folder, "main")  # atomic replace, as the stack's script does
+        files = renewed.issue(*MAIN_NAMES).write(pki.folder, "main")  # atomic replace, as the stack's script does
         pki.ca_path.write_bytes(pki.ca.cert_pem + renewed.cert_pem)
+        settled(*files, pki.ca_path)
         trusting_new = ClientSecurity(ca=renewed.cert_pem)
         with RpcClient("localhost", srv.port, ECHO_STUBS, timeout=5, security=trusting_new) as after:
             assert after.echo.echo(EchoRequest(text="2")).text == "2"
@@ -349,6 +376,209 @@ class TestProxyTls:
         main = proxied_echo(servers, tls_config(pki, "echo"), config)
         with RpcClient("localhost", main.port, ECHO_STUBS, timeout=10, security=pki.client()) as client:
             assert client.echo.echo(EchoRequest(text="named")).text == "named"
+
+
+# --- renewals checked before they are used (issue 17) ---
+
+
+@dataclass
+class TlsStack:
+    """A main with TLS (its own CA bundle file, `main-ca.crt`) and an echo backend (mTLS, knowing main by
+    its certificate only), not yet registered: channels main creates to it come after a renewal."""
+
+    pki: Pki
+    main: RpcServer
+    backend: RpcServer
+    ca_path: Path  # main's CA bundle
+
+    @property
+    def tls(self) -> ServerTls:
+        assert self.main.tls is not None
+        return self.main.tls
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        return self.pki.folder / "main.crt", self.pki.folder / "main.key", self.ca_path
+
+    def inbound(self, security: ClientSecurity) -> None:
+        """A new connection to main, trusting `security`: it answers (so main served a certificate passing
+        that trust, and asked its fetcher first: the renewal was judged)."""
+        with RpcClient("localhost", self.main.port, self.main.client.stubs, timeout=5, security=security) as c:
+            assert c.srv.info(Filter()).items
+
+    def outbound(self, security: ClientSecurity | None = None) -> None:
+        """Main calls its backend on a channel created now: the backend (mTLS, knowing main only by its
+        certificate) answers only if main presents a valid certificate naming what the backend expects.
+        `security`: the client's, registering the backend on main and calling through it (trusting the pki's
+        CA by default; not main's auto-client, whose credentials are those main started with)."""
+        security = security or self.pki.client()
+        request = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=self.backend.port)
+        with RpcClient("localhost", self.main.port, self.main.client.stubs, timeout=5, security=security) as c:
+            c.srv.proxy_register(request)
+        with RpcClient("localhost", self.main.port, ECHO_STUBS, timeout=10, security=security) as client:
+            assert client.echo.echo(EchoRequest(text="through main")).text == "through main"
+
+
+@pytest.fixture
+def tls_stack(servers: Servers, pki: Pki, tmp_path: Path) -> Callable[..., TlsStack]:
+    """`tls_stack(identity="main", backend_ca=None)`: see `TlsStack`; the backend knows main by the
+    certificate name `identity` and trusts the `backend_ca` bundle (PEM; None: the pki's CA)."""
+
+    def start(identity: str = "main", backend_ca: bytes | None = None) -> TlsStack:
+        pki.issue("echo", "echo", "localhost", "127.0.0.1")
+        backend_ca_path = tmp_path / "backend-ca.crt"
+        backend_ca_path.write_bytes(backend_ca or pki.ca.cert_pem)
+        policy = policy_file(tmp_path / "backend-policy.json", {"main": {"role": "admin", "certificate": identity}})
+        backend_config = {
+            **tls_config(pki, "echo", "required"),
+            "rpc-tls-ca": str(backend_ca_path),
+            "rpc-auth-policy": str(policy),
+        }
+        backend = servers(0, [echo_descriptor(EchoManager())], cli_config=backend_config)
+        ca_path = pki.folder / "main-ca.crt"
+        ca_path.write_bytes(pki.ca.cert_pem)
+        # A short client timeout, so that a broken identity fails a call through main quickly (static items
+        # are process-wide: the server started last sets them, hence main last)
+        main_config = tls_config(pki, **{"rpc-tls-ca": str(ca_path), "rpc-client-timeout": "3"})
+        main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=main_config)
+        return TlsStack(pki, main, backend, ca_path)
+
+    return start
+
+
+def _key_of_another(pki: Pki) -> dict[str, bytes]:
+    return {"main.key": pki.ca.issue(*MAIN_NAMES).key}
+
+
+def _truncated(pki: Pki) -> dict[str, bytes]:
+    return {"main.crt": (pki.folder / "main.crt").read_bytes()[:300]}
+
+
+def _reissued(issued: Issued) -> dict[str, bytes]:
+    return {"main.crt": issued.cert, "main.key": issued.key}
+
+
+# (id, the files written over main's (names in the pki folder), the file the error names, the reason it gives)
+BAD_RENEWALS: list[tuple[str, Callable[[Pki], dict[str, bytes]], str, str]] = [
+    ("mismatched-key", _key_of_another, "main.key", "it is not the key of the certificate"),
+    ("truncated", _truncated, "main.crt", "not a PEM certificate (Unable to load PEM file: MalformedFraming)"),
+    ("garbage", lambda _: {"main.key": b"garbage\n"}, "main.key", "not a PEM private key"),
+    ("empty", lambda _: {"main.crt": b""}, "main.crt", "not a PEM certificate (the file is empty)"),
+    ("garbage-ca", lambda _: {"main-ca.crt": b"junk"}, "main-ca.crt", "not PEM certificates"),
+    ("expired", lambda pki: _reissued(pki.ca.issue(*MAIN_NAMES, expired=True)), "main.crt", "it expired on"),
+    (
+        "not-yet-valid",
+        lambda pki: _reissued(pki.ca.issue(*MAIN_NAMES, future=True)),
+        "main.crt",
+        "it is not valid before",
+    ),
+    (
+        "another-ca",
+        lambda _: _reissued(CertificateAuthority.create("another CA").issue(*MAIN_NAMES)),
+        "main.crt",
+        "its issuer CN=another CA is not in the CA bundle (rpc-tls-ca)",
+    ),
+    (
+        "wrong-name",
+        lambda pki: _reissued(pki.ca.issue("bank")),
+        "main.crt",
+        "it no longer names 127.0.0.1, localhost, main, which the certificate in use does",
+    ),
+]
+
+
+def tls_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "grpc_helper.tls" and r.levelno >= logging.ERROR]
+
+
+class TestRenewalValidation:
+    """TlsStack files are checked before main uses them, inbound and for its own (outgoing) clients: a bad
+    renewal keeps the previous certificate, key and CA for both, with an ERROR saying which file and why."""
+
+    @pytest.mark.parametrize(
+        ("write", "file", "reason"), [c[1:] for c in BAD_RENEWALS], ids=[c[0] for c in BAD_RENEWALS]
+    )
+    def test_a_bad_renewal_keeps_the_previous_files_on_both_sides(
+        self,
+        tls_stack: Callable[..., TlsStack],
+        caplog: pytest.LogCaptureFixture,
+        write: Callable[[Pki], dict[str, bytes]],
+        file: str,
+        reason: str,
+    ) -> None:
+        stack = tls_stack()
+        pki, tls = stack.pki, stack.tls
+        before = tls.cert, tls.key, tls.ca
+        for name, data in write(pki).items():
+            write_private(pki.folder / name, data)
+        settled(*stack.files)
+        with caplog.at_level(logging.ERROR, logger="grpc_helper.tls"):
+            # Inbound: a client trusting only the previous certificate (its CA, the name localhost) connects
+            stack.inbound(pki.client())
+            errors = tls_errors(caplog)
+            assert len(errors) == 1, errors
+            assert errors[0].startswith("Keeping the previous TLS certificate, key and CA: Refused "), errors[0]
+            assert f"{pki.folder / file}: {reason}" in errors[0], errors[0]
+            # Outbound: main's own clients still use the previous files (a new channel, to a backend needing them)
+            assert (tls.cert, tls.key, tls.ca) == before
+            stack.outbound()
+            assert len(tls_errors(caplog)) == 1  # told once, not at every handshake
+
+    def test_a_valid_renewal_is_used_on_both_sides(
+        self, tls_stack: Callable[..., TlsStack], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The renewal adds a name, the only one the backend knows main by: its calls work with the new pair only."""
+        stack = tls_stack(identity="main-renewed")
+        pki = stack.pki
+        issued = pki.ca.issue(*MAIN_NAMES, "main-renewed")
+        issued.write(pki.folder, "main")
+        settled(*stack.files)
+        # main's own clients take it when they are created, without waiting for a handshake to main
+        assert stack.tls.client_security("echo").cert == issued.cert
+        stack.inbound(pki.client(server_name="main-renewed"))  # a name only the new certificate carries
+        stack.outbound()
+        assert not tls_errors(caplog)
+
+    def test_a_ca_rotation_checks_the_new_certificate_against_the_new_bundle(
+        self, tls_stack: Callable[..., TlsStack], pki: Pki, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The bundle gets the new CA (the peers' first, then main's), then main a certificate from it: each
+        step is taken, the certificate checked against the bundle read with it."""
+        new_ca = CertificateAuthority.create("new CA")
+        bundle = pki.ca.cert_pem + new_ca.cert_pem
+        stack = tls_stack(backend_ca=bundle)
+        tls = stack.tls
+        stack.ca_path.write_bytes(bundle)
+        settled(*stack.files)
+        stack.inbound(pki.client())  # the previous certificate, checked against the new bundle
+        assert tls.ca == bundle
+        issued = new_ca.issue(*MAIN_NAMES)
+        issued.write(pki.folder, "main")
+        settled(*stack.files)
+        trusting_new = ClientSecurity(ca=new_ca.cert_pem)
+        stack.inbound(trusting_new)  # trusting the new CA only
+        assert tls.cert == issued.cert
+        stack.outbound(trusting_new)  # main presents its new certificate; checks the backend's (the old CA's) with both
+        assert not tls_errors(caplog)
+
+    @pytest.mark.parametrize(
+        ("write", "file", "reason"),
+        [c[1:] for c in BAD_RENEWALS if c[0] != "wrong-name"],  # no previous certificate at start
+        ids=[c[0] for c in BAD_RENEWALS if c[0] != "wrong-name"],
+    )
+    def test_bad_files_fail_the_start(
+        self, pki: Pki, tmp_path: Path, write: Callable[[Pki], dict[str, bytes]], file: str, reason: str
+    ) -> None:
+        ca_path = pki.folder / "main-ca.crt"
+        ca_path.write_bytes(pki.ca.cert_pem)
+        for name, data in write(pki).items():
+            write_private(pki.folder / name, data)
+        config = tls_config(pki, **{"rpc-tls-ca": str(ca_path)})
+        with pytest.raises(RpcException) as info:
+            RpcServer(0, [], cli_config=config, folders=Folders(workspace=tmp_path), with_debug_signal=False)
+        assert info.value.rc == ResultCode.ERROR_MODEL_INVALID
+        assert str(info.value).startswith("Refused "), info.value
+        assert f"{pki.folder / file}: {reason}" in str(info.value)
 
 
 # --- authorization ---
@@ -565,23 +795,22 @@ class TestCli:
 
     def test_tls_failures_are_told_apart(self, servers: Servers, pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
         srv = servers(0, [], cli_config=tls_config(pki))
-        pki.issue("expired", "localhost", "127.0.0.1", expired=True)
-        expired = servers(0, [], cli_config=tls_config(pki, "expired"))
         plaintext = servers(0, [])
         other_ca = pki.folder / "other.crt"
         other_ca.write_bytes(CertificateAuthority.create("other").cert_pem)
         ca = ["--tls-ca", str(pki.ca_path)]
-        cases = [
-            (srv.port, ["--tls-ca", str(other_ca)], "unknown CA"),
-            (srv.port, [*ca, "--tls-server-name", "bank"], "does not name this host"),
-            (expired.port, ca, "bad certificate: the server's certificate has expired"),
-            (srv.port, [], "a TLS server refusing a plaintext client"),
-            (plaintext.port, ca, "a TLS client against a plaintext server"),
-        ]
-        for port, options, told in cases:
-            code, _, err = self.run(capsys, port, *options, "info")
-            assert code == 1
-            assert told in err, (options, err)
+        with bare_tls_server(pki.ca.issue("localhost", "127.0.0.1", expired=True)) as expired_port:
+            cases = [
+                (srv.port, ["--tls-ca", str(other_ca)], "unknown CA"),
+                (srv.port, [*ca, "--tls-server-name", "bank"], "does not name this host"),
+                (expired_port, ca, "bad certificate: the server's certificate has expired"),
+                (srv.port, [], "a TLS server refusing a plaintext client"),
+                (plaintext.port, ca, "a TLS client against a plaintext server"),
+            ]
+            for port, options, told in cases:
+                code, _, err = self.run(capsys, port, *options, "info")
+                assert code == 1
+                assert told in err, (options, err)
 
 
 def test_policy_found_in_the_system_folder(servers: Servers, tmp_path: Path) -> None:
