@@ -257,12 +257,15 @@ class LoadGate:
 # --- wrappers ---
 
 
-def error_answer(response_cls: type[Message], context: grpc.ServicerContext, result: Result) -> Message:
-    """The response carrying an error `result` in its `r`; for a response type without `Result r`, the
-    call is aborted with the status `result_status` decides instead. Served and proxied calls answer so."""
-    if has_result_field(response_cls):
+def error_answer(
+    response_cls: type[Message], context: grpc.ServicerContext, result: Result, *, plain: bool = False
+) -> Message:
+    """The response carrying an error `result` in its `r`; for a response type without `Result r`, or for a
+    caller that reads gRPC statuses only (`plain`: see `metadata.reads_results`), the call is aborted with
+    the status `result_status` decides instead. Served and proxied calls answer so."""
+    if not plain and has_result_field(response_cls):
         return response_cls(r=result)
-    context.abort(*result_status(result))
+    context.abort(*result_status(result, plain=plain))
     raise AssertionError("unreachable: abort() raises")
 
 

@@ -87,15 +87,28 @@ def result_from_exception(exc: BaseException, *, with_stack: bool = True) -> Res
     return Result(code=rc, msg=str(exc) or type(exc).__name__, stack=stack)  # type: ignore[arg-type]
 
 
-def result_status(result: Result) -> tuple[grpc.StatusCode, str]:
+# What a caller that is not a grpc-helper client gets for errors raised at a proxy (see `result_status`)
+_PLAIN_STATUSES = {
+    ResultCode.ERROR_PROXY_UNREGISTERED: grpc.StatusCode.UNAVAILABLE,  # no backend to send it to
+    ResultCode.ERROR_RPC: grpc.StatusCode.UNAVAILABLE,  # a backend that can't be reached
+    ResultCode.ERROR_REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def result_status(result: Result, *, plain: bool = False) -> tuple[grpc.StatusCode, str]:
     """(gRPC status, details) answering an error `result` for a response type without `Result r`.
 
     Served and proxied calls both answer with this, so a caller sees the same status either way.
     FAILED_PRECONDITION whatever the code: not UNAVAILABLE, which a client retries (`RpcClient`
     does) on top of the proxy's own wait for a registration, when a response carrying `r` would
     not be retried; the code itself is in the details, `<code name>: <message>`.
+
+    `plain`: for a caller that is not a grpc-helper client (grpcurl, tonic, plain grpcio: no 2.x shape
+    to read), the status gRPC callers expect: UNAVAILABLE for a backend not registered or unreachable
+    (what Envoy answers without a healthy upstream), DEADLINE_EXCEEDED for a timeout.
     """
-    return grpc.StatusCode.FAILED_PRECONDITION, f"{rc_name(result.code)}: {result.msg}"
+    code = _PLAIN_STATUSES.get(result.code, grpc.StatusCode.FAILED_PRECONDITION) if plain else None
+    return code or grpc.StatusCode.FAILED_PRECONDITION, f"{rc_name(result.code)}: {result.msg}"
 
 
 def rpc_error_to_exception(exc: grpc.RpcError, what: str) -> RpcTransportError:

@@ -22,8 +22,19 @@ KEY_ROUTE_ENDPOINT = "route-endpoint"
 # Forwarding (new in 3): the caller a forwarder (main) authenticated, for the server it forwards to (see auth)
 KEY_CALLER = "rpc-caller"
 
+# The keys a grpc-helper client sends (2.x's too; empty ones are omitted, never all of them)
+_CLIENT_KEYS = frozenset((KEY_CLIENT, KEY_USER, KEY_HOST, KEY_IP, KEY_API_VERSION))
+
 # Call metadata as gRPC gives and takes it: (key, value) pairs, values of "-bin" keys as bytes
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
+
+
+def reads_results(metadata: Metadata) -> bool:
+    """Whether a caller is a grpc-helper client (2.x's or ours), which reads errors in a response's `Result r`
+    (gRPC OK with `r.code`, 2.x's shape): it sends some of the keys every such client sends (`client`,
+    `user`, `host`, `ip`, `api_version`). Any other caller (grpcurl, tonic, plain grpcio) reads gRPC
+    statuses only."""
+    return any(key in _CLIENT_KEYS for key, _ in metadata)
 
 
 @cache

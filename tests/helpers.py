@@ -19,6 +19,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 import grpc_helper_samples
 from grpc_helper import EventsListener, Folders, RpcClient, RpcException, RpcManager, RpcServer, RpcServiceDescriptor
 from grpc_helper.api import Event, EventFilter, EventProperty, ResultCode
@@ -203,6 +205,41 @@ class Program:
     @property
     def output(self) -> str:
         return self.log.read_text()
+
+
+# --- raw gRPC callers ---
+
+
+class _AddMetadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        given = tuple(details.metadata or ())
+        keys = {key for key, _ in given}
+        return details._replace(metadata=(*given, *((k, v) for k, v in self._metadata if k not in keys)))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def with_metadata(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> grpc.Channel:
+    """`channel`, its calls sending `metadata` too, for keys a call does not give (closing it closes `channel`)."""
+    return grpc.intercept_channel(channel, _AddMetadata(metadata))
 
 
 # --- waiting ---

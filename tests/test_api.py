@@ -165,8 +165,13 @@ MESSAGES = {
     "LoggerUpdate": {"items": (1, "LoggerConfig", True)},
     "EventProperty": {"name": (1, "string", False), "value": (2, "string", False)},
     "Event": {"name": (1, "string", False), "properties": (2, "EventProperty", True)},
-    "EventStatus": {"r": (1, "Result", False), "event": (2, "Event", False), "client_id": (3, "uint32", False)},
-    "EventFilter": {"names": (1, "string", True), "client_id": (2, "uint32", False)},
+    "EventStatus": {
+        "r": (1, "Result", False), "event": (2, "Event", False), "client_id": (3, "uint32", False),
+        "seq": (4, "uint64", False),  # new in 3
+    },
+    "EventFilter": {
+        "names": (1, "string", True), "client_id": (2, "uint32", False), "last_seq": (3, "uint64", False),  # new in 3
+    },
     "EventInterrupt": {"client_id": (1, "uint32", False)},
     "EventQueueStatus": {"r": (1, "Result", False), "client_ids": (2, "uint32", True)},
 }  # fmt: skip
@@ -191,7 +196,7 @@ SERVICES = {
     },
 }  # fmt: skip
 
-_SCALARS = {9: "string", 8: "bool", 13: "uint32", 5: "int32"}
+_SCALARS = {9: "string", 8: "bool", 13: "uint32", 5: "int32", 4: "uint64"}
 
 
 @pytest.mark.parametrize("name", sorted(ENUMS))

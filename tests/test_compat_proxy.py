@@ -25,7 +25,7 @@ from grpc_helper_samples.api.notes_pb2_grpc import (
     add_NotesServiceServicer_to_server,
 )
 
-from helpers import BlockingEcho, EchoManager, Servers, connections_to, echo_descriptor, wait_until
+from helpers import BlockingEcho, EchoManager, Servers, connections_to, echo_descriptor, wait_until, with_metadata
 
 MAIN_HOST = {"rpc-main-host": "127.0.0.1"}
 
@@ -44,8 +44,9 @@ def register(
 
 
 def raw_echo(port: int) -> tuple[grpc.Channel, EchoServiceStub]:
-    """A plain gRPC stub (no RpcClient retries or Result checks): shows exactly what the proxy answers."""
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    """A 2.x client's calls without its retries or Result checks: a plain gRPC stub sending the `user` key,
+    as 2.x's client does (main answers such callers in 2.x's shape); shows exactly what the proxy answers."""
+    channel = with_metadata(grpc.insecure_channel(f"127.0.0.1:{port}"), (("user", "compat-2x"),))
     return channel, EchoServiceStub(channel)
 
 
@@ -289,13 +290,18 @@ def test_forwarded_metadata_marks_client_and_fills_api_version(servers: Servers)
     main = servers(0, [echo_descriptor(is_proxy=True)])
     backend = servers(0, [echo_descriptor(spy)])
     register(main, backend.port, host="127.0.0.1")
-    channel, stub = raw_echo(main.port)
-    with channel:
+    channel, stub = raw_echo(main.port)  # a 2.x client sending `user` only
+    with channel, grpc.insecure_channel(f"127.0.0.1:{main.port}") as bare:
         stub.echo(EchoRequest(), timeout=10, metadata=(("client", "c1"), ("user", "u1"), ("api_version", "1")))
-        stub.echo(EchoRequest(), timeout=10)  # no metadata at all
-    named, anonymous = spy.calls
+        stub.echo(EchoRequest(), timeout=10)
+        EchoServiceStub(bare).echo(EchoRequest(), timeout=10)  # not a grpc-helper client: no metadata at all
+    named, anonymous, plain = spy.calls
     assert (named["client"], named["user"], named["api_version"]) == ("c1(proxied)", "u1", "1")
     assert (anonymous["client"], anonymous["api_version"]) == ("(proxied)", "2")  # the proxy's current version
+    # New in 3: a caller that is not a grpc-helper client has no API version, and stays one reading gRPC
+    # statuses for a main behind this one
+    assert "client" not in plain
+    assert "api_version" not in plain
 
 
 def test_backend_checks_the_version_the_proxy_fills_in(servers: Servers) -> None:

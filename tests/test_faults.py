@@ -31,7 +31,7 @@ from grpc_helper.threads import current_frames
 from grpc_helper_samples.api import EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import BlockingEcho, Servers, echo_descriptor, wait_until
+from helpers import BlockingEcho, Servers, echo_descriptor, wait_until, with_metadata
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -86,7 +86,8 @@ def test_backend_killed_mid_call_and_restarted_is_not_sent_twice(servers: Server
     port = backend.port
     register(main, port)
     answers: list[EchoResponse] = []
-    with grpc.insecure_channel(f"127.0.0.1:{main.port}") as channel:
+    # A 2.x-shaped caller (it sends `user`): told of the failure in the response's `r`
+    with with_metadata(grpc.insecure_channel(f"127.0.0.1:{main.port}"), (("user", "u"),)) as channel:
         stub = EchoServiceStub(channel)
         caller = threading.Thread(target=lambda: answers.append(stub.echo(EchoRequest(text="once"), timeout=30)))
         caller.start()

@@ -38,14 +38,19 @@ caller sent no `api_version`, so the backend checks the version the proxy serves
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import grpc
 
+# grpcio private internal (hence grpcio's bound in pyproject.toml): the state of a call its client cancelled
+from grpc._server import _CANCELLED
+
 from grpc_helper.api import Result
-from grpc_helper.auth import caller_metadata
+from grpc_helper.auth import caller_metadata, current_identity
 from grpc_helper.calls import VersionRange, error_answer, remaining
 from grpc_helper.errors import rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
@@ -56,6 +61,7 @@ from grpc_helper.metadata import (
     KEY_ROUTE_ENDPOINT,
     KEY_ROUTE_SERVICE,
     Metadata,
+    reads_results,
 )
 from grpc_helper.proxy.backend import Backend
 
@@ -63,6 +69,13 @@ _PROXIED_SUFFIX = "(proxied)"
 # The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
 # and the caller's identity is main's to state (`auth.caller_metadata`): whatever a caller sent in it is dropped
 _NOT_FORWARDED = frozenset(("user-agent", "authorization", KEY_ROUTE_SERVICE, KEY_ROUTE_ENDPOINT, KEY_CALLER))
+# A backend's metadata not passed back to the caller: transport keys (gRPC's and HTTP/2's own, which gRPC
+# sets per hop), and main's business (`rpc-*`)
+_NOT_RETURNED = frozenset(("content-type", "te", "user-agent", "date", "server", "authorization"))
+_HOP_PREFIXES = ("grpc-", ":", "rpc-")
+# How long the end of a caller's request stream waits to be told apart from its cancellation (seconds):
+# grpcio sees both events of a cancellation within microseconds; a real end pays this once
+_CANCEL_SETTLE = 0.02
 
 
 class Backends(Protocol):
@@ -85,8 +98,10 @@ def forwarded_metadata(metadata: Metadata) -> Metadata:
     return tuple((k, v) for k, v in metadata if k not in _NOT_FORWARDED and not k.startswith("grpc-"))
 
 
-def proxied_metadata(metadata: Metadata, current_version: int) -> Metadata:
-    """`forwarded_metadata`, with `client` marked as proxied and a default `api_version` (see module doc)."""
+def proxied_metadata(metadata: Metadata, current_version: int, *, results: bool = True) -> Metadata:
+    """`forwarded_metadata`, with `client` marked as proxied and a default `api_version` for a caller that is a
+    grpc-helper client (`results`: see `metadata.reads_results`; any other caller has no API version, and
+    must stay one that reads statuses for a main behind this one)."""
     client = ""
     has_version = False
     out: list[tuple[str, str | bytes]] = []
@@ -96,9 +111,10 @@ def proxied_metadata(metadata: Metadata, current_version: int) -> Metadata:
             continue
         has_version = has_version or key == KEY_API_VERSION
         out.append((key, value))
-    out.append((KEY_CLIENT, client + _PROXIED_SUFFIX))
-    if not has_version:
-        out.append((KEY_API_VERSION, str(current_version)))
+    if results:
+        out.append((KEY_CLIENT, client + _PROXIED_SUFFIX))
+        if not has_version:
+            out.append((KEY_API_VERSION, str(current_version)))
     return tuple(out)
 
 
@@ -119,6 +135,68 @@ def make_forwarder(
     return method_handler(site.kind, behavior)  # no (de)serializers: bytes in, bytes out
 
 
+class ForwardedCall(NamedTuple):
+    """A forwarded call in flight, as debug dumps list it."""
+
+    method: str
+    caller: str  # its identity, or its peer address
+    backend: str
+    start: float  # time.time()
+
+
+# Thread ident -> the forwarded call it runs (a forwarded call holds one thread of the streams pool throughout)
+IN_FLIGHT: dict[int, ForwardedCall] = {}
+
+
+class _Canceller:
+    """Cancels a backend call once asked, whenever the call is known: the caller may go away before the
+    backend call exists (then it is cancelled as soon as it does) or after."""
+
+    __slots__ = ("_call", "_lock", "wanted")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: grpc.Future | None = None  # type: ignore[type-arg]  # generic in grpc's stubs only
+        self.wanted = False
+
+    def attach(self, call: Any) -> None:
+        with self._lock:
+            self._call = call
+            wanted = self.wanted
+        if wanted:
+            call.cancel()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.wanted = True
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+
+def _caller_requests(requests: Iterator[bytes], cancel: _Canceller) -> Iterator[bytes]:
+    """The caller's request stream, passed on to the backend, where the caller's cancellation never looks
+    like the end of its input (which the backend would take as complete, and might commit).
+
+    grpcio's server sees a cancellation in two events, the stream's end and the call's close: a request
+    iterator read between them ends normally. So at its end, the close is waited for (`_CANCEL_SETTLE`
+    at most: a real end has no close until the call is answered), and a cancelled caller's backend call
+    is cancelled instead of half-closed. Private internals of grpcio (its request iterator's `_state`,
+    hence grpcio's bound in pyproject.toml); without them, the end is passed on as it comes."""
+    try:
+        yield from requests
+    except grpc.RpcError:  # grpcio saw the cancellation first: pass it on (never an exception into gRPC)
+        cancel()
+        return
+    state = getattr(requests, "_state", None)
+    if state is None:
+        return
+    with state.condition:
+        cancelled = state.condition.wait_for(lambda: state.client is _CANCELLED, _CANCEL_SETTLE)
+    if cancelled:
+        cancel()
+
+
 class _ForwardSite:
     """What the forwarding behaviors of one method share: its two phases (see the module doc)."""
 
@@ -129,68 +207,153 @@ class _ForwardSite:
         self.versions, self.registry = versions, registry
         self.response_cls = response_class(service, method)
         self.can_answer = has_result_field(self.response_cls)
+        self.request_streaming = kind.startswith("stream_")
 
-    def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata] | bytes:
-        """(backend, metadata) to forward with (phase 1), or the bytes of an error answer."""
+    def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata, bool] | bytes:
+        """(backend, metadata to forward with, whether the caller reads `Result`s) (phase 1), or the bytes of
+        an error answer."""
         md = context.invocation_metadata()
+        results = reads_results(md)
         err = self.versions.check(md)
         if err is None:
             backend = self.registry.acquire(self.name, self.method, context)
             if not isinstance(backend, Result):
                 # The caller's identity goes along: the backend applies its own policy to it, not main's rights
-                return backend, proxied_metadata(md, self.versions.current) + backend.credentials + caller_metadata()
+                forwarded = proxied_metadata(md, self.versions.current, results=results)
+                return backend, forwarded + backend.credentials + caller_metadata(), results
             err = backend
-        return error_answer(self.response_cls, context, err).SerializeToString()
+            left = remaining(context)
+            if left is not None and left <= 0:  # waited for a backend until the caller's deadline: it passed
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.path}: deadline passed waiting for a backend")
+        return error_answer(self.response_cls, context, err, plain=not results).SerializeToString()
 
-    def failed(self, context: grpc.ServicerContext, backend: Backend, exc: grpc.RpcError) -> bytes:
-        """The answer for a forwarded call that failed (phase 2): never resent."""
+    def failed(self, context: grpc.ServicerContext, backend: Backend, exc: grpc.RpcError, *, results: bool) -> bytes:
+        """The answer for a forwarded call that failed (phase 2): never resent. A caller that reads `Result`s
+        gets 2.x's shape (gRPC OK, `r.code` ERROR_RPC) when the response has one; any other, the backend's
+        own status, details and trailers. A passed deadline is DEADLINE_EXCEEDED for everyone."""
         error = rpc_error_to_exception(exc, f"proxied call {self.path} to {backend.address}")
-        if context.is_active():  # else the caller is gone (cancelled, deadline): nobody to tell
-            self.registry.logger.warning("%s", error)
-        if not self.can_answer:
-            context.abort(error.status, str(error))  # the backend's status, passed on
+        if not context.is_active():  # the caller is gone (cancelled, deadline): nobody to tell
+            return b""
+        status = error.status
+        if status is grpc.StatusCode.DEADLINE_EXCEEDED or not (results and self.can_answer):
+            if status is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.registry.logger.info("%s", error)
+            context.set_trailing_metadata(returned_metadata(_trailers(exc)))
+            context.abort(status, error.details if not results else str(error))
+        self.registry.logger.warning("%s", error)
         # protoc's stubs type enum fields as the enum only, and rc is an int code
         return self.response_cls(r=Result(code=error.rc, msg=str(error))).SerializeToString()  # type: ignore[arg-type]
 
+    def started(self, context: grpc.ServicerContext, backend: Backend) -> int:
+        """Record the call in `IN_FLIGHT` (for debug dumps); returns the key to `done` with."""
+        key = threading.get_ident()
+        caller = current_identity()
+        who = caller.name if caller is not None else context.peer()
+        IN_FLIGHT[key] = ForwardedCall(self.path, who, backend.address, time.time())
+        return key
+
+
+def _trailers(exc: grpc.RpcError) -> Metadata:
+    trailers = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    return tuple(trailers or ())
+
+
+def _deadline_passed(context: grpc.ServicerContext, call: Any, path: str) -> NoReturn:
+    """The caller's deadline passed and the backend call had not ended (grpcio's receive path may hang past
+    a deadline): cancel it, and answer now."""
+    call.cancel()
+    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline passed")
+
 
 def _unary_forwarder(site: _ForwardSite) -> Behavior:
-    prepare, failed, release = site.prepare, site.failed, site.registry.release
-    kind, path = site.kind, site.path
+    prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
+    kind, path, request_streaming = site.kind, site.path, site.request_streaming
 
     def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         prepared = prepare(context)
         if isinstance(prepared, bytes):
             return prepared
-        backend, md = prepared
+        backend, md, results = prepared
+        cancel = _Canceller()
+        if not context.add_callback(cancel):  # the caller is already gone
+            cancel()
+        key = started(context, backend)
         try:
-            response: bytes = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
+            if request_streaming:
+                request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
+            call = backend.method(kind, path).future(request, timeout=remaining(context), metadata=md)  # type: ignore[attr-defined]  # a multi-callable
+            cancel.attach(call)
+            try:
+                # Bounded by the caller's deadline whatever grpcio's receive path does
+                response: bytes = call.result(timeout=remaining(context))
+            except grpc.FutureTimeoutError:
+                _deadline_passed(context, call, path)
+            except grpc.FutureCancelledError:
+                return b""  # the caller went away: nobody to answer
+            pass_metadata(context, call.initial_metadata(), call.trailing_metadata())
             return response
         except grpc.RpcError as exc:
-            return failed(context, backend, exc)
+            return failed(context, backend, exc, results=results)
         finally:
+            IN_FLIGHT.pop(key, None)
             release(backend)
 
     return unary_response
 
 
 def _stream_forwarder(site: _ForwardSite) -> Behavior:
-    prepare, failed, release = site.prepare, site.failed, site.registry.release
-    kind, path = site.kind, site.path
+    prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
+    kind, path, request_streaming = site.kind, site.path, site.request_streaming
 
     def stream_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         prepared = prepare(context)
         if isinstance(prepared, bytes):
             yield prepared
             return
-        backend, md = prepared
+        backend, md, results = prepared
+        cancel = _Canceller()
+        if not context.add_callback(cancel):  # the caller is already gone
+            cancel()
+        key = started(context, backend)
         try:
+            if request_streaming:
+                request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
             responses = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
-            context.add_callback(responses.cancel)  # caller gone: cancel the backend call too
+            cancel.attach(responses)
             try:
+                headers = returned_metadata(responses.initial_metadata())
+                if headers:
+                    context.send_initial_metadata(headers)
                 yield from responses
+                trailers = returned_metadata(responses.trailing_metadata())
+                if trailers:
+                    context.set_trailing_metadata(trailers)
             except grpc.RpcError as exc:
-                yield failed(context, backend, exc)  # the stream's last message
+                if cancel.wanted:
+                    return  # the caller went away
+                yield failed(context, backend, exc, results=results)  # 2.x: the stream's last message
         finally:
+            IN_FLIGHT.pop(key, None)
             release(backend)
 
     return stream_response
+
+
+def returned_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadata:
+    """What a backend's initial or trailing metadata passes on to the caller: everything but transport keys
+    (`grpc-*`, `content-type`, HTTP/2's) and keys of ours (`rpc-*`: main's own business)."""
+    return tuple((k, v) for k, v in metadata or () if k not in _NOT_RETURNED and not k.startswith(_HOP_PREFIXES))
+
+
+def pass_metadata(
+    context: grpc.ServicerContext,
+    initial: Iterable[tuple[str, str | bytes]] | None,
+    trailing: Iterable[tuple[str, str | bytes]] | None,
+) -> None:
+    """Give a unary call's caller the backend's initial and trailing metadata (none of it: nothing to do)."""
+    headers = returned_metadata(initial)
+    if headers:
+        context.send_initial_metadata(headers)
+    trailers = returned_metadata(trailing)
+    if trailers:
+        context.set_trailing_metadata(trailers)
