@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
-from grpc_helper.api import Filter, MultiServiceInfo, ResultCode, ServerApiVersion
+from grpc_helper.api import Filter, ResultCode, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
 from grpc_helper.balancing import SERVICE_CONFIG, Address, channel_target
@@ -166,8 +166,9 @@ class RpcClient:
         endpoint, over all its endpoints, balanced and health-checked by gRPC (round_robin: an endpoint
         down gets no call until it serves again), with the same metadata,
         deadlines and API-version checks. A service with no endpoint reachable from here within
-        `DIRECT_CONNECT_TIMEOUT` (e.g. addresses of a network this host is not on), or a main that does
-        not answer, goes through main. Called at construction, and again (at most once a second) when a
+        `DIRECT_CONNECT_TIMEOUT` (e.g. addresses of a network this host is not on) goes through main; a main
+        that does not answer changes nothing (the routes read before, if any, are kept: replicas serve on
+        while main is unreachable). Called at construction, and again (at most once a second) when a
         call fails with UNAVAILABLE. With TLS, a replica's certificate is checked against its service's
         name (main's default `rpc-tls-backend-name`).
 
@@ -184,8 +185,9 @@ class RpcClient:
             request = Filter(names=names, ignore_unknown=True)
             info = RpcServerServiceStub(self.channel).info(request, timeout=DIRECT_CONNECT_TIMEOUT, metadata=metadata)
         except grpc.RpcError as exc:
-            self.logger.debug("Direct routes: main %s:%s did not answer (%s): through main", self.host, self.port, exc)
-            info = MultiServiceInfo()
+            # Keep what was read before: main cut off or lost says nothing about the replicas
+            self.logger.debug("Direct routes: main %s:%s did not answer (%s): unchanged", self.host, self.port, exc)
+            return
         found: dict[str, tuple[Address, ...]] = {}
         for item in info.items:
             if item.is_proxy and any(e.serving for e in item.endpoints):

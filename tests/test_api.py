@@ -107,6 +107,7 @@ def test_generated_code_check_finds_orphans(tmp_path: Path) -> None:
 RESULT_CODES = {
     "OK": 0, "ERROR": 1, "ARGS": 2, "ERROR_PORT_BUSY": 10, "ERROR_API_CLIENT_TOO_OLD": 11,
     "ERROR_API_SERVER_TOO_OLD": 12, "ERROR_RPC": 13, "ERROR_PROXY_UNREGISTERED": 14, "ERROR_STREAM_SHUTDOWN": 15,
+    "ERROR_PROXY_FORGOTTEN": 16,
     "ERROR_PARAM_MISSING": 20, "ERROR_PARAM_INVALID": 21, "ERROR_PARAM_UNSUPPORTED": 22, "ERROR_ITEM_UNKNOWN": 30,
     "ERROR_ITEM_CONFLICT": 31, "ERROR_ITEM_BUSY": 32, "ERROR_ITEM_MULTIPLE": 33, "ERROR_MODEL_INVALID": 40,
     "ERROR_MODEL_SYNTAX": 41, "ERROR_REQUEST_FAILED": 50, "ERROR_REQUEST_TIMEOUT": 51,
@@ -133,14 +134,15 @@ MESSAGES = {
     "Result": {"code": (1, "ResultCode", False), "msg": (2, "string", False), "stack": (3, "string", False)},
     "ResultStatus": {"r": (1, "Result", False)},
     "Empty": {},
-    # New fields of 3 (after 2.x's, with new numbers only): Filter.endpoint, ServiceInfo.endpoints
+    # New fields of 3 (after 2.x's, with new numbers only): Filter.endpoint, ServiceInfo.endpoints and
+    # .renewable, ProxyRegisterRequest.renew
     "Filter": {"names": (1, "string", True), "ignore_unknown": (2, "bool", False), "endpoint": (3, "Endpoint", False)},
     "Endpoint": {"host": (1, "string", False), "port": (2, "uint32", False)},
     "ServiceInfo": {
         "name": (1, "string", False), "version": (2, "string", False), "current_api_version": (3, "uint32", False),
         "supported_api_version": (4, "uint32", False), "is_proxy": (5, "bool", False),
         "proxy_host": (6, "string", False), "proxy_port": (7, "uint32", False),
-        "endpoints": (8, "ProxyEndpoint", True),
+        "endpoints": (8, "ProxyEndpoint", True), "renewable": (9, "bool", False),
     },
     "ProxyEndpoint": {
         "host": (1, "string", False), "port": (2, "uint32", False), "version": (3, "string", False),
@@ -150,7 +152,7 @@ MESSAGES = {
     "ShutdownRequest": {"timeout": (1, "int32", False)},
     "ProxyRegisterRequest": {
         "names": (1, "string", True), "version": (2, "string", False), "host": (3, "string", False),
-        "port": (4, "uint32", False),
+        "port": (4, "uint32", False), "renew": (5, "bool", False),
     },
     "ConfigItem": {
         "name": (1, "string", False), "description": (2, "string", False), "value": (3, "string", False),

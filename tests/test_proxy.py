@@ -26,6 +26,7 @@ from grpc_helper.api import (
     ConfigItemUpdate,
     ConfigUpdate,
     ConfigValidator,
+    Endpoint,
     Filter,
     ProxyRegisterRequest,
     ResultCode,
@@ -39,7 +40,7 @@ from grpc_helper_samples.api.notes_pb2_grpc import (
     add_NotesServiceServicer_to_server,
 )
 
-from helpers import EchoManager, Servers, connections_to, echo_descriptor
+from helpers import EchoManager, Servers, connections_to, echo_descriptor, wait_until
 
 
 def echo_client(port: int, version: int | None = EchoApiVersion.ECHO_API_CURRENT, **kwargs) -> RpcClient:
@@ -126,6 +127,30 @@ class TestRegistration:
         assert echo_client(main2.port).echo.echo(EchoRequest(text="restored")).text == "restored"
         main2.client.srv.proxy_forget(Filter(names=["echo"]))
         assert json.loads((folders.workspace / "proxy.json").read_text()) == {}
+
+    def test_a_forgotten_endpoint_is_not_renewed(self, servers: Servers, folders) -> None:
+        """Issue 18, item 6: main remembers the endpoints forgotten on purpose, in its workspace, and refuses their
+        renewals (a backend registering again what main lost) until a plain registration (a backend starting)."""
+        main = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)
+        backend = servers(0, [echo_descriptor()])
+        renew = ProxyRegisterRequest(names=["echo"], version="b-1.0", host="127.0.0.1", port=backend.port, renew=True)
+        main.client.srv.proxy_register(renew)  # never forgotten: renewed
+        assert main.client.srv.info(Filter(names=["echo"])).items[0].renewable
+        main.client.srv.proxy_forget(Filter(names=["echo"], endpoint=Endpoint(host="127.0.0.1", port=backend.port)))
+        assert rc_of(lambda: main.client.srv.proxy_register(renew)) == ResultCode.ERROR_PROXY_FORGOTTEN
+        saved = json.loads((folders.workspace / "proxy-forgotten.json").read_text())["forgotten"]
+        assert [(f["service"], f["host"], f["port"], f["by"]) for f in saved] == [
+            ("echo", "127.0.0.1", backend.port, None)
+        ]
+        assert json.loads((folders.workspace / "proxy.json").read_text()) == {}  # 2.x's shape, untouched
+        main.shutdown()
+        main = servers(0, [echo_descriptor(is_proxy=True)], folders=folders)  # remembered across a restart
+        assert rc_of(lambda: main.client.srv.proxy_register(renew)) == ResultCode.ERROR_PROXY_FORGOTTEN
+        assert not main.proxies.is_registered("echo")
+        register(main, backend)  # a plain registration: renewable again
+        main.client.srv.proxy_register(renew)
+        main.client.srv.proxy_forget(Filter(names=["echo"]))  # names only (2.x): every endpoint it had
+        assert rc_of(lambda: main.client.srv.proxy_register(renew)) == ResultCode.ERROR_PROXY_FORGOTTEN
 
     def test_health_follows_registration(self, servers: Servers) -> None:
         main = servers(0, [echo_descriptor(is_proxy=True)])
@@ -304,6 +329,24 @@ class TestProxiedManager:
         assert hasattr(manager.proxy_client, "events")
         backend.shutdown()
         assert not main.proxies.is_registered("echo")
+
+    def test_registers_again_on_a_new_main_not_after_a_forget(self, servers: Servers) -> None:
+        """Issue 18, item 6: a main replaced by one that knows nothing (no workspace here) gets the registration
+        again within seconds, without a restart; a deliberate forget is not undone."""
+        main = servers(0, [echo_descriptor(is_proxy=True)])
+        manager = Proxied()
+        backend = servers(0, [echo_descriptor(manager)], cli_config={"rpc-main-port": str(main.port)})
+        endpoint = (manager._endpoint.host, manager._endpoint.port)
+        port = main.port
+        main.shutdown()
+        main = servers(port, [echo_descriptor(is_proxy=True)])
+        assert wait_until(lambda: main.proxies.has_endpoint("echo", endpoint), 10)
+        main.client.srv.proxy_forget(Filter(names=["echo"], endpoint=manager._endpoint))
+        assert wait_until(lambda: manager._forgotten, 10)
+        assert not main.proxies.is_registered("echo")
+        backend.shutdown()  # while main is up: its forget is answered at once
+        assert manager._renewer is not None
+        assert not manager._renewer.is_alive()
 
     def test_retries_while_main_is_not_up(self, servers: Servers, refused_port: int) -> None:
         main_port = refused_port

@@ -18,6 +18,7 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_RPC: _ClassVar[ResultCode]
     ERROR_PROXY_UNREGISTERED: _ClassVar[ResultCode]
     ERROR_STREAM_SHUTDOWN: _ClassVar[ResultCode]
+    ERROR_PROXY_FORGOTTEN: _ClassVar[ResultCode]
     ERROR_PARAM_MISSING: _ClassVar[ResultCode]
     ERROR_PARAM_INVALID: _ClassVar[ResultCode]
     ERROR_PARAM_UNSUPPORTED: _ClassVar[ResultCode]
@@ -42,6 +43,7 @@ ERROR_API_SERVER_TOO_OLD: ResultCode
 ERROR_RPC: ResultCode
 ERROR_PROXY_UNREGISTERED: ResultCode
 ERROR_STREAM_SHUTDOWN: ResultCode
+ERROR_PROXY_FORGOTTEN: ResultCode
 ERROR_PARAM_MISSING: ResultCode
 ERROR_PARAM_INVALID: ResultCode
 ERROR_PARAM_UNSUPPORTED: ResultCode

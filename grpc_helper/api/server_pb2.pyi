@@ -18,7 +18,7 @@ SERVER_API_SUPPORTED: ServerApiVersion
 SERVER_API_CURRENT: ServerApiVersion
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "version", "current_api_version", "supported_api_version", "is_proxy", "proxy_host", "proxy_port", "endpoints")
+    __slots__ = ("name", "version", "current_api_version", "supported_api_version", "is_proxy", "proxy_host", "proxy_port", "endpoints", "renewable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CURRENT_API_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class ServiceInfo(_message.Message):
     PROXY_HOST_FIELD_NUMBER: _ClassVar[int]
     PROXY_PORT_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    RENEWABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     current_api_version: int
@@ -35,7 +36,8 @@ class ServiceInfo(_message.Message):
     proxy_host: str
     proxy_port: int
     endpoints: _containers.RepeatedCompositeFieldContainer[ProxyEndpoint]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., current_api_version: _Optional[int] = ..., supported_api_version: _Optional[int] = ..., is_proxy: _Optional[bool] = ..., proxy_host: _Optional[str] = ..., proxy_port: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[ProxyEndpoint, _Mapping]]] = ...) -> None: ...
+    renewable: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., current_api_version: _Optional[int] = ..., supported_api_version: _Optional[int] = ..., is_proxy: _Optional[bool] = ..., proxy_host: _Optional[str] = ..., proxy_port: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[ProxyEndpoint, _Mapping]]] = ..., renewable: _Optional[bool] = ...) -> None: ...
 
 class ProxyEndpoint(_message.Message):
     __slots__ = ("host", "port", "version", "serving")
@@ -64,13 +66,15 @@ class ShutdownRequest(_message.Message):
     def __init__(self, timeout: _Optional[int] = ...) -> None: ...
 
 class ProxyRegisterRequest(_message.Message):
-    __slots__ = ("names", "version", "host", "port")
+    __slots__ = ("names", "version", "host", "port", "renew")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     version: str
     host: str
     port: int
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+    renew: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., renew: _Optional[bool] = ...) -> None: ...

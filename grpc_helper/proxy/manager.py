@@ -1,15 +1,31 @@
-"""RpcProxiedManager: a manager that registers its services on a main proxying server."""
+"""RpcProxiedManager: a manager that registers its services on a main proxying server, and keeps them registered."""
 
 from __future__ import annotations
 
-from grpc_helper.api import Endpoint, EventApiVersion, Filter, ProxyRegisterRequest, ServerApiVersion
+import logging
+import threading
+
+from grpc_helper.api import (
+    Endpoint,
+    EventApiVersion,
+    Filter,
+    ProxyRegisterRequest,
+    ResultCode,
+    ServerApiVersion,
+)
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.client import RpcClient, StubsMap
 from grpc_helper.config.static import RpcStaticConfig, bool_value
-from grpc_helper.errors import RpcException
+from grpc_helper.errors import RpcException, RpcTransportError
 from grpc_helper.manager import RpcManager
 from grpc_helper.metadata import ip_towards
+
+# How often a proxied manager looks whether main still has its endpoint (seconds), and how long one look, or
+# one renewal, may take: main back with an empty workspace gets its registration again within about
+# RENEW_PERIOD + RENEW_TIMEOUT of answering
+RENEW_PERIOD = 1.0
+RENEW_TIMEOUT = 2.0
 
 
 class RpcProxiedManager(RpcManager):
@@ -21,11 +37,27 @@ class RpcProxiedManager(RpcManager):
     forgotten at this endpoint only (other replicas of
     them, other servers registering the same names, stay registered). `proxy_client` reaches the main server
     (`srv`, `events`, plus `_proxy_stubs()`).
+
+    Meanwhile a thread looks every `RENEW_PERIOD` whether main still shows this endpoint for each service
+    (`srv.info`), and registers the missing ones again, marked as a renewal (`renew`), so that a main that lost
+    its workspace (a new node, a lost volume) or dropped the endpoint as stale (unreachable for a while) gets it
+    back within seconds, without a restart. A deliberate `proxy_forget` is not undone: main remembers the
+    endpoints forgotten on purpose, in its workspace, and refuses their renewals (`ERROR_PROXY_FORGOTTEN`); the
+    manager then says so once (WARNING) and stops renewing until main shows the endpoint registered again (by
+    anyone: e.g. `grpc-helper proxy register`); restarting its server, a plain registration, brings it back
+    too. Main, not the manager, decides because only main knows who forgot what; and a main that lost that
+    memory lost the registration with it, which is exactly when renewing is right. A main that does not refuse
+    renewals (2.x: `ServiceInfo.renewable` unset) is never sent one. Logs once when main can't be reached,
+    once when it answers again, once per renewal.
     """
 
     proxy_client: RpcClient
     _endpoint: Endpoint  # where this server registered (its own host and port)
     _withdrawn = False  # its endpoint forgotten on main (see `_withdraw`)
+    _renewer: threading.Thread | None = None
+    _stop_renewing: threading.Event
+    _renew_state = ""  # what the renewal thread last logged (logged again only when it changes)
+    _forgotten = False  # main refused a renewal: forgotten on purpose, not renewed until registered again
 
     def _proxied_services(self) -> list[str]:
         """Names of the services to register (as declared in the main server's descriptors)."""
@@ -76,17 +108,70 @@ class RpcProxiedManager(RpcManager):
         )
         names = self._proxied_services()
         self._endpoint = Endpoint(host=self._registered_host(), port=self.server.port)
-        self.proxy_client.srv.proxy_register(
-            ProxyRegisterRequest(
-                names=names, version=self._proxied_version(), host=self._endpoint.host, port=self._endpoint.port
-            )
+        self._register(names)
+        self.logger.info("Registered %s on main server %s", names, self._main())
+        self._stop_renewing = threading.Event()
+        self._renewer = threading.Thread(target=self._keep_registered, name="rpc-proxy-renewal", daemon=True)
+        self._renewer.start()
+
+    def _main(self) -> str:
+        return f"{RpcStaticConfig.MAIN_HOST.str_val}:{RpcStaticConfig.MAIN_PORT.int_val}"
+
+    def _register(self, names: list[str], timeout: float | None = None, *, renew: bool = False) -> None:
+        request = ProxyRegisterRequest(
+            names=names,
+            version=self._proxied_version(),
+            host=self._endpoint.host,
+            port=self._endpoint.port,
+            renew=renew,
         )
-        self.logger.info(
-            "Registered %s on main server %s:%s",
-            names,
-            RpcStaticConfig.MAIN_HOST.str_val,
-            RpcStaticConfig.MAIN_PORT.int_val,
-        )
+        self.proxy_client.srv.proxy_register(request, timeout=timeout)
+
+    # --- renewals ---
+    def _keep_registered(self) -> None:
+        """The renewal thread (see the class doc): one look every `RENEW_PERIOD` until `_withdraw`."""
+        while not self._stop_renewing.wait(RENEW_PERIOD):
+            try:
+                self._renew_once()
+            except RpcException as exc:
+                if exc.rc == ResultCode.ERROR_PROXY_FORGOTTEN:
+                    self._forgotten = True
+                    why = "Not registering %s again on main server %s: %s"  # said once: no renewal until then
+                    self._tell("forgotten", logging.WARNING, why, self._proxied_services(), self._main(), exc)
+                elif isinstance(exc, RpcTransportError):  # gRPC's own failure: main unreachable, or too slow
+                    why = "Main server %s unreachable (%s): will register again there if it lost the registration"
+                    self._tell("unreachable", logging.WARNING, why, self._main(), exc)
+                else:  # refused otherwise (a policy change...): said once, tried again at each look
+                    self._tell(f"refused: {exc}", logging.WARNING, "Could not register again on main: %s", exc)
+            except Exception:  # never end the thread: the next look may go well
+                self.logger.exception("Renewal of the registration on main failed")
+
+    def _renew_once(self) -> None:
+        """One look at main: register again the services main does not show this endpoint for."""
+        names = self._proxied_services()
+        info = self.proxy_client.srv.info(Filter(names=names, ignore_unknown=True), timeout=RENEW_TIMEOUT)
+        if self._renew_state == "unreachable":
+            self._tell("", logging.INFO, "Main server %s reachable again", self._main())
+        own = (self._endpoint.host, self._endpoint.port)
+        # Unknown there (a main serving other services) or not renewable (2.x): nothing to do
+        items = [i for i in info.items if i.renewable]
+        missing = [i.name for i in items if own not in {(e.host, e.port) for e in i.endpoints}]
+        if not missing:
+            if self._forgotten and items:
+                self._forgotten = False
+                self._tell("", logging.INFO, "Registered on main server %s again: renewed from now on", self._main())
+            return
+        if self._forgotten:
+            return  # forgotten on purpose: never renewed (see the class doc)
+        self._register(missing, RENEW_TIMEOUT, renew=True)
+        self._tell("", logging.INFO, "Registered %s again on main server %s: it had lost them", missing, self._main())
+
+    def _tell(self, state: str, level: int, msg: str, *args: object) -> None:
+        """Log `msg` when entering `state` ("" being the normal state: always logged), once per state."""
+        if state and state == self._renew_state:
+            return
+        self._renew_state = state
+        self.logger.log(level, msg, *args)
 
     def _withdraw(self) -> None:
         """Forget this server's endpoint on main before it stops taking calls: main sends it no more (a
@@ -95,6 +180,10 @@ class RpcProxiedManager(RpcManager):
         if client is None or self._withdrawn:
             return
         self._withdrawn = True
+        if self._renewer is not None:
+            # Stopped first: no renewal after this forget (the look in progress is bounded by RENEW_TIMEOUT)
+            self._stop_renewing.set()
+            self._renewer.join(2 * RENEW_TIMEOUT + 1)
         try:
             # One quick attempt: a main server that is gone must not delay this shutdown
             # This server's own endpoint only: other replicas of these services stay registered

@@ -22,6 +22,7 @@ from grpc_helper.balancing import Address
 from grpc_helper.calls import VersionRange, remaining
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.errors import RpcException
 from grpc_helper.generated import Handler
 from grpc_helper.persist import read_json_object, write_json
 from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Backend, backend_address
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
     from grpc_helper.descriptor import RpcServiceDescriptor
 
 PROXY_FILE = "proxy.json"
+# Endpoints forgotten on purpose (see `ProxyRegistry.forget`): a file of its own, proxy.json keeps 2.x's shape
+FORGOTTEN_FILE = "proxy-forgotten.json"
+# How many forgotten endpoints are remembered (the oldest dropped first): a renewing backend asks again within
+# seconds of its forget, and stops renewing once refused, so only the newest ones matter
+MAX_FORGOTTEN = 1000
 # While a call waits for a registration, it says so at least this often (DEBUG, as the original did)
 _WAIT_LOG_PERIOD = 0.5
 # While a call waits for a registered backend to be connected, it checks the connection this often
@@ -88,6 +94,21 @@ class ProxyTarget:
         except (KeyError, TypeError, ValueError):
             return None
         return target if 0 < target.port <= 65535 else None
+
+
+ForgottenKey = tuple[str, str, int]  # (service, host, port)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """An endpoint forgotten on purpose (`proxy_forget`): its renewals are refused until it registers plainly."""
+
+    by: str | None  # who forgot it (with a policy on)
+    at: float  # when (seconds since the epoch)
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))
+        return f"by {self.by} at {when}" if self.by else f"at {when}"
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,8 @@ class ProxyRegistry:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._path = workspace / PROXY_FILE if workspace is not None and descriptors else None
+        self._forgotten_path = workspace / FORGOTTEN_FILE if workspace is not None and descriptors else None
+        self._forgotten: dict[ForgottenKey, Forgotten] = {}  # oldest first
         self._foreign: dict[str, object] = {}
 
     # --- handlers ---
@@ -300,9 +323,11 @@ class ProxyRegistry:
 
     # --- registrations ---
     def load(self) -> None:
-        """Restore persisted registrations (so calls flow again without re-registration)."""
+        """Restore persisted registrations (so calls flow again without re-registration), and the endpoints
+        forgotten on purpose."""
         if self._path is None:
             return
+        self._load_forgotten()
         data = read_json_object(self._path, (dict,), "proxy")
         for name, entry in data.items():
             if name not in self._descriptors:
@@ -320,14 +345,17 @@ class ProxyRegistry:
                 self._set([name], target)
                 self.logger.info("Restored registration of %s at %s:%s", name, target.host, target.port)
 
-    def register(self, names: list[str], version: str, host: str, port: int) -> ProxyTarget:
+    def register(self, names: list[str], version: str, host: str, port: int, *, renew: bool = False) -> ProxyTarget:
         """Forward `names` to host:port too from now on: one more endpoint for each (registering the
         same endpoint again refreshes it); the host is kept as given (empty: `rpc-main-host`).
         With a policy on, a service's endpoints belong to their registrant: only it (or an admin)
         adds, replaces or removes one; and a name the policy grants (`services`) is registered by its
-        grantees only, registered or not."""
+        grantees only, registered or not. A renewal (`renew`: a running backend registering again what
+        this server lost) of an endpoint forgotten on purpose is refused (ERROR_PROXY_FORGOTTEN); a plain
+        registration (a backend starting) makes it registrable again."""
         check_service_names(names)  # the names the policy grants the caller, whatever is registered now
         self._check_registrant(names)
+        self._check_forgotten(names, (host, port), renew=renew)
         caller = current_identity()
         target = ProxyTarget(host, port, version, caller.name if caller is not None else None)
         self._set(names, target)
@@ -342,10 +370,58 @@ class ProxyRegistry:
 
     def forget(self, names: list[str], endpoint: Endpoint | None = None) -> None:
         """Stop forwarding `names` to `endpoint` (one replica going away), or to any of their endpoints
-        (None, as 2.x: its backends forget names only)."""
+        (None, as 2.x: its backends forget names only). The endpoints are remembered as forgotten on purpose
+        (by whom, when): their renewals are refused (see `register`)."""
         self._check_registrant(names, endpoint)
+        caller = current_identity()
+        mark = Forgotten(caller.name if caller is not None else None, time.time())
+        with self._changed:
+            for name in names:
+                for host, port in [endpoint] if endpoint is not None else list(self._targets.get(name, {})):
+                    self._forgotten.pop((name, host, port), None)  # the newest again
+                    self._forgotten[name, host, port] = mark
+            for key in list(self._forgotten)[: max(0, len(self._forgotten) - MAX_FORGOTTEN)]:
+                del self._forgotten[key]
         self._remove(names, endpoint)
         self._persist()
+        self._persist_forgotten()
+
+    def _check_forgotten(self, names: list[str], endpoint: Endpoint, *, renew: bool) -> None:
+        """Refuse a renewal of `endpoint` for a name it was forgotten on purpose for; a plain registration
+        (a backend starting) clears those marks."""
+        with self._changed:
+            keys = [(name, *endpoint) for name in names if (name, *endpoint) in self._forgotten]
+            if not keys:
+                return
+            if renew:
+                forgotten = ", ".join(f"{key[0]} {self._forgotten[key].describe()}" for key in keys)
+                raise RpcException(
+                    f"{endpoint[0]}:{endpoint[1]} was forgotten on purpose ({forgotten}): a renewal does not register "
+                    "it again, a plain registration (its server restarting) does",
+                    ResultCode.ERROR_PROXY_FORGOTTEN,
+                )
+            for key in keys:
+                del self._forgotten[key]
+        self._persist_forgotten()
+
+    def _load_forgotten(self) -> None:
+        data = read_json_object(self._forgotten_path, (list,), "forgotten registrations")
+        for item in data.get("forgotten", []):
+            try:
+                by = item.get("by")
+                key = (str(item["service"]), str(item["host"]), int(item["port"]))
+                self._forgotten[key] = Forgotten(by if isinstance(by, str) else None, float(item["at"]))
+            except (AttributeError, KeyError, TypeError, ValueError):
+                self.logger.warning("Ignoring invalid forgotten registration in %s: %r", self._forgotten_path, item)
+
+    def _persist_forgotten(self) -> None:
+        if self._forgotten_path is not None:
+            with self._changed:
+                forgotten = [
+                    {"service": name, "host": host, "port": port, "by": mark.by, "at": mark.at}
+                    for (name, host, port), mark in self._forgotten.items()
+                ]
+            write_json(self._forgotten_path, {"forgotten": forgotten})
 
     def _remove(self, names: Iterable[str], endpoint: Endpoint | None) -> None:
         with self._changed:

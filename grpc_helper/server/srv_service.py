@@ -97,6 +97,7 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
                 for e in endpoints:
                     t = e.target
                     info.endpoints.add(host=t.host, port=t.port, version=t.version, serving=e.serving)
+                info.renewable = True  # renewals of endpoints forgotten on purpose are refused here
             items.append(info)
         return MultiServiceInfo(items=items)
 
@@ -137,10 +138,11 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
                 f"Invalid host: {quote(request.host)} (expected a DNS name, an IPv4 or IPv6 address, or empty)",
                 ResultCode.ERROR_PARAM_INVALID,
             )
-        target = self._proxies.register(names, request.version, request.host, request.port)
+        target = self._proxies.register(names, request.version, request.host, request.port, renew=request.renew)
         self.logger.info(
-            "Proxied services %s registered at %s:%s (%s)",
+            "Proxied services %s registered%s at %s:%s (%s)",
             quote_names(names),
+            " again (renewed by a running backend)" if request.renew else "",
             target.host,
             target.port,
             quote(target.version),
