@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 from grpc_helper.calls import PENDING
-from grpc_helper.proxy.forward import IN_FLIGHT
 from grpc_helper.logs import PRIVATE_FOLDER_MODE, private_opener
+from grpc_helper.proxy.forward import IN_FLIGHT
 from grpc_helper.threads import current_frames
 
 
