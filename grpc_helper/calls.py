@@ -23,6 +23,9 @@ from typing import Any, NamedTuple, TypeAlias
 import grpc
 from google.protobuf.message import Message
 
+# grpcio private internal (hence grpcio's bound in pyproject.toml): the state of a call its client cancelled
+from grpc._server import _CANCELLED
+
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.config.static import RpcStaticConfig, bool_value
 from grpc_helper.errors import AccessDenied, RpcException, rc_name, result_from_exception, result_status
@@ -185,6 +188,20 @@ class VersionRange:
 
 # Above this, gRPC's "no deadline" sentinel is showing through time_remaining()
 _NO_DEADLINE = 1e8
+
+
+def cancelled_after_end(requests: object, settle: float) -> bool:
+    """Whether the caller of a request stream that just ended normally had in fact cancelled its call.
+
+    grpcio's server sees a cancellation in two events, the stream's end and the call's close: its request
+    iterator read between them ends normally. So the close is waited for, `settle` seconds at most (a real
+    end has no close until the call is answered: it pays the whole wait). Private internals of grpcio
+    (its request iterator's `_state`, hence grpcio's bound in pyproject.toml); False without them."""
+    state = getattr(requests, "_state", None)
+    if state is None:
+        return False
+    with state.condition:
+        return bool(state.condition.wait_for(lambda: state.client is _CANCELLED, settle))
 
 
 def remaining(context: grpc.ServicerContext) -> float | None:

@@ -56,6 +56,7 @@ from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
 from grpc_helper.client import RpcClient
+from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException, RpcTransportError, rc_name
 from grpc_helper.metadata import RpcMetadata
 from grpc_helper.tls import ClientSecurity
@@ -194,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for an unreachable server, and for each call (default: {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument(
+        "--max-message-size",
+        type=_positive_int,
+        default=None,
+        metavar="BYTES",
+        help="largest message sent or received (default: rpc-max-*-message-size, 4 MiB)",
+    )
     route = p.add_argument_group("routing through main (info, config, log, events, shutdown, proxy)")
     route.add_argument(
         "--service",
@@ -354,6 +362,9 @@ class Ctl:
         self.args = args
         self.timeout: float = args.timeout
         self._client: RpcClient | None = None
+        if getattr(args, "max_message_size", None):  # process-wide items: the CLI's own channels read them
+            for item in (RpcStaticConfig.MAX_RECEIVE_MESSAGE, RpcStaticConfig.MAX_SEND_MESSAGE):
+                item.update(str(args.max_message_size))
 
     @property
     def client(self) -> RpcClient:

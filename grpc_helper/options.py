@@ -1,5 +1,5 @@
 """The gRPC options of every channel and server of the library, built in one place: reconnection, reading
-streams, balancing, and HTTP/2 keepalive, so that a peer that vanishes (a host lost, a network cut, a
+streams, balancing, message sizes, and HTTP/2 keepalive, so that a peer that vanishes (a host lost, a network cut, a
 firewall dropping packets: nothing resets the connection) is noticed within seconds on every hop.
 
 Keepalive (`rpc-keepalive-time` T, `rpc-keepalive-timeout` W, static items read when a channel or server is
@@ -54,10 +54,20 @@ def keepalive_bound() -> float:
     return RpcStaticConfig.KEEPALIVE_TIME.float_val + RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val
 
 
+def _message_sizes() -> list[tuple[str, object]]:
+    """`rpc-max-receive-message-size` and `rpc-max-send-message-size`: the same on every server and channel,
+    so that a message a hop accepts is one the next accepts too."""
+    return [
+        ("grpc.max_receive_message_length", RpcStaticConfig.MAX_RECEIVE_MESSAGE.int_val),
+        ("grpc.max_send_message_length", RpcStaticConfig.MAX_SEND_MESSAGE.int_val),
+    ]
+
+
 def channel_options(peer: Peer, service_config: str | None = None) -> list[tuple[str, object]]:
     """The options of a client channel to `peer` servers; with `service_config`, balanced by it."""
     options: list[tuple[str, object]] = [
         *_RECONNECT,
+        *_message_sizes(),
         # Read server streams on the consuming thread instead of handing every message over from gRPC's
         # channel thread (measured: much faster proxied streams and event fan-out). A grpcio experimental
         # option (hence grpcio's bound in pyproject.toml).
@@ -79,6 +89,7 @@ def server_options() -> list[tuple[str, object]]:
     return [
         # No SO_REUSEPORT: with it, a second server could silently share a busy port
         ("grpc.so_reuseport", 0),
+        *_message_sizes(),
         # Ping callers, idle or not, without limit (clients never refuse pings): a caller that vanished is
         # noticed, its streams end, its resources are freed
         ("grpc.keepalive_time_ms", _ms(RpcStaticConfig.KEEPALIVE_TIME.float_val)),

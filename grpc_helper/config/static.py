@@ -233,6 +233,19 @@ class RpcStaticConfig(ConfigHolder):
         validator=ConfigValidator.CONFIG_VALID_CUSTOM,
         custom_validator=keepalive_seconds,
     )
+    # Message sizes: every server, main's hops, RpcClient and the CLI (see grpc_helper.options)
+    MAX_RECEIVE_MESSAGE = Config(
+        "rpc-max-receive-message-size",
+        "Largest message received (bytes, serialized): a larger one fails its call with RESOURCE_EXHAUSTED",
+        str(4 << 20),
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    MAX_SEND_MESSAGE = Config(
+        "rpc-max-send-message-size",
+        "Largest message sent (bytes, serialized): a larger one fails its call with RESOURCE_EXHAUSTED",
+        str(4 << 20),
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
     # Security (TLS, bind address, authorization)
     BIND_ADDRESS = Config(
         "rpc-bind-address",

@@ -46,12 +46,9 @@ from typing import Any, NamedTuple, NoReturn, Protocol
 
 import grpc
 
-# grpcio private internal (hence grpcio's bound in pyproject.toml): the state of a call its client cancelled
-from grpc._server import _CANCELLED
-
 from grpc_helper.api import Result
 from grpc_helper.auth import caller_metadata, current_identity
-from grpc_helper.calls import VersionRange, error_answer, remaining
+from grpc_helper.calls import VersionRange, cancelled_after_end, error_answer, remaining
 from grpc_helper.errors import rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
 from grpc_helper.metadata import (
@@ -73,6 +70,7 @@ _NOT_FORWARDED = frozenset(("user-agent", "authorization", KEY_ROUTE_SERVICE, KE
 # sets per hop), and main's business (`rpc-*`)
 _NOT_RETURNED = frozenset(("content-type", "te", "user-agent", "date", "server", "authorization"))
 _HOP_PREFIXES = ("grpc-", ":", "rpc-")
+_DETAILS_KEY = "grpc-status-details-bin"  # a gRPC error's rich details (google.rpc.Status): the caller's
 # How long the end of a caller's request stream waits to be told apart from its cancellation (seconds):
 # grpcio sees both events of a cancellation within microseconds; a real end pays this once
 _CANCEL_SETTLE = 0.02
@@ -176,24 +174,14 @@ class _Canceller:
 
 def _caller_requests(requests: Iterator[bytes], cancel: _Canceller) -> Iterator[bytes]:
     """The caller's request stream, passed on to the backend, where the caller's cancellation never looks
-    like the end of its input (which the backend would take as complete, and might commit).
-
-    grpcio's server sees a cancellation in two events, the stream's end and the call's close: a request
-    iterator read between them ends normally. So at its end, the close is waited for (`_CANCEL_SETTLE`
-    at most: a real end has no close until the call is answered), and a cancelled caller's backend call
-    is cancelled instead of half-closed. Private internals of grpcio (its request iterator's `_state`,
-    hence grpcio's bound in pyproject.toml); without them, the end is passed on as it comes."""
+    like the end of its input (which the backend would take as complete, and might commit): a backend
+    call whose caller cancelled is cancelled instead of half-closed (see `calls.cancelled_after_end`)."""
     try:
         yield from requests
     except grpc.RpcError:  # grpcio saw the cancellation first: pass it on (never an exception into gRPC)
         cancel()
         return
-    state = getattr(requests, "_state", None)
-    if state is None:
-        return
-    with state.condition:
-        cancelled = state.condition.wait_for(lambda: state.client is _CANCELLED, _CANCEL_SETTLE)
-    if cancelled:
+    if cancelled_after_end(requests, _CANCEL_SETTLE):
         cancel()
 
 
@@ -341,8 +329,13 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
 
 def returned_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadata:
     """What a backend's initial or trailing metadata passes on to the caller: everything but transport keys
-    (`grpc-*`, `content-type`, HTTP/2's) and keys of ours (`rpc-*`: main's own business)."""
-    return tuple((k, v) for k, v in metadata or () if k not in _NOT_RETURNED and not k.startswith(_HOP_PREFIXES))
+    (`grpc-*` but rich error details, `grpc-status-details-bin`; `content-type`, HTTP/2's) and keys of ours
+    (`rpc-*`: main's own business)."""
+    return tuple(
+        (k, v)
+        for k, v in metadata or ()
+        if k == _DETAILS_KEY or (k not in _NOT_RETURNED and not k.startswith(_HOP_PREFIXES))
+    )
 
 
 def pass_metadata(
