@@ -8,6 +8,7 @@ gRPC stub (which reads gRPC statuses only).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +19,19 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_helper import RpcClient, RpcException, RpcServer, RpcStaticConfig
-from grpc_helper.api import ProxyRegisterRequest, ResultCode
+from grpc_helper import Config, RpcClient, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper.api import (
+    ConfigItemUpdate,
+    ConfigUpdate,
+    Filter,
+    ProxyRegisterRequest,
+    ResultCode,
+    ServerApiVersion,
+)
+from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.calls import cancelled_after_end
 from grpc_helper.errors import RpcTransportError
+from grpc_helper.metadata import RpcMetadata
 from grpc_helper.proxy import forward
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
@@ -345,3 +355,52 @@ class TestMessageSizes:
                 client.echo.echo(EchoRequest(text=f"big:{size}"), timeout=30)
             assert info.value.rc == ResultCode.ERROR_RPC
             assert "RESOURCE_EXHAUSTED" in str(info.value)
+
+
+# --- 6. foreign backends are first-class ---
+
+ITEM = Config("hop-item", "A user item of main", "a")
+
+
+class TestForeignBackend:
+    """The recording backend is a plain grpcio server: no config, log or server service of ours."""
+
+    @pytest.fixture
+    def foreign(self, servers: Servers) -> Iterator[tuple[RpcServer, grpc.Server]]:
+        recorder = Recorder()
+        backend = grpc.server(futures.ThreadPoolExecutor(4))
+        add_EchoServiceServicer_to_server(recorder, backend)
+        port = backend.add_insecure_port("127.0.0.1:0")
+        backend.start()
+        main = servers(0, [echo_descriptor(is_proxy=True)], user_items=[ITEM])
+        main.client.srv.proxy_register(ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=port))
+        try:
+            yield main, backend
+        finally:
+            backend.stop(0)
+
+    def test_config_through_main_skips_it_once_told(
+        self, foreign: tuple[RpcServer, grpc.Server], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        main, _ = foreign
+        config = main.client.config
+        with caplog.at_level(logging.INFO):
+            assert [i.name for i in config.get(Filter()).items] == ["hop-item"]
+            assert config.set(ConfigUpdate(items=[ConfigItemUpdate(name="hop-item", value="b")])).items[0].value == "b"
+            assert config.reset(Filter(names=["hop-item"])).items[0].value == "a"
+            assert config.get(Filter(names=["hop-item"])).items[0].value == "a"
+        told = [r for r in caplog.records if "has no config service" in r.getMessage()]
+        assert len(told) == 1  # once per backend, not per call
+        assert told[0].levelno == logging.INFO
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "Config service" in r.getMessage()]
+
+    def test_a_routed_command_says_the_server_has_no_such_service(self, foreign: tuple[RpcServer, grpc.Server]) -> None:
+        main, _ = foreign
+        stubs = {"srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT)}
+        routed = RpcMetadata(client="hop", route_service="echo")
+        with (
+            RpcClient("127.0.0.1", main.port, stubs, timeout=10, name=routed) as client,
+            pytest.raises(RpcException) as info,
+        ):
+            client.srv.info(Filter())
+        assert "has no RpcServerService service" in str(info.value)

@@ -49,7 +49,7 @@ import grpc
 from grpc_helper.api import Result
 from grpc_helper.auth import caller_metadata, current_identity
 from grpc_helper.calls import VersionRange, cancelled_after_end, error_answer, remaining
-from grpc_helper.errors import rpc_error_to_exception
+from grpc_helper.errors import RpcTransportError, rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
 from grpc_helper.metadata import (
     KEY_API_VERSION,
@@ -191,7 +191,7 @@ class _ForwardSite:
     def __init__(
         self, name: str, method: str, path: str, kind: str, versions: VersionRange, registry: Backends, service: str
     ) -> None:
-        self.name, self.method, self.path, self.kind = name, method, path, kind
+        self.name, self.method, self.path, self.kind, self.service = name, method, path, kind, service
         self.versions, self.registry = versions, registry
         self.response_cls = response_class(service, method)
         self.can_answer = has_result_field(self.response_cls)
@@ -222,6 +222,9 @@ class _ForwardSite:
         error = rpc_error_to_exception(exc, f"proxied call {self.path} to {backend.address}")
         if not context.is_active():  # the caller is gone (cancelled, deadline): nobody to tell
             return b""
+        if error.status is grpc.StatusCode.UNIMPLEMENTED:  # e.g. a routed command to a server that is not ours
+            msg = f"The server at {backend.address} has no {self.service} service (or no {self.method} in it)"
+            error = RpcTransportError(msg, error.status, error.details)
         status = error.status
         if status is grpc.StatusCode.DEADLINE_EXCEEDED or not (results and self.can_answer):
             if status is not grpc.StatusCode.DEADLINE_EXCEEDED:

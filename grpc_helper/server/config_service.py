@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import grpc
+
 from grpc_helper.api import (
     ConfigItem,
     ConfigItemUpdate,
@@ -18,7 +20,7 @@ from grpc_helper.client import RpcClient
 from grpc_helper.config.items import builtin_validator, check_value
 from grpc_helper.config.manager import ConfigManager, check_names
 from grpc_helper.config.static import RpcStaticConfig
-from grpc_helper.errors import RpcException
+from grpc_helper.errors import RpcException, RpcTransportError
 from grpc_helper.limits import check_request, quote, quote_names
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
@@ -37,6 +39,8 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
     (`check_names`), and values the same way for local and remote items (`check_value`).
 
     Each call to a proxied server is bounded by `BACKEND_CONFIG_TIMEOUT` (one attempt, never resent).
+    A server without a config service (UNIMPLEMENTED: not a grpc-helper server) has no items, and is left
+    out of every call (one INFO line names it).
     `get` answers with what the reachable servers have (a WARNING names each unreachable one);
     `set`/`reset` fail with ERROR_RPC naming an unreachable server, before changing anything if it
     was unreachable while items were collected and validated.
@@ -46,6 +50,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         super().__init__()
         self._config = config
         self._proxies = proxies
+        self._no_config: set[tuple[str, int]] = set()  # proxied servers answering UNIMPLEMENTED, told once
 
     def get(self, request: Filter) -> ConfigStatus:
         check_request(request)
@@ -112,11 +117,21 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
             try:
                 with _naming(client):
                     out.append((client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items}))
-            except RpcException as exc:
-                if not skip_unreachable or exc.rc != ResultCode.ERROR_RPC:
+            except RpcTransportError as exc:
+                if exc.status == grpc.StatusCode.UNIMPLEMENTED:  # no config service: a foreign server
+                    self._without_config(client)
+                    continue
+                if not skip_unreachable:
                     raise
                 self.logger.warning("%s: its items are left out", exc)
         return out
+
+    def _without_config(self, client: RpcClient) -> None:
+        """A proxied server without a config service (not a grpc-helper one) has no items: said once."""
+        address = (client.host, client.port)
+        if address not in self._no_config:
+            self._no_config.add(address)
+            self.logger.info("Proxied server %s:%s has no config service: left out of config calls", *address)
 
 
 @contextmanager
@@ -124,6 +139,9 @@ def _naming(client: RpcClient) -> Iterator[None]:
     """Say which proxied server failed: the merge spans several servers."""
     try:
         yield
+    except RpcTransportError as exc:  # keeps its status: UNIMPLEMENTED tells a server without config service
+        where = f"Config service of proxied server {client.host}:{client.port}: {exc}"
+        raise RpcTransportError(where, exc.status, exc.details) from exc
     except RpcException as exc:
         raise RpcException(f"Config service of proxied server {client.host}:{client.port}: {exc}", exc.rc) from exc
 
