@@ -59,7 +59,7 @@ struct Args {
     positional: Vec<String>,
 }
 
-const FLAGS: &[&str] = &["--gzip"];
+const FLAGS: &[&str] = &["--gzip", "--log-calls"];
 
 impl Args {
     fn parse(raw: &[String]) -> Result<Args, Error> {
@@ -295,11 +295,23 @@ fn response(text: String, payload: Vec<u8>, index: u32) -> EchoResponse {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
 
-struct Echo;
+/// `log_calls`: print `{"event":"call","method":M}` as each call starts (to tell replicas' shares apart).
+struct Echo {
+    log_calls: bool,
+}
+
+impl Echo {
+    fn called(&self, method: &str) {
+        if self.log_calls {
+            emit(json!({"event": "call", "method": method}));
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl EchoService for Echo {
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        self.called("echo");
         let mut guard = CancelGuard::new("echo");
         let req = request.into_inner();
         let result = apply(&req.text, &req.payload).await;
@@ -313,6 +325,7 @@ impl EchoService for Echo {
         &self,
         request: Request<EchoRequest>,
     ) -> Result<Response<ResponseStream>, Status> {
+        self.called("repeat");
         let mut guard = CancelGuard::new("repeat");
         let req = request.into_inner();
         let result = apply(&req.text, &req.payload).await;
@@ -339,6 +352,7 @@ impl EchoService for Echo {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<EchoResponse>, Status> {
+        self.called("collect");
         let mut guard = CancelGuard::new("collect");
         let mut input = CollectInput {
             count: 0,
@@ -384,6 +398,7 @@ impl EchoService for Echo {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        self.called("chat");
         let end = request.extensions().get::<InputEnd>().cloned();
         let mut stream = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -644,6 +659,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "main-server-name",
     "token-file",
     "max-message-bytes",
+    "register-timeout-ms",
 ];
 
 async fn server(args: Args) -> Result<(), Error> {
@@ -679,7 +695,10 @@ async fn server(args: Args) -> Result<(), Error> {
         .await;
 
     let max = args.num("max-message-bytes", DEFAULT_MAX_MESSAGE)?;
-    let mut echo = EchoServiceServer::new(Echo).max_decoding_message_size(max);
+    let mut echo = EchoServiceServer::new(Echo {
+        log_calls: args.flag("--log-calls"),
+    })
+    .max_decoding_message_size(max);
     if args.flag("--gzip") {
         echo = echo
             .send_compressed(CompressionEncoding::Gzip)
@@ -714,7 +733,8 @@ async fn server(args: Args) -> Result<(), Error> {
             )?;
             let token = read_token(args.get("token-file"))?;
             let mut client = RpcServerServiceClient::new(main_channel);
-            register(&mut client, &token, &name, &version, &host, port).await?;
+            let patience = Duration::from_millis(args.num("register-timeout-ms", 30_000)?);
+            register(&mut client, &token, &name, &version, &host, port, patience).await?;
             emit(json!({"registered": true}));
             Some((client, token, name, host))
         }
@@ -750,8 +770,10 @@ async fn register(
     version: &str,
     host: &str,
     port: u16,
+    patience: Duration,
 ) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patience;
+    let mut retrying = false;
     loop {
         let message = pb::ProxyRegisterRequest {
             names: vec![name.to_string()],
@@ -774,6 +796,10 @@ async fn register(
                 return Ok(());
             }
             Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                if !retrying {
+                    retrying = true;
+                    eprintln!("tonic-echo: proxy_register: main unavailable ({}), retrying", status.message());
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(status) => return Err(format!("proxy_register failed: {status}").into()),
@@ -1049,7 +1075,7 @@ async fn client(args: Args) -> Result<(), Error> {
 
 const USAGE: &str = "usage: tonic-echo server --port 0 [--bind ADDR] [--register HOST:PORT --name NAME --version V \
 --host HOST] [--tls-cert F --tls-key F [--tls-ca F]] [--main-tls-ca F [--main-cert F --main-key F] \
-[--main-server-name N]] [--token-file F] [--gzip] [--max-message-bytes N]\n       tonic-echo client --target \
+[--main-server-name N]] [--register-timeout-ms N] [--token-file F] [--gzip] [--log-calls] [--max-message-bytes N]\n       tonic-echo client --target \
 HOST:PORT [--tls-ca F [--tls-cert F --tls-key F] [--server-name N]] [--token-file F] [--metadata k=v ...] \
 [--timeout-ms N] [--gzip] [--cancel-after-ms N] [--count N] [--messages N] [--interval-ms N] [--payload-bytes N] \
 [--max-message-bytes N] echo|repeat|collect|chat TEXT";
