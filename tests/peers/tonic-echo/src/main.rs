@@ -798,7 +798,10 @@ async fn register(
             Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
                 if !retrying {
                     retrying = true;
-                    eprintln!("tonic-echo: proxy_register: main unavailable ({}), retrying", status.message());
+                    eprintln!(
+                        "tonic-echo: proxy_register: main unavailable ({}), retrying",
+                        status.message()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
