@@ -4,7 +4,7 @@
 # `cargo build --release --locked`: the versions of the committed Cargo.lock, crates from crates.io only
 # (protoc comes from the protoc-bin-vendored crate unless PROTOC names one); the target folder is
 # tests/peers/tonic-echo/target (git-ignored), so a second build is incremental.
-# Needs cargo (https://rustup.rs); from a clean target, about 3 minutes on 2 cores.
+# Needs cargo (rustup); from nothing (crate downloads included), about 100 s on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEER=tests/peers/tonic-echo
