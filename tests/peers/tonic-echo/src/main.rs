@@ -805,7 +805,14 @@ async fn register(
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(status) => return Err(format!("proxy_register failed: {status}").into()),
+            Err(status) => {
+                let (code, message) = (status.code(), status.message());
+                return Err(format!(
+                    "proxy_register failed: {code:?} (code {}): {message}",
+                    code as i32
+                )
+                .into());
+            }
         }
     }
 }
