@@ -3,26 +3,31 @@ rustls) as a backend registered on main and as a caller through main, plain and 
 balanced by main; main's view of a tonic backend (srv.info, health); and the peer's own features, checked
 peer to peer, that later tests of main's forwarder rely on.
 
-Not tested here (main's forwarder is being built for them): metadata passthrough, gRPC statuses for callers
-that are not 2.x clients, cancellation through main.
+Issue 19 through main with a foreign peer at both ends: metadata both ways, the backend's own status and
+rich details for a caller that is not a grpc-helper client (2.x's shape for ours), cancellation and
+deadlines crossing the hop, errors raised at main, and a gzip answer over the size limit bounded by the
+caller's deadline.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helper import RpcClient, RpcServer
-from grpc_helper.api import Filter, ProxyRegisterRequest
+from grpc_helper import RpcClient, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper.api import Filter, ProxyRegisterRequest, ResultCode
 from grpc_helper.auth import token_hash
 from grpc_helper.pki import CertificateAuthority
+from grpc_helper.proxy import forward
 from grpc_helper.tls import ClientSecurity
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
@@ -412,3 +417,108 @@ class TestPeerToPeer:
     def test_unreachable_target_is_a_status(self) -> None:
         with refusing_port() as port:
             assert peer_call(f"127.0.0.1:{port}", "echo", "hi")["status"] == UNAVAILABLE
+
+
+# --- issue 19 through main, both ways: metadata, statuses, cancellation, bounds ---
+
+
+def peer_event(server: PeerServer, event: str, timeout: float = 10) -> Event:
+    return server.wait_event(lambda e: e.get("event") == event, event, timeout)
+
+
+@pytest.fixture(params=["plain", "mtls"])
+def tonic_behind_main(
+    request: pytest.FixtureRequest, servers: Servers, pki: Pki, tmp_path: Path
+) -> Iterator[tuple[RpcServer, PeerServer, tuple[str, ...], Pki | None]]:
+    """A tonic backend registered on main; the tonic client's arguments to call main; plain or mTLS."""
+    mtls = request.param == "mtls"
+    main = proxy_main(servers, pki.server_config("main") if mtls else None)
+    with peer_server(tmp_path, *(pki.peer_server_args() if mtls else ()), register=main.port) as backend:
+        assert wait_until(lambda: serving_ports(main) == {backend.port}, 10), endpoints(main)
+        yield main, backend, pki.peer_client_args() if mtls else (), pki if mtls else None
+
+
+class TestTonicBothEnds:
+    """tonic client -> main -> tonic backend: main is a transparent hop for a caller that is not ours."""
+
+    def test_metadata_both_ways(self, tonic_behind_main: tuple[RpcServer, PeerServer, tuple[str, ...], Any]) -> None:
+        main, _, args, _ = tonic_behind_main
+        for method in ("echo", "repeat", "collect", "chat"):
+            result = ok(peer_call(f"127.0.0.1:{main.port}", method, "hi", *args))
+            assert PEER_HEADERS.items() <= result["headers"].items(), (method, result)
+            assert PEER_TRAILERS.items() <= result["trailers"].items(), (method, result)
+            assert not [k for k in (*result["headers"], *result["trailers"]) if k.startswith("rpc-")]
+
+    def test_the_backends_own_status_details_and_trailers(
+        self, tonic_behind_main: tuple[RpcServer, PeerServer, tuple[str, ...], Any]
+    ) -> None:
+        main, backend, args, _ = tonic_behind_main
+        through = peer_call(f"127.0.0.1:{main.port}", "echo", "status:5:nope", *args)
+        if not args:  # plain: the very same answer as the backend gives directly
+            direct = peer_call(f"127.0.0.1:{backend.port}", "echo", "status:5:nope")
+            assert (through["status"], through["message"], through["details_b64"]) == (
+                direct["status"], direct["message"], direct["details_b64"])  # fmt: skip
+        assert (through["status"], through["message"]) == (NOT_FOUND, "nope")
+        assert base64.b64decode(through["details_b64"]) == rpc_status(NOT_FOUND, "nope")
+        assert PEER_TRAILERS.items() <= through["trailers"].items()
+
+    def test_a_cancelled_client_stream_is_a_cancellation_at_the_backend(
+        self, tonic_behind_main: tuple[RpcServer, PeerServer, tuple[str, ...], Any]
+    ) -> None:
+        main, backend, args, _ = tonic_behind_main
+        slow = ("--messages", "50", "--interval-ms", "100", "--cancel-after-ms", "400")
+        peer_call(f"127.0.0.1:{main.port}", "collect", "part", *slow, *args)
+        end = peer_event(backend, "collect_end")
+        assert end["how"] != "eof", end  # never taken for a complete input
+        assert 0 < end["count"] < 50
+
+    def test_a_passed_deadline_cancels_the_backend_call(
+        self, tonic_behind_main: tuple[RpcServer, PeerServer, tuple[str, ...], Any]
+    ) -> None:
+        main, backend, args, _ = tonic_behind_main
+        result = peer_call(f"127.0.0.1:{main.port}", "echo", "sleep:5000", "--timeout-ms", "500", *args)
+        assert result["status"] == DEADLINE_EXCEEDED, result
+        peer_event(backend, "cancelled")  # the backend was told at once, not after its 5 s
+
+    def test_a_grpc_helper_client_keeps_2x_shape(
+        self, tonic_behind_main: tuple[RpcServer, PeerServer, tuple[str, ...], Any]
+    ) -> None:
+        main, _, _, pki = tonic_behind_main
+        security = pki.client() if pki is not None else None
+        host = "localhost" if pki is not None else "127.0.0.1"
+        client = RpcClient(host, main.port, ECHO_STUBS, timeout=10, security=security)
+        with client, pytest.raises(RpcException) as info:
+            client.echo.echo(EchoRequest(text="status:5:nope"))
+        assert info.value.rc == ResultCode.ERROR_RPC
+        assert "NOT_FOUND" in str(info.value)
+
+
+def test_a_tonic_caller_gets_plain_statuses_for_mains_own_errors(servers: Servers) -> None:
+    main = proxy_main(servers)
+    RpcStaticConfig.CLIENT_TIMEOUT.update("0.5")  # after the start, which sets every item; restored by conftest
+    result = peer_call(f"127.0.0.1:{main.port}", "echo", "hi")
+    assert result["status"] == UNAVAILABLE, result  # nothing registered
+    assert result["message"].startswith("ERROR_PROXY_UNREGISTERED")
+
+
+def test_a_gzip_answer_over_the_limit_never_outlives_the_deadline(servers: Servers, tmp_path: Path) -> None:
+    """A backend answering gzip-compressed messages over main's size limit: main answers its caller by the
+    caller's deadline, and its forwarding thread is free (grpcio's own receive path can hang past it)."""
+    main = proxy_main(servers)
+    with peer_server(tmp_path, "--gzip", register=main.port) as backend:
+        assert wait_until(lambda: serving_ports(main) == {backend.port}, 10), endpoints(main)
+        with grpc.insecure_channel(f"127.0.0.1:{main.port}") as channel:
+            stub = EchoServiceStub(channel)
+            request = EchoRequest(text=f"big:{6 << 20}", count=1)
+            calls = {
+                "echo": lambda: stub.echo(request, timeout=3),
+                "repeat": lambda: list(stub.repeat(request, timeout=3)),
+            }
+            for method, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+                assert time.monotonic() - started < 5, method
+            assert wait_until(lambda: not forward.IN_FLIGHT, 5)  # no forwarding thread left behind
+            assert stub.echo(EchoRequest(text="after"), timeout=10).text == "after"

@@ -749,6 +749,7 @@ async fn server(args: Args) -> Result<(), Error> {
                 host,
                 port: port as u32,
             }),
+            ..Default::default()
         };
         let forget = client.proxy_forget(with_token(Request::new(filter), &token));
         match tokio::time::timeout(Duration::from_secs(5), forget).await {
@@ -780,6 +781,8 @@ async fn register(
             version: version.to_string(),
             host: host.to_string(),
             port: port as u32,
+            // Fields main's API gains later (new field numbers only) keep their defaults
+            ..Default::default()
         };
         let mut request = with_token(Request::new(message), token);
         request.set_timeout(Duration::from_secs(10));
