@@ -114,8 +114,10 @@ operator_env() {
 }
 
 cli_env() {
-    # One export line: where the CLI finds main (the port Docker picked, when it did), and on the secure
-    # stack the operator's credentials
+    # Where the CLI finds main (the port Docker picked, when it did), and on the secure stack the operator's
+    # credentials; first, the variables a previous stack may have left (a plaintext stack after a secure
+    # one must not keep its TLS settings: every call would fail its handshake)
+    echo "unset GRPC_HELPER_TLS_CA GRPC_HELPER_TLS_CERT GRPC_HELPER_TLS_KEY GRPC_HELPER_TLS_SERVER_NAME GRPC_HELPER_TOKEN_FILE"
     local line="export GRPC_HELPER_HOST=$MAIN_HOST GRPC_HELPER_PORT=$(cat "$STATE/port")"
     if [ -f "$STATE/secure" ]; then line="$line $(operator_env | sed 's/^export //')"; fi
     echo "$line"
@@ -182,10 +184,13 @@ case "${1:-}" in
         ;;
     down)
         if [ "$(mode)" = docker ]; then
-            # echo's replicas keep their workspaces in anonymous volumes: removed with them (a down/up
-            # cycle must not leave volumes behind); main's and notes' named volumes are kept
-            compose rm --stop --force -v echo >/dev/null
-            compose down
+            # Quiet when nothing runs (compose would say its network is not found)
+            if [ -n "$(compose ps -q 2>/dev/null)" ] || docker network inspect "${PROJECT}_default" >/dev/null 2>&1; then
+                # echo's replicas keep their workspaces in anonymous volumes: removed with them (a down/up
+                # cycle must not leave volumes behind); main's and notes' named volumes are kept
+                compose rm --stop --force -v echo >/dev/null
+                compose down
+            fi
             drop_container_secrets
         elif [ -S "$STATE/supervisor.sock" ]; then
             # supervisord stops every program with SIGTERM (graceful shutdown), then exits

@@ -389,3 +389,15 @@ def test_crash_mid_write_never_truncates(tmp_path: Path) -> None:
         data = json.loads(target.read_text())
         assert len(data["big"]) == 200_000
     assert not [p for p in tmp_path.iterdir() if p.name != "config.json" and not p.name.startswith(".config.json.")]
+
+
+def test_setting_a_static_item_says_it_is_static(servers: Servers) -> None:
+    """`config set rpc-client-timeout=5`: unknown to the config service (2.x's code), and said why."""
+    srv = servers(0, [])
+    with pytest.raises(RpcException) as info:
+        srv.client.config.set(ConfigUpdate(items=[ConfigItemUpdate(name="rpc-client-timeout", value="5")]))
+    assert info.value.rc == ResultCode.ERROR_ITEM_UNKNOWN
+    assert "rpc-client-timeout: static, read at start only" in str(info.value)
+    with pytest.raises(RpcException) as info:
+        srv.client.config.reset(Filter(names=["rpc-client-timeout"]))
+    assert "static, read at start only" in str(info.value)

@@ -305,7 +305,7 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "stack: up (docker, mTLS + policy)" in up.stdout
         port = int(up.stdout.rsplit("main on 127.0.0.1:", 1)[1].split()[0])
-        exported = stack_sh("env").stdout.strip().removeprefix("export ")
+        exported = stack_sh("env").stdout.strip().splitlines()[-1].removeprefix("export ")  # after its unset line
         creds = dict(item.split("=", 1) for item in exported.split())
         target = {"GRPC_HELPER_HOST": "127.0.0.1", "GRPC_HELPER_PORT": str(port)}
         assert {k: creds[k] for k in target} == target  # the CLI's target: IPv4, as Docker published it

@@ -52,9 +52,12 @@ def stack(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 def operator_env(env: dict[str, str]) -> dict[str, str]:
     """The variables `stack.sh env` exports (what the README has operators eval)."""
-    out = stack("env", env=env).stdout.strip()
-    assert out.startswith("export "), out
-    return dict(item.split("=", 1) for item in out.removeprefix("export ").split())
+    unset, export = stack("env", env=env).stdout.strip().splitlines()
+    # First, what a previous stack may have set (a plaintext stack after a secure one keeps no TLS variable)
+    assert unset.split()[0] == "unset"
+    assert {"GRPC_HELPER_TLS_CA", "GRPC_HELPER_TOKEN_FILE"} <= set(unset.split()[1:])
+    assert export.startswith("export "), export
+    return dict(item.split("=", 1) for item in export.removeprefix("export ").split())
 
 
 def ctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

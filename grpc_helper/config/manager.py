@@ -163,8 +163,17 @@ class ConfigManager:
             if item is not None:
                 out.append(item)
             elif not ignore_unknown:
-                raise RpcException(f"Unknown config item: {name}", ResultCode.ERROR_ITEM_UNKNOWN)
+                raise self.unknown([name])
         return out
+
+    def unknown(self, names: list[str]) -> RpcException:
+        """The error for config service calls naming items it does not serve: ERROR_ITEM_UNKNOWN (2.x's code),
+        saying which are static items, read at start only (2.x just said unknown)."""
+        static = [n for n in names if n in self.static_items]
+        msg = f"Unknown config item(s): {quote_names(names)}"
+        if static:
+            msg += f" ({quote_names(static)}: static, read at start only: set in a config file or with -c)"
+        return RpcException(msg, ResultCode.ERROR_ITEM_UNKNOWN)
 
     def validate_updates(self, updates: Iterable[tuple[str, str]], *, ignore_unknown: bool) -> list[tuple[Config, str]]:
         """Check every update; returns (item, value) pairs to apply. Nothing is changed.
@@ -176,7 +185,7 @@ class ConfigManager:
         known = [(self.user_items.get(name), name, value) for name, value in updates]
         unknown = [name for item, name, _ in known if item is None]
         if unknown and not ignore_unknown:
-            raise RpcException(f"Unknown config item(s): {quote_names(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+            raise self.unknown(unknown)
         checked = [(item, value) for item, _, value in known if item is not None]
         for item, value in checked:
             item.validate(item.name, value)

@@ -21,7 +21,7 @@ from grpc_helper.config.items import builtin_validator, check_value
 from grpc_helper.config.manager import ConfigManager, check_names
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException, RpcTransportError
-from grpc_helper.limits import check_request, quote, quote_names
+from grpc_helper.limits import check_request, quote
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 
@@ -59,7 +59,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         with self._proxies.config_clients() as clients:
             remote = self._remote_items(clients, names, skip_unreachable=True)
         merged = _merge([local, *(items.values() for _, items in remote)])
-        _check_unknown(names, merged.keys(), ignore_unknown=request.ignore_unknown)
+        _check_unknown(self._config, names, merged.keys(), ignore_unknown=request.ignore_unknown)
         return ConfigStatus(items=list(merged.values()))
 
     def set(self, request: ConfigUpdate) -> ConfigStatus:
@@ -71,7 +71,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
             return ConfigStatus(items=config.set_user(updates, ignore_unknown=request.ignore_unknown))
         with self.lock, self._proxies.config_clients() as clients:
             remote = self._remote_items(clients, names)
-            _check_unknown(names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
+            _check_unknown(config, names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             # Validate everything, everywhere, before anything changes
             local = [(item.name, value) for item, value in config.validate_updates(updates, ignore_unknown=True)]
             for name, value in updates:
@@ -95,7 +95,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
             return ConfigStatus(items=config.reset_user(names, ignore_unknown=request.ignore_unknown))
         with self.lock, self._proxies.config_clients() as clients:
             remote = self._remote_items(clients, names)
-            _check_unknown(names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
+            _check_unknown(config, names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             local = [n for n in names if n in config.user_items]
             out = {i.name: i for i in config.reset_user(local)} if local else {}
             for client, items in remote:
@@ -168,11 +168,11 @@ def _merge(sources: Iterable[Iterable[ConfigItem]]) -> dict[str, ConfigItem]:
     return merged
 
 
-def _check_unknown(names: Iterable[str], found: Iterable[str], *, ignore_unknown: bool) -> None:
+def _check_unknown(config: ConfigManager, names: Iterable[str], found: Iterable[str], *, ignore_unknown: bool) -> None:
     known = set(found)
     unknown = [n for n in names if n not in known]
     if unknown and not ignore_unknown:
-        raise RpcException(f"Unknown config item(s): {quote_names(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+        raise config.unknown(unknown)
 
 
 def _validate_remote(item: ConfigItem, value: str) -> None:
