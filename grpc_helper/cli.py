@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 
 from grpc_helper.config.items import CONFIG_NAME_RE
+from grpc_helper.config.static import RpcStaticConfig
+from grpc_helper.errors import RpcException
 from grpc_helper.folders import Folders
 
 _CONFIG_ARG_RE = re.compile(rf"({CONFIG_NAME_RE.pattern})=(.*)", re.DOTALL)
@@ -66,10 +68,31 @@ class RpcCliParser:
         self._with_rpc = True
         return self
 
-    def parse(self, args: Sequence[str] | None = None) -> argparse.Namespace:
-        """Parse `args` (default: the command line); adds `folders` and a `config` dict."""
+    def parse(self, args: Sequence[str] | None = None, *, exit_on_error: bool = False) -> argparse.Namespace:
+        """Parse `args` (default: the command line); adds `folders` and a `config` dict.
+
+        A `-c` that is not `name=value` raises `argparse.ArgumentTypeError` (2.x's behaviour). With
+        `exit_on_error`, for a program's own command line, it ends the program instead, with one line on stderr
+        and exit code 2 as argparse does for its own options, and so does a value the library's static item of
+        that name refuses (`-c rpc-client-timeout=-1`), which would otherwise stop the server's start."""
         ns = self.parser.parse_args(list(args) if args is not None else None)
         if self._with_rpc:
-            ns.config = dict(_config_arg(a) for a in ns.config)
+            try:
+                ns.config = dict(_config_arg(a) for a in ns.config)
+                if exit_on_error:
+                    _check_static(ns.config)
+            except (argparse.ArgumentTypeError, RpcException) as exc:
+                if not exit_on_error:
+                    raise
+                self.parser.error(str(exc))  # exits (2)
             ns.folders = Folders(ns.system, ns.user, ns.workspace)
         return ns
+
+
+def _check_static(config: dict[str, str]) -> None:
+    """Validate the values given to the library's static items (others are checked when the server starts)."""
+    items = {item.name: item for item in RpcStaticConfig.config_items()}
+    for name, value in config.items():
+        item = items.get(name)
+        if item is not None:
+            item.validate(name, value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -52,10 +51,7 @@ def run_server(
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     cli = RpcCliParser(description, f"{grpc_helper_samples.__title__} {grpc_helper_samples.__version__}")
     cli.with_rpc_args(default_port)
-    try:
-        args = cli.parse(argv)
-    except argparse.ArgumentTypeError as exc:  # bad -c syntax: a usage error (exit code 2)
-        cli.parser.error(str(exc))
+    args = cli.parse(argv, exit_on_error=True)  # a bad -c: one line, a usage error (exit code 2)
     # Handlers installed before the server starts: a SIGTERM while it starts (it is serving, and
     # registered on main, before the constructor returns) must still be a graceful shutdown
     with graceful_exit() as signals:

@@ -84,3 +84,17 @@ def test_folders_unset() -> None:
     assert f.system is None
     assert f.user is None
     assert f.workspace is None
+
+
+@pytest.mark.parametrize(
+    ("arg", "said"),
+    [("foo", "Invalid syntax for config item definition: foo"), ("rpc-client-timeout=-1", "rpc-client-timeout")],
+)
+def test_a_bad_option_is_one_line_and_exit_code_2(arg: str, said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        RpcCliParser("prog").with_rpc_args().parse(["-c", arg], exit_on_error=True)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2  # argparse's usage line, then the error
