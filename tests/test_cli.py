@@ -97,4 +97,4 @@ def test_a_bad_option_is_one_line_and_exit_code_2(arg: str, said: str, capsys: p
     err = capsys.readouterr().err
     assert said in err
     assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 2  # argparse's usage line, then the error
+    assert ": error: " in err.strip().splitlines()[-1]  # argparse's usage, then the error, on one line
