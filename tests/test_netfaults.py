@@ -7,6 +7,9 @@ real programs (main and echo replicas, events listeners); the keepalive settings
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,11 +27,12 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 import netns
-from helpers import Program, wait_until
+from helpers import LISTENING, Program, clean_env, wait_until
 
 pytestmark = pytest.mark.xdist_group("netns")  # one at a time: their timings are what they assert
 
 TAGGED_ECHO = str(Path(__file__).parent / "programs" / "tagged_echo.py")
+PLAIN_ECHO = str(Path(__file__).parent / "programs" / "plain_echo.py")
 STUBS = {
     "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
     "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
@@ -73,6 +77,23 @@ class Topology:
         args = [a for k, v in items.items() for a in ("-c", f"{k}={v}")]
         wrap = ("ip", "netns", "exec", host.namespace)
         return self._start(Program(name, self.root, *args, module=TAGGED_ECHO, wrap=wrap, env={"ECHO_TAG": name}))
+
+    def plain_replica(self, name: str) -> int:
+        """A plain grpcio echo server (no options, no health service: tests/programs/plain_echo.py) on a host of
+        its own, registered on main; returns its port."""
+        host = self.hosts[name] = self.net.host(name)
+        log = self.root / f"{name}-{time.monotonic_ns()}.log"
+        with log.open("w") as stderr:
+            command = [sys.executable, PLAIN_ECHO, host.ip, host.gateway, str(self.main.port), host.ip]
+            host.popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=clean_env())
+
+        def reported() -> re.Match[str] | None:
+            return LISTENING.search(log.read_text())
+
+        assert wait_until(lambda: reported() is not None, 30), f"{name}: no port reported:\n{log.read_text()}"
+        found = reported()
+        assert found is not None
+        return int(found.group(1))
 
     def client(self, *, direct: bool = False) -> RpcClient:
         """A client of main (direct: of the replicas, routes read from main), one attempt and no deadline per
@@ -217,3 +238,25 @@ class TestReplicaBlackHoled:
             assert time.monotonic() - cut <= NOTICED
             topology.hosts["replica1"].heal()
             assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, BACK)
+
+
+class TestForeignBackendBlackHoled:
+    def test_a_plain_grpcio_backend_is_noticed(self, topology: Topology) -> None:
+        """A plain grpcio backend (gRPC's default keepalive enforcement, no health service: main's probes get
+        UNIMPLEMENTED, which counts as reached), black-holed while idle: main shows it not serving within 5 s,
+        and serving again within 10 s of the heal."""
+        topology.plain_replica("plain")
+        ip = topology.hosts["plain"].ip
+        client = topology.client()
+        assert client.echo.echo(EchoRequest(text="x")).payload == b"grpcio"  # reached through main
+        assert wait_until(lambda: topology.endpoints() == {ip: True}, 30)
+        cut = time.monotonic()
+        topology.hosts["plain"].cut()
+        assert wait_until(lambda: not topology.endpoints()[ip], NOTICED + 1)
+        noticed = time.monotonic() - cut
+        assert noticed <= NOTICED, f"main showed the cut endpoint serving for {noticed:.1f}s"
+        healed = time.monotonic()
+        topology.hosts["plain"].heal()
+        assert wait_until(lambda: topology.endpoints()[ip], BACK)
+        assert time.monotonic() - healed <= BACK
+        assert client.echo.echo(EchoRequest(text="x")).payload == b"grpcio"
