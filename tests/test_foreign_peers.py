@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from test_compat_2x import Gen, Procs, gens, procs, samples_2x, venv_2x  # noqa: F401 - fixtures, used by name
 from test_netfaults import Load, success_rate
@@ -156,3 +158,29 @@ def test_no_goaway_from_2x_or_plain_grpcio_backends(
     assert rate == 1.0, f"{rate:.4f} of {len(load.outcomes)} calls succeeded"
     answered = {tag: sum(1 for o in load.outcomes if o.tag == tag) for tag in (PLAIN_TAG, TAG_2X)}
     assert min(answered.values()) >= len(load.outcomes) // 4, f"round robin over both replicas: {answered}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=grpc.RpcError,  # UNAVAILABLE "Too many pings"
+    reason="known flaw, not fixed: an RpcClient's channel (options.Peer.OURS) pings every 2 s while a call is open,"
+    " which only our servers accept: a 2.x or plain grpcio server sends a too_many_pings GOAWAY after ~8 s of"
+    " silence, failing the call (e.g. an EventsListener on a 2.x main: 2.x sends its keepalive events every 60 s)",
+)
+def test_our_client_keeps_a_silent_call_to_a_plain_server(tmp_path: Path, processes: list[Process]) -> None:
+    """A bidirectional stream from our RpcClient to a plain grpcio server, silent for 12 s after its first
+    exchange, then closed by the client: it ends normally, every message answered."""
+    plain = Process(tmp_path, "plain_echo.py", "127.0.0.1")
+    processes.append(plain)
+    port = plain.wait_port()
+    silence = threading.Event()  # never set: waiting on it is the silence, bounded
+
+    def requests() -> Iterator[EchoRequest]:
+        yield EchoRequest(text="first")
+        silence.wait(12)
+        yield EchoRequest(text="last")
+
+    stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+    with RpcClient("127.0.0.1", port, stubs, timeout=None, name="silent") as client:
+        texts = [r.text for r in client.echo.chat(requests(), timeout=30)]
+    assert texts == ["FIRST", "LAST"]

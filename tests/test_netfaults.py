@@ -8,6 +8,7 @@ real programs (main and echo replicas, events listeners); the keepalive settings
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -238,6 +239,42 @@ class TestReplicaBlackHoled:
             assert time.monotonic() - cut <= NOTICED
             topology.hosts["replica1"].heal()
             assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, BACK)
+
+
+class TestReplicaFrozen:
+    def test_a_stopped_replica_under_load(self, topology: Topology) -> None:
+        """Two replicas, one frozen under load through main (SIGSTOP: its kernel still acknowledges every
+        packet, so only an HTTP/2 ping that goes unanswered can tell, as with `docker pause`): main shows it not
+        serving within 5 s, calls issued from 5 s after the freeze succeed (99%), none waits over 10 s, and once
+        resumed (SIGCONT) it serves and gets calls again within 10 s."""
+        replicas = {name: topology.replica(name) for name in ("replica1", "replica2")}
+        ip = {name: topology.hosts[name].ip for name in replicas}
+        assert wait_until(lambda: topology.endpoints() == {ip[n]: True for n in replicas}, 30)
+        load = Load(echo_call(topology.client())).start()
+        frozen = replicas["replica1"].proc
+        try:
+            assert wait_until(lambda: {o.tag for o in load.outcomes} >= set(replicas), 10)
+            stopped = time.monotonic()
+            frozen.send_signal(signal.SIGSTOP)
+            try:
+                assert wait_until(lambda: not topology.endpoints()[ip["replica1"]], NOTICED + 1)
+                noticed = time.monotonic() - stopped
+                assert wait_until(lambda: any(o.issued > stopped + 12 for o in load.outcomes), 20)  # a window
+            finally:
+                frozen.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+            assert wait_until(lambda: topology.endpoints()[ip["replica1"]], BACK)
+            assert wait_until(lambda: first_answer_by(load, "replica1", resumed) is not None, BACK)
+        finally:
+            load.stop()
+        assert noticed <= NOTICED, f"main showed the frozen endpoint serving for {noticed:.1f}s"
+        after = load.since(stopped + 5, resumed)
+        assert success_rate(after) >= 0.99, f"{success_rate(after):.3f} of {len(after)} calls succeeded"
+        longest = max(o.took for o in load.since(stopped))
+        assert longest <= LONGEST_CALL, f"a call issued after the freeze took {longest:.1f}s"
+        back = first_answer_by(load, "replica1", resumed)
+        assert back is not None
+        assert back - resumed <= BACK, f"replica1 answered again {back - resumed:.1f}s after SIGCONT"
 
 
 class TestForeignBackendBlackHoled:

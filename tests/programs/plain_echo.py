@@ -1,11 +1,13 @@
 """A plain grpcio echo server, none of ours: `grpc.server(ThreadPoolExecutor())` with no options at all, so gRPC's
 default keepalive enforcement (a ping without data at most every 5 minutes, 2 strikes, then a `too_many_pings`
-GOAWAY), no health service, registered on a main with a bare `proxy_register` call, as a foreign server would.
+GOAWAY), no health service unless asked, registered on a main with a bare `proxy_register` call, as a foreign
+server would.
 
-Usage: plain_echo.py BIND_HOST [MAIN_HOST MAIN_PORT PROXY_HOST]
-  Serves the echo service on BIND_HOST, port 0, answering `echo` with the tag "grpcio" as the payload (to tell
-  its answers from another replica's); with a main, registers as the "echo" service's endpoint
-  PROXY_HOST:<port> there. Then prints "listening on port <port>" on stderr, and runs until SIGTERM or SIGINT.
+Usage: plain_echo.py [--health] BIND_HOST [MAIN_HOST MAIN_PORT PROXY_HOST]
+  Serves the echo service (with --health, grpcio's standard health service too, SERVING) on BIND_HOST, port 0,
+  answering `echo` with the tag "grpcio" as the payload (to tell its answers from another replica's); with a
+  main, registers as the "echo" service's endpoint PROXY_HOST:<port> there. Then prints "listening on port
+  <port>" on stderr, and runs until SIGTERM or SIGINT.
 """
 
 # ruff: noqa: ARG002 - grpcio servicer methods take (request, context); the context is unused here
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from grpc_helper.api import ProxyRegisterRequest
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
@@ -46,9 +49,13 @@ class PlainEcho(EchoServiceServicer):
 
 
 def main(argv: list[str]) -> int:
+    with_health = argv[:1] == ["--health"]
+    argv = argv[1:] if with_health else argv
     bind = argv[0]
     server = grpc.server(ThreadPoolExecutor())  # no options: gRPC's defaults, enforcement included
     add_EchoServiceServicer_to_server(PlainEcho(), server)  # type: ignore[no-untyped-call]  # generated code
+    if with_health:
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     port = server.add_insecure_port(f"{bind}:0")
     server.start()
     stop = threading.Event()
