@@ -1,6 +1,7 @@
 """The gRPC options of every channel and server of the library, built in one place: reconnection, reading
 streams, balancing, and HTTP/2 keepalive, so that a peer that vanishes (a host lost, a network cut, a
-firewall dropping packets: nothing resets the connection) is noticed within seconds on every hop.
+firewall dropping packets: nothing resets the connection) or freezes (its TCP up, nothing answering) is
+noticed within seconds on every hop.
 
 Keepalive (`rpc-keepalive-time` T, `rpc-keepalive-timeout` W, static items read when a channel or server is
 made): a connection with calls on it pings its peer every T seconds and closes when a ping is not
