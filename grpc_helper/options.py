@@ -1,6 +1,7 @@
 """The gRPC options of every channel and server of the library, built in one place: reconnection, reading
-streams, balancing, message sizes, and HTTP/2 keepalive, so that a peer that vanishes (a host lost, a network cut, a
-firewall dropping packets: nothing resets the connection) is noticed within seconds on every hop.
+streams, balancing, message sizes, and HTTP/2 keepalive, so that a peer that vanishes (a host lost, a
+network cut, a firewall dropping packets: nothing resets the connection) or freezes (its TCP up, nothing
+answering) is noticed within seconds on every hop.
 
 Keepalive (`rpc-keepalive-time` T, `rpc-keepalive-timeout` W, static items read when a channel or server is
 made): a connection with calls on it pings its peer every T seconds and closes when a ping is not
@@ -15,10 +16,19 @@ most one every 5 minutes, with 2 strikes. Two client profiles keep clear of that
   however long it stays silent (an event listener waiting for events). Our servers accept a ping a
   second (`MIN_KEEPALIVE`).
 - `Peer.ANY` (main's channels to its backends, direct mode's to replicas: servers we may not configure,
-  2.x and plain grpcio ones included): at most one ping per message or call the client sends. A ping
-  that follows the client's own data never makes 3 strikes at a default server, and still finds a dead
-  peer under any traffic; a connection left silent is watched by main's bounded health checks instead
-  (see `proxy.backend.Backend.probe`).
+  2.x and plain grpcio ones included): one ping after each message or call the client sends, which finds
+  a dead peer under any traffic; a connection left silent is watched by main's bounded health checks
+  instead (see `proxy.backend.Backend.probe`).
+
+  What a default server counts is pings received while it sent nothing (its strikes are cleared whenever
+  it sends headers or data), and gRPC (1.6x on, no option to turn it off) keeps pinging a call that stays
+  open and silent once a minute after its one ping: a silent stream (gRPC's own health watch on a balanced
+  channel, a quiet proxied stream) earns the third strike after about 3 minutes. So no connection of
+  main's to a backend may stay silent that long: main probes every channel it has to backends, its
+  monitors and its balanced channels alike (`proxy.registry`), and every answer clears the strikes (but an
+  endpoint its health watch says NOT_SERVING gets no probe on a balanced channel). Direct mode's channels
+  have no such probes: a replica that is not ours (not accepting our pings) may GOAWAY a call of theirs
+  that stays silent for minutes, or their health watch when it has one.
 """
 
 from __future__ import annotations
@@ -49,6 +59,15 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def _ping_timeout() -> tuple[str, object]:
+    """How long any ping may wait for its ack: `rpc-keepalive-timeout`. gRPC (1.85) bounds a ping by this
+    option (default: a minute), and by `grpc.keepalive_timeout_ms` only in some cases: without it, a peer
+    whose TCP stays up while nothing answers (a frozen host, `docker pause`, a stopped process: its kernel
+    still acknowledges every packet) went unnoticed for as long as it stayed so (20 s measured; the default
+    is a minute), instead of `keepalive_bound()`. (A network cut was noticed anyway: gRPC's TCP_USER_TIMEOUT.)"""
+    return ("grpc.http2.ping_timeout_ms", _ms(RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val))
+
+
 def keepalive_bound() -> float:
     """Seconds within which a vanished peer is noticed: `rpc-keepalive-time` + `rpc-keepalive-timeout`."""
     return RpcStaticConfig.KEEPALIVE_TIME.float_val + RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val
@@ -74,6 +93,7 @@ def channel_options(peer: Peer, service_config: str | None = None) -> list[tuple
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
         ("grpc.keepalive_time_ms", _ms(RpcStaticConfig.KEEPALIVE_TIME.float_val)),
         ("grpc.keepalive_timeout_ms", _ms(RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val)),
+        _ping_timeout(),
         # Idle connections (no call) are not pinged: a call sent on a dead one is, at once
         ("grpc.keepalive_permit_without_calls", 0),
         # 0: no limit to the pings without data sent (OURS); 1: one per message sent (ANY)
@@ -94,6 +114,7 @@ def server_options() -> list[tuple[str, object]]:
         # noticed, its streams end, its resources are freed
         ("grpc.keepalive_time_ms", _ms(RpcStaticConfig.KEEPALIVE_TIME.float_val)),
         ("grpc.keepalive_timeout_ms", _ms(RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val)),
+        _ping_timeout(),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # Accept our clients' pings, idle or not, down to one a second; faster ones still get gRPC's strikes

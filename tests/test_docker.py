@@ -472,3 +472,90 @@ def test_a_fatal_program_ends_the_container(tmp_path: Path) -> None:
         assert "echo went FATAL" in logs.stdout + logs.stderr
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+def _rx_bytes(container: str) -> int:
+    """Bytes a container received on eth0, read from the host (its /proc/<pid>/net/dev): works while paused."""
+    pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True, text=True)
+    for line in Path(f"/proc/{int(pid.stdout)}/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "eth0":
+            return int(counters.split()[0])
+    raise AssertionError(f"no eth0 in container {container}")
+
+
+def test_a_paused_replica_under_load(stack: Stack) -> None:  # noqa: ARG001 - the image
+    """`docker pause` of one of two echo replicas under steady load through main: a frozen host, whose kernel
+    keeps its TCP connections (and accepts new ones) while nothing answers. Calls issued from 5 s after the
+    pause succeed (99%, each bounded by a 10 s deadline); after `docker unpause` main shows it serving within
+    10 s and it gets calls again (its received bytes grow by many payloads: probes carry none)."""
+    paused_stack = Stack("ghp")
+    payload = b"p" * 4096  # echo calls are the only traffic this large: they tell the replica gets calls
+    concurrency, stop, lock = 4, threading.Event(), threading.Lock()
+    outcomes: list[tuple[float, bool, float]] = []  # (sent, ok, took)
+    paused = ""
+    try:
+        paused_stack.compose("up", "-d", "--no-build", "--scale", "echo=2")
+
+        def serving() -> dict[str, bool]:
+            with paused_stack.main_client() as c:
+                endpoints = c.srv.info(Filter(names=["echo"]), timeout=5).items[0].endpoints
+                return {e.host: e.serving for e in endpoints}
+
+        wait_for(lambda: list(serving().values()) == [True, True], 180, "2 echo replicas serving")
+        port = paused_stack.port
+
+        def load() -> None:
+            deadline = time.monotonic() + 180  # bounded whatever happens to the test thread
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = EchoServiceStub(channel)
+                while not stop.is_set() and time.monotonic() < deadline:
+                    sent = time.monotonic()
+                    try:
+                        ok = stub.echo(EchoRequest(text="x", payload=payload), timeout=10).r.code == ResultCode.OK
+                    except grpc.RpcError:  # e.g. DEADLINE_EXCEEDED: a failure like any other
+                        ok = False
+                    with lock:
+                        outcomes.append((sent, ok, time.monotonic() - sent))
+
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: len(outcomes) > 100, 60, "steady load through main")
+            paused = paused_stack.compose("ps", "-q", "echo").stdout.split()[0]
+            ip = subprocess.run(
+                ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", paused],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            assert ip in serving(), (ip, serving())
+            subprocess.run(["docker", "pause", paused], check=True, capture_output=True, timeout=60)
+            paused_at = time.monotonic()
+            wait_for(lambda: not serving()[ip], 10, "main showing the paused replica not serving")
+            # A window of calls issued from 5 s to 15 s after the pause (the last one issued marks its end)
+            wait_for(lambda: any(o[0] > paused_at + 15 for o in outcomes), 30, "calls 15 s after the pause")
+            victim, before = paused, _rx_bytes(paused)
+            subprocess.run(["docker", "unpause", paused], check=True, capture_output=True, timeout=60)
+            unpaused_at = time.monotonic()
+            paused = ""
+            wait_for(lambda: serving()[ip], 10, "the unpaused replica serving again")
+            back = time.monotonic() - unpaused_at
+            wait_for(lambda: _rx_bytes(victim) - before > 50 * len(payload), 10, "calls reaching the replica")
+            wait_for(lambda: sum(1 for o in outcomes if o[0] > unpaused_at) > 100, 30, "load after the unpause")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+    finally:
+        if paused:  # never leave a frozen container behind (Docker won't stop one)
+            subprocess.run(["docker", "unpause", paused], capture_output=True, timeout=60)
+        paused_stack.compose("down", "-v", check=False)
+    assert back <= 10, f"serving again {back:.1f}s after the unpause"
+    timeline = [(round(o[0] - paused_at, 1), o[1], round(o[2], 1)) for o in outcomes if o[0] >= paused_at]
+    late = [ok for sent, ok, _ in outcomes if paused_at + 5 <= sent <= unpaused_at]
+    assert len(late) > 100, f"too few calls during the pause: {timeline[:200]}"
+    rate = sum(late) / len(late)
+    assert rate >= 0.99, f"{rate:.3f} of {len(late)} calls issued 5 s after the pause succeeded"
+    after = [ok for sent, ok, _ in outcomes if sent > unpaused_at]
+    assert sum(after) / len(after) >= 0.99, f"{sum(after)} of {len(after)} calls after the unpause succeeded"

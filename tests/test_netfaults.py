@@ -7,6 +7,8 @@ real programs (main and echo replicas, events listeners); the keepalive settings
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -29,11 +31,12 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 import netns
-from helpers import Program, clean_env, event, wait_until
+from helpers import LISTENING, Program, clean_env, event, wait_until
 
 pytestmark = pytest.mark.xdist_group("netns")  # one at a time: their timings are what they assert
 
 TAGGED_ECHO = str(Path(__file__).parent / "programs" / "tagged_echo.py")
+PLAIN_ECHO = str(Path(__file__).parent / "programs" / "plain_echo.py")
 STUBS = {
     "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT),
     "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
@@ -79,6 +82,23 @@ class Topology:
         args = [a for k, v in items.items() for a in ("-c", f"{k}={v}")]
         wrap = ("ip", "netns", "exec", host.namespace)
         return self._start(Program(name, self.root, *args, module=TAGGED_ECHO, wrap=wrap, env={"ECHO_TAG": name}))
+
+    def plain_replica(self, name: str) -> int:
+        """A plain grpcio echo server (no options, no health service: tests/programs/plain_echo.py) on a host of
+        its own, registered on main; returns its port."""
+        host = self.hosts[name] = self.net.host(name)
+        log = self.root / f"{name}-{time.monotonic_ns()}.log"
+        with log.open("w") as stderr:
+            command = [sys.executable, PLAIN_ECHO, host.ip, host.gateway, str(self.main.port), host.ip]
+            host.popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=clean_env())
+
+        def reported() -> re.Match[str] | None:
+            return LISTENING.search(log.read_text())
+
+        assert wait_until(lambda: reported() is not None, 30), f"{name}: no port reported:\n{log.read_text()}"
+        found = reported()
+        assert found is not None
+        return int(found.group(1))
 
     def client(self, *, direct: bool = False) -> RpcClient:
         """A client of main (direct: of the replicas, routes read from main), one attempt and no deadline per
@@ -312,3 +332,61 @@ def main_saw_listener_leave(main: Program) -> float | None:
 
 def missing(output: Lines, sent: list[tuple[float, int]]) -> str:
     return f"events never received: {[n for _, n in sent if output.first(f'TICK n={n}') is None]}"
+
+
+class TestReplicaFrozen:
+    def test_a_stopped_replica_under_load(self, topology: Topology) -> None:
+        """Two replicas, one frozen under load through main (SIGSTOP: its kernel still acknowledges every
+        packet, so only an HTTP/2 ping that goes unanswered can tell, as with `docker pause`): main shows it not
+        serving within 5 s, calls issued from 5 s after the freeze succeed (99%), none waits over 10 s, and once
+        resumed (SIGCONT) it serves and gets calls again within 10 s."""
+        replicas = {name: topology.replica(name) for name in ("replica1", "replica2")}
+        ip = {name: topology.hosts[name].ip for name in replicas}
+        assert wait_until(lambda: topology.endpoints() == {ip[n]: True for n in replicas}, 30)
+        load = Load(echo_call(topology.client())).start()
+        frozen = replicas["replica1"].proc
+        try:
+            assert wait_until(lambda: {o.tag for o in load.outcomes} >= set(replicas), 10)
+            stopped = time.monotonic()
+            frozen.send_signal(signal.SIGSTOP)
+            try:
+                assert wait_until(lambda: not topology.endpoints()[ip["replica1"]], NOTICED + 1)
+                noticed = time.monotonic() - stopped
+                assert wait_until(lambda: any(o.issued > stopped + 12 for o in load.outcomes), 20)  # a window
+            finally:
+                frozen.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+            assert wait_until(lambda: topology.endpoints()[ip["replica1"]], BACK)
+            assert wait_until(lambda: first_answer_by(load, "replica1", resumed) is not None, BACK)
+        finally:
+            load.stop()
+        assert noticed <= NOTICED, f"main showed the frozen endpoint serving for {noticed:.1f}s"
+        after = load.since(stopped + 5, resumed)
+        assert success_rate(after) >= 0.99, f"{success_rate(after):.3f} of {len(after)} calls succeeded"
+        longest = max(o.took for o in load.since(stopped))
+        assert longest <= LONGEST_CALL, f"a call issued after the freeze took {longest:.1f}s"
+        back = first_answer_by(load, "replica1", resumed)
+        assert back is not None
+        assert back - resumed <= BACK, f"replica1 answered again {back - resumed:.1f}s after SIGCONT"
+
+
+class TestForeignBackendBlackHoled:
+    def test_a_plain_grpcio_backend_is_noticed(self, topology: Topology) -> None:
+        """A plain grpcio backend (gRPC's default keepalive enforcement, no health service: main's probes get
+        UNIMPLEMENTED, which counts as reached), black-holed while idle: main shows it not serving within 5 s,
+        and serving again within 10 s of the heal."""
+        topology.plain_replica("plain")
+        ip = topology.hosts["plain"].ip
+        client = topology.client()
+        assert client.echo.echo(EchoRequest(text="x")).payload == b"grpcio"  # reached through main
+        assert wait_until(lambda: topology.endpoints() == {ip: True}, 30)
+        cut = time.monotonic()
+        topology.hosts["plain"].cut()
+        assert wait_until(lambda: not topology.endpoints()[ip], NOTICED + 1)
+        noticed = time.monotonic() - cut
+        assert noticed <= NOTICED, f"main showed the cut endpoint serving for {noticed:.1f}s"
+        healed = time.monotonic()
+        topology.hosts["plain"].heal()
+        assert wait_until(lambda: topology.endpoints()[ip], BACK)
+        assert time.monotonic() - healed <= BACK
+        assert client.echo.echo(EchoRequest(text="x")).payload == b"grpcio"

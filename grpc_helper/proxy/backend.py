@@ -93,21 +93,25 @@ class Backend:
             self._methods[key] = callable_
         return callable_
 
-    def probe(self) -> None:
+    def probe(self, *, record: bool = True) -> None:
         """Start a bounded health check (one `Health.Check`, deadline `rpc-keepalive-timeout`) unless one
-        is in flight or started less than `PROBE_PERIOD` ago; its outcome lands in `reached`.
+        is in flight or started less than `PROBE_PERIOD` ago; its outcome lands in `reached` (with `record`).
 
         Why, on top of keepalive: a monitor channel carries nothing but gRPC's health watch, a stream that
         stays silent while the health does not change, and main pings servers it may not configure only
         after sending them something (`options.Peer.ANY`). The check is that something, and it notices a
-        server that vanished by itself: no answer within its deadline."""
+        server that vanished by itself: no answer within its deadline. Its answer is something from the
+        server too, which is what keeps a silent stream's pings from striking at a server with gRPC's
+        default enforcement: on a balanced channel of several servers (whose connections are its own, not
+        its monitors'), probes without `record` do just that, one server after the other (round robin)."""
         now = time.monotonic()
         if self._closed or (self._probe is not None and not self._probe.done()) or now - self._probed < PROBE_PERIOD:
             return
         self._probed = now
         timeout = RpcStaticConfig.KEEPALIVE_TIMEOUT.float_val
         self._probe = self.method("unary_unary", _PROBE_PATH).future(b"", timeout=timeout)  # type: ignore[attr-defined]
-        self._probe.add_done_callback(self._probed_done)
+        if record:
+            self._probe.add_done_callback(self._probed_done)
 
     def _probed_done(self, future: grpc.Future) -> None:  # type: ignore[type-arg]
         if future.cancelled():

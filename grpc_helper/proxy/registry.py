@@ -158,7 +158,9 @@ class ProxyRegistry:
     connected and serving), NOT_SERVING while none is, and when unregistered. One thread reads the
     channels' states (gRPC does the health checking) every `_WATCH_PERIOD`, and has each endpoint's
     monitor answer a bounded health check every second (`Backend.probe`): an endpoint that vanished
-    without a reset is not serving within `rpc-keepalive-timeout` + 1 s.
+    without a reset is not serving within `rpc-keepalive-timeout` + 1 s. A balanced channel of several
+    endpoints is probed too, unrecorded: every connection of main's gets an answer from its server now and
+    then, so that no server with gRPC's default ping enforcement ever strikes (see `options`).
     """
 
     def __init__(
@@ -542,6 +544,8 @@ class ProxyRegistry:
                 down.remove(max(down, key=lambda d: d[0]))  # all down: keep the one seen serving last
             stale.extend((name, target) for _, target in down)
             backend = self._channel(name, endpoints)
+            if len(endpoints) > 1:  # its connections are not its monitors': the same traffic on them
+                backend.probe(record=False)
             _update(backend)
             serving = backend.serving is not False  # unknown yet: as registered
             if serving != self._serving.get(name):
