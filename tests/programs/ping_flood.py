@@ -1,5 +1,5 @@
 """A client that pings far too often for a server with gRPC's default keepalive enforcement: the negative control of
-the `too_many_pings` detector (tests/test_foreign_peers.py). A keepalive ping every second, with or without calls
+the `too_many_pings` detector (tests/test_unconfigured_peers.py). A keepalive ping every second, with or without calls
 or data: such a server answers the third with a `too_many_pings` GOAWAY, which gRPC logs on this process's stderr.
 
 Usage: ping_flood.py HOST:PORT SECONDS   (one call to connect, then idle pings for SECONDS)
