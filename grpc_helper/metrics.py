@@ -1,11 +1,11 @@
-"""Prometheus metrics of a process: the families every server, main's proxy, clients and the events service
-update, and their exposition over HTTP(S).
+"""Prometheus metrics of a process: the families every server and its clients update, and their exposition
+over HTTP(S). (Main's per-endpoint upstream view and the events service's families are not measured yet:
+issue 22.)
 
 One registry per process (prometheus_client's default `REGISTRY`, which also holds its process and
 platform collectors): several servers in one process share the families, and their calls add up.
 Label values are bounded by construction: a method's labels are bound when it is registered (never from
-what a caller sends), gRPC and `Result` codes are enums (a code `ResultCode` does not name is `other`),
-and main's endpoints are the registered ones.
+what a caller sends), gRPC and `Result` codes are enums (a code `ResultCode` does not name is `other`).
 
 The hot path stays cheap: a method's labelled children are looked up once, at registration
 (`MethodMetrics`), so a call costs a few `inc()`/`observe()` on objects it already holds.
@@ -79,38 +79,6 @@ RESULTS = _family(
     (*_CALL, "code"),
 )
 
-# --- main's proxy, per proxied service (its gRPC name) and registered endpoint (host:port) ---
-_UPSTREAM = ("grpc_service", "endpoint")
-UPSTREAM_DURATION = _family(
-    Histogram,
-    "grpc_helper_proxy_upstream_call_duration_seconds",
-    "Duration of calls forwarded to a backend, per service and endpoint",
-    _UPSTREAM,
-    buckets=DURATION_BUCKETS,
-)
-UPSTREAM_FAILURES = _family(
-    Counter,
-    "grpc_helper_proxy_upstream_failures",
-    "Forwarded calls that failed at their backend, per service, endpoint and gRPC status",
-    (*_UPSTREAM, "grpc_status"),
-)
-ENDPOINT_SERVING = _family(
-    Gauge,
-    "grpc_helper_proxy_endpoint_serving",
-    "1 if the registered endpoint is serving (its channel ready), 0 if not",
-    _UPSTREAM,
-)
-ENDPOINTS = _family(Gauge, "grpc_helper_proxy_endpoints", "Endpoints registered, per proxied service", ("service",))
-ENDPOINTS_FORGOTTEN = _family(
-    Counter,
-    "grpc_helper_proxy_endpoints_forgotten",
-    "Endpoints forgotten because they had not served for rpc-proxy-stale-timeout, per proxied service",
-    ("service",),
-)
-WAITING = _family(
-    Gauge, "grpc_helper_proxy_calls_waiting", "Calls waiting for a connected backend, per proxied service", ("service",)
-)
-
 # --- clients (RpcClient) ---
 CLIENT_DURATION = _family(
     Histogram,
@@ -120,23 +88,6 @@ CLIENT_DURATION = _family(
     buckets=DURATION_BUCKETS,
 )
 CLIENT_RETRIES = _family(Counter, "grpc_helper_client_retries", "RpcClient retries (attempts after the first)", _CALL)
-
-# --- events ---
-EVENT_QUEUES = _family(
-    Gauge, "grpc_helper_event_queues", "Event queues, live (a listener attached) or retained", ("state",)
-)
-EVENT_LISTENERS = _family(Gauge, "grpc_helper_event_listeners", "Listeners connected to the events service")
-EVENTS_SENT = _family(Counter, "grpc_helper_events_sent", "Events sent (one per event, whatever its listeners)")
-EVENTS_DELIVERED = _family(Counter, "grpc_helper_events_delivered", "Events delivered to listeners (one per listener)")
-EVENT_BYTES_RETAINED = _family(
-    Gauge, "grpc_helper_event_retained_bytes", "Bytes of events (serialized) kept by retained queues"
-)
-EVENTS_DROPPED = _family(
-    Counter,
-    "grpc_helper_events_dropped",
-    "Events dropped by a bound (rpc-event-queue-max*, rpc-event-max-retained*)",
-    ("bound",),
-)
 
 # --- security and limits ---
 REFUSALS = _family(

@@ -63,8 +63,6 @@ from grpc_helper.threads import IdlePool
 from grpc_helper.tls import PLAINTEXT, SELF_NAME, ClientSecurity, ServerTls, backend_name, resolve
 
 _log = logging.getLogger("grpc_helper.server")
-# The RpcClients of a server's process are measured (the operator CLI's are not: see client.METERS)
-client_module.METERS = metrics.ClientMethodMetrics
 
 # Logger names of the default managers: those of grpc-helper 2.x (named after its manager classes),
 # which existing loggers.json files and `log.set` calls address
@@ -366,8 +364,10 @@ class RpcServer:
                 elif method in _CONTROL_METHODS.get(d.name, ()):
                     run_on(behavior, self._control)
                 handlers[method] = make_handler(original, behavior)
-        # Every registered method is measured (its labels bound here, once); forwarded bytes have no `Result`
-        handlers = {m: metrics.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
+        if RpcStaticConfig.METRICS_PORT.int_val > 0:
+            # Every registered method is measured (its labels bound here, once); forwarded bytes have no `Result`.
+            # Without a metrics port nothing reads them: nothing is paid
+            handlers = {m: metrics.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -433,6 +433,9 @@ class RpcServer:
         port = RpcStaticConfig.METRICS_PORT.int_val
         if port <= 0:
             return
+        # The RpcClients of the process made from now on are measured too (the operator CLI's never are: it
+        # stays a light probe, without prometheus_client; see client.METERS)
+        client_module.METERS = metrics.ClientMethodMetrics
         tls = self.tls.exposition() if self.tls is not None else None
         try:
             self._metrics = metrics.expose(RpcStaticConfig.BIND_ADDRESS.str_val, port, tls)
