@@ -57,6 +57,9 @@ class Target:
 TARGETS = [
     Target("helper unary", "raw unary", 0.95, p99_ratio=1.2),
     Target("helper stream", "raw stream", 0.95, p99_ratio=1.2),
+    # Metrics measured and served (rpc-metrics-port, the reference stack's setting): issue 22 asks the same
+    Target("metrics unary", "raw unary", 0.95, p99_ratio=1.2),
+    Target("metrics stream", "raw stream", 0.95, p99_ratio=1.2),
     Target("proxied unary", "raw unary", 0.6, p99_ratio=2.0),
     Target("proxied stream", "raw stream", 0.6),
     Target("direct unary", "raw unary", 0.9, p99_ratio=1.2),
@@ -114,6 +117,7 @@ def echo_variants(groups: list[str], workload: str, extra: bool) -> list[Variant
     variants: list[Variant] = [("raw", "raw", ("raw",))]
     if "core" in groups:
         variants.append(("helper", "helper", ("helper",)))
+        variants.append(("metrics", "helper", ("helper-metrics",)))
     if "proxy" in groups:
         variants.append(("proxied", "helper", ("proxy", "backend")))
         variants.append(("direct", "direct", ("proxy", "backend")))  # given main, calls the backend
@@ -178,6 +182,7 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw2": ("raw", ()),
     "raw3": ("raw", ()),
     "helper": ("helper", ()),
+    "helper-metrics": ("helper-metrics", ()),
     "backend": ("helper", ()),
     "backend2": ("helper", ()),
     "backend3": ("helper", ()),
@@ -190,7 +195,7 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aioevents": ("aioevents", ()),
 }
 GROUP_SERVERS = {
-    "core": {"helper"},
+    "core": {"helper", "helper-metrics"},
     "proxy": {"backend", "proxy"},
     "replicas": {"raw2", "raw3", "backend", "backend2", "backend3", "proxy3"},
     "fanout": {"events"},

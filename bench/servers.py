@@ -4,6 +4,7 @@ Kinds:
 - `raw`: what a plain grpcio user writes, `grpc.server(ThreadPoolExecutor(30))` + the generated
   `add_EchoServiceServicer_to_server` with a plain servicer;
 - `helper`: `RpcServer` serving the same echo service through an `RpcManager`;
+- `helper-metrics`: the same with its Prometheus metrics measured and served (`rpc-metrics-port`);
 - `proxy`: a main `RpcServer` proxying `echo` (descriptor `is_proxy=True`) to the `helper`
   server whose port is given, registered with `srv.proxy_register`;
 - `events`: `RpcServer(with_events=True)`;
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing as mp
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent import futures
@@ -46,7 +48,7 @@ from grpc_helper_samples.api.echo_pb2_grpc import (
     add_EchoServiceServicer_to_server,
 )
 
-KINDS = ("raw", "helper", "proxy", "events", "rawproxy", "rawevents", "aioproxy", "aioevents")
+KINDS = ("raw", "helper", "helper-metrics", "proxy", "events", "rawproxy", "rawevents", "aioproxy", "aioevents")
 
 
 class RawEcho(EchoServiceServicer):
@@ -223,6 +225,13 @@ async def _serve_aio(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]
     await server.stop(0)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def _serve(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
     """Child process body: start a server of `kind`, report its port, serve until `stop` is set."""
     if kind in ("aioproxy", "aioevents"):
@@ -244,6 +253,9 @@ def _serve(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
         return
     config = secure.server_config()  # TLS and a policy when run by bench/security.py
     if kind == "helper":
+        srv = RpcServer(0, [echo_descriptor()], cli_config=config, with_debug_signal=False)
+    elif kind == "helper-metrics":  # the reference stack's setting: metrics measured and served
+        config = {**config, "rpc-metrics-port": str(_free_port())}
         srv = RpcServer(0, [echo_descriptor()], cli_config=config, with_debug_signal=False)
     elif kind == "proxy":
         srv = RpcServer(0, [echo_descriptor(is_proxy=True)], cli_config=config, with_debug_signal=False)

@@ -40,6 +40,7 @@ from urllib.parse import quote, unquote
 
 import grpc
 
+from grpc_helper import metrics
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import AccessDenied, RpcException
 from grpc_helper.generated import Handler, kind_of, make_handler
@@ -330,7 +331,9 @@ class Authorizer(grpc.ServerInterceptor):
             policy = self._load()
         except RpcException as exc:
             self._logger.error("Keeping the previous authorization policy: %s", exc)
+            metrics.reloaded("policy", ok=False)
             return False
+        metrics.reloaded("policy", ok=True)
         self.policy = policy  # one assignment: each call reads the policy once, whole
         self._logger.warning("Authorization policy %s reloaded: %d identities", self.path, len(policy))
         return True
@@ -412,6 +415,7 @@ class Authorizer(grpc.ServerInterceptor):
         self, code: grpc.StatusCode, path: str, identity: Identity | None, why: str
     ) -> tuple[grpc.StatusCode, str]:
         self.refused += 1
+        metrics.refused(code)
         who = f"{identity.name} (role {identity.role})" if identity is not None else "an unidentified caller"
         if identity is not None and identity.via is not None:
             who += f" through {identity.via}"

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 # grpcio private internal (hence grpcio's bound in pyproject.toml): the state of a call its client cancelled
 from grpc._server import _CANCELLED
 
+from grpc_helper import metrics
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.config.static import RpcStaticConfig, bool_value
 from grpc_helper.errors import AccessDenied, RpcException, rc_name, result_from_exception, result_status
@@ -306,6 +307,7 @@ class CallSite:
         `AccessDenied` aborts the call with PERMISSION_DENIED instead."""
         if isinstance(exc, AccessDenied):
             self.logger.info("Refused %s: PERMISSION_DENIED, %s", self.path, exc)
+            metrics.refused(grpc.StatusCode.PERMISSION_DENIED)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         if isinstance(exc, RpcException):
             self.logger.warning("%s failed: %s (%s)", self.path, exc, rc_name(exc.rc))

@@ -140,3 +140,8 @@ def _check(cert: PemFile, key: PemFile, ca: PemFile | None, previous: bytes | No
         if missing:
             names = ", ".join(sorted(missing))
             raise cert.refused(f"it no longer names {names}, which the certificate in use does (peers may verify them)")
+
+
+def not_after(cert: bytes) -> float:
+    """The end of validity of a PEM chain's first certificate (its leaf), as Unix time."""
+    return x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()

@@ -17,7 +17,7 @@ from grpc_helper.api import Filter, ResultCode, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
 from grpc_helper.balancing import SERVICE_CONFIG, Address, channel_target
-from grpc_helper.errors import PlaintextTokenError, RpcException, rpc_error_to_exception
+from grpc_helper.errors import PlaintextTokenError, RpcException, RpcTransportError, rpc_error_to_exception
 from grpc_helper.generated import MethodSpec, path_has_result, stub_methods
 from grpc_helper.metadata import KEY_API_VERSION, Metadata, RpcMetadata
 from grpc_helper.options import Peer, channel_options
@@ -313,6 +313,51 @@ class RpcClient:
         return multicallable
 
 
+class ClientMeter(Protocol):
+    """What measures an `RpcClient` method's calls (`grpc_helper.metrics.ClientMethodMetrics`)."""
+
+    def retried(self) -> None:
+        """One more attempt after the first."""
+
+    def done(self, start: float, code: grpc.StatusCode) -> None:
+        """A call begun at `start` (time.monotonic()) ended with `code`."""
+
+
+# Makes the meter of a method (by its path), set by the server module: clients of a server's process are
+# measured; the operator CLI's are not, and it never imports prometheus_client (it stays a light probe)
+METERS: Callable[[str], ClientMeter] | None = None
+
+
+def _measured(meter: ClientMeter | None, attempt: Callable[[float | None], T]) -> Callable[[float | None], T]:
+    """A retry's `attempt` counted as one on `meter`."""
+    if meter is None:
+        return attempt
+
+    def counted(left: float | None) -> T:
+        meter.retried()
+        return attempt(left)
+
+    return counted
+
+
+def _timed(meter: ClientMeter | None, call: Callable[[], T]) -> T:
+    """`call()`, its duration and final status recorded on `meter`."""
+    if meter is None:
+        return call()
+    start = monotonic()
+    code = grpc.StatusCode.OK
+    try:
+        return call()
+    except RpcTransportError as exc:
+        code = exc.status
+        raise
+    except BaseException:
+        code = grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        meter.done(start, code)
+
+
 # Each factory below returns (the method, its rebinder). The method calls a multi-callable held in a
 # closure cell, which the rebinder points at the client's current channel: close() swaps the
 # channel at no cost per call. (`check`: raise for a response's non-OK `Result`.)
@@ -322,21 +367,24 @@ _Bound: TypeAlias = tuple[Callable[..., Any], Callable[[], None]]
 def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
     call = client._multicallable(spec, stub)
     path = spec.path
+    meter = METERS(path) if METERS is not None else None
 
     def rebind() -> None:
         nonlocal call
         call = client._multicallable(spec, stub)
 
-    def unary(request: Message, timeout: float | None = None) -> Any:
+    def attempts(request: Message, timeout: float | None) -> Any:
         started = monotonic()
         try:
             # The client's timeout is the call's deadline unless it has its own (see RpcClient)
-            response = call(request, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
+            return call(request, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as exc:
             # `call` read at each attempt: a retry goes where the routes now point (direct mode)
-            response = client._retry(
-                lambda left: call(request, timeout=left, metadata=metadata), exc, path, timeout, started
-            )
+            again = _measured(meter, lambda left: call(request, timeout=left, metadata=metadata))
+            return client._retry(again, exc, path, timeout, started)
+
+    def unary(request: Message, timeout: float | None = None) -> Any:
+        response = attempts(request, timeout) if meter is None else _timed(meter, lambda: attempts(request, timeout))
         if check:
             client._raise_for(response)
         return response
@@ -347,22 +395,25 @@ def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub:
 def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
     call = client._multicallable(spec, stub)
     path = spec.path
+    meter = METERS(path) if METERS is not None else None
 
     def rebind() -> None:
         nonlocal call
         call = client._multicallable(spec, stub)
 
-    def client_stream(requests: Iterable[Message], timeout: float | None = None) -> Any:
+    def attempts(requests: Iterable[Message], timeout: float | None) -> Any:
         tracked = _TrackedIterator(requests)
         started = monotonic()
         try:
-            response = call(tracked, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
+            return call(tracked, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as exc:
             if tracked.started:  # can't replay a consumed request stream
                 raise rpc_error_to_exception(exc, path) from exc
-            response = client._retry(
-                lambda left: call(tracked, timeout=left, metadata=metadata), exc, path, timeout, started
-            )
+            again = _measured(meter, lambda left: call(tracked, timeout=left, metadata=metadata))
+            return client._retry(again, exc, path, timeout, started)
+
+    def client_stream(requests: Iterable[Message], timeout: float | None = None) -> Any:
+        response = _timed(meter, lambda: attempts(requests, timeout))
         if check:
             client._raise_for(response)
         return response

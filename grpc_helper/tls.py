@@ -17,12 +17,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from grpc_helper.api import ResultCode
 from grpc_helper.config.static import CLIENT_AUTH_MODES, RpcStaticConfig
 from grpc_helper.errors import PlaintextTokenError, RpcException
+
+if TYPE_CHECKING:
+    from grpc_helper.metrics import ExpositionTls
 
 _log = logging.getLogger("grpc_helper.tls")
 
@@ -199,6 +203,12 @@ def _host(address: str) -> str:
     return address.rpartition(":")[0] if address.count(":") == 1 else address
 
 
+def _reloaded(*, ok: bool) -> None:
+    from grpc_helper import metrics  # a server's only (see ServerTls._load)
+
+    metrics.reloaded("tls", ok=ok)
+
+
 @dataclass(frozen=True)
 class _Material:
     """A checked set of a server's PEM files, used together: inbound and by its own clients."""
@@ -273,11 +283,14 @@ class ServerTls:
     def _load(self, previous: _Material | None) -> _Material:
         """The files, checked (RpcException naming the file and why); `previous`: the material in use."""
         # cryptography is imported only by servers with TLS: the operator CLI (a health probe) stays light
-        from grpc_helper.certs import PemFile, check_server_files
+        # ... and so is prometheus_client: the metrics of a server's TLS
+        from grpc_helper import metrics
+        from grpc_helper.certs import PemFile, check_server_files, not_after
 
         named = zip(_FILES, self._paths, strict=False)  # the CA is optional
         cert, key, *ca = (PemFile(what, path, _read(path, what)) for what, path in named)
         check_server_files(cert, key, ca[0] if ca else None, previous.cert if previous is not None else None)
+        metrics.CERT_NOT_AFTER.set(not_after(cert.data))
         return _Material(cert.data, key.data, ca[0].data if ca else None)
 
     def credentials(self) -> grpc.ServerCredentials:
@@ -314,9 +327,19 @@ class ServerTls:
             try:
                 self._material = self._load(self._material)
             except RpcException as exc:
+                _reloaded(ok=False)
                 _log.error("Keeping the previous TLS certificate, key and CA: %s", exc)
                 return
+        _reloaded(ok=True)
         _log.warning("TLS certificate files changed: new connections use them")
+
+    def exposition(self) -> ExpositionTls:
+        """The metrics endpoint's HTTPS: these files (as configured: the HTTP server loads them once, a renewal
+        is taken at the next start), a client certificate of the CA required when there is one."""
+        from grpc_helper.metrics import ExpositionTls  # a server's only (see _load)
+
+        cert, key, *ca = self._paths
+        return ExpositionTls(cert, key, ca[0] if ca else None)
 
     def client_security(self, server_name: str) -> ClientSecurity:
         """What this server's own clients use: its CA, its own certificate and token (their identity),

@@ -62,6 +62,10 @@ SECRETS_MOUNT = "/run/secrets/grpc-helper"
 HEALTH_PROBE = ["/opt/venv/bin/grpc-helper", "--host", "127.0.0.1", "--timeout", "3", "health"]
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
+# rpc-metrics-port of every service (compose's RPC_METRICS_PORT): the Prometheus endpoint, scraped as the pod
+# annotations say (deploy/prometheus)
+METRICS_PORT = 9464
+
 
 # --- a minimal kustomize ---
 def load_objects(path: Path) -> list[Obj]:
@@ -414,7 +418,7 @@ def test_proxied_samples_register_their_pod_ip(base: list[Obj], name: str) -> No
 def test_probes_are_native_grpc_on_the_serving_port(base: list[Obj]) -> None:
     for name, workload in workloads(base).items():
         port = int(env(workload)["GRPC_HELPER_PORT"])
-        assert [p["containerPort"] for p in container(workload)["ports"]] == [port], name
+        assert [p["containerPort"] for p in container(workload)["ports"]] == [port, METRICS_PORT], name
         for probe in PROBES:
             assert container(workload)[probe]["grpc"] == {"port": port}, f"{name} {probe}"
 
@@ -460,6 +464,9 @@ def test_mtls_overlay(base: list[Obj], mtls: list[Obj], mtls_folder: Path, compo
         only["volumeMounts"] = [mount for mount in only["volumeMounts"] if mount["mountPath"] != SECRETS_MOUNT]
         for probe in PROBES:
             only[probe] = container(workloads(base)[name])[probe]
+        annotations = plain["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scheme"] == "https", name  # the metrics endpoint is mTLS too
+        annotations["prometheus.io/scheme"] = "http"
         assert plain == workloads(base)[name], name
     assert {secrets[f"{name}-tls"]["type"] for name in workloads(mtls)} == {"kubernetes.io/tls"}
     private = {(files / file).read_bytes() for file in ("ca.key", "operator.key", "operator.token")}
@@ -516,8 +523,8 @@ def test_in_step_with_compose(base: list[Obj], compose: Obj) -> None:
         assert plain["GRPC_HELPER_PROGRAMS"] == name
         assert not security & set(variables), f"{name}: the base is plaintext"
         port = int(plain["GRPC_HELPER_PORT"])
-        assert [int(p) for p in service["expose"]] == [port]
-        assert [p["containerPort"] for p in container(workload)["ports"]] == [port]
+        assert [int(p) for p in service["expose"]] == [port, METRICS_PORT]
+        assert [p["containerPort"] for p in container(workload)["ports"]] == [port, METRICS_PORT]
         assert container(workload)["image"] == compose_default(service["image"])
         assert container(workload)["imagePullPolicy"] == "IfNotPresent"
         assert f"{pod(workload)['terminationGracePeriodSeconds']}s" == service["stop_grace_period"]
@@ -549,3 +556,17 @@ def test_config_maps_hold_the_config_folders(base: list[Obj], compose: Obj, fold
         assert compose_mounts(service)[path] == (f"./deploy/{folder}", True), name
         config_map = by_kind(base, "ConfigMap")[volume_at(workloads(base)[name], path)["configMap"]["name"]]
         assert config_map["data"] == files, f"{config_map['metadata']['name']} differs from deploy/{folder}"
+
+
+def test_metrics_port_and_scrape_annotations(base: list[Obj]) -> None:
+    """Every workload serves its metrics on METRICS_PORT (a named container port) and asks to be scraped there."""
+    for name, workload in workloads(base).items():
+        assert int(env(workload)["RPC_METRICS_PORT"]) == METRICS_PORT, name
+        assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in container(workload)["ports"]
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(METRICS_PORT),
+            "prometheus.io/path": "/metrics",
+            "prometheus.io/scheme": "http",
+        }, name

@@ -253,6 +253,13 @@ class RpcStaticConfig(ConfigHolder):
         "",
         can_be_empty=True,
     )
+    METRICS_PORT = Config(
+        "rpc-metrics-port",
+        "Port of the Prometheus metrics endpoint (/metrics) on rpc-bind-address; 0: none. With TLS it serves"
+        " HTTPS, requiring a client certificate issued by rpc-tls-ca",
+        "0",
+        validator=ConfigValidator.CONFIG_VALID_INT,
+    )
     TLS_CERT = Config(
         "rpc-tls-cert",
         "Certificate chain (PEM file, absolute or workspace-relative) of the server; set, it serves TLS only",

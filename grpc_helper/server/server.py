@@ -18,6 +18,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_helper import client as client_module
+from grpc_helper import metrics
 from grpc_helper.api import ConfigApiVersion, Event, EventApiVersion, LoggerApiVersion, ResultCode, ServerApiVersion
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigServiceServicer_to_server
 from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
@@ -118,6 +120,7 @@ class _CallLimit(grpc.ServerInterceptor):
         kind = kind_of(handler)
         if hasattr(getattr(handler, kind), "experimental_thread_pool"):  # not run on the workers
             return handler
+        metrics.refused(grpc.StatusCode.RESOURCE_EXHAUSTED)
         return self._rejects[kind]
 
 
@@ -177,6 +180,7 @@ class RpcServer:
         self.descriptors: list[RpcServiceDescriptor] = []
         self._service_names: dict[str, str] = {}  # descriptor name -> full gRPC service name
         self._loaded: list[RpcManager] = []  # managers whose _load ran, to shut down in reverse
+        self._metrics: tuple[str, int] | None = None  # the metrics endpoint's (address, port), once serving
         try:
             self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events=with_events)
         except BaseException as exc:
@@ -262,6 +266,7 @@ class RpcServer:
         self.port = self._bind(port)
         self._grpc.start()
         _log.info("RPC server listening on port %s", self.port)
+        self._expose_metrics()
 
         self.client = self.auto_client = RpcClient(
             "127.0.0.1",
@@ -359,6 +364,10 @@ class RpcServer:
                 elif method in _CONTROL_METHODS.get(d.name, ()):
                     run_on(behavior, self._control)
                 handlers[method] = make_handler(original, behavior)
+        if RpcStaticConfig.METRICS_PORT.int_val > 0:
+            # Every registered method is measured (its labels bound here, once); forwarded bytes have no `Result`.
+            # Without a metrics port nothing reads them: nothing is paid
+            handlers = {m: metrics.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -417,6 +426,27 @@ class RpcServer:
             except RuntimeError as exc:
                 errors.append(f"{address}: {exc}")
         raise RpcException(f"Can't listen on port {port}: {'; '.join(errors)}", ResultCode.ERROR_PORT_BUSY)
+
+    def _expose_metrics(self) -> None:
+        """Serve the process's metrics on `rpc-metrics-port` (0: not), on `rpc-bind-address`: HTTPS with this
+        server's certificate, requiring a client certificate issued by its CA, when it serves TLS."""
+        port = RpcStaticConfig.METRICS_PORT.int_val
+        if port <= 0:
+            return
+        # The RpcClients of the process made from now on are measured too (the operator CLI's never are: it
+        # stays a light probe, without prometheus_client; see client.METERS)
+        client_module.METERS = metrics.ClientMethodMetrics
+        tls = self.tls.exposition() if self.tls is not None else None
+        try:
+            self._metrics = metrics.expose(RpcStaticConfig.BIND_ADDRESS.str_val, port, tls)
+        except OSError as exc:
+            msg = f"Can't serve metrics on port {port} (rpc-metrics-port): {exc.strerror or exc}"
+            raise RpcException(msg, ResultCode.ERROR_PORT_BUSY) from exc
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics are served on (None: not served, `rpc-metrics-port` is 0)."""
+        return self._metrics[1] if self._metrics is not None else None
 
     def _authorizer(self) -> Authorizer | None:
         """The call gate of `rpc-auth-policy` (None: no policy, every call is let through, as 2.x)."""
@@ -576,6 +606,9 @@ class RpcServer:
             authorizer.close()
         if self._logs is not None:
             self._logs.close()
+        if self._metrics is not None:
+            metrics.unexpose(self._metrics)
+            self._metrics = None
         if self._previous_usr2 is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR2, self._previous_usr2)
             self._previous_usr2 = None
