@@ -321,7 +321,9 @@ class EventsManager(EventServiceServicer, RpcManager):
 
     def _gone(self, q: EventQueue, listener: Listener) -> None:
         """gRPC callback at the end of a listen call: if the client went away, retain its queue."""
-        if q.detach(listener, lost=True) and not q.closed:
+        # Lost, unless the service is shutting down: then the stream ended on our side, after what it was sent
+        # (a graceful end), and the queue is kept for a later server, where numbers start anew
+        if q.detach(listener, lost=not q.closed) and not q.closed:
             self.logger.info("Event queue %s retained: its listener went away", q.client_id)
             self._dirty.set()
 
