@@ -34,7 +34,7 @@ import grpc
 
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import AccessDenied, RpcException
-from grpc_helper.generated import Handler, kind_of, make_handler
+from grpc_helper.generated import Handler, copy_options, kind_of, make_handler
 
 ROLES = ("user", "service", "admin")  # each may do what the ones before it may
 _RANK = {role: n for n, role in enumerate(ROLES)}
@@ -274,7 +274,5 @@ class Authorizer(grpc.ServerInterceptor):
             _CALLER.set(identity)
             return original(request, context, *args)
 
-        for option in ("experimental_thread_pool", "experimental_non_blocking"):  # grpcio's, see generated.py
-            if hasattr(original, option):
-                setattr(behavior, option, getattr(original, option))
+        copy_options(original, behavior)
         return make_handler(handler, behavior)
