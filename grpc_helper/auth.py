@@ -207,7 +207,8 @@ class Authorizer(grpc.ServerInterceptor):
         self._certificates = certificates
         self._reject = reject
         self._logger = logger
-        self._wrapped: dict[str, Handler] = {}
+        # By path and inner handler: one path gets several (the call limit's rejection, or the method's own)
+        self._wrapped: dict[tuple[str, Handler], Handler] = {}
         self.refused = 0
         # The server's own clients (its auto-client) call as this admin identity, with a token nobody else has
         self.own_token = secrets.token_urlsafe(32)
@@ -257,9 +258,10 @@ class Authorizer(grpc.ServerInterceptor):
         return code, f"{path}: {who} may not call it ({why})"
 
     def _by_certificate(self, handler: Handler, path: str, need: int) -> Handler:
-        wrapped = self._wrapped.get(path)
+        key = (path, handler)
+        wrapped = self._wrapped.get(key)
         if wrapped is None:
-            wrapped = self._wrapped[path] = self._certificate_handler(handler, path, need)
+            wrapped = self._wrapped[key] = self._certificate_handler(handler, path, need)
         return wrapped
 
     def _certificate_handler(self, handler: Handler, path: str, need: int) -> Handler:

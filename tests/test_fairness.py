@@ -5,6 +5,7 @@ share is freed as soon as it leaves. Real servers on loopback, real unread strea
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,16 +14,19 @@ from typing import Any
 
 import grpc
 import pytest
-from test_security import TOKENS, client_as, proxied_echo, write_policy
+from test_security import TOKENS, Pki, client_as, pki, proxied_echo, tls_config, write_policy
 
-from grpc_helper import RpcServer
+from grpc_helper import RpcClient, RpcServer
 from grpc_helper.api import EventFilter
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
+from grpc_helper.errors import RpcTransportError
 from grpc_helper.server.fairness import Share, peer_host
 from grpc_helper_samples.api import EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import Servers, Stream, echo_descriptor, event, wait_until
+from helpers import BlockingEcho, Servers, Stream, echo_descriptor, event, wait_until
+
+__all__ = ["pki"]  # a fixture of test_security's, used here
 
 GREEDY, HONEST = TOKENS["app"], "t-user2-0123456789"  # identities "app" and "app2" of write_policy
 QUICK = 1.0  # seconds: generous, a bound on "at once" and "as usual", not a timing
@@ -163,3 +167,45 @@ def test_unread_listeners(servers: Servers, tmp_path: Path) -> None:
     assert wait_until(lambda: share.count("app") == 0, QUICK)
     with grpc.insecure_channel(address) as channel:
         assert next(iter(listen(channel))).client_id > 0
+
+
+def test_certificate_callers(servers: Servers, pki: Pki, tmp_path: Path) -> None:
+    """A certificate caller's identity is only known inside the behavior: it is counted by that identity."""
+    policy = write_policy(tmp_path, certificate_service="echo")
+    config = tls_config(pki, client_auth="required", **{"rpc-auth-policy": str(policy)})
+    srv = servers(0, [echo_descriptor()], cli_config={**config, "rpc-max-calls-per-caller": "2"})
+    share, stubs = srv.fairness.calls, srv.client.stubs
+    request = EchoRequest(text="greedy", count=10**9, payload=b"x" * 1024)
+    with RpcClient("localhost", srv.port, stubs, timeout=5, security=pki.client("echo")) as greedy:
+        streams = [greedy.echo.repeat(request) for _ in range(2)]  # started, never read
+        assert wait_until(lambda: share.count("echo") == 2, 10)
+        with pytest.raises(RpcTransportError) as refused:
+            answered_quickly(lambda: next(greedy.echo.repeat(request)))
+        assert refused.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "for caller echo (rpc-max-calls-per-caller=2)" in str(refused.value)
+        honest = pki.client("stranger", token=HONEST)  # the token's identity, app2
+        with RpcClient("localhost", srv.port, stubs, timeout=5, security=honest) as other:
+            assert answered_quickly(lambda: other.echo.echo(EchoRequest(text="hi"))).text == "hi"
+        for stream in streams:
+            stream.cancel()
+        assert wait_until(lambda: share.count("echo") == 0, QUICK)
+
+
+def test_the_call_limit_is_decided_per_call_for_certificate_callers(servers: Servers, pki: Pki, tmp_path: Path) -> None:
+    """The Authorizer wraps, for certificate callers, whatever handler comes from within: for one path, the
+    method's own or the call limit's rejection; each call gets its own (a wrapper kept per path alone made
+    the first call's decide for every later one)."""
+    busy = BlockingEcho()
+    policy = write_policy(tmp_path, certificate_service="echo")
+    config = tls_config(pki, client_auth="required", **{"rpc-auth-policy": str(policy)})
+    srv = servers(0, [echo_descriptor(busy)], cli_config={**config, "rpc-max-workers": "1", "rpc-max-calls": "1"})
+    with RpcClient("localhost", srv.port, srv.client.stubs, timeout=10, security=pki.client("echo")) as client:
+        held = threading.Thread(target=lambda: client.echo.echo(EchoRequest()))
+        held.start()
+        assert busy.started.wait(10)
+        with pytest.raises(RpcTransportError) as refused:
+            answered_quickly(lambda: client.echo.echo(EchoRequest()))
+        assert refused.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+        busy.release.set()
+        held.join(10)
+        assert answered_quickly(lambda: client.echo.echo(EchoRequest())).text == "done"
