@@ -116,7 +116,8 @@ def _serve(kind: str, listeners: int, ports: Any, stop: Any) -> None:
     echo = RpcServiceDescriptor(
         grpc_helper_samples, "echo", EchoApiVersion, HelperEcho(), add_EchoServiceServicer_to_server, EchoServiceStub
     )
-    config = {"rpc-max-streams": str(listeners + 50)}
+    # Every listener comes from this host: one caller, whose share is lifted as the total is
+    config = {"rpc-max-streams": str(listeners + 50), "rpc-max-streams-per-caller": str(listeners + 50)}
     srv = RpcServer(0, [echo], cli_config=config, with_events=True, with_debug_signal=False)
     ports.put(srv.port)
     stop.wait()

@@ -263,7 +263,9 @@ def _serve(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
             request = ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=port)
             srv.client.srv.proxy_register(request)
     elif kind == "events":
-        srv = RpcServer(0, [], with_events=True, with_debug_signal=False)
+        # The fan-out's listeners all come from this host: one caller, its share lifted
+        shares = {"rpc-max-streams-per-caller": "1000"}
+        srv = RpcServer(0, [], cli_config=shares, with_events=True, with_debug_signal=False)
     else:
         raise ValueError(f"unknown server kind {kind!r} (expected one of {', '.join(KINDS)})")
     ports.put(srv.port)

@@ -43,7 +43,7 @@ import grpc
 from grpc_helper import metrics
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import AccessDenied, RpcException
-from grpc_helper.generated import Handler, kind_of, make_handler
+from grpc_helper.generated import Handler, copy_options, kind_of, make_handler
 from grpc_helper.metadata import KEY_CALLER, Metadata
 from grpc_helper.persist import file_stamp
 
@@ -439,7 +439,5 @@ class Authorizer(grpc.ServerInterceptor):
             _POLICY.set(policy)
             return original(request, context, *args)
 
-        for option in ("experimental_thread_pool", "experimental_non_blocking"):  # grpcio's, see generated.py
-            if hasattr(original, option):
-                setattr(behavior, option, getattr(original, option))
+        copy_options(original, behavior)
         return make_handler(handler, behavior)

@@ -81,6 +81,18 @@ def non_blocking(behavior: Behavior) -> None:
     behavior.experimental_non_blocking = True  # type: ignore[attr-defined]  # a function attribute grpcio reads
 
 
+# The function attributes grpcio reads on a behavior (`run_on`, `non_blocking`)
+_GRPCIO_OPTIONS = ("experimental_thread_pool", "experimental_non_blocking")
+
+
+def copy_options(original: Behavior, wrapper: Behavior) -> None:
+    """Give `wrapper` the grpcio options set on `original` (`run_on`, `non_blocking`): a behavior wrapping
+    another runs where, and as, the wrapped one did."""
+    for option in _GRPCIO_OPTIONS:
+        if hasattr(original, option):
+            setattr(wrapper, option, getattr(original, option))
+
+
 def make_handler(original: Handler, behavior: Behavior) -> Handler:
     """A method handler like `original` (same kind and serializers) with a new behavior."""
     return method_handler(kind_of(original), behavior, original.request_deserializer, original.response_serializer)

@@ -338,7 +338,9 @@ class TestConfigService:
         assert exc.value.rc == ResultCode.ERROR_MODEL_INVALID
 
     def test_concurrent_sets_agree_with_file(self, servers: Servers, folders: Folders) -> None:
-        srv = servers(0, [], folders=folders, user_items=[UserItems])
+        # 50 concurrent sets from one host: lift its share (tests/test_fairness.py covers it)
+        shares = {"rpc-max-calls-per-caller": "100"}
+        srv = servers(0, [], folders=folders, cli_config=shares, user_items=[UserItems])
         errors: list[BaseException] = []
 
         def worker(i: int) -> None:

@@ -183,6 +183,20 @@ class RpcStaticConfig(ConfigHolder):
         "100",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )
+    MAX_CALLS_PER_CALLER = Config(
+        "rpc-max-calls-per-caller",
+        "Maximum concurrent calls of one caller (its identity with rpc-auth-policy, else its IP address) running"
+        " on the workers; beyond it, RESOURCE_EXHAUSTED at once",
+        "24",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
+    MAX_STREAMS_PER_CALLER = Config(
+        "rpc-max-streams-per-caller",
+        "Maximum concurrent long-lived streams (proxied calls, live event listeners) of one caller (its identity"
+        " with rpc-auth-policy, else its IP address); beyond it, RESOURCE_EXHAUSTED at once",
+        "16",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
     CLIENT_DIRECT = Config(
         "rpc-client-direct",
         "Whether the auto-client and proxied managers' clients of main call proxied services' replicas"

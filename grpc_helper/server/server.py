@@ -55,6 +55,7 @@ from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.proxy.route import RoutedBackends, RouteInterceptor
 from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
+from grpc_helper.server.fairness import Fairness
 from grpc_helper.server.health import NOT_SERVING, SERVING, HealthService
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
@@ -218,6 +219,14 @@ class RpcServer:
         self.streams = IdlePool(RpcStaticConfig.MAX_STREAMS.int_val, thread_name_prefix="rpc-stream")
         self._control = IdlePool(_CONTROL_THREADS, thread_name_prefix="rpc-control")
         limit = _CallLimit(self._workers, RpcStaticConfig.MAX_CALLS.int_val, self._control)
+        # Each caller's share of the workers and of the streams: counted inside the behaviors (wrapped as
+        # they are registered), where the identity of a certificate caller is known
+        self.fairness = Fairness(
+            self.streams,
+            RpcStaticConfig.MAX_CALLS_PER_CALLER.int_val,
+            RpcStaticConfig.MAX_STREAMS_PER_CALLER.int_val,
+            self.logger,
+        )
         self.authorizer = self._authorizer()
         # Authorization first: a refused call is never counted against the limit
         # Routed calls (a backend's default services, through main) are forwarded, never counted as ours;
@@ -364,9 +373,10 @@ class RpcServer:
                 elif method in _CONTROL_METHODS.get(d.name, ()):
                     run_on(behavior, self._control)
                 handlers[method] = make_handler(original, behavior)
+        handlers = self.fairness.wrap_service(service, handlers)
         if RpcStaticConfig.METRICS_PORT.int_val > 0:
-            # Every registered method is measured (its labels bound here, once); forwarded bytes have no `Result`.
-            # Without a metrics port nothing reads them: nothing is paid
+            # Every registered method is measured (its labels bound here, once), its fairness refusals included;
+            # forwarded bytes have no `Result`. Without a metrics port nothing reads them: nothing is paid
             handlers = {m: metrics.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
@@ -381,6 +391,7 @@ class RpcServer:
             service, generated = capture_service(d.register_method, d.manager)
             versions = VersionRange(d.supported_version, d.current_version)
             routed = self.proxies.routed_handlers(service, generated, versions, backends)
+            routed = self.fairness.wrap_service(service, routed)
             self._routes.update({f"/{service}/{method}": handler for method, handler in routed.items()})
 
     def _register_health(self) -> None:

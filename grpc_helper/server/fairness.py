@@ -1,0 +1,169 @@
+"""Fair sharing: one caller can't take all of a server's workers, stream threads or listener slots (issue 17).
+
+**Who a caller is.** With `rpc-auth-policy` on, the identity `grpc_helper.auth.current_identity()` names
+(a token's or a certificate's: every client using one token is one caller; at a backend, the original
+caller once main says who it forwards for). Without a policy, the IP address of the peer
+(`context.peer()`, its port dropped, an IPv4-mapped IPv6 address as IPv4): every connection, channel
+and process of one host is one caller, and so is everything behind one NAT or load balancer, and
+main at its backends (main then bounds each of its own callers, and its forwarded calls share one
+share at the backend: keep main's `rpc-max-streams-per-caller` below the backends'
+`rpc-max-calls-per-caller`, as the defaults are).
+
+**Two shares**, one per bounded resource of the server:
+
+- *calls*, `rpc-max-calls-per-caller`: calls running on the workers (`rpc-max-workers`), unary or
+  streamed; a generator stream holds its worker until it ends, read or not;
+- *streams*, `rpc-max-streams-per-caller`: calls on the stream pool (proxied and routed calls,
+  long-lived methods) and pushed streams (event listeners, which hold no thread but a queue),
+  the ones `rpc-max-streams` bounds in total.
+
+Control calls (health, `srv.info`, `srv.shutdown`) are not counted. A call is counted from when its
+behavior starts, on the thread it runs on (a certificate caller's identity is only known there), until
+it returns (unary responses) or the call terminates (streamed responses: gRPC's termination callback,
+run as soon as the client cancels or goes away, read or not). Beyond its share, a call is answered
+RESOURCE_EXHAUSTED at once, naming the item, and nothing else runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+
+from grpc_helper.auth import current_identity
+from grpc_helper.generated import Behavior, Handler, copy_options, kind_of, make_handler
+
+CALLS_ITEM = "rpc-max-calls-per-caller"
+STREAMS_ITEM = "rpc-max-streams-per-caller"
+_MAPPED_V4 = "::ffff:"
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string: "ipv4:127.0.0.1:5555" -> "127.0.0.1", "ipv6:[::1]:5555"
+    (or its percent-encoded form) -> "::1", "ipv6:[::ffff:10.0.0.1]:5555" -> "10.0.0.1"; any other (a
+    Unix socket's) as it is."""
+    scheme, _, rest = peer.partition(":")
+    if scheme == "ipv4":
+        return rest.rpartition(":")[0]
+    if scheme == "ipv6":
+        host = rest.rpartition(":")[0]
+        if "%" in host:
+            host = unquote(host)
+        host = host.removeprefix("[").removesuffix("]")
+        return host.removeprefix(_MAPPED_V4) if host.startswith(_MAPPED_V4) and "." in host else host
+    return peer
+
+
+def caller_of(context: grpc.ServicerContext) -> str:
+    """Who is calling, for fair sharing: the identity's name with a policy on, else the peer's IP address."""
+    identity = current_identity()
+    return identity.name if identity is not None else peer_host(context.peer())
+
+
+class Share:
+    """Concurrent calls per caller, at most `limit` each; beyond it, RESOURCE_EXHAUSTED naming `item`."""
+
+    def __init__(self, item: str, limit: int, what: str, logger: logging.Logger) -> None:
+        self.item, self.limit = item, limit
+        self._what = what
+        self._logger = logger
+        self._counts: dict[str, int] = {}  # only callers with calls in progress: it never grows past them
+        self._lock = threading.Lock()
+        self.refused = 0
+
+    def count(self, caller: str) -> int:
+        """Calls of `caller` in progress."""
+        return self._counts.get(caller, 0)
+
+    def acquire(self, caller: str, context: grpc.ServicerContext, path: str) -> None:
+        """Count one more call of `caller` (to `path`), or abort it with RESOURCE_EXHAUSTED (it raises)."""
+        with self._lock:
+            n = self._counts.get(caller, 0)
+            if n < self.limit:
+                self._counts[caller] = n + 1
+                return
+            self.refused += 1
+            refused = self.refused
+        if refused & (refused - 1) == 0:  # 1, 2, 4, 8...: a flood of refusals can't flood the log
+            self._logger.info(
+                "Refused %s %s to caller %s: %s=%s reached (%s refused so far)",
+                self._what[:-1],
+                path,
+                caller,
+                self.item,
+                self.limit,
+                refused,
+            )
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Too many concurrent {self._what} for caller {caller} ({self.item}={self.limit})",
+        )
+
+    def release(self, caller: str) -> None:
+        with self._lock:
+            n = self._counts[caller] - 1
+            if n:
+                self._counts[caller] = n
+            else:
+                del self._counts[caller]
+
+
+class Fairness:
+    """The two shares of a server (see the module doc), and the wrapper counting its handlers' calls."""
+
+    def __init__(self, streams_pool: ThreadPoolExecutor, calls: int, streams: int, logger: logging.Logger) -> None:
+        self._streams_pool = streams_pool
+        self.calls = Share(CALLS_ITEM, calls, "calls", logger)
+        self.streams = Share(STREAMS_ITEM, streams, "streams", logger)
+
+    def wrap_service(self, service: str, handlers: Mapping[str, Handler]) -> dict[str, Handler]:
+        """`wrap` for each of a service's handlers, by method name."""
+        return {name: self.wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()}
+
+    def wrap(self, path: str, handler: Handler) -> Handler:
+        """`handler` with its calls counted in their share: by the pool its behavior runs on (none: the
+        workers); a handler of another pool (the control pool) is returned as it is."""
+        behavior = getattr(handler, kind_of(handler))
+        pool = getattr(behavior, "experimental_thread_pool", None)
+        share = self.calls if pool is None else self.streams if pool is self._streams_pool else None
+        if share is None:
+            return handler
+        streamed = handler.response_streaming
+        counted = (_until_terminated if streamed else _until_return)(behavior, share, path)
+        copy_options(behavior, counted)
+        return make_handler(handler, counted)
+
+
+def _until_return(behavior: Behavior, share: Share, path: str) -> Behavior:
+    """A unary response is answered once the behavior returns: counted until then (the hot path: locals only)."""
+    acquire, release, caller = share.acquire, share.release, caller_of
+
+    def counted(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
+        key = caller(context)
+        acquire(key, context, path)
+        try:
+            return behavior(request, context, *args)
+        finally:
+            release(key)
+
+    return counted
+
+
+def _until_terminated(behavior: Behavior, share: Share, path: str) -> Behavior:
+    """A streamed response (an iterator, or a pushed stream that returns at once) lasts until the call
+    terminates: counted until gRPC's termination callback."""
+    acquire, release, caller = share.acquire, share.release, caller_of
+
+    def counted(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
+        key = caller(context)
+        acquire(key, context, path)
+        if not context.add_callback(lambda: release(key)):
+            release(key)  # already terminated (the client went away meanwhile)
+        return behavior(request, context, *args)
+
+    return counted
