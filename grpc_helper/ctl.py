@@ -1,6 +1,8 @@
 """`grpc-helper`: operator command line for any grpc-helper server.
 
-    grpc-helper [--host H] [--port P] [--timeout S] [--json] COMMAND ...
+    grpc-helper [--host H] [--port P] [--timeout S] [--wait] [--json] COMMAND ...
+
+An unreachable server is reported after 2 s, unless `--wait` (then retried up to --timeout).
 
 Output is an aligned table (or a short confirmation) by default, JSON with `--json`. Errors go to
 stderr as `error: <RESULT_CODE>: <message>`; exit codes: 0 success, 1 RPC or result error (or a
@@ -9,9 +11,16 @@ health status other than SERVING), 2 usage error, 130 when `events listen` is st
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core logs every failed TLS handshake (and more) at INFO on stderr, once per connection
+# attempt: noise for an operator, who gets one `error:` line instead. The core reads the variable
+# when it initializes, so it is set before anything imports grpc (this module is the console
+# script's, and the package's __init__ imports nothing). An explicit GRPC_VERBOSITY still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -66,6 +75,9 @@ CLIENT_NAME = "grpc-helper-ctl"
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 54321
 DEFAULT_TIMEOUT = 10.0
+# How long an unreachable server is retried without --wait: long enough for a server that is
+# restarting its listener, short enough to report a stopped stack or a wrong port at once
+CONNECT_TIMEOUT = 2.0
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -192,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"seconds to wait for an unreachable server, and for each call (default: {DEFAULT_TIMEOUT:g})",
+        help=f"seconds each call may take (default: {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"retry an unreachable server until --timeout (default: give up after {CONNECT_TIMEOUT:g}s)",
     )
     p.add_argument("--json", action="store_true", help="JSON output")
     p.add_argument(
@@ -360,7 +377,9 @@ class Ctl:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.timeout: float = args.timeout
+        self.timeout: float = args.timeout  # each call's deadline
+        # The retry window for an unreachable server (each call passes its own deadline, --timeout)
+        self.connect_timeout = args.timeout if getattr(args, "wait", False) else min(args.timeout, CONNECT_TIMEOUT)
         self._client: RpcClient | None = None
         if getattr(args, "max_message_size", None):  # process-wide items: the CLI's own channels read them
             for item in (RpcStaticConfig.MAX_RECEIVE_MESSAGE, RpcStaticConfig.MAX_SEND_MESSAGE):
@@ -378,7 +397,7 @@ class Ctl:
                     "log": (LoggerServiceStub, LoggerApiVersion.LOGGER_API_CURRENT),
                     "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
                 },
-                timeout=self.timeout,  # retry an unreachable server that long, then fail
+                timeout=self.connect_timeout,  # retry an unreachable server that long, then fail
                 name=RpcMetadata(
                     client=CLIENT_NAME,
                     route_service=self.args.route_service,
@@ -626,7 +645,10 @@ def _describe(exc: RpcException, ctl: Ctl) -> str:
         if exc.status == grpc.StatusCode.PERMISSION_DENIED:
             return f"PERMISSION_DENIED by {where}: {exc.details}"
         if exc.status == grpc.StatusCode.UNAVAILABLE:
-            return f"can't reach {where}: {_tls_hint(exc.details)}{exc}"
+            hint = _tls_hint(exc.details)
+            # Not a TLS failure: perhaps a server still starting, which --wait would wait for
+            waited = "" if hint or ctl.args.wait else f" (gave up after {ctl.connect_timeout:g}s; --wait waits longer)"
+            return f"can't reach {where}: {hint}{exc}{waited}"
         if exc.status == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"no answer from {where} within {ctl.timeout:g}s: {exc}"
     return str(exc)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import selectors
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ import grpc_helper
 import grpc_helper_samples
 from grpc_helper import Config, RpcClient, RpcException, RpcServer, ctl
 from grpc_helper.api import ConfigValidator, Event, EventFilter, EventInterrupt, EventProperty, ResultCode
+from grpc_helper.pki import CertificateAuthority
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
@@ -238,6 +241,31 @@ class TestFailures:
             assert err.startswith(f"error: ERROR_RPC: can't reach localhost:{port}: "), err
             assert elapsed < 8, (cmd, elapsed)  # --timeout bounds the wait
 
+    def test_unreachable_fails_fast(self, refused_port: int) -> None:
+        """The console program, with the default --timeout (10 s): a refused port is reported in ~2 s, in one
+        line saying how to wait longer; `--wait` retries up to --timeout."""
+        t0 = time.monotonic()
+        done = ctl_process("--port", str(refused_port), "info")
+        elapsed = time.monotonic() - t0
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"error: ERROR_RPC: can't reach localhost:{refused_port}: "), done.stderr
+        assert done.stderr.endswith("(gave up after 2s; --wait waits longer)\n"), done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert elapsed < 3, elapsed
+        t0 = time.monotonic()
+        assert ctl.main(["--port", str(refused_port), "--wait", "--timeout", "3", "info"]) == 1
+        assert 2.5 < time.monotonic() - t0 < 6
+
+    def test_no_core_logs(self, server: RpcServer, tmp_path: Path) -> None:
+        """A TLS client against a plaintext server: one error line, none of the C core's handshake logs."""
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(CertificateAuthority.create("ctl test CA").cert_pem)
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        done = ctl_process("--port", str(server.port), "--tls-ca", str(ca), "info", env=env)
+        assert done.returncode == 1
+        assert done.stderr.startswith("error: ERROR_RPC: can't reach localhost:"), done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr  # no "Handshake failed" lines
+
     def test_usage_errors(self, capsys: pytest.CaptureFixture[str]) -> None:
         for argv in ([], ["config"], ["nope"], ["--timeout", "0", "info"], ["--port", "x", "info"], ["events"]):
             assert ctl.main(argv) == 2, argv
@@ -267,6 +295,12 @@ class TestFailures:
             timeout=60,
         )
         assert (done.returncode, done.stdout, done.stderr) == (0, "SERVING\n", "")
+
+
+def ctl_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI run as the console script runs it: its own process (grpc's C core initialized by it)."""
+    cmd = [sys.executable, "-m", "grpc_helper.ctl", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
 
 
 # --- events ---
