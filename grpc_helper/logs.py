@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,6 +58,24 @@ def _existing_logger(name: str) -> logging.Logger | None:
         return logging.root
     found = logging.root.manager.loggerDict.get(name)
     return found if isinstance(found, logging.Logger) else None  # a PlaceHolder is not a logger yet
+
+
+def default_console() -> None:
+    """Log INFO and above on stdout, when the program configured no logging (the root logger has no handler).
+
+    What users expect of a server program written from the documented example, which configures
+    nothing: without it, Python's defaults show warnings only, and no INFO record reaches the rolling
+    files. A program's own configuration (`logging.basicConfig`, `dictConfig`, a handler on the root
+    logger, made before the server starts) is left alone, and so is a root level it set.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    root.addHandler(handler)
+    if root.level == logging.WARNING:  # Python's default, not the program's choice
+        root.setLevel(logging.INFO)
 
 
 def logs_folder(folders: Folders) -> Path | None:

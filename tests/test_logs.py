@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,57 @@ class TestLoggerService:
 
 def test_logs_folder_item_is_static() -> None:
     assert RpcStaticConfig.LOGS_FOLDER.str_val == "logs"
+
+
+# A program written from the README's example (RpcCliParser, RpcServer, wait_shutdown), configuring no logging;
+# SETUP is replaced by the test. It calls itself once, then shuts down.
+PROGRAM = """
+import logging, sys, threading
+import grpc_helper_samples
+from grpc_helper import RpcCliParser, RpcClient, RpcManager, RpcServer, RpcServiceDescriptor
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
+from grpc_helper_samples.api import echo_pb2_grpc as pb
+
+class Shouter(pb.EchoServiceServicer, RpcManager):
+    def echo(self, request: EchoRequest) -> EchoResponse:
+        self.logger.info("shouting %s", request.text)
+        return EchoResponse(text=request.text.upper())
+
+SETUP
+args = RpcCliParser("My server", "1.0.0").with_rpc_args(0).parse(exit_on_error=True)
+descriptor = RpcServiceDescriptor(
+    grpc_helper_samples, "shout", EchoApiVersion, Shouter(), pb.add_EchoServiceServicer_to_server, pb.EchoServiceStub
+)
+srv = RpcServer(args.port, [descriptor], args.folders, args.config)
+client = RpcClient("localhost", srv.port, {"shout": (pb.EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)})
+client.shout.echo(EchoRequest(text="hello"))
+threading.Thread(target=srv.shutdown).start()
+srv.wait_shutdown()
+"""
+
+
+def run_program(tmp_path: Path, setup: str = "") -> tuple[str, str]:
+    """Run PROGRAM with its workspace in tmp_path; its stdout, and its root rolling log."""
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM.replace("SETUP", setup))
+    cmd = [sys.executable, str(script), "-w", str(tmp_path / "wks"), "--system", str(tmp_path), "--user", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    root_log = tmp_path / "wks" / "logs" / "root" / "root.log"
+    return done.stdout, root_log.read_text() if root_log.exists() else ""
+
+
+class TestDefaultConsole:
+    def test_unconfigured_program_logs_info(self, tmp_path: Path) -> None:
+        """No logging configured: INFO and above on stdout, and in the rolling files."""
+        stdout, root_log = run_program(tmp_path)
+        assert " INFO    [" in stdout
+        assert "Shouter: shouting hello" in stdout
+        assert "Shouter: shouting hello" in root_log
+        assert "shouting hello" in (tmp_path / "wks" / "logs" / "Shouter" / "Shouter.log").read_text()
+
+    def test_own_config_is_kept(self, tmp_path: Path) -> None:
+        """A program's own logging config wins: here, warnings only, on stderr."""
+        stdout, root_log = run_program(tmp_path, "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)")
+        assert stdout == ""
+        assert "shouting hello" not in root_log

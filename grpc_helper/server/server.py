@@ -48,7 +48,7 @@ from grpc_helper.generated import (
     response_class,
     run_on,
 )
-from grpc_helper.logs import LoggersConfig, RollingLogs
+from grpc_helper.logs import LoggersConfig, RollingLogs, default_console
 from grpc_helper.manager import RpcManager
 from grpc_helper.options import server_options
 from grpc_helper.proxy.registry import ProxyRegistry
@@ -207,6 +207,7 @@ class RpcServer:
     ) -> None:
         self.config = ConfigManager(self.folders, cli_config, [RpcStaticConfig, *(static_items or [])], user_items)
         self.tls = ServerTls.from_config(self.folders.workspace)  # None: plaintext
+        default_console()  # before the rolling files' handler on root, and before `log reset`'s root level is read
         self._logs = RollingLogs(self.folders)
         self.loggers = LoggersConfig(self.folders)
         self.logger = self._logs.add_manager(logging.getLogger(DEFAULT_LOGGERS["srv"]))
