@@ -6,13 +6,16 @@ Usage: gen-protos.py [--out DIR | --check]
 protos/grpc_helper/...          -> grpc_helper/...
 protos/grpc_helper_samples/...  -> services/...   (the samples package lives in services/)
 
+protos/grpc_helper/**/*.proto are also copied, as they are, below grpc_helper/protos/ (package data:
+`python -m grpc_helper.protoc` generates a user's code against them from an installed grpc-helper).
+
 Each .proto gives `_pb2.py` and its `_pb2.pyi` (protoc's own), `_pb2_grpc.py` (grpcio-tools) and a
 typed `_pb2_grpc.pyi` (mypy-protobuf's plugin, sync flavour: the library serves and calls with the
 sync grpc API), which types the stubs' requests and responses for mypy.
 
 With --out DIR, the same tree is written below DIR instead. With --check, nothing is written: it
-exits 1, naming the files, when a committed generated file is stale or missing, or has no .proto
-any more (CI runs it as a step of its own; the staleness test calls it too).
+exits 1, naming the files, when a committed generated file (or packaged .proto copy) is stale or
+missing, or has no .proto any more (CI runs it as a step of its own; the staleness test calls it too).
 Generated files are never edited by hand: change the .proto and rerun this script.
 """
 
@@ -35,6 +38,9 @@ MYPY_GRPC_OPTIONS = "only_sync,generate_concrete_servicer_stubs,quiet"
 PROTOS = ROOT / "protos"
 # Proto package folder -> source folder of the Python package
 PACKAGE_DIRS = {"grpc_helper": "grpc_helper", "grpc_helper_samples": "services"}
+# The library's own protos, shipped as package data (the samples' are not: they are examples)
+SHIPPED = "grpc_helper"
+SHIPPED_DIR = Path("grpc_helper") / "protos"  # relative to the output root; the include path of grpc_helper.protoc
 
 
 def generated_files(out_root: Path) -> list[Path]:
@@ -70,23 +76,41 @@ def generated_files(out_root: Path) -> list[Path]:
 GENERATED_GLOBS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py", "*_pb2_grpc.pyi")
 
 
+def shipped_protos(out_root: Path) -> list[Path]:
+    """Copy the library's .proto files below out_root / SHIPPED_DIR, keeping their import paths."""
+    written = []
+    for src in sorted((PROTOS / SHIPPED).rglob("*.proto")):
+        dest = out_root / SHIPPED_DIR / src.relative_to(PROTOS)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        written.append(dest)
+    return written
+
+
+def stale(fresh_root: Path, fresh: set[Path]) -> list[str]:
+    """Problems of the committed copies of the files generated below fresh_root (relative paths in `fresh`)."""
+    problems = []
+    for rel in sorted(fresh):
+        committed = ROOT / rel
+        if not committed.exists():
+            problems.append(f"{rel} is missing")
+        elif committed.read_bytes() != (fresh_root / rel).read_bytes():
+            problems.append(f"{rel} is stale")
+    return problems
+
+
 def check() -> list[str]:
     """Problems with the committed generated code: stale, missing, or orphaned (its .proto is gone)."""
-    problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {path.relative_to(tmp) for path in generated_files(Path(tmp))}
-        for rel in sorted(fresh):
-            committed = ROOT / rel
-            if not committed.exists():
-                problems.append(f"{rel} is missing")
-            elif committed.read_bytes() != (Path(tmp) / rel).read_bytes():
-                problems.append(f"{rel} is stale")
-    for folder in PACKAGE_DIRS.values():
-        for pattern in GENERATED_GLOBS:
-            for path in sorted((ROOT / folder).rglob(pattern)):
-                rel = path.relative_to(ROOT)
-                if rel not in fresh:
-                    problems.append(f"{rel} has no .proto any more")
+        fresh = {path.relative_to(tmp) for path in [*generated_files(Path(tmp)), *shipped_protos(Path(tmp))]}
+        problems = stale(Path(tmp), fresh)
+    committed = [ROOT / folder for folder in PACKAGE_DIRS.values()]
+    for path in sorted(p for folder in committed for pattern in GENERATED_GLOBS for p in folder.rglob(pattern)):
+        if path.relative_to(ROOT) not in fresh:
+            problems.append(f"{path.relative_to(ROOT)} has no .proto any more")
+    for path in sorted((ROOT / SHIPPED_DIR).rglob("*.proto")):
+        if path.relative_to(ROOT) not in fresh:
+            problems.append(f"{path.relative_to(ROOT)} has no .proto any more")
     return problems
 
 
@@ -100,7 +124,7 @@ def main() -> int:
         for problem in problems:
             print(f"gen-protos: {problem}: run scripts/gen-protos.py (and delete orphans)", file=sys.stderr)
         return 1 if problems else 0
-    for path in generated_files(args.out):
+    for path in [*generated_files(args.out), *shipped_protos(args.out)]:
         print(path.relative_to(args.out))
     return 0
 
