@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer, ctl
 from grpc_helper.api import (
     ConfigApiVersion,
     ConfigItemUpdate,
@@ -485,3 +486,55 @@ class TestEventSender:
         release.set()
         s.post(Event(name="C"))  # after close: dropped, never raises
         assert s.pending == 0
+
+
+# --- the README's walkthrough, against the local processes ---
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# Each sample command of the walkthrough checked here, as typed there (after `grpc-helper`)
+WALKTHROUGH_COMMANDS = [
+    "config get",
+    "config set notes-max-length=200",
+    "config set notes-max-length=0",
+    "info nope",
+    "--service notes log set NotesManager DEBUG",
+    "health",
+    "health EchoService",
+]
+# What differs from one stack to another: addresses, versions
+VARIABLE = ((re.compile(r"\b\d+(\.\d+){3}:\d+\b"), "ADDRESS"), (re.compile(r"\b\d+\.\d+\.\d+\b"), "VERSION"))
+
+
+def walkthrough_outputs() -> dict[str, list[str]]:
+    """The walkthrough's sample outputs: `grpc-helper ARGS` -> its lines, "info" -> the table of `stack.sh up`."""
+    section = README.read_text().split("\n## Walkthrough\n", 1)[1].split("\n## ", 1)[0]
+    outputs: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in "\n".join(re.findall(r"```\n(.*?)```", section, re.DOTALL)).splitlines():
+        if line.startswith("$ "):
+            command = re.sub(r"\s+#.*$", "", line[2:]).strip()
+            current = outputs.setdefault(command.removeprefix("grpc-helper "), [])
+        elif current is not None and line.strip() and not line.startswith(("NOTE_CHANGED", "...", "stack: ")):
+            current.append(line)
+    outputs["info"] = [line for line in outputs.pop("./scripts/stack.sh up", []) if not line.startswith("secrets:")]
+    return outputs
+
+
+def normalized(lines: list[str]) -> list[list[str]]:
+    """Lines as their whitespace-separated cells (column widths vary), variable parts replaced."""
+    out = []
+    for line in lines:
+        for pattern, replacement in VARIABLE:
+            line = pattern.sub(replacement, line)
+        out.append(line.split())
+    return out
+
+
+def test_walkthrough_outputs_match(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI prints what the README's walkthrough shows (plaintext: the TLS lines are not checked here)."""
+    expected = walkthrough_outputs()
+    assert set(WALKTHROUGH_COMMANDS) | {"info"} <= set(expected), sorted(expected)
+    for command in ["info", *WALKTHROUGH_COMMANDS]:
+        ctl.main(["--host", "127.0.0.1", "--port", str(stack.main_port), *command.split()])
+        captured = capsys.readouterr()
+        assert normalized((captured.out + captured.err).splitlines()) == normalized(expected[command]), command
