@@ -28,8 +28,11 @@ from grpc_helper.api import Filter, ProxyRegisterRequest, ResultCode, ServerApiV
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.auth import token_hash
 from grpc_helper.errors import RpcTransportError
+from grpc_helper.metadata import RpcMetadata
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest
+from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import Servers, with_metadata
+from helpers import Servers, echo_descriptor, with_metadata
 
 GREETER = "greeter.Greeter"
 SAY_HELLO = f"/{GREETER}/SayHello"
@@ -287,3 +290,24 @@ def test_secure(secure: tuple[RpcServer, Pki, Greeter], form: str) -> None:
     assert health_of(channel, GREETER) == health_pb2.HealthCheckResponse.SERVING
 
     register(client("operator"), greeter.port)  # an admin may replace it
+
+
+def test_grpc_helper_backend(servers: Servers) -> None:
+    """A grpc-helper server registered dynamically (EchoService by its gRPC name, main declaring no echo): its
+    calls go through main with the backend checking the API version, and `route-service` reaches its own
+    default services."""
+    main = servers(0, [])
+    backend = servers(0, [echo_descriptor()])
+    register(main.client, backend.port, grpc_services=["EchoService"])
+    echo = RpcClient("127.0.0.1", main.port, {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}, timeout=10)
+    newer = RpcClient("127.0.0.1", main.port, {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT + 1)})
+    routed = RpcClient("127.0.0.1", main.port, SRV, timeout=10, name=RpcMetadata(route_service="EchoService"))
+    try:
+        assert echo.echo.echo(EchoRequest(text="hi")).text == "hi"
+        with pytest.raises(RpcException) as too_new:  # checked by the backend, answered in 2.x's shape
+            newer.echo.echo(EchoRequest(text="hi"))
+        assert too_new.value.rc == ResultCode.ERROR_API_SERVER_TOO_OLD
+        assert [i.name for i in routed.srv.info(Filter()).items] == ["srv", "config", "log", "echo"]  # the backend's
+    finally:
+        for client in (echo, newer, routed):
+            client.close()
