@@ -300,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the process then waits before ending: >0 T, 0 rpc-shutdown-timeout, <0 none (default: -1)",
     )
 
+    call = leaf(cmds, "call", Ctl.call, "call any method the server describes by reflection (unary, server streaming)")
+    call.add_argument("method", metavar="SERVICE/METHOD", help="e.g. greeter.Greeter/SayHello")
+    call.add_argument("request", nargs="?", default="{}", metavar="JSON", help="the request, as JSON (default: {})")
+
     health = leaf(cmds, "health", Ctl.health, "standard gRPC health check: exit code 0 when SERVING, 1 otherwise")
     health.add_argument(
         "service", nargs="?", default="", metavar="SERVICE", help="gRPC service name, e.g. EchoService (default: all)"
@@ -549,6 +553,20 @@ class Ctl:
     def shutdown(self) -> int:
         r = self.client.srv.shutdown(ShutdownRequest(timeout=self.args.shutdown_timeout), timeout=self.timeout)
         return self.out(r, lambda: "shutdown requested")
+
+    # call
+    def call(self) -> int:
+        """Each response as JSON (proto field names): indented, or one object per line with --json."""
+        # Imported here only: the rest of the CLI (the container health probe) stays without grpc_reflection
+        from grpc_helper import reflected_call
+
+        client = self.client
+        metadata = client.metadata.as_metadata() + client.security.metadata()
+        for response in reflected_call.call(
+            client.channel, self.args.method, self.args.request, metadata, self.timeout
+        ):
+            print(json.dumps(response) if self.args.json else json.dumps(response, indent=2), flush=True)
+        return EXIT_OK
 
     # health
     def health(self) -> int:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from test_hostile import Pki, token_of, write_policy
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer, ctl
 from grpc_helper.api import Filter, ProxyRegisterRequest, ResultCode, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.auth import token_hash
@@ -261,7 +261,9 @@ def _hash(name: str) -> str:
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_secure(secure: tuple[RpcServer, Pki, Greeter], form: str) -> None:
+def test_secure(
+    secure: tuple[RpcServer, Pki, Greeter], form: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """With the policy on, in both identity forms: registering a gRPC service name takes its grant (`services`
     names the gRPC service name), its endpoints belong to their registrant (another identity granted the name
     can't replace them, an admin can); a user calls it and discovers it through main by reflection."""
@@ -289,6 +291,25 @@ def test_secure(secure: tuple[RpcServer, Pki, Greeter], form: str) -> None:
     assert say_hello(channel, "reflected", pool) == "hello reflected"
     assert health_of(channel, GREETER) == health_pb2.HealthCheckResponse.SERVING
 
+    # The call command, as app in this form: its certificate, or its token (over a certificate no one has)
+    files = tmp_path / f"app-{form}"
+    files.mkdir()
+    for name, data in (("ca.crt", app.ca), ("app.crt", app.cert), ("app.key", app.key), ("token", app.token)):
+        (files / name).write_bytes(data if isinstance(data, bytes) else (data or "").encode())
+    options = (
+        "--tls-ca",
+        str(files / "ca.crt"),
+        "--tls-cert",
+        str(files / "app.crt"),
+        "--tls-key",
+        str(files / "app.key"),
+    )
+    options += ("--token-file", str(files / "token")) if app.token else ()
+    assert cli(capsys, main.port, "--json", "call", f"{GREETER}/SayHello", '{"name": "cli"}', options=options) == (
+        0,
+        '{"message": "hello cli"}\n',
+    )
+
     register(client("operator"), greeter.port)  # an admin may replace it
 
 
@@ -311,3 +332,27 @@ def test_grpc_helper_backend(servers: Servers) -> None:
     finally:
         for client in (echo, newer, routed):
             client.close()
+
+
+def cli(capsys: pytest.CaptureFixture[str], port: int, *args: str, options: tuple[str, ...] = ()) -> tuple[int, str]:
+    """`grpc-helper --port PORT [options] ARGS...` in process: (exit code, stdout)."""
+    code = ctl.main(["--host", "localhost", "--port", str(port), "--timeout", "10", *options, *args])
+    return code, capsys.readouterr().out
+
+
+def test_call_command(servers: Servers, greeter: Greeter, capsys: pytest.CaptureFixture[str]) -> None:
+    """`grpc-helper call` through main: a dynamic service's unary and server-streaming methods (types by
+    reflection), main's own methods, and what it refuses."""
+    main = servers(0, [])
+    register(main.client, greeter.port)
+    assert cli(capsys, main.port, "call", f"{GREETER}/SayHello", '{"name": "cli"}') == (
+        0,
+        '{\n  "message": "hello cli"\n}\n',
+    )
+    code, out = cli(capsys, main.port, "--json", "call", f"{GREETER}.SayHellos", '{"name": "s"}')
+    assert (code, out.splitlines()) == (0, [json.dumps({"message": f"hello s #{i}"}) for i in range(3)])
+    code, out = cli(capsys, main.port, "--json", "call", "RpcServerService/info", '{"names": ["srv"]}')
+    assert code == 0
+    assert json.loads(out)["items"][0]["name"] == "srv"
+    for args in ((f"{GREETER}/Nope",), ("nowhere.Svc/M",), (f"{GREETER}/SayHello", '{"nope": 1}'), ("x",)):
+        assert cli(capsys, main.port, "call", *args)[0] == 1, args
