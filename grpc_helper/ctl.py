@@ -280,7 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     proxy = group("proxy", "proxied services registrations")
     register = leaf(proxy, "register", Ctl.proxy_register, "forward proxied services to a server")
-    register.add_argument("names", nargs="+", metavar="NAME")
+    register.add_argument("names", nargs="*", metavar="NAME")
+    register.add_argument(
+        "--grpc-service",
+        dest="grpc_services",
+        action="append",
+        default=[],
+        metavar="PKG.SERVICE",
+        help="a full gRPC service name main forwards without a descriptor (a dynamic service; repeatable)",
+    )
     register.add_argument("--version", dest="proxy_version", required=True, metavar="V", help="version string")
     register.add_argument("--port", dest="proxy_port", type=_port, required=True, metavar="P", help="serving port")
     register.add_argument(
@@ -540,10 +548,15 @@ class Ctl:
     # proxy
     def proxy_register(self) -> int:
         a = self.args
-        request = ProxyRegisterRequest(names=a.names, version=a.proxy_version, host=a.proxy_host, port=a.proxy_port)
+        if not (a.names or a.grpc_services):
+            raise CtlError("Give the services to register: NAMES, or --grpc-service", ResultCode.ERROR_PARAM_MISSING)
+        request = ProxyRegisterRequest(
+            names=a.names, version=a.proxy_version, host=a.proxy_host, port=a.proxy_port, grpc_services=a.grpc_services
+        )
         r = self.client.srv.proxy_register(request, timeout=self.timeout)
         where = f"{a.proxy_host or '<rpc-main-host>'}:{a.proxy_port}"
-        return self.out(r, lambda: f"registered {', '.join(a.names)} at {where} (version {a.proxy_version})")
+        names = ", ".join([*a.names, *a.grpc_services])
+        return self.out(r, lambda: f"registered {names} at {where} (version {a.proxy_version})")
 
     def proxy_forget(self) -> int:
         r = self.client.srv.proxy_forget(Filter(names=self.args.names), timeout=self.timeout)

@@ -344,7 +344,8 @@ def test_call_command(servers: Servers, greeter: Greeter, capsys: pytest.Capture
     """`grpc-helper call` through main: a dynamic service's unary and server-streaming methods (types by
     reflection), main's own methods, and what it refuses."""
     main = servers(0, [])
-    register(main.client, greeter.port)
+    registration = ("proxy", "register", "--grpc-service", GREETER, "--version", "g-2", "--port", str(greeter.port))
+    assert cli(capsys, main.port, *registration, "--host", "127.0.0.1")[0] == 0
     assert cli(capsys, main.port, "call", f"{GREETER}/SayHello", '{"name": "cli"}') == (
         0,
         '{\n  "message": "hello cli"\n}\n',
