@@ -276,12 +276,13 @@ class LoadGate:
 
 
 def error_answer(
-    response_cls: type[Message], context: grpc.ServicerContext, result: Result, *, plain: bool = False
+    response_cls: type[Message] | None, context: grpc.ServicerContext, result: Result, *, plain: bool = False
 ) -> Message:
-    """The response carrying an error `result` in its `r`; for a response type without `Result r`, or for a
+    """The response carrying an error `result` in its `r`; for a response type without `Result r` (or unknown:
+    None, a dynamic proxied service's), or for a
     caller that reads gRPC statuses only (`plain`: see `metadata.reads_results`), the call is aborted with
     the status `result_status` decides instead. Served and proxied calls answer so."""
-    if not plain and has_result_field(response_cls):
+    if not plain and response_cls is not None and has_result_field(response_cls):
         return response_cls(r=result)
     context.abort(*result_status(result, plain=plain))
     raise AssertionError("unreachable: abort() raises")

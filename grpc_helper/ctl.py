@@ -297,7 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     proxy = group("proxy", "proxied services registrations")
     register = leaf(proxy, "register", Ctl.proxy_register, "forward proxied services to a server")
-    register.add_argument("names", nargs="+", metavar="NAME")
+    register.add_argument("names", nargs="*", metavar="NAME")
+    register.add_argument(
+        "--grpc-service",
+        dest="grpc_services",
+        action="append",
+        default=[],
+        metavar="PKG.SERVICE",
+        help="a full gRPC service name main forwards without a descriptor (a dynamic service; repeatable)",
+    )
     register.add_argument("--version", dest="proxy_version", required=True, metavar="V", help="version string")
     register.add_argument("--port", dest="proxy_port", type=_port, required=True, metavar="P", help="serving port")
     register.add_argument(
@@ -316,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="seconds the process then waits before ending: >0 T, 0 rpc-shutdown-timeout, <0 none (default: -1)",
     )
+
+    call = leaf(cmds, "call", Ctl.call, "call any method the server describes by reflection (unary, server streaming)")
+    call.add_argument("method", metavar="SERVICE/METHOD", help="e.g. greeter.Greeter/SayHello")
+    call.add_argument("request", nargs="?", default="{}", metavar="JSON", help="the request, as JSON (default: {})")
 
     health = leaf(cmds, "health", Ctl.health, "standard gRPC health check: exit code 0 when SERVING, 1 otherwise")
     health.add_argument(
@@ -555,10 +567,15 @@ class Ctl:
     # proxy
     def proxy_register(self) -> int:
         a = self.args
-        request = ProxyRegisterRequest(names=a.names, version=a.proxy_version, host=a.proxy_host, port=a.proxy_port)
+        if not (a.names or a.grpc_services):
+            raise CtlError("Give the services to register: NAMES, or --grpc-service", ResultCode.ERROR_PARAM_MISSING)
+        request = ProxyRegisterRequest(
+            names=a.names, version=a.proxy_version, host=a.proxy_host, port=a.proxy_port, grpc_services=a.grpc_services
+        )
         r = self.client.srv.proxy_register(request, timeout=self.timeout)
         where = f"{a.proxy_host or '<rpc-main-host>'}:{a.proxy_port}"
-        return self.out(r, lambda: f"registered {', '.join(a.names)} at {where} (version {a.proxy_version})")
+        names = ", ".join([*a.names, *a.grpc_services])
+        return self.out(r, lambda: f"registered {names} at {where} (version {a.proxy_version})")
 
     def proxy_forget(self) -> int:
         r = self.client.srv.proxy_forget(Filter(names=self.args.names), timeout=self.timeout)
@@ -568,6 +585,20 @@ class Ctl:
     def shutdown(self) -> int:
         r = self.client.srv.shutdown(ShutdownRequest(timeout=self.args.shutdown_timeout), timeout=self.timeout)
         return self.out(r, lambda: "shutdown requested")
+
+    # call
+    def call(self) -> int:
+        """Each response as JSON (proto field names): indented, or one object per line with --json."""
+        # Imported here only: the rest of the CLI (the container health probe) stays without grpc_reflection
+        from grpc_helper import reflected_call
+
+        client = self.client
+        metadata = client.metadata.as_metadata() + client.security.metadata()
+        for response in reflected_call.call(
+            client.channel, self.args.method, self.args.request, metadata, self.timeout
+        ):
+            print(json.dumps(response) if self.args.json else json.dumps(response, indent=2), flush=True)
+        return EXIT_OK
 
     # health
     def health(self) -> int:

@@ -44,7 +44,8 @@ def quote_names(names: Iterable[str]) -> str:
     return cut(", ".join(names))
 
 
-_NAME_FIELDS = frozenset({"name", "names"})  # string fields holding names: MAX_NAME_LENGTH, others MAX_VALUE_LENGTH
+# String fields holding names: MAX_NAME_LENGTH, others MAX_VALUE_LENGTH
+_NAME_FIELDS = frozenset({"name", "names", "grpc_services"})
 
 
 def check_request(request: Message) -> None:

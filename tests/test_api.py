@@ -135,7 +135,7 @@ MESSAGES = {
     "ResultStatus": {"r": (1, "Result", False)},
     "Empty": {},
     # New fields of 3 (after 2.x's, with new numbers only): Filter.endpoint, ServiceInfo.endpoints and
-    # .renewable, ProxyRegisterRequest.renew
+    # .renewable, ProxyRegisterRequest.renew and .grpc_services
     "Filter": {"names": (1, "string", True), "ignore_unknown": (2, "bool", False), "endpoint": (3, "Endpoint", False)},
     "Endpoint": {"host": (1, "string", False), "port": (2, "uint32", False)},
     "ServiceInfo": {
@@ -152,7 +152,7 @@ MESSAGES = {
     "ShutdownRequest": {"timeout": (1, "int32", False)},
     "ProxyRegisterRequest": {
         "names": (1, "string", True), "version": (2, "string", False), "host": (3, "string", False),
-        "port": (4, "uint32", False), "renew": (5, "bool", False),
+        "port": (4, "uint32", False), "renew": (5, "bool", False), "grpc_services": (6, "string", True),
     },
     "ConfigItem": {
         "name": (1, "string", False), "description": (2, "string", False), "value": (3, "string", False),

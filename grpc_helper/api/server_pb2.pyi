@@ -66,15 +66,17 @@ class ShutdownRequest(_message.Message):
     def __init__(self, timeout: _Optional[int] = ...) -> None: ...
 
 class ProxyRegisterRequest(_message.Message):
-    __slots__ = ("names", "version", "host", "port", "renew")
+    __slots__ = ("names", "version", "host", "port", "renew", "grpc_services")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
+    GRPC_SERVICES_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     version: str
     host: str
     port: int
     renew: bool
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., renew: _Optional[bool] = ...) -> None: ...
+    grpc_services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., renew: _Optional[bool] = ..., grpc_services: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -41,6 +41,11 @@ def backend_address(host: str, port: int) -> Address:
     return host or RpcStaticConfig.MAIN_HOST.str_val, port
 
 
+# Cached multi-callables per channel at most: declared services have a few; a dynamic service's paths come from
+# its callers (every path a registered service's caller sends)
+_MAX_METHODS = 1024
+
+
 class Backend:
     """A channel to one or several servers (the replicas of a proxied service), balanced and health
     checked by gRPC (`SERVICE_CONFIG`), with its cached multi-callables.
@@ -86,6 +91,8 @@ class Backend:
         key = kind + path
         callable_ = self._methods.get(key)
         if callable_ is None:
+            if len(self._methods) >= _MAX_METHODS:  # a dynamic service's callers name any method: bounded
+                self._methods.clear()
             # No (de)serializers: forwarded messages stay bytes. `_registered_method=True`: a private
             # parameter of grpcio's method factories (what its generated stubs pass) that makes the call
             # use the method pre-registered on the channel instead of interning the path on every call.

@@ -50,7 +50,7 @@ from grpc_helper.api import Result
 from grpc_helper.auth import caller_metadata, current_identity
 from grpc_helper.calls import VersionRange, cancelled_after_end, error_answer, remaining
 from grpc_helper.errors import RpcTransportError, rpc_error_to_exception
-from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, method_handler, response_class, run_on
+from grpc_helper.generated import Behavior, Handler, has_result_field, method_handler, response_class, run_on
 from grpc_helper.metadata import (
     KEY_API_VERSION,
     KEY_CALLER,
@@ -96,10 +96,11 @@ def forwarded_metadata(metadata: Metadata) -> Metadata:
     return tuple((k, v) for k, v in metadata if k not in _NOT_FORWARDED and not k.startswith("grpc-"))
 
 
-def proxied_metadata(metadata: Metadata, current_version: int, *, results: bool = True) -> Metadata:
+def proxied_metadata(metadata: Metadata, current_version: int | None, *, results: bool = True) -> Metadata:
     """`forwarded_metadata`, with `client` marked as proxied and a default `api_version` for a caller that is a
     grpc-helper client (`results`: see `metadata.reads_results`; any other caller has no API version, and
-    must stay one that reads statuses for a main behind this one)."""
+    must stay one that reads statuses for a main behind this one). `current_version` None: main knows no
+    version of the service (a dynamic one), none is added."""
     client = ""
     has_version = False
     out: list[tuple[str, str | bytes]] = []
@@ -111,7 +112,7 @@ def proxied_metadata(metadata: Metadata, current_version: int, *, results: bool 
         out.append((key, value))
     if results:
         out.append((KEY_CLIENT, client + _PROXIED_SUFFIX))
-        if not has_version:
+        if not has_version and current_version is not None:
             out.append((KEY_API_VERSION, str(current_version)))
     return tuple(out)
 
@@ -120,14 +121,17 @@ def make_forwarder(
     name: str,
     service: str,
     method: str,
-    original: Handler,
-    versions: VersionRange,
+    kind: str,
+    versions: VersionRange | None,
     registry: Backends,
     stream_pool: ThreadPoolExecutor,
 ) -> Handler:
-    """A raw-bytes handler forwarding `/service/method` to the backend `registry` has for `name`."""
-    site = _ForwardSite(name, method, f"/{service}/{method}", kind_of(original), versions, registry, service)
-    behavior = _stream_forwarder(site) if original.response_streaming else _unary_forwarder(site)
+    """A raw-bytes handler of `kind` forwarding `/service/method` to the backend `registry` has for `name`.
+
+    `versions` None: a service main has no descriptor of (registered by its gRPC name, see `ProxyRegistry`):
+    no API version check at main (the backend checks), no response type, so errors are plain gRPC statuses."""
+    site = _ForwardSite(name, method, f"/{service}/{method}", kind, versions, registry, service)
+    behavior = _stream_forwarder(site) if kind.endswith("_stream") else _unary_forwarder(site)
     # Forwarded calls wait on the network: keep them off the bounded worker pool
     run_on(behavior, stream_pool)
     return method_handler(site.kind, behavior)  # no (de)serializers: bytes in, bytes out
@@ -189,12 +193,19 @@ class _ForwardSite:
     """What the forwarding behaviors of one method share: its two phases (see the module doc)."""
 
     def __init__(
-        self, name: str, method: str, path: str, kind: str, versions: VersionRange, registry: Backends, service: str
+        self,
+        name: str,
+        method: str,
+        path: str,
+        kind: str,
+        versions: VersionRange | None,
+        registry: Backends,
+        service: str,
     ) -> None:
         self.name, self.method, self.path, self.kind, self.service = name, method, path, kind, service
         self.versions, self.registry = versions, registry
-        self.response_cls = response_class(service, method)
-        self.can_answer = has_result_field(self.response_cls)
+        self.response_cls = response_class(service, method) if versions is not None else None
+        self.can_answer = self.response_cls is not None and has_result_field(self.response_cls)
         self.request_streaming = kind.startswith("stream_")
 
     def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata, bool] | bytes:
@@ -202,12 +213,14 @@ class _ForwardSite:
         an error answer."""
         md = context.invocation_metadata()
         results = reads_results(md)
-        err = self.versions.check(md)
+        versions = self.versions
+        err = versions.check(md) if versions is not None else None
         if err is None:
             backend = self.registry.acquire(self.name, self.method, context)
             if not isinstance(backend, Result):
                 # The caller's identity goes along: the backend applies its own policy to it, not main's rights
-                forwarded = proxied_metadata(md, self.versions.current, results=results)
+                current = versions.current if versions is not None else None
+                forwarded = proxied_metadata(md, current, results=results)
                 return backend, forwarded + backend.credentials + caller_metadata(), results
             err = backend
             left = remaining(context)
@@ -233,6 +246,7 @@ class _ForwardSite:
             context.abort(status, error.details if not results else str(error))
         self.registry.logger.warning("%s", error)
         # protoc's stubs type enum fields as the enum only, and rc is an int code
+        assert self.response_cls is not None  # can_answer
         return self.response_cls(r=Result(code=error.rc, msg=str(error))).SerializeToString()  # type: ignore[arg-type]
 
     def started(self, context: grpc.ServicerContext, backend: Backend) -> int:

@@ -23,7 +23,7 @@ from grpc_helper.calls import VersionRange, remaining
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
-from grpc_helper.generated import Handler
+from grpc_helper.generated import Handler, kind_of
 from grpc_helper.persist import read_json_object, write_json
 from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Backend, backend_address
 from grpc_helper.proxy.forward import Backends, make_forwarder
@@ -56,6 +56,9 @@ class HealthSetter(Protocol):
 Endpoint = tuple[str, int]  # a registered (host, port): the host as given, empty meaning `rpc-main-host`
 # proxy.json: the key, inside a service's entry, listing its endpoints after the first (2.x ignores it)
 REPLICAS_KEY = "replicas"
+# proxy.json: the key marking the entry of a dynamic service (registered by its gRPC name, no descriptor in
+# main): `"grpc_service": true`. 2.x reads only the entries of its descriptors' names: it ignores these
+DYNAMIC_KEY = "grpc_service"
 
 
 @dataclass(frozen=True)
@@ -194,10 +197,16 @@ class ProxyRegistry:
         self._closed = False
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._path = workspace / PROXY_FILE if workspace is not None and descriptors else None
-        self._forgotten_path = workspace / FORGOTTEN_FILE if workspace is not None and descriptors else None
+        # Any server may take dynamic registrations (see `register`): persisted wherever there is a workspace
+        self._path = workspace / PROXY_FILE if workspace is not None else None
+        self._forgotten_path = workspace / FORGOTTEN_FILE if workspace is not None else None
         self._forgotten: dict[ForgottenKey, Forgotten] = {}  # oldest first
         self._foreign: dict[str, object] = {}
+        # Dynamic services: full gRPC service names registered (`register`'s `dynamic`) since the start or
+        # restored, forwarded without a descriptor; kept after `forget`, as declared ones are (calls wait)
+        self._dynamic: set[str] = set()
+        # What a dynamic registration may not name: the gRPC services this server serves or declares itself
+        self.reserved: frozenset[str] = frozenset()
 
     # --- handlers ---
     def handlers(
@@ -216,12 +225,27 @@ class ProxyRegistry:
         self, name: str, service: str, generated: dict[str, Handler], versions: VersionRange, backends: Backends
     ) -> dict[str, Handler]:
         return {
-            method: make_forwarder(name, service, method, original, versions, backends, self._streams)
+            method: make_forwarder(name, service, method, kind_of(original), versions, backends, self._streams)
             for method, original in generated.items()
         }
 
+    def dynamic_forwarder(self, service: str, method: str) -> Handler:
+        """The forwarder of `/service/method` of a dynamic service: raw bytes of any kind (a stream_stream handler
+        carries every kind on the wire), no version check (the backend checks)."""
+        return make_forwarder(service, service, method, "stream_stream", None, self, self._streams)
+
     def is_proxied(self, name: str) -> bool:
-        return name in self._descriptors
+        """Whether `name` is a proxied service: declared (a descriptor's name) or dynamic (a gRPC service name)."""
+        return name in self._descriptors or name in self._dynamic
+
+    def is_dynamic(self, name: str) -> bool:
+        return name in self._dynamic
+
+    def dynamic_services(self, *, registered: bool = False) -> list[str]:
+        """The dynamic services known (registered since the start or restored), sorted; only those registered
+        now with `registered`."""
+        with self._changed:
+            return sorted(n for n in self._dynamic if not registered or n in self._targets)
 
     def has_endpoint(self, name: str, endpoint: Endpoint) -> bool:
         with self._changed:
@@ -333,8 +357,10 @@ class ProxyRegistry:
         data = read_json_object(self._path, (dict,), "proxy")
         for name, entry in data.items():
             if name not in self._descriptors:
-                self._foreign[name] = entry  # not ours (any more): kept in the file as is
-                continue
+                if not (isinstance(entry, dict) and entry.get(DYNAMIC_KEY) is True and name not in self.reserved):
+                    self._foreign[name] = entry  # not ours (any more): kept in the file as is
+                    continue
+                self._dynamic.add(name)
             replicas = entry.get(REPLICAS_KEY, []) if isinstance(entry, dict) else []
             # The top-level endpoint last: it is the service's newest registration (see `target`)
             for item in [*(replicas if isinstance(replicas, list) else [replicas]), entry]:
@@ -347,19 +373,42 @@ class ProxyRegistry:
                 self._set([name], target)
                 self.logger.info("Restored registration of %s at %s:%s", name, target.host, target.port)
 
-    def register(self, names: list[str], version: str, host: str, port: int, *, renew: bool = False) -> ProxyTarget:
-        """Forward `names` to host:port too from now on: one more endpoint for each (registering the
-        same endpoint again refreshes it); the host is kept as given (empty: `rpc-main-host`).
+    def register(
+        self,
+        names: list[str],
+        version: str,
+        host: str,
+        port: int,
+        *,
+        renew: bool = False,
+        dynamic: Iterable[str] = (),
+    ) -> ProxyTarget:
+        """Forward `names` (declared services) and `dynamic` (full gRPC service names main has no descriptor of)
+        to host:port too from now on: one more endpoint for each (registering the same endpoint again refreshes
+        it); the host is kept as given (empty: `rpc-main-host`). A dynamic name is one name like a declared one
+        for everything below (ownership, grants, forgets, health, persistence); one this server serves or
+        declares itself is refused (ERROR_PARAM_INVALID).
         With a policy on, a service's endpoints belong to their registrant: only it (or an admin)
         adds, replaces or removes one; and a name the policy grants (`services`) is registered by its
         grantees only, registered or not. A renewal (`renew`: a running backend registering again what
         this server lost) of an endpoint forgotten on purpose is refused (ERROR_PROXY_FORGOTTEN); a plain
         registration (a backend starting) makes it registrable again."""
+        dynamic = list(dynamic)
+        served = sorted(n for n in dynamic if n in self.reserved or n in self._descriptors)
+        if served:
+            raise RpcException(
+                f"gRPC service(s) {', '.join(served)} served or declared by this server: not registrable as dynamic"
+                " services (a declared proxied service registers by its name)",
+                ResultCode.ERROR_PARAM_INVALID,
+            )
+        names = [*names, *dynamic]
         check_service_names(names)  # the names the policy grants the caller, whatever is registered now
         self._check_registrant(names)
         self._check_forgotten(names, (host, port), renew=renew)
         caller = current_identity()
         target = ProxyTarget(host, port, version, caller.name if caller is not None else None)
+        with self._changed:
+            self._dynamic.update(dynamic)
         self._set(names, target)
         self._persist()
         return target
@@ -496,7 +545,10 @@ class ProxyRegistry:
     def _persist(self) -> None:
         if self._path is not None:
             with self._changed:
-                data = {**self._foreign, **{n: _entry(e.values()) for n, e in self._targets.items()}}
+                data = {
+                    **self._foreign,
+                    **{n: _entry(e.values(), dynamic=n in self._dynamic) for n, e in self._targets.items()},
+                }
             write_json(self._path, data)
 
     # --- health ---
@@ -655,11 +707,13 @@ def _update(channel: Backend) -> bool | None:
     return serving
 
 
-def _entry(targets: Iterable[ProxyTarget]) -> dict[str, object]:
+def _entry(targets: Iterable[ProxyTarget], *, dynamic: bool) -> dict[str, object]:
     """A service's proxy.json entry: its newest endpoint at the top level (what 2.x reads), the others
-    under `REPLICAS_KEY`, oldest first."""
+    under `REPLICAS_KEY`, oldest first; a dynamic service's marked with `DYNAMIC_KEY`."""
     *others, newest = targets
     entry = newest.as_json()
+    if dynamic:
+        entry[DYNAMIC_KEY] = True
     if others:
         entry[REPLICAS_KEY] = [t.as_json() for t in others]
     return entry

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from grpc_helper import client as client_module
 from grpc_helper import metrics
@@ -51,6 +51,7 @@ from grpc_helper.generated import (
 from grpc_helper.logs import LoggersConfig, RollingLogs, default_console
 from grpc_helper.manager import RpcManager
 from grpc_helper.options import server_options
+from grpc_helper.proxy.reflection import ProxiedReflection
 from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.proxy.route import RoutedBackends, RouteInterceptor
 from grpc_helper.server import debug
@@ -73,6 +74,8 @@ DEFAULT_LOGGERS = {"srv": "RpcServer", "config": "ConfigManager", "log": "LogsMa
 _CONTROL_THREADS = 4
 # Methods of the default services served on the control pool (by descriptor name)
 _CONTROL_METHODS = {"srv": ("info", "shutdown")}
+# Forwarders of dynamic services' methods kept at most (made again when dropped)
+_MAX_DYNAMIC = 1024
 # How often wait_shutdown() lets the main thread run pending signal handlers (seconds)
 _SIGNAL_POLL = 0.2
 
@@ -133,6 +136,30 @@ def reject_handler(kind: str, code: grpc.StatusCode, details: str, pool: IdlePoo
 
     run_on(reject, pool)
     return method_handler(kind, reject)  # no deserializer: the request is never read
+
+
+class _DynamicServices(grpc.GenericRpcHandler):
+    """Forwarders of the dynamic services' calls: `/<service>/<method>` for a service registered by its gRPC name
+    (see `ProxyRegistry.register`), any method, made on a call's first use and kept (up to `_MAX_DYNAMIC`)."""
+
+    def __init__(self, registry: ProxyRegistry, fairness: Fairness) -> None:
+        self._registry, self._fairness = registry, fairness
+        self._handlers: dict[str, Handler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        path = handler_call_details.method
+        handler = self._handlers.get(path)
+        if handler is not None:
+            return handler
+        service, _, method = path.removeprefix("/").partition("/")
+        if not method or not self._registry.is_dynamic(service):
+            return None  # UNIMPLEMENTED, as for any unknown service
+        if len(self._handlers) >= _MAX_DYNAMIC:  # the paths come from callers: bounded
+            self._handlers.clear()
+        # Counted in the caller's share of the streams like any forwarded call (not measured: no metrics
+        # labels made of whatever method a caller names)
+        handler = self._handlers[path] = self._fairness.wrap(path, self._registry.dynamic_forwarder(service, method))
+        return handler
 
 
 def _delegate(method: Callable[..., Any]) -> Behavior:
@@ -266,10 +293,11 @@ class RpcServer:
         for d in self.descriptors:
             self._set_health(d.name, serving=False)
         self._register_health()
-        reflection.enable_server_reflection(
-            [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self._grpc,
-        )
+        own = [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        self._register_reflection(own)
+        # Dynamic services (registered by their gRPC names): whatever no handler above serves, looked up per call
+        self.proxies.reserved = frozenset([*own, *names])
+        self._grpc.add_generic_rpc_handlers((_DynamicServices(self.proxies, self.fairness),))
         # Persisted registrations are restored before the port opens: forwarded calls have no gap
         self.proxies.load()
 
@@ -413,6 +441,20 @@ class RpcServer:
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
+    def _register_reflection(self, services: list[str]) -> None:
+        """grpcio-reflection's servicer for `services`, extended to the dynamic services (`ProxiedReflection`),
+        on the streams pool: a request about a dynamic service waits for its backend's answer."""
+        servicer = ProxiedReflection(reflection.ReflectionServicer(services), self.proxies)
+        service, generated = capture_service(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer)
+        handlers = {}
+        for name, original in generated.items():
+            behavior = _delegate(getattr(servicer, name))
+            run_on(behavior, self.streams)
+            handlers[name] = make_handler(original, behavior)
+        assert self._grpc is not None
+        self._grpc.add_registered_method_handlers(service, handlers)
+        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
     def _manager_logger(self, manager: object) -> logging.Logger:
         """The logger a manager's calls are traced on, given its rolling file: an `RpcManager`'s
         `logger`, else (a plain servicer) one named after the manager's class."""
@@ -519,7 +561,8 @@ class RpcServer:
 
     def _set_health(self, name: str, *, serving: bool) -> None:
         """The health status of the service named `name` (a descriptor's name)."""
-        self.health.set(self._service_names[name], SERVING if serving else NOT_SERVING)
+        # A dynamic service has no descriptor: its name is its gRPC service name
+        self.health.set(self._service_names.get(name, name), SERVING if serving else NOT_SERVING)
 
     def send_event(self, event: Event) -> None:
         """Send `event` on this server's events service, if it runs one (else nothing)."""

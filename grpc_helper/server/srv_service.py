@@ -27,6 +27,8 @@ from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 
 _MAX_PORT = 65535
+# A full gRPC service name: dot-separated proto identifiers (package, then service)
+_GRPC_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # "_" too: docker service names have it
 
 
@@ -77,29 +79,41 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
 
     def info(self, request: Filter) -> MultiServiceInfo:
         check_request(request)
-        items = []
         proxies = self._proxies
-        for d in self._select(request.names, ignore_unknown=request.ignore_unknown):
-            info = ServiceInfo(
-                name=d.name,
-                version=d.version_string,
-                current_api_version=d.current_version,
-                supported_api_version=d.supported_version,
-                is_proxy=d.is_proxy,
-            )
-            if d.is_proxy:
-                # The registered version (kept after proxy_forget), the module's until a registration
-                info.version = proxies.version(d.name) or d.version_string
-                newest = proxies.target(d.name)
-                if newest is not None:  # 2.x's two fields: one endpoint, the newest registration
-                    info.proxy_host, info.proxy_port = newest.host, newest.port
-                endpoints = proxies.endpoints(d.name)
-                for e in endpoints:
-                    t = e.target
-                    info.endpoints.add(host=t.host, port=t.port, version=t.version, serving=e.serving)
-                info.renewable = True  # renewals of endpoints forgotten on purpose are refused here
-            items.append(info)
+        names = list(request.names)
+        # Dynamic services (by gRPC name, no descriptor): after the declared ones, all of them when none is named
+        dynamic = [n for n in names if proxies.is_dynamic(n)] if names else proxies.dynamic_services()
+        declared = [n for n in names if n not in dynamic]
+        items = []
+        if declared or not names:
+            for d in self._select(declared, ignore_unknown=request.ignore_unknown):
+                info = ServiceInfo(
+                    name=d.name,
+                    version=d.version_string,
+                    current_api_version=d.current_version,
+                    supported_api_version=d.supported_version,
+                    is_proxy=d.is_proxy,
+                )
+                if d.is_proxy:
+                    self._proxy_info(info, d.version_string)
+                items.append(info)
+        for name in dynamic:  # no API versions: main has none of them (0)
+            items.append(self._proxy_info(ServiceInfo(name=name, is_proxy=True), ""))
         return MultiServiceInfo(items=items)
+
+    def _proxy_info(self, info: ServiceInfo, default_version: str) -> ServiceInfo:
+        """`info` of a proxied service completed with its registrations."""
+        proxies = self._proxies
+        # The registered version (kept after proxy_forget), the module's until a registration
+        info.version = proxies.version(info.name) or default_version
+        newest = proxies.target(info.name)
+        if newest is not None:  # 2.x's two fields: one endpoint, the newest registration
+            info.proxy_host, info.proxy_port = newest.host, newest.port
+        for e in proxies.endpoints(info.name):
+            t = e.target
+            info.endpoints.add(host=t.host, port=t.port, version=t.version, serving=e.serving)
+        info.renewable = True  # renewals of endpoints forgotten on purpose are refused here
+        return info
 
     def shutdown(self, request: ShutdownRequest) -> ResultStatus:
         # Bounded: a process that no longer listens but lingers for days is never restarted by its supervisor
@@ -113,20 +127,24 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
         self._control.shutdown_remotely(request.timeout)
         return ResultStatus()
 
-    def _proxied(self, names: Iterable[str]) -> list[str]:
+    def _proxied(self, names: Iterable[str], *, dynamic: bool = False) -> list[str]:
         """Check the names of a proxy_register/proxy_forget request, in the original's order:
-        missing, unknown, then not proxied."""
+        missing, unknown, then not proxied. `dynamic`: known dynamic services' names are fine too (a forget);
+        none at all is fine when the registration names gRPC services (`grpc_services`) instead."""
         names = list(names)
-        if not names or any(not n for n in names):
+        if (not names and not dynamic) or any(not n for n in names):
             raise RpcException("Missing service names", ResultCode.ERROR_PARAM_MISSING)
-        for d in self._select(names):
+        declared = [n for n in names if not self._proxies.is_dynamic(n)]
+        for d in self._select(declared) if declared else []:  # none: `_select` would take them all
             if not d.is_proxy:
                 raise RpcException(f"Service {d.name} is not a proxied service", ResultCode.ERROR_PARAM_INVALID)
         return names
 
     def proxy_register(self, request: ProxyRegisterRequest) -> ResultStatus:
         check_request(request)
-        names = self._proxied(request.names)
+        grpc_services = self._grpc_services(request.grpc_services)
+        # A plain (2.x) registration names declared services only: an unknown name is refused as in 2.x
+        names = self._proxied(request.names, dynamic=bool(grpc_services)) if request.names or not grpc_services else []
         if not request.version:
             raise RpcException("Missing version", ResultCode.ERROR_PARAM_MISSING)
         if not request.port:
@@ -138,7 +156,10 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
                 f"Invalid host: {quote(request.host)} (expected a DNS name, an IPv4 or IPv6 address, or empty)",
                 ResultCode.ERROR_PARAM_INVALID,
             )
-        target = self._proxies.register(names, request.version, request.host, request.port, renew=request.renew)
+        target = self._proxies.register(
+            names, request.version, request.host, request.port, renew=request.renew, dynamic=grpc_services
+        )
+        names = [*names, *grpc_services]
         self.logger.info(
             "Proxied services %s registered%s at %s:%s (%s)",
             quote_names(names),
@@ -155,6 +176,18 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
             host=request.host,
         )
         return ResultStatus()
+
+    @staticmethod
+    def _grpc_services(names: Iterable[str]) -> list[str]:
+        """The full gRPC service names of a registration (`grpc_services`), checked."""
+        names = list(dict.fromkeys(names))
+        invalid = [n for n in names if not _GRPC_SERVICE.fullmatch(n)]
+        if invalid:
+            raise RpcException(
+                f"Invalid gRPC service name(s): {quote_names(invalid)} (expected package.Service)",
+                ResultCode.ERROR_PARAM_INVALID,
+            )
+        return names
 
     def proxy_forget(self, request: Filter) -> ResultStatus:
         check_request(request)
