@@ -424,14 +424,15 @@ def test_scaled_echo_balances_and_fails_over_after_kill9(stack: Stack) -> None: 
 
 
 def test_each_service_exposes_its_own_port(stack: Stack) -> None:
-    """`stack.sh status` / `docker ps` show each sample's own port, not main's (issue 13, item 17)."""
+    """`stack.sh status` / `docker ps` show each sample's own port, not main's (issue 13, item 17), and the
+    metrics port every service serves (rpc-metrics-port, 9464)."""
     for service, port in (("main", "54321"), ("echo", "54322"), ("notes", "54323")):
         exposed = subprocess.run(
             ["docker", "inspect", "-f", "{{json .Config.ExposedPorts}}", stack.container(service)],
             capture_output=True,
             text=True,
         ).stdout
-        assert json.loads(exposed) == {f"{port}/tcp": {}}, (service, exposed)
+        assert json.loads(exposed) == {f"{port}/tcp": {}, "9464/tcp": {}}, (service, exposed)
 
 
 def test_a_complete_wheelhouse_needs_no_index(stack: Stack) -> None:
