@@ -19,7 +19,7 @@ from grpc_helper.api import ProxyRegisterRequest, Result, ResultCode
 from grpc_helper.backoff import Backoff
 from grpc_helper.calls import CallSite, VersionRange, wrap_method
 from grpc_helper.errors import rc_name, result_status
-from grpc_helper.generated import capture_service, make_handler, response_class
+from grpc_helper.generated import capture_service, kind_of, make_handler, response_class
 from grpc_helper.proxy.forward import make_forwarder
 from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
@@ -205,7 +205,9 @@ def health_ports() -> Iterator[tuple[int, int]]:
         registry = ProxyRegistry(
             [], workspace=None, streams=pool, set_health=lambda _name, **_: None, logger=logging.getLogger("proxy")
         )
-        proxied = {"Check": make_forwarder("health", service, "Check", generated["Check"], versions, registry, pool)}
+        proxied = {
+            "Check": make_forwarder("health", service, "Check", kind_of(generated["Check"]), versions, registry, pool)
+        }
         try:
             with grpc_server(service, direct) as direct_port, grpc_server(service, proxied) as proxy_port:
                 yield direct_port, proxy_port

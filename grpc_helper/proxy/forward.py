@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
@@ -263,16 +263,10 @@ def _trailers(exc: grpc.RpcError) -> Metadata:
     return tuple(trailers or ())
 
 
-def _deadline_passed(context: grpc.ServicerContext, call: Any, path: str) -> NoReturn:
-    """The caller's deadline passed and the backend call had not ended (grpcio's receive path may hang past
-    a deadline): cancel it, and answer now."""
-    call.cancel()
-    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline passed")
-
-
 def _unary_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
-    kind, path, request_streaming = site.kind, site.path, site.request_streaming
+    path, request_streaming = site.path, site.request_streaming
+    wire_kind = "stream_stream" if request_streaming else "unary_stream"
 
     def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         prepared = prepare(context)
@@ -286,18 +280,21 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
         try:
             if request_streaming:
                 request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
-            call = backend.method(kind, path).future(request, timeout=remaining(context), metadata=md)  # type: ignore[attr-defined]  # a multi-callable
-            cancel.attach(call)
-            try:
-                # Bounded by the caller's deadline whatever grpcio's receive path does
-                response: bytes = call.result(timeout=remaining(context))
-            except grpc.FutureTimeoutError:
-                _deadline_passed(context, call, path)
-            except grpc.FutureCancelledError:
-                return b""  # the caller went away: nobody to answer
-            pass_metadata(context, call.initial_metadata(), call.trailing_metadata())
+            # A unary response read as a stream of one (the same on the wire): the call can be cancelled from
+            # the caller's termination callback (a blocking unary call can't), its deadline included, and, for
+            # a unary request, it is read on this thread (grpcio's single-threaded stream: as cheap as a
+            # blocking call, where a future hands every answer over from the channel's thread)
+            responses = backend.method(wire_kind, path)(request, timeout=remaining(context), metadata=md)
+            cancel.attach(responses)
+            answers = list(responses)  # one; reading to the end gives the trailing metadata and status
+            if len(answers) != 1:
+                context.abort(grpc.StatusCode.INTERNAL, f"{path}: the backend answered {len(answers)} messages")
+            pass_metadata(context, responses.initial_metadata(), responses.trailing_metadata())
+            response: bytes = answers[0]
             return response
         except grpc.RpcError as exc:
+            if cancel.wanted:
+                return b""  # the caller went away (cancelled, or its deadline passed): nobody to answer
             return failed(context, backend, exc, results=results)
         finally:
             IN_FLIGHT.pop(key, None)
