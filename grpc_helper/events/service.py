@@ -95,9 +95,11 @@ OWNERS_FILE = "queues-owners.json"  # {"<id>": identity}: who created each queue
 MAX_CLIENT_ID = 0xFFFFFFFF  # client_id is a uint32; 0 means "none"
 _SAVE_DUTY = 0.1  # at most this share of the janitor's time spent compacting the journal into queues.json
 # Compact once the journal is this share of the snapshot (amortized: a snapshot costs what changed since the
-# last one), or after this many seconds with changes (queues.json, which 2.x reads, stays recent)
+# last one); a small snapshot also after this many seconds with changes (queues.json, which 2.x reads, stays
+# recent while that is cheap; a big one is never rewritten for the time that passed)
 _COMPACT_SHARE = 0.25
 _COMPACT_PERIOD = 60.0
+_COMPACT_SMALL = 1 << 20  # bytes
 _EXPIRE_PERIOD = 0.5  # seconds between two checks for expired retained queues (and for keep-alives)
 # Threads sending to listeners (more only while some are stuck on a listener that stopped reading): on 2
 # cores, 1-2 threads keep 500 listeners at 10 events/s under 20 ms p99 for everybody else (bench/fanout_load.py)
@@ -281,7 +283,9 @@ class EventsManager(EventServiceServicer, RpcManager):
         journal = self._journal
         if journal is None or not journal.changes:
             return False
-        return journal.size >= _COMPACT_SHARE * self._snapshot_size or now - self._compacted_at >= _COMPACT_PERIOD
+        if journal.size >= _COMPACT_SHARE * self._snapshot_size:
+            return True
+        return self._snapshot_size < _COMPACT_SMALL and now - self._compacted_at >= _COMPACT_PERIOD
 
     def _background(self) -> None:
         """The janitor: drop expired retained queues, keep-alives, compact the journal when due."""
@@ -365,7 +369,9 @@ class EventsManager(EventServiceServicer, RpcManager):
 
     def _gone(self, q: EventQueue, listener: Listener) -> None:
         """gRPC callback at the end of a listen call: if the client went away, retain its queue."""
-        if q.detach(listener, lost=True) and not q.closed:
+        # At shutdown the stream ended with a last status sent after its events: nothing to send again (the
+        # restored queue numbers its events anew, so a resuming listener could not skip them: duplicates)
+        if q.detach(listener, lost=not q.closed) and not q.closed:
             self.logger.info("Event queue %s retained: its listener went away", q.client_id)
             self._journal_keep(q)
 

@@ -33,26 +33,29 @@ def snapshot_chunks(queues: list[tuple[int, list[Pending]]]) -> Iterator[bytes]:
         for item in items:
             key = id(item)
             held[key] = held.get(key, 0) + 1
-    written: dict[int, int] = {}  # id(item) -> its id in the file
+    refs: dict[int, str] = {}  # id(item) -> its reference, once written: `{"ref": n}`
     yield b"{"
     for n, (cid, items) in enumerate(queues):
-        parts = [f'{", " if n else ""}\n"{cid}": [']
-        for i, item in enumerate(items):
+        yield f'{", " if n else ""}\n"{cid}": ['.encode()
+        parts: list[str] = []
+        first = True  # no chunk of this list written yet
+        for item in items:
             key = id(item)
-            ref = written.get(key)
-            sep = ", " if i else ""
+            ref = refs.get(key)
             if ref is not None:
-                parts.append(f'{sep}{{"ref": {ref}}}')
+                parts.append(ref)
             else:
                 entry = event_json(item)
                 if held[key] > 1:
-                    entry["id"] = written[key] = len(written) + 1
-                parts.append(sep + json.dumps(entry))
+                    entry["id"] = len(refs) + 1
+                    refs[key] = f'{{"ref": {entry["id"]}}}'
+                parts.append(json.dumps(entry))
             if len(parts) >= _CHUNK_EVENTS:
-                yield "".join(parts).encode()
-                parts = []
-        parts.append("]")
-        yield "".join(parts).encode()
+                yield _join(parts, first=first)
+                parts, first = [], False
+        if parts:
+            yield _join(parts, first=first)
+        yield b"]"
     yield b"\n}\n"
 
 
@@ -91,3 +94,8 @@ def _pending_from_json(data: Any, shared: dict[int, Pending], interned: dict[byt
             raise ValueError(f"invalid event id in {data!r}")
         shared[data["id"]] = item
     return item
+
+
+def _join(parts: list[str], *, first: bool) -> bytes:
+    """Entries of a list, comma-separated; a chunk after the first one of its list starts with a comma."""
+    return (("" if first else ", ") + ", ".join(parts)).encode()
