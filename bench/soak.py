@@ -58,6 +58,7 @@ class Row:
     max_ms: float
     first_status_max_s: float
     errors: int
+    load: float  # the machine's 1-minute load average: what else competed for its cores
 
 
 def _free_port() -> int:
@@ -332,6 +333,7 @@ def _interval(dep: Deployment, out: Any, started: float, seconds: float) -> Row:
         max_ms=round(max(lats) * 1000, 1) if lats else 0.0,
         first_status_max_s=round(max(firsts), 3) if firsts else 0.0,
         errors=errors,
+        load=round(os.getloadavg()[0], 1),
     )
 
 
@@ -348,6 +350,7 @@ _COLUMNS = (
     "max (ms)",
     "first status max (s)",
     "errors",
+    "load",
 )
 
 
@@ -376,8 +379,12 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax.legend()
     ax = axes[0][1]
     ax.plot(t, [r.unary_per_s for r in rows], color="tab:green")
-    ax.set_title("unary calls/s through main")
+    ax.set_title("unary calls/s through main (grey: machine load)")
     ax.set_ylim(bottom=0)
+    if any(getattr(r, "load", 0) for r in rows):
+        load = ax.twinx()
+        load.plot(t, [r.load for r in rows], color="grey", linestyle="--")
+        load.set_ylim(bottom=0)
     ax = axes[1][0]
     ax.plot(t, [r.p99_ms for r in rows], label="p99")
     ax.plot(t, [r.max_ms for r in rows], label="max")
