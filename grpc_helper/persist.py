@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename, fsync of the folder),
     the file created with permissions `mode` when given (e.g. 0o600 for a key: never readable by others,
     not even for a moment)."""
+    write_stream(path, (data,), mode)
+
+
+def write_stream(
+    path: Path,
+    chunks: Iterable[bytes],
+    mode: int | None = None,
+    before_rename: Callable[[tuple[int, int, int]], None] | None = None,
+) -> int:
+    """`write_atomic` for data made piece by piece (never whole in memory); its size. `before_rename` gets the
+    `file_stamp` the file will have once renamed (the rename keeps it), once the data is on disk: a journal
+    can then name the snapshot it follows before that snapshot replaces the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _lock_for(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,9 +52,13 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
             if mode is not None:
                 os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            size = os.stat(tmp).st_size
+            if before_rename is not None:
+                before_rename(file_stamp(Path(tmp)))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -52,6 +69,7 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    return size
 
 
 def _temp_pattern(path: Path) -> str:

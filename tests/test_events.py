@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -21,6 +22,7 @@ from grpc_helper.api import (
     ResultCode,
 )
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
+from grpc_helper.persist import file_stamp
 from grpc_helper.testing import rc_of
 
 from helpers import Collector, Servers, Stream, event, wait_until
@@ -219,6 +221,53 @@ class TestPersistence:
         srv = servers(0, [], folders=folders, with_events=True)
         assert Stream(srv.client).client_id == 0xFFFFFFFF
         assert Stream(srv.client).client_id == 2  # wrapped; 1 is still held
+
+
+class TestJournalI20:
+    """Changes are journaled (queues-journal-<gen>.jsonl) and compacted into queues.json (issue 20)."""
+
+    @staticmethod
+    def journal(folders: Any, *lines: bytes) -> None:
+        """queues.json `{"1": []}` and a journal following it, as a crash would leave them."""
+        queues = folders.workspace / "queues.json"
+        queues.write_text('{"1": []}')
+        base = json.dumps(["base", list(file_stamp(queues))]).encode()
+        (folders.workspace / "queues-journal-3.jsonl").write_bytes(b"\n".join([base, *lines]))
+
+    def test_replayed_and_a_torn_last_line_is_ignored(self, servers: Servers, folders) -> None:
+        data = base64.b64encode(event("J", n="1").SerializeToString()).decode()
+        self.journal(folders, json.dumps(["ev", "J", data]).encode(), b'["new", 2, ["J"]')  # torn: cut mid-way
+        srv = servers(0, [], folders=folders, with_events=True)
+        assert srv.client.events.inspect(Empty()).client_ids == [1]
+        resumed = Stream(srv.client, client_id=1)
+        assert resumed.next_event().properties[0].value == "1"
+        # Compacted at the start: one snapshot holding it, and a new journal following it
+        assert json.loads((folders.workspace / "queues.json").read_text())["1"][0]["name"] == "J"
+        journals = [p.name for p in folders.workspace.glob("queues-journal-*")]
+        assert len(journals) == 1, journals
+        assert journals != ["queues-journal-3.jsonl"]
+
+    def test_a_journal_older_than_queues_json_is_ignored(self, servers: Servers, folders) -> None:
+        data = base64.b64encode(event("J").SerializeToString()).decode()
+        self.journal(folders, json.dumps(["ev", "J", data]).encode(), b"")
+        (folders.workspace / "queues.json").write_text('{"1": [], "5": []}')  # rewritten since, e.g. by 2.x
+        srv = servers(0, [], folders=folders, with_events=True)
+        assert srv.client.events.inspect(Empty()).client_ids == [1, 5]
+        srv.client.events.send(event("MARK"))
+        resumed = Stream(srv.client, client_id=1)
+        assert resumed.next_event().name == "MARK"  # not J
+
+    def test_sends_to_retained_queues_append_to_the_journal(self, srv: RpcServer, folders) -> None:
+        s = Stream(srv.client)
+        srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+        srv.client.events.send(event("JOURNALED", n="1"))
+
+        def journaled() -> bool:
+            return any(b'"JOURNALED"' in p.read_bytes() for p in folders.workspace.glob("queues-journal-*.jsonl"))
+
+        # The janitor may have compacted it into queues.json already: then it is there
+        queues = folders.workspace / "queues.json"
+        assert wait_until(lambda: journaled() or (queues.exists() and "JOURNALED" in queues.read_text()))
 
 
 class TestListener:

@@ -5,7 +5,8 @@ Each round, concurrent writers run against the server (`tests/programs/kill9_ser
 live backends, a new version each time), `events.listen` opening queues (each kept open) and `events.send`. Every
 acknowledged write is recorded. Then the process gets SIGKILL, and:
 
-- every workspace file parses (`config.json`, `loggers.json`, `proxy.json`, `queues.json`, `queues-filters.json`);
+- every workspace file parses (`config.json`, `loggers.json`, `proxy.json`, `queues.json`, `queues-filters.json`),
+  and every line of the event queue journals but a torn last one (issue 20);
 - the next start succeeds, and removes the leftovers of interrupted atomic writes (issue 18; one is planted each
   round, so the check never passes for want of a leftover);
 - through the services of the restarted server, the last acknowledged write of each kind is there (or the one in
@@ -238,6 +239,13 @@ class Campaign:
                     json.loads(path.read_text())
                 except ValueError as exc:
                     self.problems.append(f"round {rnd}: {name} unreadable after the kill: {exc}")
+        for journal in wks.glob("queues-journal-*.jsonl"):  # issue 20: every line parses, but a torn last one
+            lines = journal.read_bytes().split(b"\n")
+            for n, line in enumerate(lines[:-1]):
+                try:
+                    json.loads(line)
+                except ValueError as exc:
+                    self.problems.append(f"round {rnd}: {journal.name} line {n + 1} unreadable after the kill: {exc}")
         leftovers = set(wks.glob(".*.tmp"))
         planted = wks / f".config.json.planted{rnd}.tmp"
         planted.write_text('{"kill9-va')  # what an interrupted write leaves

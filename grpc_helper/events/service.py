@@ -16,8 +16,8 @@ Threads and locking:
   the same id), on client disconnect (a gRPC callback retains the queue), and with
   ERROR_STREAM_SHUTDOWN at shutdown; the janitor has idle listeners send their keep-alives.
 - `self.lock` guards the id -> queue map, id allocation and ownership changes.
-- One background thread (`events-janitor`) drops expired retained queues, writes `queues.json`, and
-  asks for keep-alives.
+- One background thread (`events-janitor`) drops expired retained queues, compacts the journal into
+  `queues.json`, and asks for keep-alives; another (`events-journal`) writes the journal.
 
 Retention: a queue whose stream went away (interrupt or disconnect) is *retained* for
 `rpc-event-retain-timeout` seconds, still collecting the events its filter accepts, and resumed
@@ -30,7 +30,7 @@ Logged at INFO, once each: `Starting new event listening queue #<id>` (a `listen
 queue), `Resuming interrupted event listening queue #<id>` (a `listen` given a known id), and
 `Event listening queue #<id> interrupted` when a listen stream ends, whatever the reason.
 
-Persistence, in the workspace (both files written atomically by `write_json`, in the same save).
+Persistence, in the workspace (files written atomically, see below).
 `queues.json` has the shape grpc-helper 2.x reads and writes, so either generation picks the
 workspace up: every queue id (live or retained) as a decimal string, with its pending events in
 order (the original writes empty lists, and reads only the keys: no other top-level key)::
@@ -46,16 +46,15 @@ what this module wrote before (`{"next_id": 12, "queues": {"3": {"names": ["A"],
 its `next_id` kept) and a plain list of ids. A malformed file stops the start with
 ERROR_MODEL_INVALID and is left as it is.
 
-When it is written, i.e. crash safety vs cost: a `listen` creating a queue writes both files before
-sending the status that carries the new id (so an acknowledged id survives a crash; one write per
-listen start, proportional to what is pending). Never on the hot path: `send` only raises a flag,
-and only when an accepting queue is retained (events for live listeners are delivered within
-milliseconds, so writing them would cost a file write per event for nothing). The janitor writes
-after any other change that matters (queue resumed, retained, dropped; events queued for a
-retained queue), coalescing bursts: at most one write per 100 ms, and never more than ~10% of its
-time writing when files get big. At shutdown the file is written last, with the events still
-pending for live listeners. So a crash loses at most the last ~100 ms of changes to retained
-queues, and the few events that were in flight to live listeners; their ids survive.
+When it is written, i.e. crash safety vs cost (issue 20): changes go to an append-only journal
+(`journal.py`: queue made, retained with what it holds, resumed, refiltered, dropped; an event sent to
+retained queues, once), written and fsync'ed by its own thread within 50 ms; a `listen` creating a queue
+has its record on disk before the status carrying the id is sent. Never on the hot path: `send` appends
+a tuple to a list (nothing when no retained queue accepts the event). The janitor compacts the journal
+into queues.json (streamed, off every lock) once the journal reaches a quarter of the snapshot's size or a
+minute after a change, at most ~10% of its time. At shutdown queues.json is written last, with the events
+still pending for live listeners. So a crash loses at most the last ~50 ms of changes to retained queues,
+and the events in flight to live listeners; their ids survive.
 
 Delivery is at most once: an event taken from a queue is gone, even if the stream then breaks.
 """
@@ -82,18 +81,25 @@ from grpc_helper.auth import check_owner, current_identity
 from grpc_helper.calls import PushStream, pushed_stream
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
-from grpc_helper.events.queues import EventQueue, Listener, check_name, events_json
+from grpc_helper.events.journal import Journal, QueueState, generations, read_journals, replay
+from grpc_helper.events.queues import EventQueue, Listener, Pending, check_name, pending_of
+from grpc_helper.events.snapshot import events_from_json, snapshot_chunks
 from grpc_helper.limits import check_request, quote
 from grpc_helper.manager import RpcManager
-from grpc_helper.persist import read_json, read_json_object, write_json
+from grpc_helper.persist import file_stamp, read_json, read_json_object, write_json, write_stream
 from grpc_helper.threads import Deliveries
 
 QUEUES_FILE = "queues.json"
 FILTERS_FILE = "queues-filters.json"  # {"<id>": [names]}: the filters, which queues.json can't hold
 OWNERS_FILE = "queues-owners.json"  # {"<id>": identity}: who created each queue, with a policy on
 MAX_CLIENT_ID = 0xFFFFFFFF  # client_id is a uint32; 0 means "none"
-_SAVE_INTERVAL = 0.1  # seconds between two writes of queues.json, at least
-_SAVE_DUTY = 0.1  # ... and at most this share of the janitor's time spent writing
+_SAVE_DUTY = 0.1  # at most this share of the janitor's time spent compacting the journal into queues.json
+# Compact once the journal is this share of the snapshot (amortized: a snapshot costs what changed since the
+# last one); a small snapshot also after this many seconds with changes (queues.json, which 2.x reads, stays
+# recent while that is cheap; a big one is never rewritten for the time that passed)
+_COMPACT_SHARE = 0.25
+_COMPACT_PERIOD = 60.0
+_COMPACT_SMALL = 1 << 20  # bytes
 _EXPIRE_PERIOD = 0.5  # seconds between two checks for expired retained queues (and for keep-alives)
 # Threads sending to listeners (more only while some are stuck on a listener that stopped reading): on 2
 # cores, 1-2 threads keep 500 listeners at 10 events/s under 20 ms p99 for everybody else (bench/fanout_load.py)
@@ -113,8 +119,10 @@ class EventsManager(EventServiceServicer, RpcManager):
         self._closing = False
         self._path: Path | None = None  # queues.json
         self._filters_path: Path | None = None  # queues-filters.json
-        self._dirty = threading.Event()  # queues.json is to be written
-        self._save_lock = threading.Lock()  # serializes saves (janitor, new listens, shutdown)
+        self._journal: Journal | None = None  # what changed since queues.json (None: no workspace)
+        self._snapshot_size = 0  # bytes of the last queues.json written
+        self._compacted_at = time.monotonic()
+        self._save_lock = threading.Lock()  # serializes compactions (janitor, start, shutdown)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
         self._deliveries: Deliveries | None = None
@@ -137,41 +145,58 @@ class EventsManager(EventServiceServicer, RpcManager):
         for q in queues:
             q.close()  # their streams end with ERROR_STREAM_SHUTDOWN; the queues are kept
         self._stopping.set()
-        self._dirty.set()
         if self._janitor is not None:
             self._janitor.join(30)
-        self._save()
+        self._compact()  # everything, the events pending for live listeners too
+        if self._journal is not None:
+            self._journal.close()
         if self._deliveries is not None:
             self._deliveries.stop()  # once the last statuses queued by q.close() above are sent
         super()._shutdown()
 
     # --- persistence ---
     def _restore(self) -> None:
-        data = read_json(self._path, None)
-        if data is None:
+        """The queues from queues.json and the journals after it; then a fresh journal (and snapshot)."""
+        if self._path is None:
             return
+        data = read_json(self._path, None)
         filters = self._read_filters()
         assert self._deliveries is not None
-        schedule = self._deliveries.put
+        wks = self._path.parent
         try:
-            entries, next_id = self._parse(data, filters)
-            shared: dict[int, Event] = {}  # events several queues hold, written once (see events_json)
-            queues = {
-                cid: EventQueue.from_json(cid, events, names, self.logger, schedule, shared)
-                for cid, (events, names) in entries.items()
-            }
+            entries, next_id = self._parse(data, filters) if data is not None else ({}, 1)
+            shared: dict[int, Pending] = {}  # events several queues hold, written once (see snapshot.py)
+            interned: dict[bytes, Pending] = {}  # every event once, by content
+            states: dict[int, QueueState] = {}
+            for cid, (events, names) in entries.items():
+                if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                    raise ValueError(f"queue {cid}: the filter must be a list of event names")
+                states[cid] = QueueState(list(names), events=events_from_json(cid, events, shared, interned))
+            for key, owner in read_json_object(wks / OWNERS_FILE, (str,), "event queue owners").items():
+                st = states.get(_queue_id(key)) if key.isdecimal() else None
+                if st is not None:
+                    st.creator = owner
+            replay(read_journals(wks, file_stamp(self._path), self.logger), states, interned)
         except (TypeError, ValueError) as exc:
-            msg = f"Invalid event queues file {self._path}: {exc}"
+            msg = f"Invalid event queues file {self._path} (or its journal): {exc}"
             raise RpcException(msg, ResultCode.ERROR_MODEL_INVALID) from exc
-        assert self._path is not None
-        for key, owner in read_json_object(self._path.with_name(OWNERS_FILE), (str,), "event queue owners").items():
-            q = queues.get(_queue_id(key)) if key.isdecimal() else None
-            if q is not None:
-                q.creator = owner
+        limit, max_bytes = RpcStaticConfig.EVENT_QUEUE_MAX.int_val, RpcStaticConfig.EVENT_QUEUE_MAX_BYTES.int_val
+        queues = {}
+        for cid, st in states.items():
+            q = EventQueue(cid, st.names, _newest(st.events, limit, max_bytes), self.logger, self._deliveries.put)
+            q.creator = st.creator
+            queues[cid] = q
         with self.lock:
             self._queues = queues
             self._fanout = tuple(queues.values())
             self._next_id = max([next_id, *(cid + 1 for cid in queues)])
+        gens = generations(wks)
+        self._journal = Journal(wks, (gens[-1] if gens else 0) + 1, self.logger)
+        if gens:
+            self._compact()  # the journals read become one snapshot, and go
+        else:
+            self._journal.append(("base", list(file_stamp(self._path))))
+            self._journal.sync()
         if queues:
             self.logger.info("Restored event queues %s from %s", sorted(queues), self._path)
 
@@ -216,46 +241,69 @@ class EventsManager(EventServiceServicer, RpcManager):
             entries[_queue_id(key)] = (value.get("events", []), value.get("names", []))
         return entries, next_id
 
-    def _save(self) -> None:
-        if self._path is None or self._filters_path is None:
-            return
-        # One save at a time, snapshot and writes together: a save that snapshotted earlier can't write last
-        with self._save_lock:
-            self._save_snapshot(self._path, self._filters_path)
+    def _compact(self) -> None:
+        """Write the whole state as queues.json (and its filters and owners), then drop the journals it holds.
 
-    def _save_snapshot(self, path: Path, filters_path: Path) -> None:
-        with self.lock:
-            queues = list(self._queues.values())
-        data = events_json((str(q.client_id), q.pending()) for q in queues)
-        filters = {str(q.client_id): sorted(q.names) for q in queues if q.names}
-        owners = {str(q.client_id): q.creator for q in queues if q.creator is not None}
-        owners_path = path.with_name(OWNERS_FILE)
-        try:
-            # Filters and owners first: one whose queue is not written yet is ignored at restore. A
-            # workspace that never had one gets no such file.
-            if filters or filters_path.exists():
-                write_json(filters_path, filters)
-            if owners or owners_path.exists():
-                write_json(owners_path, owners)
-            write_json(path, data)
-        except OSError as exc:
-            self.logger.error("Can't persist event queues in %s: %s", path, exc)
+        Off every lock but the queues' own, one at a time: the journal goes on in a new file first, so what
+        changes meanwhile is in the new file (maybe in the snapshot too: replayed twice, an event is
+        duplicated, never lost). The new file names the snapshot (its base) before the snapshot replaces
+        the previous one: a crash at any point leaves a snapshot and the journals that follow it."""
+        journal, path, filters_path = self._journal, self._path, self._filters_path
+        if journal is None or path is None or filters_path is None:
+            return
+        with self._save_lock:
+            old = journal.rotate()
+            with self.lock:
+                queues = sorted(self._queues.values(), key=lambda q: q.client_id)
+            snapshot = [(q.client_id, q.pending()) for q in queues]
+            filters = {str(q.client_id): sorted(q.names) for q in queues if q.names}
+            owners = {str(q.client_id): q.creator for q in queues if q.creator is not None}
+            owners_path = path.with_name(OWNERS_FILE)
+
+            def name_base(stamp: tuple[int, int, int]) -> None:
+                journal.append(("base", list(stamp)))
+                journal.sync()
+
+            try:
+                # Filters and owners first: one whose queue is not written yet is ignored at restore. A
+                # workspace that never had one gets no such file.
+                if filters or filters_path.exists():
+                    write_json(filters_path, filters)
+                if owners or owners_path.exists():
+                    write_json(owners_path, owners)
+                self._snapshot_size = write_stream(path, snapshot_chunks(snapshot), before_rename=name_base)
+            except OSError as exc:
+                # The previous snapshot and every journal stay: nothing is lost, the next compaction retries
+                self.logger.error("Can't persist event queues in %s: %s", path, exc)
+                return
+            journal.remove_through(old)
+            self._compacted_at = time.monotonic()
+
+    def _compaction_due(self, now: float) -> bool:
+        journal = self._journal
+        if journal is None or not journal.changes:
+            return False
+        if journal.size >= _COMPACT_SHARE * self._snapshot_size:
+            return True
+        return self._snapshot_size < _COMPACT_SMALL and now - self._compacted_at >= _COMPACT_PERIOD
 
     def _background(self) -> None:
-        """The janitor: drop expired retained queues; write queues.json when it changed."""
-        while not self._stopping.is_set():
-            self._dirty.wait(_EXPIRE_PERIOD)
-            if self._stopping.is_set():
-                return  # the final write is _shutdown's
+        """The janitor: drop expired retained queues, keep-alives, compact the journal when due."""
+        next_compaction = 0.0
+        while not self._stopping.wait(_EXPIRE_PERIOD):
             self._expire()
             self._keepalives()
-            if self._dirty.is_set():
-                self._dirty.clear()
-                t0 = time.monotonic()
-                self._save()
-                spent = time.monotonic() - t0
-                # Coalesce the changes of the next moment into one write
-                self._stopping.wait(max(_SAVE_INTERVAL, spent / _SAVE_DUTY))
+            now = time.monotonic()
+            if now >= next_compaction and self._compaction_due(now):
+                self._compact()
+                spent = time.monotonic() - now
+                next_compaction = now + spent / _SAVE_DUTY  # at most ~10% of the janitor's time
+
+    def _journal_keep(self, q: EventQueue) -> None:
+        """Journal that `q` is retained, with what it holds (taken after it was detached: a send after that
+        journals its event for it)."""
+        if self._journal is not None:
+            self._journal.append(("keep", q.client_id, q.pending()))
 
     def _keepalives(self) -> None:
         """Live listeners that sent nothing for `rpc-event-keepalive-timeout` send a keep-alive; a delivery
@@ -316,16 +364,16 @@ class EventsManager(EventServiceServicer, RpcManager):
                 most,
                 max_bytes,
             )
-        if expired or excess:
-            self._dirty.set()
+        if (expired or excess) and self._journal is not None:
+            self._journal.append(("drop", [*expired, *excess]))
 
     def _gone(self, q: EventQueue, listener: Listener) -> None:
         """gRPC callback at the end of a listen call: if the client went away, retain its queue."""
-        # Lost, unless the service is shutting down: then the stream ended on our side, after what it was sent
-        # (a graceful end), and the queue is kept for a later server, where numbers start anew
+        # At shutdown the stream ended with a last status sent after its events: nothing to send again (the
+        # restored queue numbers its events anew, so a resuming listener could not skip them: duplicates)
         if q.detach(listener, lost=not q.closed) and not q.closed:
             self.logger.info("Event queue %s retained: its listener went away", q.client_id)
-            self._dirty.set()
+            self._journal_keep(q)
 
     # --- service ---
     def send(self, request: Event) -> ResultStatus:
@@ -334,16 +382,14 @@ class EventsManager(EventServiceServicer, RpcManager):
         check_name(request.name)
         name = request.name
         limit, max_bytes = RpcStaticConfig.EVENT_QUEUE_MAX.int_val, RpcStaticConfig.EVENT_QUEUE_MAX_BYTES.int_val
-        item = (request, request.ByteSize())
+        item = pending_of(request)  # one object, however many queues hold it
         retained = False
         for q in self._fanout:
             names = q.names
-            if not names or name in names:
-                q.push(item, limit, max_bytes)
-                if q.owner is None:
-                    retained = True
-        if retained:
-            self._dirty.set()  # events kept for an absent listener: worth persisting
+            if (not names or name in names) and q.push(item, limit, max_bytes):
+                retained = True
+        if retained and self._journal is not None:
+            self._journal.append(("ev", item))  # kept for an absent listener: worth persisting (encoded later)
         return ResultStatus()
 
     def inspect(self, request: Empty) -> EventQueueStatus:
@@ -369,7 +415,7 @@ class EventsManager(EventServiceServicer, RpcManager):
                 raise RpcException(
                     f"Event queue {request.client_id} is already interrupted", ResultCode.ERROR_STATE_UNEXPECTED
                 )
-        self._dirty.set()  # the stream's end logs the interruption
+        self._journal_keep(q)  # the stream's end logs the interruption
         return ResultStatus()
 
     @pushed_stream
@@ -386,12 +432,17 @@ class EventsManager(EventServiceServicer, RpcManager):
                 self.logger.info(
                     "Event queue %s: %s events sent again skipped (the listener got them)", q.client_id, skipped
                 )
-        if request.client_id:
-            self._dirty.set()
-        else:
-            # A new id is on disk before the status carrying it is sent: a client may rely on it after a
-            # crash (issue 17). One write per listen start; sends never write
-            self._save()
+        journal = self._journal
+        if journal is not None:
+            if request.client_id:
+                if dropped:
+                    journal.append(("filter", q.client_id, sorted(q.names)))
+                journal.append(("live", q.client_id))
+            else:
+                # A new id is on disk before the status carrying it is sent: a client may rely on it after a
+                # crash (issue 17). One short append per listen start
+                journal.append(("new", q.client_id, sorted(q.names), q.creator))
+                journal.sync()
         cid = q.client_id
         if request.client_id:
             self.logger.info("Resuming interrupted event listening queue #%s", cid)
@@ -458,3 +509,13 @@ def _queue_id(key: Any) -> int:
     if not 0 < cid <= MAX_CLIENT_ID:
         raise ValueError(f"invalid queue id {key!r}")
     return cid
+
+
+def _newest(events: list[Pending], limit: int, max_bytes: int) -> list[Pending]:
+    """The newest of `events` within a queue's bounds (what `EventQueue.push` would have kept of them)."""
+    size, n = 0, 0
+    for _, data in reversed(events):
+        if n and (n + 1 > limit or size + len(data) > max_bytes):
+            break
+        size, n = size + len(data), n + 1
+    return events[len(events) - n :]
