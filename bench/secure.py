@@ -33,7 +33,7 @@ def create(path: Path) -> None:
     policy = {
         "identities": {
             "bench": {"role": "admin", "token_sha256": token_hash(TOKEN)},
-            "servers": {"role": "admin", "certificate": "localhost"},  # main, calling its backend
+            "servers": {"role": "admin", "certificate": "localhost", "proxy": True},  # main, forwarding for bench
         }
     }
     (path / "policy.json").write_text(json.dumps(policy))
