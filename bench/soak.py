@@ -212,9 +212,13 @@ class Deployment:
         self.root = root
         self.errors_shown = 0
         self.port = _free_port()
-        self.main = self._start("main", self.port, config)
+        # Every client of the soak runs on this one host, without a policy: one caller for fair sharing, where
+        # the workload stands for many (sessions, consumers). Their shares are lifted, as a deployment's would be
+        # by one identity each; each server's own totals still bound them
+        shares = {"rpc-max-calls-per-caller": "1000", "rpc-max-streams-per-caller": "1000"}
+        self.main = self._start("main", self.port, {**shares, **config})
         self._wait_port(self.port)
-        self.echo = self._start("echo", 0, {"rpc-main-port": str(self.port)})
+        self.echo = self._start("echo", 0, {**shares, "rpc-main-port": str(self.port)})
 
     def _start(self, name: str, port: int, config: dict[str, str]) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", f"grpc_helper_samples.{name}", "-p", str(port), "-w", str(self.root / name)]

@@ -382,6 +382,8 @@ class Program:
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
+            if not line.startswith("{"):
+                continue  # a log line: a program logs INFO to stdout by default (its own lines are JSON)
             with self._new_line:
                 self.lines.append(json.loads(line))
                 self._new_line.notify_all()
