@@ -24,6 +24,7 @@ import grpc
 from grpc_helper.api import ResultCode
 from grpc_helper.config.static import CLIENT_AUTH_MODES, RpcStaticConfig
 from grpc_helper.errors import PlaintextTokenError, RpcException
+from grpc_helper.persist import file_stamp
 
 if TYPE_CHECKING:
     from grpc_helper.metrics import ExpositionTls
@@ -78,16 +79,10 @@ def _server_token(path: str, workspace: Path | None) -> str:
     return token
 
 
-def _stamp(paths: list[Path]) -> tuple[tuple[int, int], ...]:
-    """What tells that a file changed: (mtime, size) of each (a missing one as (0, -1))."""
-    out = []
-    for p in paths:
-        try:
-            st = p.stat()
-            out.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((0, -1))
-    return tuple(out)
+def _stamp(paths: list[Path]) -> tuple[tuple[int, int, int], ...]:
+    """What tells that the files changed: each one's `persist.file_stamp` (the one change test of the library's
+    watched files, the policy's included)."""
+    return tuple(file_stamp(p) for p in paths)
 
 
 @dataclass(frozen=True)
@@ -318,7 +313,7 @@ class ServerTls:
         stamp = _stamp(self._paths)
         if stamp == self._stamp:
             return  # the common case: one stat() per file
-        if time.time_ns() - max(mtime for mtime, _ in stamp) < _SETTLE_NS:
+        if time.time_ns() - max(mtime for mtime, *_ in stamp) < _SETTLE_NS:
             return  # a renewal may be half done (the certificate written, not yet its key): wait
         with self._lock:
             if stamp == self._stamp:
