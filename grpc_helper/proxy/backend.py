@@ -16,6 +16,7 @@ from grpc_helper.balancing import Address
 from grpc_helper.client import balanced_channel
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.metadata import Metadata
+from grpc_helper.proxy.unary_call import UnaryCall
 from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
 READY: int = cygrpc.ConnectivityState.ready
@@ -40,6 +41,8 @@ def backend_address(host: str, port: int) -> Address:
     """Where a registration points to: an empty registered host means `rpc-main-host`."""
     return host or RpcStaticConfig.MAIN_HOST.str_val, port
 
+
+CANCELLABLE_UNARY = "cancellable_unary"  # the `Backend.method` kind of a `UnaryCall`
 
 # Cached multi-callables per channel at most: declared services have a few; a dynamic service's paths come from
 # its callers (every path a registered service's caller sends)
@@ -87,16 +90,20 @@ class Backend:
         return self.state(try_to_connect=try_to_connect) == READY
 
     def method(self, kind: str, path: str) -> Callable[..., Any]:
-        """The cached multi-callable of `kind` ("unary_unary", ...) for `path`, passing bytes through."""
+        """The cached multi-callable of `kind` ("unary_unary", ..., or `CANCELLABLE_UNARY` for a
+        `unary_call.UnaryCall`) for `path`, passing bytes through."""
         key = kind + path
         callable_ = self._methods.get(key)
         if callable_ is None:
             if len(self._methods) >= _MAX_METHODS:  # a dynamic service's callers name any method: bounded
                 self._methods.clear()
-            # No (de)serializers: forwarded messages stay bytes. `_registered_method=True`: a private
-            # parameter of grpcio's method factories (what its generated stubs pass) that makes the call
-            # use the method pre-registered on the channel instead of interning the path on every call.
-            callable_ = getattr(self.channel, kind)(path, None, None, _registered_method=True)
+            if kind == CANCELLABLE_UNARY:
+                callable_ = UnaryCall(self.channel, path)
+            else:
+                # No (de)serializers: forwarded messages stay bytes. `_registered_method=True`: a private
+                # parameter of grpcio's method factories (what its generated stubs pass) that makes the call
+                # use the method pre-registered on the channel instead of interning the path on every call.
+                callable_ = getattr(self.channel, kind)(path, None, None, _registered_method=True)
             self._methods[key] = callable_
         return callable_
 

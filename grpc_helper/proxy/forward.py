@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
@@ -60,7 +60,7 @@ from grpc_helper.metadata import (
     Metadata,
     reads_results,
 )
-from grpc_helper.proxy.backend import Backend
+from grpc_helper.proxy.backend import CANCELLABLE_UNARY, Backend
 
 _PROXIED_SUFFIX = "(proxied)"
 # The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
@@ -154,26 +154,26 @@ class _Canceller:
     """Cancels a backend call once asked, whenever the call is known: the caller may go away before the
     backend call exists (then it is cancelled as soon as it does) or after."""
 
-    __slots__ = ("_call", "_lock", "wanted")
+    __slots__ = ("_cancel", "_lock", "wanted")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._call: grpc.Future | None = None  # type: ignore[type-arg]  # generic in grpc's stubs only
+        self._cancel: Callable[[], Any] | None = None  # what cancels the backend call, once it exists
         self.wanted = False
 
-    def attach(self, call: Any) -> None:
+    def attach(self, cancel: Callable[[], Any]) -> None:
         with self._lock:
-            self._call = call
+            self._cancel = cancel
             wanted = self.wanted
         if wanted:
-            call.cancel()
+            cancel()
 
     def __call__(self) -> None:
         with self._lock:
             self.wanted = True
-            call = self._call
-        if call is not None:
-            call.cancel()
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
 
 
 def _caller_requests(requests: Iterator[bytes], cancel: _Canceller) -> Iterator[bytes]:
@@ -266,7 +266,6 @@ def _trailers(exc: grpc.RpcError) -> Metadata:
 def _unary_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
     path, request_streaming = site.path, site.request_streaming
-    wire_kind = "stream_stream" if request_streaming else "unary_stream"
 
     def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         prepared = prepare(context)
@@ -278,20 +277,26 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
             cancel()
         key = started(context, backend)
         try:
-            if request_streaming:
-                request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
-            # A unary response read as a stream of one (the same on the wire): the call can be cancelled from
-            # the caller's termination callback (a blocking unary call can't), its deadline included, and, for
-            # a unary request, it is read on this thread (grpcio's single-threaded stream: as cheap as a
-            # blocking call, where a future hands every answer over from the channel's thread)
-            responses = backend.method(wire_kind, path)(request, timeout=remaining(context), metadata=md)
-            cancel.attach(responses)
+            if not request_streaming:  # a blocking call the caller's termination callback can cancel
+                answer: tuple[bytes, Metadata, Metadata] = backend.method(CANCELLABLE_UNARY, path)(
+                    request, remaining(context), md, cancel.attach
+                )
+                pass_metadata(context, answer[1], answer[2])
+                return answer[0]
+            # A client stream's unary response read as a stream of one (the same on the wire): a call that
+            # can be cancelled, its request stream passed on by grpcio's thread
+            responses = backend.method("stream_stream", path)(
+                _caller_requests(request, cancel),  # type: ignore[arg-type]  # an iterator when streaming
+                timeout=remaining(context),
+                metadata=md,
+            )
+            cancel.attach(responses.cancel)
             answers = list(responses)  # one; reading to the end gives the trailing metadata and status
             if len(answers) != 1:
                 context.abort(grpc.StatusCode.INTERNAL, f"{path}: the backend answered {len(answers)} messages")
             pass_metadata(context, responses.initial_metadata(), responses.trailing_metadata())
-            response: bytes = answers[0]
-            return response
+            streamed: bytes = answers[0]
+            return streamed
         except grpc.RpcError as exc:
             if cancel.wanted:
                 return b""  # the caller went away (cancelled, or its deadline passed): nobody to answer
@@ -321,7 +326,7 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
             if request_streaming:
                 request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
             responses = backend.method(kind, path)(request, timeout=remaining(context), metadata=md)
-            cancel.attach(responses)
+            cancel.attach(responses.cancel)
             try:
                 headers = returned_metadata(responses.initial_metadata())
                 if headers:
