@@ -50,8 +50,9 @@ SERVICE_VARS=(RPC_MAIN_HOST RPC_MAIN_PORT RPC_PROXY_HOST RPC_BIND_ADDRESS RPC_TL
 
 compose() {
     # compose.yaml, then the files of the last `up -f` (compose merges them in order; paths in every file are
-    # relative to the first one's folder, the repository). Compose v2 plugin when present, else docker-compose 1.29
-    local files=(-f "$ROOT/compose.yaml") file
+    # relative to the first one's folder, the repository), after deploy/compose.empty.yaml (see why there).
+    # Compose v2 plugin when present, else docker-compose 1.29
+    local files=(-f "$ROOT/compose.yaml" -f "$ROOT/deploy/compose.empty.yaml") file
     if [ -f "$STATE/compose-files" ]; then
         while IFS= read -r file; do files+=(-f "$file"); done < "$STATE/compose-files"
     fi

@@ -85,6 +85,7 @@ def greeter_stack(tmp_path: Path) -> Iterator[GreeterStack]:
         s.remove()
 
 
+@pytest.mark.timeout(900)  # two `stack.sh up` and an image build, on a shared machine
 def test_greeter_added_to_the_running_secure_stack(greeter_stack: GreeterStack, tmp_path: Path) -> None:
     """The README's steps on the running secure stack: `secrets add greeter --service-name greeter.GreeterService`
     (main takes it without a restart), `docker build` of the example FROM the grpc-helper image, `up -f
