@@ -9,6 +9,9 @@ or its token, and to register and serve through main.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import re
 import signal
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 from cryptography import x509
 from test_docker import served_certificate, wait_for
@@ -66,9 +70,28 @@ def test_readme_greeter_steps() -> None:
     assert [command for command, _ in readme_greeter_steps()] == GREETER_STEPS
 
 
+def _load_secrets_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stack_secrets", ROOT / "scripts" / "stack_secrets.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STACK_SECRETS = _load_secrets_script()  # scripts/stack_secrets.py, run in process (each run a new Python is slow)
+
+
 def secrets_py(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(ROOT / "scripts" / "stack_secrets.py"), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    """`python scripts/stack_secrets.py ARGS`: its exit code and what it printed."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = STACK_SECRETS.main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def certificate(path: Path) -> x509.Certificate:
