@@ -18,15 +18,19 @@ ENV PIP_CONFIG_FILE=/build/pip.conf \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY wheelhouse/ /wheelhouse/
 COPY pyproject.toml /src/
-# Dependencies first, in their own layer: source edits don't reinstall them
+# Dependencies first, in their own layer: source edits don't reinstall them. With them, the build backend
+# (pyproject.toml's build-system: setuptools, wheel, also in the wheelhouse): an image built FROM this one
+# installs a service's own package from its sources with `pip install --no-build-isolation`, offline
+# (examples/greeter/Dockerfile)
 RUN mkdir -p /build \
  && if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
         printf '[global]\nno-index = true\nfind-links = /wheelhouse\n' > "$PIP_CONFIG_FILE"; \
     else \
         printf '[global]\n' > "$PIP_CONFIG_FILE"; \
     fi \
- && python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["deploy"]))' > /build/requirements.txt \
+ && python3 -c 'import tomllib; d = tomllib.load(open("/src/pyproject.toml", "rb")); p = d["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["deploy"] + d["build-system"]["requires"]))' \
+    > /build/requirements.txt \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -r /build/requirements.txt \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +

@@ -9,6 +9,10 @@ protos/grpc_helper_samples/...  -> services/...   (the samples package lives in 
 protos/grpc_helper/**/*.proto are also copied, as they are, below grpc_helper/protos/ (package data:
 `python -m grpc_helper.protoc` generates a user's code against them from an installed grpc-helper).
 
+examples/<name>/protos/... -> examples/<name>/...  (an example service's own protos, importing grpc-helper's)
+generated as the README has users do it (`python -m grpc_helper.protoc -I protos --python_out=. --pyi_out=.
+--grpc_python_out=. ...`): `_pb2.py`, `_pb2.pyi` and `_pb2_grpc.py`.
+
 Each .proto gives `_pb2.py` and its `_pb2.pyi` (protoc's own), `_pb2_grpc.py` (grpcio-tools) and a
 typed `_pb2_grpc.pyi` (mypy-protobuf's plugin, sync flavour: the library serves and calls with the
 sync grpc API), which types the stubs' requests and responses for mypy.
@@ -41,6 +45,8 @@ PACKAGE_DIRS = {"grpc_helper": "grpc_helper", "grpc_helper_samples": "services"}
 # The library's own protos, shipped as package data (the samples' are not: they are examples)
 SHIPPED = "grpc_helper"
 SHIPPED_DIR = Path("grpc_helper") / "protos"  # relative to the output root; the include path of grpc_helper.protoc
+# Example services with protos of their own (examples/<name>/protos): relative to the output root
+EXAMPLES = [Path("examples") / "greeter"]
 
 
 def generated_files(out_root: Path) -> list[Path]:
@@ -73,6 +79,33 @@ def generated_files(out_root: Path) -> list[Path]:
     return written
 
 
+def example_files(out_root: Path) -> list[Path]:
+    """Generate each example's protos below out_root / <example> (see the module doc)."""
+    include = Path(protoc.__file__).parent / "_proto"
+    written: list[Path] = []
+    for example in EXAMPLES:
+        protos = ROOT / example / "protos"
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [
+                "protoc",
+                f"-I{protos}",
+                f"-I{PROTOS}",  # grpc-helper's own, as grpc_helper.protoc adds them (its package data copies)
+                f"-I{include}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                *(str(p) for p in sorted(protos.rglob("*.proto"))),
+            ]
+            if protoc.main(args) != 0:
+                raise SystemExit(f"protoc failed on {example}")
+            for src in sorted(Path(tmp).rglob("*.py*")):
+                dest = out_root / example / src.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+                written.append(dest)
+    return written
+
+
 GENERATED_GLOBS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py", "*_pb2_grpc.pyi")
 
 
@@ -102,9 +135,10 @@ def stale(fresh_root: Path, fresh: set[Path]) -> list[str]:
 def check() -> list[str]:
     """Problems with the committed generated code: stale, missing, or orphaned (its .proto is gone)."""
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {path.relative_to(tmp) for path in [*generated_files(Path(tmp)), *shipped_protos(Path(tmp))]}
+        made = [*generated_files(Path(tmp)), *shipped_protos(Path(tmp)), *example_files(Path(tmp))]
+        fresh = {path.relative_to(tmp) for path in made}
         problems = stale(Path(tmp), fresh)
-    committed = [ROOT / folder for folder in PACKAGE_DIRS.values()]
+    committed = [ROOT / folder for folder in [*PACKAGE_DIRS.values(), *EXAMPLES]]
     for path in sorted(p for folder in committed for pattern in GENERATED_GLOBS for p in folder.rglob(pattern)):
         if path.relative_to(ROOT) not in fresh:
             problems.append(f"{path.relative_to(ROOT)} has no .proto any more")
@@ -124,7 +158,7 @@ def main() -> int:
         for problem in problems:
             print(f"gen-protos: {problem}: run scripts/gen-protos.py (and delete orphans)", file=sys.stderr)
         return 1 if problems else 0
-    for path in [*generated_files(args.out), *shipped_protos(args.out)]:
+    for path in [*generated_files(args.out), *shipped_protos(args.out), *example_files(args.out)]:
         print(path.relative_to(args.out))
     return 0
 

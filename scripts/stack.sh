@@ -2,23 +2,38 @@
 # Run the reference stack: a main proxying server (port 54321) and the proxied echo and notes
 # sample services.
 #
-#   stack.sh up [--local] [--insecure] [--scale SERVICE=N]
+#   stack.sh up [--local] [--insecure] [--scale SERVICE=N] [-f FILE]...
 #                           set up and start it: Docker compose when an engine is reachable,
 #                           otherwise (or with --local) local processes under supervisord (bound to
 #                           loopback). Either runs mTLS on every hop with the authorization policy on
 #                           (--insecure: plaintext, no policy, for debugging); --scale (Docker only,
-#                           repeatable): run N replicas of a stateless service, e.g. --scale echo=3
+#                           repeatable): run N replicas of a stateless service, e.g. --scale echo=3;
+#                           -f (Docker only, repeatable): a compose file adding services of your own,
+#                           after compose.yaml (e.g. examples/greeter/compose.greeter.yaml); later
+#                           commands use the files of the last `up`
 #   stack.sh down           stop it (workspaces and secrets are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
 #   stack.sh env            print the export lines pointing the grpc-helper CLI at main, with the
 #                           operator's credentials
-#   stack.sh secrets rotate renew the service certificates (running servers pick them up)
+#   stack.sh env --service NAME [--token] [--options]
+#                           print what a local process needs to join the running stack as the
+#                           service NAME (see `secrets add`): export lines of the rpc-* items' variables
+#                           (main's address, its certificate, the CA, the policy...), or with --options
+#                           the same as `-c item=value` options; --token: identified by its token
+#                           (NAME.token) rather than its certificate
+#   stack.sh secrets add NAME [--service-name GRPC_NAME]...
+#                           a service of your own: a certificate from the stack's CA (naming NAME and
+#                           each GRPC_NAME) and a token, and an identity NAME in the policy (role service,
+#                           granted the GRPC_NAMEs); a running main takes it without a restart
+#   stack.sh secrets rotate renew every service certificate, added ones included (running servers pick
+#                           them up)
 #
 # Both modes use the same system/user config folders (deploy/system, deploy/user). Secrets (a private
 # CA, a certificate per service, the operator's certificate and token, the policy) are created on first
 # use in .stack/secrets (git-ignored, 0700, files 0600).
 # END OF USAGE
 set -euo pipefail
+CALLER=$PWD   # where relative paths given on the command line (-f FILE) start from
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STATE=${GRPC_HELPER_STACK_STATE:-$ROOT/.stack}   # local mode: workspaces, logs, supervisord files
@@ -28,13 +43,23 @@ MAIN_PORT=${GRPC_HELPER_MAIN_PORT:-54321}
 MAIN_HOST=127.0.0.1
 SECRETS=${GRPC_HELPER_STACK_SECRETS:-$STATE/secrets}
 PROJECT=${COMPOSE_PROJECT_NAME:-grpc-helper}
+# The rpc-* items' variables `env --service` sets (environment layer): unset first, and never passed on to the
+# stack's own local programs (supervisord hands its environment down)
+SERVICE_VARS=(RPC_MAIN_HOST RPC_MAIN_PORT RPC_PROXY_HOST RPC_BIND_ADDRESS RPC_TLS_CERT RPC_TLS_KEY RPC_TLS_CA
+              RPC_TLS_CLIENT_AUTH RPC_AUTH_POLICY RPC_AUTH_TOKEN_FILE)
 
 compose() {
+    # compose.yaml, then the files of the last `up -f` (compose merges them in order; paths in every file are
+    # relative to the first one's folder, the repository), after deploy/compose.empty.yaml (see why there).
     # Compose v2 plugin when present, else docker-compose 1.29
+    local files=(-f "$ROOT/compose.yaml" -f "$ROOT/deploy/compose.empty.yaml") file
+    if [ -f "$STATE/compose-files" ]; then
+        while IFS= read -r file; do files+=(-f "$file"); done < "$STATE/compose-files"
+    fi
     if docker compose version >/dev/null 2>&1; then
-        docker compose -p "$PROJECT" -f "$ROOT/compose.yaml" "$@"
+        docker compose -p "$PROJECT" "${files[@]}" "$@"
     else
-        docker-compose -p "$PROJECT" -f "$ROOT/compose.yaml" "$@"
+        docker-compose -p "$PROJECT" "${files[@]}" "$@"
     fi
 }
 
@@ -61,26 +86,31 @@ wait_ready() {
 }
 
 container_secrets() {
-    # One folder per service, mounted read-only in its container (compose.yaml): its certificate and key,
-    # the CA and the policy, owned by the containers' user (uid 10001) and readable by it only. Replaced
-    # file by file (a rename each), so a running server picks a renewal up (rpc-tls-* files re-read).
+    # One folder per service (the samples and every added one: `secrets add`), mounted read-only in its
+    # container (compose.yaml, or a file of `up -f`): its certificate and key, the CA and the policy, owned by
+    # the containers' user (uid 10001) and readable by it only. Replaced file by file (a rename each), so a
+    # running server picks a renewal up (rpc-tls-* files re-read) and main a new policy.
     # Done as root in a throw-away container of the image, whoever runs this script: a user who is not
     # root could neither give the files to uid 10001 nor replace them once given.
-    local out="$STATE/container-secrets"
+    local out="$STATE/container-secrets" services
     mkdir -p "$out"
+    services=$(.venv/bin/python scripts/stack_secrets.py list "$SECRETS")
     # shellcheck disable=SC2016  # expanded by the container's shell
     local script='set -eu
-for svc in main echo notes; do
-    mkdir -p "$2/$svc"
-    chmod 0700 "$2/$svc"
+src=$1 dst=$2
+shift 2
+for svc in "$@"; do
+    mkdir -p "$dst/$svc"
+    chmod 0700 "$dst/$svc"
     for pair in "$svc.crt:cert.pem" "$svc.key:key.pem" "ca.crt:ca.pem" "policy.json:policy.json"; do
-        install -m 0600 -o 10001 -g 10001 "$1/${pair%%:*}" "$2/$svc/.${pair#*:}.tmp"
-        mv -f "$2/$svc/.${pair#*:}.tmp" "$2/$svc/${pair#*:}"
+        install -m 0600 -o 10001 -g 10001 "$src/${pair%%:*}" "$dst/$svc/.${pair#*:}.tmp"
+        mv -f "$dst/$svc/.${pair#*:}.tmp" "$dst/$svc/${pair#*:}"
     done
-    chown 10001:10001 "$2/$svc"
+    chown 10001:10001 "$dst/$svc"
 done'
+    # shellcheck disable=SC2086  # one service name a word
     docker run --rm --network none --user 0 --entrypoint sh -v "$SECRETS:/in:ro" -v "$out:/out" \
-        "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" -c "$script" sh /in /out
+        "${GRPC_HELPER_IMAGE:-grpc-helper:latest}" -c "$script" sh /in /out $services
 }
 
 drop_container_secrets() {
@@ -123,6 +153,79 @@ cli_env() {
     echo "$line"
 }
 
+wait_healthy() {
+    # Every container of the stack healthy, by its HEALTHCHECK (those of `up -f` files too): bounded
+    local deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180})) ids
+    ids=$(compose ps -q)
+    # shellcheck disable=SC2086  # one container ID a word
+    while docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' $ids | grep -qv '^healthy$'; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "stack: not every container healthy after ${GRPC_HELPER_STACK_TIMEOUT:-180}s (stack.sh status)" >&2
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+service_env() {
+    # What a local process needs to join the running stack as the added service $1, identified by its
+    # certificate or (token=1) its token: the rpc-* items, as export lines of their environment variables
+    # (after an unset of those a previous call may have set), or (options=1) as -c options
+    local name=$1 token=$2 options=$3 items=() gateway item var
+    items+=("rpc-main-host=$MAIN_HOST" "rpc-main-port=$(cat "$STATE/port")")
+    if [ "$(mode)" = docker ]; then
+        # Main runs in a container: it reaches this host at the gateway of the stack's network, the address
+        # the process registers (it listens on every interface: its own auto-client calls it on loopback)
+        gateway=$(docker network inspect -f '{{range .IPAM.Config}}{{println .Gateway}}{{end}}' "${PROJECT}_default" \
+            | grep -m 1 -E '^[0-9]+(\.[0-9]+){3}$') || { echo "stack: no IPv4 gateway on ${PROJECT}_default" >&2; return 1; }
+        items+=("rpc-proxy-host=$gateway")
+    else
+        items+=("rpc-bind-address=127.0.0.1")   # loopback, as the local stack's own programs
+    fi
+    if [ -f "$STATE/secure" ]; then
+        [ -f "$SECRETS/$name.crt" ] || { echo "stack: no certificate for $name: stack.sh secrets add $name --service-name ..." >&2; return 1; }
+        items+=("rpc-tls-cert=$SECRETS/$name.crt" "rpc-tls-key=$SECRETS/$name.key" "rpc-tls-ca=$SECRETS/ca.crt"
+                "rpc-tls-client-auth=required" "rpc-auth-policy=$SECRETS/policy.json")
+        if [ "$token" = 1 ]; then items+=("rpc-auth-token-file=$SECRETS/$name.token"); fi
+    fi
+    if [ "$options" = 1 ]; then
+        local words=()
+        for item in "${items[@]}"; do words+=(-c "$(printf '%q' "$item")"); done
+        echo "${words[*]}"
+    else
+        echo "unset ${SERVICE_VARS[*]}"
+        local line=export
+        for item in "${items[@]}"; do
+            var=${item%%=*}
+            var=${var^^}
+            line="$line ${var//-/_}=$(printf '%q' "${item#*=}")"
+        done
+        echo "$line"
+    fi
+}
+
+wait_accepted() {
+    # Until main takes the identity $1 by its certificate (main reloads a changed policy within seconds;
+    # bounded). Without the operator's token a shell may hold: it would be taken instead
+    local name=$1 deadline=$((SECONDS + 60))
+    until env -u GRPC_HELPER_TOKEN_FILE -u GRPC_HELPER_TLS_SERVER_NAME .venv/bin/grpc-helper --host "$MAIN_HOST" \
+        --port "$(cat "$STATE/port")" --timeout 2 --tls-ca "$SECRETS/ca.crt" --tls-cert "$SECRETS/$name.crt" \
+        --tls-key "$SECRETS/$name.key" info srv >/dev/null 2>&1
+    do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "stack: main did not take $name's certificate within 60 s (main's log says why)" >&2
+            return 1
+        fi
+        sleep 1
+    done
+    echo "secrets: main takes $name's certificate (policy reloaded, no restart)"
+}
+
+usage() {
+    sed -n '2,/^# END OF USAGE/p' "$0" | sed '$d'   # the usage above, not the script
+    exit 2
+}
+
 up_local() {
     # Same programs and config folders as the containers, as local processes under supervisord, bound to
     # loopback; secure: each program with its own certificate ({program}), mTLS and the policy
@@ -139,7 +242,7 @@ up_local() {
 
 case "${1:-}" in
     up)
-        LOCAL=0 SECURE=1 SCALE=()
+        LOCAL=0 SECURE=1 SCALE=() FILES=()
         set -- "${@:2}"
         while [ $# -gt 0 ]; do
             case "$1" in
@@ -148,12 +251,23 @@ case "${1:-}" in
                 --scale)
                     [[ "${2:-}" =~ ^(echo)=[1-9][0-9]?$ ]] || { echo "stack: --scale echo=N (1-99): only echo is stateless" >&2; exit 2; }
                     SCALE+=(--scale "$2"); shift ;;
+                -f|--file)
+                    file=$(cd "$CALLER" && realpath -e -- "${2:-}" 2>/dev/null) \
+                        || { echo "stack: -f needs a compose file (${2:-none given}: not found)" >&2; exit 2; }
+                    FILES+=("$file"); shift ;;
                 *) echo "stack: unknown option $1" >&2; exit 2 ;;
             esac
             shift
         done
+        if [ ${#FILES[@]} -gt 0 ] && { [ "$LOCAL" = 1 ] || ! have_docker; }; then
+            echo "stack: -f adds services to the compose stack: it needs Docker" >&2
+            exit 2
+        fi
+        unset "${SERVICE_VARS[@]}"   # an `env --service` of this shell is not the stack's programs' environment
         bash scripts/dev-setup.sh   # the CLI and supervisord used below live in .venv
         mkdir -p "$STATE"
+        rm -f "$STATE/compose-files"
+        if [ ${#FILES[@]} -gt 0 ]; then printf '%s\n' "${FILES[@]}" > "$STATE/compose-files"; fi
         if [ "$SECURE" = 1 ]; then
             .venv/bin/python scripts/stack_secrets.py create "$SECRETS"
             echo 1 > "$STATE/secure"
@@ -170,17 +284,45 @@ case "${1:-}" in
         fi
         echo "$MAIN_PORT" > "$STATE/port"
         wait_ready
+        if [ ${#FILES[@]} -gt 0 ]; then wait_healthy; fi   # the services of the files too
         hint="eval \"\$(./scripts/stack.sh env)\"; .venv/bin/grpc-helper info"
         echo "stack: up ($(mode)$([ "$SECURE" = 1 ] && echo ', mTLS + policy' || echo ', plaintext')); main on $MAIN_HOST:$MAIN_PORT — try: $hint"
         ;;
     env)
+        SERVICE="" TOKEN=0 OPTIONS=0
+        set -- "${@:2}"
+        while [ $# -gt 0 ]; do
+            case "$1" in
+                --service) [ -n "${2:-}" ] || usage; SERVICE=$2; shift ;;
+                --token) TOKEN=1 ;;
+                --options) OPTIONS=1 ;;
+                *) usage ;;
+            esac
+            shift
+        done
+        if [ -z "$SERVICE" ] && [ "$TOKEN$OPTIONS" != 00 ]; then usage; fi
         [ -f "$STATE/port" ] || { echo "stack: not started (stack.sh up)" >&2; exit 1; }
-        cli_env
+        if [ -n "$SERVICE" ]; then service_env "$SERVICE" "$TOKEN" "$OPTIONS"; else cli_env; fi
         ;;
     secrets)
-        [ "${2:-}" = rotate ] || { echo "usage: stack.sh secrets rotate" >&2; exit 2; }
-        .venv/bin/python scripts/stack_secrets.py rotate "$SECRETS"
-        if [ "$(mode)" = docker ] && [ -f "$STATE/secure" ]; then container_secrets; fi
+        # The copies handed to the containers are made again when the compose stack runs secure (else at `up`)
+        RUNNING=$([ -f "$STATE/port" ] && [ -f "$STATE/secure" ] && echo 1 || echo 0)
+        case "${2:-}" in
+            rotate)
+                .venv/bin/python scripts/stack_secrets.py rotate "$SECRETS"
+                if [ "$RUNNING" = 1 ] && [ "$(mode)" = docker ]; then container_secrets; fi
+                ;;
+            add)
+                [[ "${3:-}" =~ ^[^-] ]] || usage   # the name first
+                .venv/bin/python scripts/stack_secrets.py create "$SECRETS"   # before the first `up` too
+                .venv/bin/python scripts/stack_secrets.py add "$SECRETS" "${@:3}"
+                if [ "$RUNNING" = 1 ]; then
+                    if [ "$(mode)" = docker ]; then container_secrets; fi
+                    wait_accepted "$3"
+                fi
+                ;;
+            *) usage ;;
+        esac
         ;;
     down)
         if [ "$(mode)" = docker ]; then
@@ -189,7 +331,8 @@ case "${1:-}" in
                 # echo's replicas keep their workspaces in anonymous volumes: removed with them (a down/up
                 # cycle must not leave volumes behind); main's and notes' named volumes are kept
                 compose rm --stop --force -v echo >/dev/null
-                compose down
+                # --remove-orphans: a service of an earlier `up -f` file, if this one had none
+                compose down --remove-orphans
             fi
             drop_container_secrets
         elif [ -S "$STATE/supervisor.sock" ]; then
@@ -201,13 +344,10 @@ case "${1:-}" in
                 sleep 0.2
             done
         fi
-        rm -f "$STATE/mode" "$STATE/port"
+        rm -f "$STATE/mode" "$STATE/port" "$STATE/compose-files"
         ;;
     status)
         if [ "$(mode)" = docker ]; then compose ps; else .venv/bin/supervisorctl -c "$STATE/supervisord.conf" status; fi
         ;;
-    *)
-        sed -n '2,/^# END OF USAGE/p' "$0" | sed '$d'   # the usage above, not the script
-        exit 2
-        ;;
+    *) usage ;;
 esac

@@ -92,7 +92,7 @@ def test_generated_code_is_fresh() -> None:
 def test_generated_code_check_finds_orphans(tmp_path: Path) -> None:
     """A generated module whose .proto was removed is reported (copy of the script run on a copied tree)."""
     tree = tmp_path / "repo"
-    for folder in ("scripts", "protos", "grpc_helper", "services"):
+    for folder in ("scripts", "protos", "grpc_helper", "services", "examples"):
         shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (tree / "protos" / "grpc_helper_samples" / "api" / "echo.proto").unlink()
     run = subprocess.run(

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from test_hostile import Pki, token_of, write_policy
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer, ctl
+from grpc_helper import Folders, RpcClient, RpcException, RpcProxiedManager, RpcServer, ctl
 from grpc_helper.api import Filter, ProxyRegisterRequest, ResultCode, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.auth import token_hash
@@ -32,7 +32,7 @@ from grpc_helper.metadata import RpcMetadata
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import Servers, echo_descriptor, with_metadata
+from helpers import EchoManager, Servers, echo_descriptor, wait_until, with_metadata
 
 GREETER = "greeter.Greeter"
 SAY_HELLO = f"/{GREETER}/SayHello"
@@ -357,3 +357,47 @@ def test_call_command(servers: Servers, greeter: Greeter, capsys: pytest.Capture
     assert json.loads(out)["items"][0]["name"] == "srv"
     for args in ((f"{GREETER}/Nope",), ("nowhere.Svc/M",), (f"{GREETER}/SayHello", '{"nope": 1}'), ("x",)):
         assert cli(capsys, main.port, "call", *args)[0] == 1, args
+
+
+class DynamicEcho(EchoManager, RpcProxiedManager):
+    """The echo service registered by its gRPC name only (`_proxied_grpc_services`): main declares no echo."""
+
+    def _proxied_grpc_services(self) -> list[str]:
+        return ["EchoService"]
+
+    def _proxied_version(self) -> str:
+        return "dynamic-echo:1"
+
+
+class Unnamed(EchoManager, RpcProxiedManager):
+    def _proxied_version(self) -> str:
+        return "unnamed:1"
+
+
+def test_proxied_manager_registers_dynamic_services(servers: Servers) -> None:
+    """An `RpcProxiedManager` naming gRPC services registers them on a main that declares nothing, serves through
+    it, registers them again on a main that lost them (a new main, no workspace), and forgets its endpoint at
+    shutdown; one naming no service at all fails its load."""
+    main = servers(0, [])
+    manager = DynamicEcho()
+    backend = servers(0, [echo_descriptor(manager)], cli_config={"rpc-main-port": str(main.port)})
+    endpoint = manager._endpoint
+    (info,) = main.client.srv.info(Filter(names=["EchoService"])).items
+    assert (info.version, [(e.host, e.port) for e in info.endpoints]) == (
+        "dynamic-echo:1",
+        [(endpoint.host, backend.port)],
+    )
+    stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
+    with RpcClient("127.0.0.1", main.port, stubs, timeout=10) as echo:
+        assert echo.echo.echo(EchoRequest(text="dynamic")).text == "dynamic"
+    port = main.port
+    main.shutdown()
+    main = servers(port, [])  # knows nothing of it: the manager's renewal registers it again
+    assert wait_until(lambda: main.proxies.has_endpoint("EchoService", (endpoint.host, endpoint.port)), 10)
+    with RpcClient("127.0.0.1", main.port, stubs, timeout=10) as echo:
+        assert echo.echo.echo(EchoRequest(text="again")).text == "again"
+    backend.shutdown()
+    assert not main.proxies.is_registered("EchoService")  # its own endpoint forgotten on the way out
+    with pytest.raises(RpcException) as unnamed:
+        servers(0, [echo_descriptor(Unnamed())], cli_config={"rpc-main-port": str(main.port)})
+    assert unnamed.value.rc == ResultCode.ERROR_MODEL_INVALID

@@ -31,8 +31,10 @@ RENEW_TIMEOUT = 2.0
 class RpcProxiedManager(RpcManager):
     """Base for managers of services that a main server (`rpc-main-host`:`rpc-main-port`) proxies.
 
-    At `_load`, the services named by `_proxied_services()` are registered on the main server with
-    `_proxied_version()` and this server's port (retrying while the main server is not up yet, up to
+    At `_load`, the services named by `_proxied_services()` (declared in main's descriptors) and by
+    `_proxied_grpc_services()` (full gRPC service names main has no descriptor of: dynamic services, registered
+    in `ProxyRegisterRequest.grpc_services`) are registered on the main server with `_proxied_version()` and
+    this server's port (retrying while the main server is not up yet, up to
     `rpc-client-timeout`); at shutdown (`_withdraw`, before the server stops taking calls) they are
     forgotten at this endpoint only (other replicas of
     them, other servers registering the same names, stay registered). `proxy_client` reaches the main server
@@ -60,8 +62,18 @@ class RpcProxiedManager(RpcManager):
     _forgotten = False  # main refused a renewal: forgotten on purpose, not renewed until registered again
 
     def _proxied_services(self) -> list[str]:
-        """Names of the services to register (as declared in the main server's descriptors)."""
-        raise NotImplementedError
+        """Names of the services to register (as declared in the main server's descriptors); none by default,
+        for a manager registering dynamic services only (`_proxied_grpc_services`)."""
+        return []
+
+    def _proxied_grpc_services(self) -> list[str]:
+        """Full gRPC service names (e.g. `greeter.GreeterService`) to register as dynamic services: main forwards
+        them with no descriptor of them (a 3.x main: 2.x ignores them). None by default."""
+        return []
+
+    def _registered_names(self) -> list[str]:
+        """Every name this manager registers: declared services, then dynamic ones."""
+        return [*self._proxied_services(), *self._proxied_grpc_services()]
 
     def _proxied_version(self) -> str:
         """Version string shown by the main server's `srv.info` for these services."""
@@ -91,6 +103,12 @@ class RpcProxiedManager(RpcManager):
     def _load(self) -> None:
         super()._load()
         assert self.server is not None
+        names = self._registered_names()
+        if not names:
+            raise RpcException(
+                f"{type(self).__name__} registers no service: override _proxied_services or _proxied_grpc_services",
+                ResultCode.ERROR_MODEL_INVALID,
+            )
         self.proxy_client = RpcClient(
             RpcStaticConfig.MAIN_HOST.str_val,
             RpcStaticConfig.MAIN_PORT.int_val,
@@ -106,7 +124,6 @@ class RpcProxiedManager(RpcManager):
             security=self.server.client_security(RpcStaticConfig.MAIN_HOST.str_val),
             direct=bool_value(RpcStaticConfig.CLIENT_DIRECT),  # _proxy_stubs' services past main
         )
-        names = self._proxied_services()
         self._endpoint = Endpoint(host=self._registered_host(), port=self.server.port)
         self._register(names)
         self.logger.info("Registered %s on main server %s", names, self._main())
@@ -118,8 +135,11 @@ class RpcProxiedManager(RpcManager):
         return f"{RpcStaticConfig.MAIN_HOST.str_val}:{RpcStaticConfig.MAIN_PORT.int_val}"
 
     def _register(self, names: list[str], timeout: float | None = None, *, renew: bool = False) -> None:
+        """Register `names` (declared and dynamic ones, each in its own request field) at this endpoint."""
+        dynamic = set(self._proxied_grpc_services())
         request = ProxyRegisterRequest(
-            names=names,
+            names=[n for n in names if n not in dynamic],
+            grpc_services=[n for n in names if n in dynamic],
             version=self._proxied_version(),
             host=self._endpoint.host,
             port=self._endpoint.port,
@@ -137,7 +157,7 @@ class RpcProxiedManager(RpcManager):
                 if exc.rc == ResultCode.ERROR_PROXY_FORGOTTEN:
                     self._forgotten = True
                     why = "Not registering %s again on main server %s: %s"  # said once: no renewal until then
-                    self._tell("forgotten", logging.WARNING, why, self._proxied_services(), self._main(), exc)
+                    self._tell("forgotten", logging.WARNING, why, self._registered_names(), self._main(), exc)
                 elif isinstance(exc, RpcTransportError):  # gRPC's own failure: main unreachable, or too slow
                     why = "Main server %s unreachable (%s): will register again there if it lost the registration"
                     self._tell("unreachable", logging.WARNING, why, self._main(), exc)
@@ -148,7 +168,7 @@ class RpcProxiedManager(RpcManager):
 
     def _renew_once(self) -> None:
         """One look at main: register again the services main does not show this endpoint for."""
-        names = self._proxied_services()
+        names = self._registered_names()
         info = self.proxy_client.srv.info(Filter(names=names, ignore_unknown=True), timeout=RENEW_TIMEOUT)
         if self._renew_state == "unreachable":
             self._tell("", logging.INFO, "Main server %s reachable again", self._main())
@@ -156,6 +176,9 @@ class RpcProxiedManager(RpcManager):
         # Unknown there (a main serving other services) or not renewable (2.x): nothing to do
         items = [i for i in info.items if i.renewable]
         missing = [i.name for i in items if own not in {(e.host, e.port) for e in i.endpoints}]
+        # ... but main knows a dynamic service from its registrations only: one it doesn't show, it lost
+        shown = {i.name for i in info.items}
+        missing += [n for n in self._proxied_grpc_services() if n not in shown]
         if not missing:
             if self._forgotten and items:
                 self._forgotten = False
@@ -187,7 +210,7 @@ class RpcProxiedManager(RpcManager):
         try:
             # One quick attempt: a main server that is gone must not delay this shutdown
             # This server's own endpoint only: other replicas of these services stay registered
-            client.srv.proxy_forget(Filter(names=self._proxied_services(), endpoint=self._endpoint), timeout=5)
+            client.srv.proxy_forget(Filter(names=self._registered_names(), endpoint=self._endpoint), timeout=5)
         except RpcException as exc:
             self.logger.warning("Could not forget proxied services on main server: %s", exc)
         super()._withdraw()

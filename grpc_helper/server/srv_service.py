@@ -27,8 +27,9 @@ from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 
 _MAX_PORT = 65535
-# A full gRPC service name: dot-separated proto identifiers (package, then service)
-_GRPC_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# A full gRPC service name: dot-separated proto identifiers (package, then service); scripts/stack_secrets.py
+# checks the grants it writes with it too
+GRPC_SERVICE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # "_" too: docker service names have it
 
 
@@ -181,7 +182,7 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
     def _grpc_services(names: Iterable[str]) -> list[str]:
         """The full gRPC service names of a registration (`grpc_services`), checked."""
         names = list(dict.fromkeys(names))
-        invalid = [n for n in names if not _GRPC_SERVICE.fullmatch(n)]
+        invalid = [n for n in names if not GRPC_SERVICE_NAME.fullmatch(n)]
         if invalid:
             raise RpcException(
                 f"Invalid gRPC service name(s): {quote_names(invalid)} (expected package.Service)",
