@@ -8,7 +8,10 @@ One place renders the supervisord configuration for both:
   health-checked port), any next ones on the following ports, extra program arguments from
   GRPC_HELPER_ARGS; supervisord runs in the foreground as PID 1, logs go to the container log.
 - local: `supervise.py --local --state DIR --program main:54321 --program echo:54322 ...`
-  renders DIR/supervisord.conf and starts supervisord as a daemon, logs in DIR/logs.
+  renders DIR/supervisord.conf and starts supervisord as a daemon, logs in DIR/logs. With
+  `--metrics-port-base N` the programs serve their metrics on N, N+1... (rpc-metrics-port: they share
+  one host); with `--prometheus CONFIG:PORT`, Debian's `prometheus` runs beside them (scraping them
+  as CONFIG says, its UI and API on 127.0.0.1:PORT, its data in DIR/prometheus).
 
 Programs get autorestart with backoff, SIGTERM on stop (a graceful RpcServer shutdown) and
 are stopped as a process group. Standard library only: it runs before anything is imported.
@@ -95,10 +98,14 @@ serverurl=unix://{args.socket or state / "supervisor.sock"}
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 """
-    sections = [
-        program_section(name, port, args.system, args.user, args.workspace_root, args.extra_args, logdir)
-        for name, port in programs
-    ]
+    sections = []
+    for index, (name, port) in enumerate(programs):
+        extra = args.extra_args
+        if args.metrics_port_base:
+            extra = f"{extra} -c rpc-metrics-port={args.metrics_port_base + index}"
+        sections.append(program_section(name, port, args.system, args.user, args.workspace_root, extra, logdir))
+    if args.prometheus and logdir is not None:  # local mode only (checked by main)
+        sections.append(prometheus_section(args.prometheus, state, logdir))
     if not local:
         # A program supervisord gave up on (FATAL) ends the container, with an error: its restart policy
         # (or Swarm, Kubernetes) takes over, and a fixed file (say config.json) is picked up then
@@ -110,6 +117,35 @@ stderr_logfile=/dev/stderr
 stderr_logfile_maxbytes=0
 """)
     return head + "".join(sections)
+
+
+def prometheus_section(spec: str, state: Path, logdir: str) -> str:
+    """Debian's `prometheus` as one more program (local mode): CONFIG:PORT, its data in STATE/prometheus."""
+    config, _, port = spec.rpartition(":")
+    binary = shutil.which("prometheus")
+    if binary is None or not port.isdigit():
+        raise SystemExit(f"supervise: --prometheus {spec}: needs CONFIG:PORT and Debian's prometheus installed")
+    command = [
+        binary,
+        f"--config.file={Path(config).resolve()}",
+        f"--storage.tsdb.path={state / 'prometheus'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    cmd = " ".join(shlex.quote(c) for c in command).replace("%", "%%")
+    return f"""
+[program:prometheus]
+command={cmd}
+; after the programs it scrapes, stopped before them
+priority=300
+autostart=true
+autorestart=true
+startsecs=2
+stopsignal=TERM
+stopwaitsecs=40
+stdout_logfile={logdir}/prometheus.log
+stdout_logfile_maxbytes=10MB
+redirect_stderr=true
+"""
 
 
 FATAL_FLAG = Path("/tmp/grpc-helper-fatal")  # written by the listener: the container must exit with an error
@@ -177,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace-root", default="/data/workspace")
     p.add_argument("--extra-args", default=os.environ.get("GRPC_HELPER_ARGS", ""))
     p.add_argument("--socket", default=None)
+    p.add_argument("--metrics-port-base", type=int, default=0, help="local mode: programs' metrics on N, N+1...")
+    p.add_argument("--prometheus", default="", metavar="CONFIG:PORT", help="local mode: run Debian's prometheus")
     p.add_argument("--conf", default=None, help="where to write the configuration")
     p.add_argument("--render-only", action="store_true", help="write the configuration, don't start")
     p.add_argument("--fatal-listener", action="store_true", help=argparse.SUPPRESS)  # run by supervisord
     args = p.parse_args(argv)
     if args.fatal_listener:
         return fatal_listener()
+    if (args.prometheus or args.metrics_port_base) and not args.local:
+        p.error("--prometheus and --metrics-port-base are for --local (a container serves RPC_METRICS_PORT)")
 
     specs = args.program or args.programs or os.environ.get("GRPC_HELPER_PROGRAMS", "main").split(",")
     env_port = os.environ.get("GRPC_HELPER_PORT")

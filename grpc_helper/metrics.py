@@ -1,6 +1,5 @@
-"""Prometheus metrics of a process: the families every server and its clients update, and their exposition
-over HTTP(S). (Main's per-endpoint upstream view and the events service's families are not measured yet:
-issue 22.)
+"""Prometheus metrics of a process: the families every server and its clients update (calls served, main's
+proxy, events, security), and their exposition over HTTP(S).
 
 One registry per process (prometheus_client's default `REGISTRY`, which also holds its process and
 platform collectors): several servers in one process share the families, and their calls add up.
@@ -8,7 +7,9 @@ Label values are bounded by construction: a method's labels are bound when it is
 what a caller sends), gRPC and `Result` codes are enums (a code `ResultCode` does not name is `other`).
 
 The hot path stays cheap: a method's labelled children are looked up once, at registration
-(`MethodMetrics`), so a call costs a few `inc()`/`observe()` on objects it already holds.
+(`MethodMetrics`), an endpoint's when main makes its channel (`EndpointMeter`), so a call costs a few
+`inc()`/`observe()` on objects it already holds. What is a state rather than an event (the events service's
+queues and bytes) is read when scraped (`EventQueues`), costing nothing in between.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from google.protobuf.message import Message
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
 from grpc_helper.api import ResultCode
@@ -108,6 +111,75 @@ RELOADS = _family(
     "grpc_helper_config_reloads",
     "Reloads of changed files (kind: tls, policy), by result (ok, failed)",
     ("kind", "result"),
+)
+
+
+# --- main's proxy: per proxied service (as registered: a descriptor's name, a dynamic service's gRPC name) and
+# endpoint (a registered "host:port", its host resolved; a service balanced over several endpoints calls them
+# through one channel, labelled with all of them: grpcio's client API does not tell which one answered) ---
+_PROXIED = ("proxied_service",)
+_UPSTREAM = ("proxied_service", "endpoint")
+PROXY_UPSTREAM_DURATION = _family(
+    Histogram,
+    "grpc_helper_proxy_upstream_call_duration_seconds",
+    "Duration of the calls main forwarded, from sending to the backend's last answer, per proxied service, endpoint"
+    " and gRPC status",
+    (*_UPSTREAM, "grpc_status"),
+    buckets=DURATION_BUCKETS,
+)
+PROXY_UPSTREAM_FAILURES = _family(
+    Counter,
+    "grpc_helper_proxy_upstream_failures",
+    "Forwarded calls the backend (or the connection to it) ended with a gRPC status other than OK",
+    (*_UPSTREAM, "grpc_status"),
+)
+PROXY_ENDPOINT_SERVING = _family(
+    Gauge,
+    "grpc_helper_proxy_endpoint_serving",
+    "1 while a registered endpoint is connected and serving (or not seen yet), 0 while it is not",
+    _UPSTREAM,
+)
+PROXY_ENDPOINTS = _family(Gauge, "grpc_helper_proxy_endpoints", "Endpoints registered, per proxied service", _PROXIED)
+PROXY_FORGOTTEN = _family(
+    Counter,
+    "grpc_helper_proxy_endpoints_forgotten",
+    "Endpoints forgotten for not serving for rpc-proxy-stale-timeout (while their service had others)",
+    _PROXIED,
+)
+PROXY_WAITING = _family(
+    Gauge,
+    "grpc_helper_proxy_calls_waiting",
+    "Forwarded calls waiting for their service to be registered or for a backend to be connected",
+    _PROXIED,
+)
+PROXY_NO_BACKEND = _family(
+    Counter,
+    "grpc_helper_proxy_calls_unforwarded",
+    "Calls answered by main without a backend after waiting up to rpc-client-timeout, by reason"
+    " (unregistered, unreachable)",
+    (*_PROXIED, "reason"),
+)
+
+# --- events ---
+EVENTS_SENT = _family(Counter, "grpc_helper_events_sent", "Events sent to the events service")
+EVENTS_DELIVERED = _family(Counter, "grpc_helper_events_delivered", "Events written to listeners' streams")
+EVENT_LISTENERS = _family(Gauge, "grpc_helper_events_listeners", "Listen streams open")
+EVENTS_DROPPED = _family(
+    Counter,
+    "grpc_helper_events_dropped",
+    "Events dropped by a bound, by the config item of that bound (a queue's, or what is retained for absent listeners)",
+    ("bound",),
+)
+# Every bound shown from the start (0), their children bound once: a drop costs one inc()
+DROPPED_QUEUE_MAX, DROPPED_QUEUE_MAX_BYTES, DROPPED_MAX_RETAINED, DROPPED_MAX_RETAINED_BYTES, DROPPED_RETAIN_TIMEOUT = (
+    EVENTS_DROPPED.labels(item)
+    for item in (
+        "rpc-event-queue-max",
+        "rpc-event-queue-max-bytes",
+        "rpc-event-max-retained",
+        "rpc-event-max-retained-bytes",
+        "rpc-event-retain-timeout",
+    )
 )
 
 
@@ -328,6 +400,201 @@ class ClientMethodMetrics:
         if child is None:
             child = self._durations[code] = CLIENT_DURATION.labels(*self._labels, code.name)
         child.observe(time.monotonic() - start)
+
+
+# --- main's proxy ---
+
+
+class EndpointMeter:
+    """The upstream children of one proxied service's endpoint (or endpoints, for a balanced channel), shared by
+    the servers of the process and counted (`endpoint_meter`, `release_endpoint`): once the last user lets it go
+    (the endpoint no longer registered), its series go too. Endpoints come and go with their addresses: none is
+    left behind."""
+
+    __slots__ = ("_durations", "_failures", "_labels", "serving", "users")
+
+    def __init__(self, service: str, endpoint: str) -> None:
+        self._labels = (service, endpoint)
+        self._durations: dict[grpc.StatusCode, Any] = {}
+        self._failures: dict[grpc.StatusCode, Any] = {}
+        self.serving: Any = None  # the health gauge's child, for a registered endpoint (see `ProxyMeter`)
+        self.users = 0
+        self._duration(_OK)
+
+    def _duration(self, code: grpc.StatusCode) -> Any:
+        child = self._durations[code] = PROXY_UPSTREAM_DURATION.labels(*self._labels, code.name)
+        return child
+
+    def done(self, start: float, code: grpc.StatusCode) -> None:
+        """Record a forwarded call sent at `start` (perf_counter) and ended with `code`."""
+        child = self._durations.get(code)
+        if child is None:
+            child = self._duration(code)
+        child.observe(time.perf_counter() - start)
+        if code is not _OK:
+            failures = self._failures.get(code)
+            if failures is None:
+                failures = self._failures[code] = PROXY_UPSTREAM_FAILURES.labels(*self._labels, code.name)
+            failures.inc()
+
+    def _remove(self) -> None:
+        for code in list(self._durations):
+            PROXY_UPSTREAM_DURATION.remove(*self._labels, code.name)
+        for code in list(self._failures):
+            PROXY_UPSTREAM_FAILURES.remove(*self._labels, code.name)
+        if self.serving is not None:
+            PROXY_ENDPOINT_SERVING.remove(*self._labels)
+
+
+_ENDPOINTS: dict[tuple[str, str], EndpointMeter] = {}
+_ENDPOINTS_LOCK = threading.Lock()
+
+
+def endpoint_meter(service: str, endpoint: str) -> EndpointMeter:
+    """The meter of `endpoint` ("host:port", or several joined by commas) of proxied service `service`, to
+    `release_endpoint` once no longer used."""
+    with _ENDPOINTS_LOCK:
+        meter = _ENDPOINTS.get((service, endpoint))
+        if meter is None:
+            meter = _ENDPOINTS[service, endpoint] = EndpointMeter(service, endpoint)
+        meter.users += 1
+        return meter
+
+
+def release_endpoint(meter: EndpointMeter) -> None:
+    """Let go of a meter from `endpoint_meter`: the last user removes its series."""
+    with _ENDPOINTS_LOCK:
+        meter.users -= 1
+        if meter.users > 0:
+            return
+        del _ENDPOINTS[meter._labels]
+        meter._remove()
+
+
+@dataclass
+class _Registered:
+    meter: EndpointMeter
+    serving: bool  # what this registry counts in the endpoint's health gauge
+
+
+class ProxyMeter:
+    """What one proxy registry (one server) adds to main's proxy families: its registered endpoints and their
+    health, its waits for a backend. Gauges move by steps, never set: the servers of a process add up."""
+
+    def __init__(self) -> None:
+        self._registered: dict[tuple[str, str], _Registered] = {}
+
+    def added(self, service: str, endpoint: str) -> None:
+        """`endpoint` of `service` registered (serving, as trusted until seen); nothing if it already was."""
+        if (service, endpoint) in self._registered:
+            return
+        meter = endpoint_meter(service, endpoint)
+        if meter.serving is None:
+            meter.serving = PROXY_ENDPOINT_SERVING.labels(service, endpoint)
+        meter.serving.inc()
+        self._registered[service, endpoint] = _Registered(meter, serving=True)
+        PROXY_ENDPOINTS.labels(service).inc()
+        PROXY_FORGOTTEN.labels(service)  # shown from the first registration (0): an alert's rate() needs it
+
+    def removed(self, service: str, endpoint: str) -> None:
+        """`endpoint` of `service` no longer registered."""
+        registered = self._registered.pop((service, endpoint), None)
+        if registered is None:
+            return
+        if registered.serving:
+            registered.meter.serving.dec()
+        PROXY_ENDPOINTS.labels(service).dec()
+        release_endpoint(registered.meter)
+
+    def health(self, service: str, endpoint: str, *, serving: bool) -> None:
+        """The health of a registered endpoint, as last seen."""
+        registered = self._registered.get((service, endpoint))
+        if registered is None or registered.serving == serving:
+            return
+        registered.serving = serving
+        if serving:
+            registered.meter.serving.inc()
+        else:
+            registered.meter.serving.dec()
+
+    @staticmethod
+    def forgotten(service: str) -> None:
+        """An endpoint of `service` forgotten for not serving (`rpc-proxy-stale-timeout`)."""
+        PROXY_FORGOTTEN.labels(service).inc()
+
+    @staticmethod
+    def waiting(service: str) -> Any:
+        """The gauge of the calls of `service` waiting for a backend (inc() then dec() around a wait)."""
+        return PROXY_WAITING.labels(service)
+
+    @staticmethod
+    def unforwarded(service: str, *, registered: bool) -> None:
+        """A call of `service` answered without a backend: none registered, or none reached in time."""
+        PROXY_NO_BACKEND.labels(service, "unreachable" if registered else "unregistered").inc()
+
+    def close(self) -> None:
+        """The registry shuts down: what it counted goes."""
+        for service, endpoint in list(self._registered):
+            self.removed(service, endpoint)
+
+
+# --- events ---
+
+
+class QueuesSource(Protocol):
+    """What `EventQueues` reads of an events service."""
+
+    def queue_sizes(self) -> Iterable[tuple[bool, int]]:
+        """(retained, bytes pending) of each of its queues."""
+        ...
+
+
+class EventQueues:
+    """A collector of the events services' queues, read when scraped: live and retained queues, and the bytes of
+    their pending events (summed over the events services of the process)."""
+
+    _QUEUES = ("grpc_helper_events_queues", "Event queues, live (a listener drains it) or retained (waiting for one)")
+    _BYTES = ("grpc_helper_events_queued_bytes", "Bytes of the events pending in queues, live or retained")
+
+    def __init__(self) -> None:
+        self._sources: weakref.WeakSet[QueuesSource] = weakref.WeakSet()  # a service forgotten is not counted
+
+    def add(self, source: QueuesSource) -> None:
+        """Count the queues of `source` until `discard`."""
+        self._sources.add(source)
+
+    def discard(self, source: QueuesSource) -> None:
+        self._sources.discard(source)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(*self._QUEUES, labels=["state"])
+        yield GaugeMetricFamily(*self._BYTES, labels=["state"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts, sizes = [0, 0], [0, 0]  # [live, retained]
+        for source in list(self._sources):
+            for retained, size in source.queue_sizes():
+                counts[retained] += 1
+                sizes[retained] += size
+        for (name, doc), values in ((self._QUEUES, counts), (self._BYTES, sizes)):
+            family = GaugeMetricFamily(name, doc, labels=["state"])
+            family.add_metric(["live"], values[0])
+            family.add_metric(["retained"], values[1])
+            yield family
+
+
+def _event_queues() -> EventQueues:
+    collector = EventQueues()
+    try:
+        REGISTRY.register(collector)
+    except ValueError:  # a module reloaded by a test: the one registered first
+        existing = REGISTRY._names_to_collectors.get(EventQueues._QUEUES[0])  # private, the only lookup by name
+        assert existing is not None
+        return existing  # type: ignore[return-value]  # the same class, as loaded before
+    return collector
+
+
+EVENT_QUEUES = _event_queues()
 
 
 # --- exposition ---

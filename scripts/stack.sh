@@ -2,19 +2,23 @@
 # Run the reference stack: a main proxying server (port 54321) and the proxied echo and notes
 # sample services.
 #
-#   stack.sh up [--local] [--insecure] [--scale SERVICE=N] [-f FILE]...
+#   stack.sh up [--local] [--insecure] [--observability] [--scale SERVICE=N] [-f FILE]...
 #                           set up and start it: Docker compose when an engine is reachable,
 #                           otherwise (or with --local) local processes under supervisord (bound to
 #                           loopback). Either runs mTLS on every hop with the authorization policy on
 #                           (--insecure: plaintext, no policy, for debugging); --scale (Docker only,
 #                           repeatable): run N replicas of a stateless service, e.g. --scale echo=3;
+#                           Every service serves Prometheus metrics (/metrics: 9464 in its container;
+#                           locally main's port + 3, + 4, + 5); --observability adds a Prometheus
+#                           scraping them all (Docker: an image of Debian's package; local: Debian's
+#                           prometheus, if installed), its UI and API on the host's loopback;
 #                           -f (Docker only, repeatable): a compose file adding services of your own,
 #                           after compose.yaml (e.g. examples/greeter/compose.greeter.yaml); later
 #                           commands use the files of the last `up`
 #   stack.sh down           stop it (workspaces and secrets are kept: compose volumes, or .stack/)
 #   stack.sh status         show what runs
 #   stack.sh env            print the export lines pointing the grpc-helper CLI at main, with the
-#                           operator's credentials
+#                           operator's credentials (and GRPC_HELPER_PROMETHEUS_URL with --observability)
 #   stack.sh env --service NAME [--token] [--options]
 #                           print what a local process needs to join the running stack as the
 #                           service NAME (see `secrets add`): export lines of the rpc-* items' variables
@@ -25,8 +29,8 @@
 #                           a service of your own: a certificate from the stack's CA (naming NAME and
 #                           each GRPC_NAME) and a token, and an identity NAME in the policy (role service,
 #                           granted the GRPC_NAMEs); a running main takes it without a restart
-#   stack.sh secrets rotate renew every service certificate, added ones included (running servers pick
-#                           them up)
+#   stack.sh secrets rotate renew every service certificate, added ones included, and Prometheus' client
+#                           certificate (running servers pick them up)
 #
 # Both modes use the same system/user config folders (deploy/system, deploy/user). Secrets (a private
 # CA, a certificate per service, the operator's certificate and token, the policy) are created on first
@@ -47,6 +51,12 @@ PROJECT=${COMPOSE_PROJECT_NAME:-grpc-helper}
 # stack's own local programs (supervisord hands its environment down)
 SERVICE_VARS=(RPC_MAIN_HOST RPC_MAIN_PORT RPC_PROXY_HOST RPC_BIND_ADDRESS RPC_TLS_CERT RPC_TLS_KEY RPC_TLS_CA
               RPC_TLS_CLIENT_AUTH RPC_AUTH_POLICY RPC_AUTH_TOKEN_FILE)
+# The Prometheus image of --observability: the grpc-helper image's name with -prometheus (build-prometheus-image.sh)
+IMAGE=${GRPC_HELPER_IMAGE:-grpc-helper:latest}
+export GRPC_HELPER_PROMETHEUS_IMAGE=${GRPC_HELPER_PROMETHEUS_IMAGE:-${IMAGE%%:*}-prometheus:latest}
+# compose.yaml's `prometheus` service has the `observability` profile: known to every compose command here (status
+# shows it, down stops it), started by `up` only with --observability (it names the services it starts)
+export COMPOSE_PROFILES=observability
 
 compose() {
     # compose.yaml, then the files of the last `up -f` (compose merges them in order; paths in every file are
@@ -94,15 +104,18 @@ container_secrets() {
     # root could neither give the files to uid 10001 nor replace them once given.
     local out="$STATE/container-secrets" services
     mkdir -p "$out"
-    services=$(.venv/bin/python scripts/stack_secrets.py list "$SECRETS")
+    services="$(.venv/bin/python scripts/stack_secrets.py list "$SECRETS") prometheus"
     # shellcheck disable=SC2016  # expanded by the container's shell
+    # Prometheus (--observability) gets its client certificate the same way, and no policy
     local script='set -eu
 src=$1 dst=$2
 shift 2
 for svc in "$@"; do
     mkdir -p "$dst/$svc"
     chmod 0700 "$dst/$svc"
-    for pair in "$svc.crt:cert.pem" "$svc.key:key.pem" "ca.crt:ca.pem" "policy.json:policy.json"; do
+    policy="policy.json:policy.json"
+    [ "$svc" != prometheus ] || policy=""
+    for pair in "$svc.crt:cert.pem" "$svc.key:key.pem" "ca.crt:ca.pem" $policy; do
         install -m 0600 -o 10001 -g 10001 "$src/${pair%%:*}" "$dst/$svc/.${pair#*:}.tmp"
         mv -f "$dst/$svc/.${pair#*:}.tmp" "$dst/$svc/${pair#*:}"
     done
@@ -128,13 +141,64 @@ secure_compose_env() {
 
 up_docker() {
     bash scripts/build-image.sh
+    # Every service of the compose files (those of `up -f` too); the `observability` profile's only with it
+    local profiles=""
+    if [ "$OBSERVABILITY" = 1 ]; then
+        bash scripts/build-prometheus-image.sh
+        profiles=observability
+        # Its scrape config: mTLS with its own client certificate, or plain HTTP for a plaintext stack
+        export GRPC_HELPER_PROMETHEUS_CONFIG=compose.yml
+        [ "$SECURE" = 1 ] || GRPC_HELPER_PROMETHEUS_CONFIG=compose-plaintext.yml
+    fi
     if [ "$SECURE" = 1 ]; then
         container_secrets
         secure_compose_env
     fi
-    GRPC_HELPER_MAIN_PORT=$MAIN_PORT compose up -d --no-build "${SCALE[@]}"
+    GRPC_HELPER_MAIN_PORT=$MAIN_PORT COMPOSE_PROFILES=$profiles compose up -d --no-build "${SCALE[@]}"
     # GRPC_HELPER_MAIN_PORT=0: Docker picked a free host port; read back the IPv4 one (see MAIN_HOST)
     MAIN_PORT=$(docker port "$(compose ps -q main)" 54321/tcp | sed -n 's/^0\.0\.0\.0://p' | head -n 1)
+    if [ "$OBSERVABILITY" = 1 ]; then
+        # Published on 127.0.0.1 (compose.yaml); GRPC_HELPER_PROMETHEUS_PORT=0: the port Docker picked
+        local published
+        published=$(docker port "$(compose ps -q prometheus)" 9090/tcp | sed -n 's/^127\.0\.0\.1://p' | head -n 1)
+        echo "http://127.0.0.1:$published" > "$STATE/prometheus-url"
+    fi
+}
+
+local_prometheus_config() {
+    # The local stack's scrape config (deploy/prometheus/compose.yml's jobs, with the local ports and secrets): one
+    # job per program, over mTLS with Prometheus's own certificate, each checking the name its server's carries
+    local out="$STATE/prometheus.yml" name port tls
+    {
+        echo "# generated by scripts/stack.sh up --local --observability"
+        echo "global: {scrape_interval: 15s}"
+        echo "scrape_configs:"
+        for name in main echo notes; do
+            case $name in main) port=$METRICS_BASE ;; echo) port=$((METRICS_BASE + 1)) ;; notes) port=$((METRICS_BASE + 2)) ;; esac
+            echo "  - job_name: $name"
+            if [ "$SECURE" = 1 ]; then
+                tls="{ca_file: $SECRETS/ca.crt, cert_file: $SECRETS/prometheus.crt, key_file: $SECRETS/prometheus.key"
+                echo "    scheme: https"
+                echo "    tls_config: $tls, server_name: $name}"
+            fi
+            echo "    static_configs: [{targets: ['127.0.0.1:$port']}]"
+        done
+    } > "$out"
+    echo "$out"
+}
+
+wait_prometheus() {
+    # Up when its API answers (bounded wait)
+    local url=$1 deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180}))
+    until .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/-/ready", timeout=2)' \
+        "$url" 2>/dev/null
+    do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "stack: Prometheus not ready at $url after ${GRPC_HELPER_STACK_TIMEOUT:-180}s" >&2
+            return 1
+        fi
+        sleep 1
+    done
 }
 
 operator_env() {
@@ -150,6 +214,7 @@ cli_env() {
     echo "unset GRPC_HELPER_TLS_CA GRPC_HELPER_TLS_CERT GRPC_HELPER_TLS_KEY GRPC_HELPER_TLS_SERVER_NAME GRPC_HELPER_TOKEN_FILE"
     local line="export GRPC_HELPER_HOST=$MAIN_HOST GRPC_HELPER_PORT=$(cat "$STATE/port")"
     if [ -f "$STATE/secure" ]; then line="$line $(operator_env | sed 's/^export //')"; fi
+    if [ -f "$STATE/prometheus-url" ]; then line="$line GRPC_HELPER_PROMETHEUS_URL=$(cat "$STATE/prometheus-url")"; fi
     echo "$line"
 }
 
@@ -234,20 +299,31 @@ up_local() {
         extra="$extra -c rpc-tls-cert=$SECRETS/{program}.crt -c rpc-tls-key=$SECRETS/{program}.key"
         extra="$extra -c rpc-tls-ca=$SECRETS/ca.crt -c rpc-tls-client-auth=required -c rpc-auth-policy=$SECRETS/policy.json"
     fi
+    local observe=()
+    if [ "$OBSERVABILITY" = 1 ]; then
+        if command -v prometheus >/dev/null 2>&1; then
+            local port=${GRPC_HELPER_PROMETHEUS_PORT:-$((MAIN_PORT + 6))}
+            observe=(--prometheus "$(local_prometheus_config):$port")
+            echo "http://127.0.0.1:$port" > "$STATE/prometheus-url"
+        else
+            echo "stack: Debian's prometheus is not installed (apt-get install prometheus): nothing scrapes the metrics" >&2
+        fi
+    fi
     PATH="$ROOT/.venv/bin:$PATH" .venv/bin/python deploy/supervise.py --local --state "$STATE" \
         --program main:"$MAIN_PORT" --program echo:$((MAIN_PORT + 1)) --program notes:$((MAIN_PORT + 2)) \
         --system "$ROOT/deploy/system" --user "$ROOT/deploy/user" --workspace-root "$STATE/workspaces" \
-        --extra-args "$extra"
+        --metrics-port-base "$METRICS_BASE" "${observe[@]}" --extra-args "$extra"
 }
 
 case "${1:-}" in
     up)
-        LOCAL=0 SECURE=1 SCALE=() FILES=()
+        LOCAL=0 SECURE=1 OBSERVABILITY=0 SCALE=() FILES=()
         set -- "${@:2}"
         while [ $# -gt 0 ]; do
             case "$1" in
                 --local) LOCAL=1 ;;
                 --insecure) SECURE=0 ;;
+                --observability) OBSERVABILITY=1 ;;
                 --scale)
                     [[ "${2:-}" =~ ^(echo)=[1-9][0-9]?$ ]] || { echo "stack: --scale echo=N (1-99): only echo is stateless" >&2; exit 2; }
                     SCALE+=(--scale "$2"); shift ;;
@@ -268,6 +344,9 @@ case "${1:-}" in
         mkdir -p "$STATE"
         rm -f "$STATE/compose-files"
         if [ ${#FILES[@]} -gt 0 ]; then printf '%s\n' "${FILES[@]}" > "$STATE/compose-files"; fi
+        rm -f "$STATE/prometheus-url"
+        # Local programs' metrics ports: main's, echo's, notes' (they share one host)
+        METRICS_BASE=${GRPC_HELPER_METRICS_PORT:-$((MAIN_PORT + 3))}
         if [ "$SECURE" = 1 ]; then
             .venv/bin/python scripts/stack_secrets.py create "$SECRETS"
             echo 1 > "$STATE/secure"
@@ -285,8 +364,13 @@ case "${1:-}" in
         echo "$MAIN_PORT" > "$STATE/port"
         wait_ready
         if [ ${#FILES[@]} -gt 0 ]; then wait_healthy; fi   # the services of the files too
+        observed=""
+        if [ -f "$STATE/prometheus-url" ]; then
+            wait_prometheus "$(cat "$STATE/prometheus-url")"
+            observed="; Prometheus on $(cat "$STATE/prometheus-url")"
+        fi
         hint="eval \"\$(./scripts/stack.sh env)\"; .venv/bin/grpc-helper info"
-        echo "stack: up ($(mode)$([ "$SECURE" = 1 ] && echo ', mTLS + policy' || echo ', plaintext')); main on $MAIN_HOST:$MAIN_PORT — try: $hint"
+        echo "stack: up ($(mode)$([ "$SECURE" = 1 ] && echo ', mTLS + policy' || echo ', plaintext')); main on $MAIN_HOST:$MAIN_PORT$observed — try: $hint"
         ;;
     env)
         SERVICE="" TOKEN=0 OPTIONS=0
@@ -344,7 +428,7 @@ case "${1:-}" in
                 sleep 0.2
             done
         fi
-        rm -f "$STATE/mode" "$STATE/port" "$STATE/compose-files"
+        rm -f "$STATE/mode" "$STATE/port" "$STATE/compose-files" "$STATE/prometheus-url"
         ;;
     status)
         if [ "$(mode)" = docker ]; then compose ps; else .venv/bin/supervisorctl -c "$STATE/supervisord.conf" status; fi

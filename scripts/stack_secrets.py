@@ -12,7 +12,9 @@ the samples call it so); a sample its service name (what main verifies it agains
 `localhost` and `127.0.0.1` (its own auto-client). The policy: `operator` is admin (token or certificate),
 `main` admin by its certificate and a forwarder (`proxy`: it names the caller of each call it forwards, whom
 the samples then check, not main), the samples services, each granted its own service name (`services`).
-`create` brings a policy written by an older version up to date.
+Prometheus (`stack.sh up --observability`) gets a client certificate, `prometheus`, for the services' /metrics
+(not a gRPC call: the policy does not name it).
+`create` brings secrets written by an older version up to date (the policy, a missing Prometheus certificate).
 
 `add` makes a service of your own an identity of the stack: `NAME.crt`/`NAME.key` from the stack's CA, naming
 NAME (its compose service), each GRPC_NAME (the gRPC service names it registers on main, which main verifies
@@ -40,20 +42,33 @@ from grpc_helper.server.srv_service import GRPC_SERVICE_NAME
 
 SERVICES = {"main": ("main", "localhost", "127.0.0.1"), "echo": ("echo", "localhost", "127.0.0.1"),
             "notes": ("notes", "localhost", "127.0.0.1")}  # fmt: skip
+CLIENTS = ("prometheus",)  # client certificates renewed with the services' (the operator's is not: see rotate)
 # An added service's name: a compose service, a supervise.py program (grpc-helper-NAME) and a DNS label
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 # Names whose files (NAME.crt, NAME.key, NAME.token) or identity the stack already has
-RESERVED = {"ca", "operator", *SERVICES}
+RESERVED = {"ca", "operator", *SERVICES, *CLIENTS}
 
 
 def issue_services(ca: CertificateAuthority, folder: Path) -> None:
     for name, names in SERVICES.items():
         ca.issue(*names).write(folder, name)
+    for name in CLIENTS:
+        ca.issue(name).write(folder, name)
+
+
+def load_ca(folder: Path) -> CertificateAuthority:
+    return CertificateAuthority.load((folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes())
 
 
 def create(folder: Path) -> None:
     if (folder / "policy.json").exists():  # written last: a create that was interrupted starts over
         upgrade(folder / "policy.json")
+        missing = [name for name in CLIENTS if not (folder / f"{name}.crt").exists()]
+        if missing:  # secrets made before Prometheus had a certificate
+            ca = load_ca(folder)
+            for name in missing:
+                ca.issue(name).write(folder, name)
+            print(f"secrets: issued a certificate for {', '.join(missing)} in {folder}")
         return
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
@@ -73,7 +88,10 @@ def create(folder: Path) -> None:
         }
     }
     write_private(folder / "policy.json", json.dumps(policy, indent=2).encode())
-    print(f"secrets: created a CA, certificates for {', '.join(SERVICES)} and the operator, and a policy in {folder}")
+    print(
+        f"secrets: created a CA, certificates for {', '.join([*SERVICES, *CLIENTS])} and the operator, and a policy"
+        f" in {folder}"
+    )
 
 
 def upgrade(path: Path) -> None:
@@ -92,10 +110,6 @@ def upgrade(path: Path) -> None:
     if changes:
         write_private(path, json.dumps(policy, indent=2).encode())
         print(f"secrets: {', '.join(changes)} in {path}")
-
-
-def load_ca(folder: Path) -> CertificateAuthority:
-    return CertificateAuthority.load((folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes())
 
 
 def certificate_names(name: str, grants: list[str]) -> tuple[str, ...]:
@@ -166,7 +180,7 @@ def rotate(folder: Path) -> None:
     services = added(folder)
     for name, grants in services.items():
         ca.issue(*certificate_names(name, grants)).write(folder, name)
-    print(f"secrets: renewed the certificates of {', '.join([*SERVICES, *services])} in {folder}")
+    print(f"secrets: renewed the certificates of {', '.join([*SERVICES, *CLIENTS, *services])} in {folder}")
 
 
 def main(argv: list[str]) -> int:

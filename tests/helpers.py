@@ -7,6 +7,7 @@ tests/ on sys.path), never conftest.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -14,6 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -265,6 +269,20 @@ def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
             return True
         time.sleep(0.02)
     return check()
+
+
+def prometheus_value(url: str, promql: str) -> float | None:
+    """The value of an instant query `promql` on the Prometheus at `url` (its HTTP API): the first series', None
+    when there is none or Prometheus does not answer (yet)."""
+    query = f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(query, timeout=5) as answer:
+            data = json.loads(answer.read())
+    except (urllib.error.URLError, ConnectionError):  # still starting
+        return None
+    assert data["status"] == "success", data
+    result = data["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
 
 
 # --- ports ---

@@ -40,6 +40,8 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
+from helpers import prometheus_value
+
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_CONF = "/tmp/supervisord.conf"
 
@@ -365,6 +367,70 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         stack_sh("down")
         cmd = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml"), "down", "-v"]
         subprocess.run(cmd, env=env, capture_output=True, timeout=300, cwd=ROOT)
+
+
+def test_observability_stack_from_stack_sh(tmp_path: Path) -> None:
+    """`stack.sh up --observability`: a Prometheus built from Debian's package scrapes every service over mTLS;
+    its HTTP API, at the URL `stack.sh env` prints, has each service's series with the calls made through main."""
+    project = f"gho{os.getpid()}"
+    env = {
+        **os.environ,
+        "GRPC_HELPER_MAIN_PORT": "0",  # Docker picks the host ports; stack.sh reads them back
+        "GRPC_HELPER_PROMETHEUS_PORT": "0",
+        "COMPOSE_PROJECT_NAME": project,
+        "GRPC_HELPER_STACK_STATE": str(tmp_path / "state"),
+    }
+
+    def stack_sh(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = ["bash", str(ROOT / "scripts" / "stack.sh"), *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+    up = stack_sh("up", "--observability")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        exported = stack_sh("env").stdout.strip().splitlines()[-1].removeprefix("export ")
+        creds = dict(item.split("=", 1) for item in exported.split())
+        url = creds["GRPC_HELPER_PROMETHEUS_URL"]
+        assert url.startswith("http://127.0.0.1:")  # the host's loopback only
+        assert f"Prometheus on {url}" in up.stdout
+        security = ClientSecurity.from_files(
+            creds["GRPC_HELPER_TLS_CA"],
+            creds["GRPC_HELPER_TLS_CERT"],
+            creds["GRPC_HELPER_TLS_KEY"],
+            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
+        )
+        stubs = {
+            "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+            "notes": (NotesServiceStub, NotesApiVersion.NOTES_API_CURRENT),
+        }
+        with RpcClient("127.0.0.1", int(creds["GRPC_HELPER_PORT"]), stubs, timeout=60, security=security) as client:
+            for i in range(5):
+                assert client.echo.echo(EchoRequest(text=f"o{i}")).text == f"o{i}"
+            client.notes.put(Note(key="observed", text="x"))
+        for job in ("main", "echo", "notes"):
+            wait_for(lambda job=job: prometheus_value(url, f'up{{job="{job}"}}') == 1, 120, f"{job} scraped over mTLS")
+        # A series from each service, with the calls made: main forwarded them, each backend served its own
+        expected = [
+            ('sum(grpc_server_call_started_total{job="main", grpc_method="EchoService/echo"})', 5),
+            ('sum(grpc_helper_proxy_upstream_call_duration_seconds_count{job="main", proxied_service="echo"})', 5),
+            ('grpc_helper_proxy_endpoints{job="main", proxied_service="echo"}', 1),
+            ('sum(grpc_server_call_started_total{job="echo", grpc_method="EchoService/echo"})', 5),
+            ('sum(grpc_server_call_started_total{job="notes", grpc_method="NotesService/put"})', 1),
+        ]
+        for promql, count in expected:
+            wait_for(lambda promql=promql, count=count: prometheus_value(url, promql) == count, 120, promql)
+        down = stack_sh("down")
+        assert down.returncode == 0, down.stderr
+        assert not subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"name={project}"], capture_output=True, text=True
+        ).stdout
+    finally:
+        stack_sh("down")
+        cmd = [*compose_cmd(), "-p", project, "-f", str(ROOT / "compose.yaml"), "down", "-v"]
+        # The observability profile: its Prometheus and volume go too
+        subprocess.run(
+            cmd, env={**env, "COMPOSE_PROFILES": "observability"}, capture_output=True, timeout=300, cwd=ROOT
+        )
 
 
 def test_scaled_echo_balances_and_fails_over_after_kill9(stack: Stack) -> None:  # noqa: ARG001 - the image

@@ -194,6 +194,9 @@ def mtls(mtls_folder: Path) -> list[Obj]:
 def compose() -> Obj:
     data = yaml.safe_load((ROOT / "compose.yaml").read_text())  # merge keys (<<: *service) resolved
     assert isinstance(data, dict)
+    # The services of the deployment: an opt-in profile's are not (`observability`'s Prometheus: Kubernetes runs
+    # its own, scraping as deploy/prometheus/kubernetes.yml says)
+    data["services"] = {name: service for name, service in data["services"].items() if "profiles" not in service}
     return data
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from grpc_helper import ClientSecurity, RpcClient
 from grpc_helper.api import Filter, ServerApiVersion
@@ -14,6 +17,8 @@ from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, NotesApiVersion
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
+
+from helpers import prometheus_value, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +29,8 @@ def free_port_range(count: int) -> int:
     Free now, not reserved: another process could take one before supervisord's programs bind them.
     They cannot bind port 0 and report back: scripts/stack.sh writes main's port into the samples'
     command lines (rpc-main-port) and the supervisord config before anything starts, and addresses
-    main by GRPC_HELPER_MAIN_PORT (samples on main's port + 1 and + 2).
+    main by GRPC_HELPER_MAIN_PORT (samples on main's port + 1 and + 2, the three metrics endpoints on + 3 to + 5,
+    Prometheus on + 6).
     """
     for _ in range(50):
         base = random.randint(20000, 60000)
@@ -68,7 +74,7 @@ def ctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_local_stack_up_and_down(tmp_path: Path) -> None:
     """The secure local stack: mTLS on every hop, the policy on, secrets 0600; the operator's CLI with the
     stack's credentials gets through, the same CLI without them is refused."""
-    port = free_port_range(3)
+    port = free_port_range(6)
     state = tmp_path / "stack"
     env = {**os.environ, "GRPC_HELPER_MAIN_PORT": str(port), "GRPC_HELPER_STACK_STATE": str(state)}
     up = stack("up", "--local", env=env)
@@ -108,3 +114,47 @@ def test_local_stack_up_and_down(tmp_path: Path) -> None:
     assert not Path(f"/proc/{supervisord_pid}").exists(), "supervisord stopped"
     logs = (state / "logs" / "main.log").read_text()
     assert "shut down" in logs  # graceful SIGTERM shutdown, not a kill
+
+
+def test_local_stack_with_observability(tmp_path: Path) -> None:
+    """`stack.sh up --local --observability`: every program serves its metrics on a port of its own, and Debian's
+    prometheus, run beside them by supervisord, scrapes them over mTLS; its API (the URL `stack.sh env` prints)
+    has each program's series with the calls made through main."""
+    if shutil.which("prometheus") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("prometheus is missing under CI=true (.ci/run installs Debian's package)")
+        pytest.skip("Debian's prometheus is not installed (apt-get install prometheus)")
+    port = free_port_range(7)
+    state = tmp_path / "stack"
+    env = {**os.environ, "GRPC_HELPER_MAIN_PORT": str(port), "GRPC_HELPER_STACK_STATE": str(state)}
+    up = stack("up", "--local", "--observability", env=env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        creds = operator_env(env)
+        url = creds["GRPC_HELPER_PROMETHEUS_URL"]
+        assert url == f"http://127.0.0.1:{port + 6}"
+        security = ClientSecurity.from_files(
+            creds["GRPC_HELPER_TLS_CA"],
+            creds["GRPC_HELPER_TLS_CERT"],
+            creds["GRPC_HELPER_TLS_KEY"],
+            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
+        )
+        with RpcClient("127.0.0.1", port, STUBS, timeout=30, security=security) as client:
+            for i in range(5):
+                assert client.echo.echo(EchoRequest(text=f"o{i}")).text == f"o{i}"
+            client.notes.put(Note(key="observed", text="x"))
+        for job in ("main", "echo", "notes"):
+            assert wait_until(lambda job=job: prometheus_value(url, f'up{{job="{job}"}}') == 1, 60), job
+        expected = [
+            ('sum(grpc_server_call_started_total{job="main", grpc_method="EchoService/echo"})', 5),
+            ('sum(grpc_helper_proxy_upstream_call_duration_seconds_count{job="main", proxied_service="echo"})', 5),
+            ('grpc_helper_proxy_endpoints{job="main", proxied_service="echo"}', 1),
+            ('sum(grpc_server_call_started_total{job="echo", grpc_method="EchoService/echo"})', 5),
+            ('sum(grpc_server_call_started_total{job="notes", grpc_method="NotesService/put"})', 1),
+        ]
+        for promql, count in expected:
+            assert wait_until(lambda promql=promql, count=count: prometheus_value(url, promql) == count, 60), promql
+    finally:
+        down = stack("down", env=env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert (state / "logs" / "prometheus.log").is_file()

@@ -238,7 +238,7 @@ def test_an_added_service_joins_the_local_stack(tmp_path: Path) -> None:
     greeter as a local process joins with `env --service` (its certificate, then its token), registers
     greeter.GreeterService and serves `grpc-helper call` through main; a wrong token is refused; the grant keeps
     others from registering the name; `secrets rotate` renews its certificate, which the running greeter serves."""
-    port = free_port_range(3)
+    port = free_port_range(6)  # main, echo, notes and their metrics ports
     state = tmp_path / "stack"
     env = {**clean_env(), "GRPC_HELPER_MAIN_PORT": str(port), "GRPC_HELPER_STACK_STATE": str(state)}
     secrets = state / "secrets"
@@ -285,7 +285,7 @@ def test_an_added_service_joins_the_local_stack(tmp_path: Path) -> None:
                 old = (secrets / "greeter.crt").read_text()
                 rotated = stack("secrets", "rotate", env=env)
                 assert rotated.returncode == 0, rotated.stderr
-                assert "notes, greeter in" in rotated.stdout
+                assert "notes, prometheus, greeter in" in rotated.stdout
                 renewed = ssl.PEM_cert_to_DER_cert((secrets / "greeter.crt").read_text())
                 assert renewed != ssl.PEM_cert_to_DER_cert(old)
                 wait_for(lambda: served_certificate(greeter_port, creds) == renewed, 60, "its renewed certificate")

@@ -15,6 +15,7 @@ from grpc_helper.api import Event, EventStatus, Result, ResultCode
 from grpc_helper.calls import PushStream
 from grpc_helper.errors import RpcException
 from grpc_helper.limits import quote
+from grpc_helper.metrics import DROPPED_QUEUE_MAX, DROPPED_QUEUE_MAX_BYTES, EVENT_LISTENERS, EVENTS_DELIVERED
 from grpc_helper.options import keepalive_bound
 
 _log = logging.getLogger("grpc_helper.events")
@@ -72,6 +73,7 @@ class Listener:
         self.keepalive_due = False
         self.last_sent = time.monotonic()
         self._ended = False
+        EVENT_LISTENERS.inc()  # until `finish`
 
     def run(self) -> None:
         """Send everything pending; end the stream if this listener no longer owns its queue (interrupted,
@@ -89,7 +91,11 @@ class Listener:
                 status = EventStatus(client_id=cid, seq=n)
                 status.event.MergeFromString(data)
                 if not stream.send(status):
+                    EVENTS_DELIVERED.inc(n - seq)
                     break  # the client is gone: its callback detaches the queue, ending this listener
+            else:
+                if batch:
+                    EVENTS_DELIVERED.inc(len(batch))  # once per batch
             if keepalive and not batch:
                 # An empty event, present on the wire (as 2.x sends it)
                 stream.send(EventStatus(client_id=cid, event=Event()))
@@ -103,6 +109,7 @@ class Listener:
                 return
             self._ended = True
             shutting_down = self.queue.closed and self.queue.owner is self
+        EVENT_LISTENERS.dec()
         last = None
         if shutting_down:
             # The queue is kept (and persisted) so that the listener resumes it on the next server
@@ -183,7 +190,7 @@ class EventQueue:
         """Append `item` (shared by every queue it goes to); a queue holding more than `limit` events or
         `max_bytes` bytes drops its oldest ones (a sender is never blocked). The newest event is always
         kept. True if the queue is retained (nobody listens: the event is worth persisting)."""
-        dropped = 0
+        dropped = by_count = by_bytes = 0
         task = None
         with self._lock:
             events = self.events
@@ -191,6 +198,10 @@ class EventQueue:
             self.size += len(item[1])
             if len(events) > limit or self.size > max_bytes:
                 while len(events) > 1 and (len(events) > limit or self.size > max_bytes):
+                    if len(events) > limit:
+                        by_count += 1
+                    else:
+                        by_bytes += 1
                     self.size -= len(events.popleft()[1])
                     self.dropped += 1
                 dropped = self.dropped
@@ -200,6 +211,10 @@ class EventQueue:
                 task = owner.run
         if task is not None:
             self._schedule(task)
+        if by_count:
+            DROPPED_QUEUE_MAX.inc(by_count)
+        if by_bytes:
+            DROPPED_QUEUE_MAX_BYTES.inc(by_bytes)
         if dropped and (dropped == 1 or dropped % _DROP_WARN_EVERY == 0):
             self._logger.warning(
                 "Event queue %s is full (rpc-event-queue-max=%s, rpc-event-queue-max-bytes=%s): dropped its oldest"

@@ -86,6 +86,13 @@ from grpc_helper.events.queues import EventQueue, Listener, Pending, check_name,
 from grpc_helper.events.snapshot import events_from_json, snapshot_chunks
 from grpc_helper.limits import check_request, quote
 from grpc_helper.manager import RpcManager
+from grpc_helper.metrics import (
+    DROPPED_MAX_RETAINED,
+    DROPPED_MAX_RETAINED_BYTES,
+    DROPPED_RETAIN_TIMEOUT,
+    EVENT_QUEUES,
+    EVENTS_SENT,
+)
 from grpc_helper.persist import file_stamp, read_json, read_json_object, write_json, write_stream
 from grpc_helper.threads import Deliveries
 
@@ -137,8 +144,14 @@ class EventsManager(EventServiceServicer, RpcManager):
         self._restore()
         self._janitor = threading.Thread(target=self._background, name="events-janitor", daemon=True)
         self._janitor.start()
+        EVENT_QUEUES.add(self)  # its queues counted when scraped, until shut down
+
+    def queue_sizes(self) -> list[tuple[bool, int]]:
+        """(retained, bytes pending) of each queue (`metrics.EventQueues`): read without locks, a moment's view."""
+        return [(q.owner is None, q.size) for q in self._fanout]
 
     def _shutdown(self) -> None:
+        EVENT_QUEUES.discard(self)
         with self.lock:
             self._closing = True
             queues = list(self._queues.values())
@@ -338,7 +351,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         with self.lock:
             expired = [cid for cid, q in self._queues.items() if q.expired(now, retain)]
             for cid in expired:
-                del self._queues[cid]
+                DROPPED_RETAIN_TIMEOUT.inc(len(self._queues.pop(cid).events))
             # Newest retained first: keep them while within both bounds, drop the rest
             retained = sorted(
                 ((since, q) for q in self._queues.values() if (since := q.retained_since) is not None),
@@ -350,6 +363,8 @@ class EventsManager(EventServiceServicer, RpcManager):
                 kept_bytes += q.size
                 if n >= most or kept_bytes > max_bytes:
                     excess.append(q.client_id)
+                    # The events it held go with it, dropped by the bound it broke
+                    (DROPPED_MAX_RETAINED if n >= most else DROPPED_MAX_RETAINED_BYTES).inc(len(q.events))
             for cid in excess:
                 del self._queues[cid]
             if expired or excess:
@@ -380,6 +395,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         """Queue `request` for every live or retained queue accepting its name (the event is shared, not copied)."""
         check_request(request)
         check_name(request.name)
+        EVENTS_SENT.inc()
         name = request.name
         limit, max_bytes = RpcStaticConfig.EVENT_QUEUE_MAX.int_val, RpcStaticConfig.EVENT_QUEUE_MAX_BYTES.int_val
         item = pending_of(request)  # one object, however many queues hold it

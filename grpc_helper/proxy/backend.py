@@ -16,6 +16,7 @@ from grpc_helper.balancing import Address
 from grpc_helper.client import balanced_channel
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.metadata import Metadata
+from grpc_helper.metrics import EndpointMeter, release_endpoint
 from grpc_helper.proxy.unary_call import UnaryCall
 from grpc_helper.tls import PLAINTEXT, ClientSecurity
 
@@ -53,7 +54,7 @@ class Backend:
     """A channel to one or several servers (the replicas of a proxied service), balanced and health
     checked by gRPC (`SERVICE_CONFIG`), with its cached multi-callables.
 
-    `users`, `retired` and `serving` are managed by the registry, under its lock: a retired backend
+    `users`, `retired`, `serving` and `meters` are managed by the registry, under its lock: a retired backend
     (no registration uses it any more) is closed once its last call ends.
     """
 
@@ -70,6 +71,9 @@ class Backend:
         self._probed = 0.0  # when the last probe started (monotonic)
         self._closed = False
         self._methods: dict[str, Callable[..., Any]] = {}
+        # By the proxied service that uses it (channels are shared by the services registered at the same
+        # endpoints): what its forwarded calls are measured with, with metrics on (released at close)
+        self.meters: dict[str, EndpointMeter] = {}
         self.channel = balanced_channel(security or PLAINTEXT, addresses)
         # Added to every forwarded call: the server's own token (`rpc-auth-token-file`), if any, never a caller's
         self.credentials: Metadata = security.metadata() if security is not None else ()
@@ -139,3 +143,11 @@ class Backend:
             if self._probe is not None:
                 self._probe.cancel()
             self.channel.close()
+            for meter in self.meters.values():
+                release_endpoint(meter)
+            self.meters.clear()
+
+
+# What a forwarded call acquires (`ProxyRegistry.acquire`): its backend, and the meter of its calls to it for the
+# proxied service it was acquired for (None: metrics off)
+Acquired = tuple[Backend, EndpointMeter | None]

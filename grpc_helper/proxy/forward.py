@@ -60,7 +60,8 @@ from grpc_helper.metadata import (
     Metadata,
     reads_results,
 )
-from grpc_helper.proxy.backend import CANCELLABLE_UNARY, Backend
+from grpc_helper.metrics import EndpointMeter
+from grpc_helper.proxy.backend import CANCELLABLE_UNARY, Acquired, Backend
 
 _PROXIED_SUFFIX = "(proxied)"
 # The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
@@ -81,8 +82,9 @@ class Backends(Protocol):
 
     logger: logging.Logger
 
-    def acquire(self, name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
-        """Phase 1 (see the module doc): a connected backend for `name`, or the error to answer."""
+    def acquire(self, name: str, method: str, context: grpc.ServicerContext) -> Acquired | Result:
+        """Phase 1 (see the module doc): a connected backend for `name` and the meter of its calls (None:
+        metrics off), or the error to answer."""
         ...
 
     def release(self, backend: Backend) -> None:
@@ -208,21 +210,22 @@ class _ForwardSite:
         self.can_answer = self.response_cls is not None and has_result_field(self.response_cls)
         self.request_streaming = kind.startswith("stream_")
 
-    def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata, bool] | bytes:
-        """(backend, metadata to forward with, whether the caller reads `Result`s) (phase 1), or the bytes of
-        an error answer."""
+    def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata, bool, EndpointMeter | None] | bytes:
+        """(backend, metadata to forward with, whether the caller reads `Result`s, the meter of the call) (phase 1),
+        or the bytes of an error answer."""
         md = context.invocation_metadata()
         results = reads_results(md)
         versions = self.versions
         err = versions.check(md) if versions is not None else None
         if err is None:
-            backend = self.registry.acquire(self.name, self.method, context)
-            if not isinstance(backend, Result):
+            acquired = self.registry.acquire(self.name, self.method, context)
+            if not isinstance(acquired, Result):
+                backend, meter = acquired
                 # The caller's identity goes along: the backend applies its own policy to it, not main's rights
                 current = versions.current if versions is not None else None
                 forwarded = proxied_metadata(md, current, results=results)
-                return backend, forwarded + backend.credentials + caller_metadata(), results
-            err = backend
+                return backend, forwarded + backend.credentials + caller_metadata(), results, meter
+            err = acquired
             left = remaining(context)
             if left is not None and left <= 0:  # waited for a backend until the caller's deadline: it passed
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.path}: deadline passed waiting for a backend")
@@ -263,24 +266,39 @@ def _trailers(exc: grpc.RpcError) -> Metadata:
     return tuple(trailers or ())
 
 
+def _status(exc: grpc.RpcError) -> grpc.StatusCode:
+    """The status a backend call failed with."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    return code if isinstance(code, grpc.StatusCode) else _UNKNOWN
+
+
+# The status of an upstream call, as measured (`EndpointMeter.done`)
+_OK, _UNKNOWN, _INTERNAL = grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL
+_CANCELLED = grpc.StatusCode.CANCELLED
+
+
 def _unary_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
     path, request_streaming = site.path, site.request_streaming
+    perf = time.perf_counter
 
     def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         prepared = prepare(context)
         if isinstance(prepared, bytes):
             return prepared
-        backend, md, results = prepared
+        backend, md, results, meter = prepared
         cancel = _Canceller()
         if not context.add_callback(cancel):  # the caller is already gone
             cancel()
         key = started(context, backend)
+        code = _UNKNOWN  # how the backend call ended (measured, with metrics on)
+        start = perf()
         try:
             if not request_streaming:  # a blocking call the caller's termination callback can cancel
                 answer: tuple[bytes, Metadata, Metadata] = backend.method(CANCELLABLE_UNARY, path)(
                     request, remaining(context), md, cancel.attach
                 )
+                code = _OK
                 pass_metadata(context, answer[1], answer[2])
                 return answer[0]
             # A client stream's unary response read as a stream of one (the same on the wire): a call that
@@ -293,15 +311,20 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
             cancel.attach(responses.cancel)
             answers = list(responses)  # one; reading to the end gives the trailing metadata and status
             if len(answers) != 1:
-                context.abort(grpc.StatusCode.INTERNAL, f"{path}: the backend answered {len(answers)} messages")
+                code = _INTERNAL
+                context.abort(_INTERNAL, f"{path}: the backend answered {len(answers)} messages")
+            code = _OK
             pass_metadata(context, responses.initial_metadata(), responses.trailing_metadata())
             streamed: bytes = answers[0]
             return streamed
         except grpc.RpcError as exc:
+            code = _status(exc)
             if cancel.wanted:
                 return b""  # the caller went away (cancelled, or its deadline passed): nobody to answer
             return failed(context, backend, exc, results=results)
         finally:
+            if meter is not None:  # before `release`, which may close the backend and its meters
+                meter.done(start, code)
             IN_FLIGHT.pop(key, None)
             release(backend)
 
@@ -311,17 +334,20 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
 def _stream_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
     kind, path, request_streaming = site.kind, site.path, site.request_streaming
+    perf = time.perf_counter
 
     def stream_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         prepared = prepare(context)
         if isinstance(prepared, bytes):
             yield prepared
             return
-        backend, md, results = prepared
+        backend, md, results, meter = prepared
         cancel = _Canceller()
         if not context.add_callback(cancel):  # the caller is already gone
             cancel()
         key = started(context, backend)
+        code = _CANCELLED  # how the backend call ended; a stream closed before its end: the caller went away
+        start = perf()
         try:
             if request_streaming:
                 request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
@@ -332,14 +358,18 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
                 if headers:
                     context.send_initial_metadata(headers)
                 yield from responses
+                code = _OK
                 trailers = returned_metadata(responses.trailing_metadata())
                 if trailers:
                     context.set_trailing_metadata(trailers)
             except grpc.RpcError as exc:
+                code = _status(exc)
                 if cancel.wanted:
                     return  # the caller went away
                 yield failed(context, backend, exc, results=results)  # 2.x: the stream's last message
         finally:
+            if meter is not None:  # before `release`, which may close the backend and its meters
+                meter.done(start, code)
             IN_FLIGHT.pop(key, None)
             release(backend)
 

@@ -88,9 +88,10 @@ class ProxiedReflection(reflection_pb2_grpc.ServerReflectionServicer):  # type: 
 
     def _forwarded(self, name: str, request: Request, context: grpc.ServicerContext) -> Response:
         """`request` answered by a backend of the dynamic service `name` (an error response if none can)."""
-        backend = self._registry.acquire(name, PATH, context)
-        if isinstance(backend, Result):
-            return _error(request, _UNAVAILABLE, backend.msg)
+        acquired = self._registry.acquire(name, PATH, context)
+        if isinstance(acquired, Result):
+            return _error(request, _UNAVAILABLE, acquired.msg)
+        backend, _ = acquired  # reflection is not a forwarded call: not measured as one
         try:
             left = remaining(context)
             timeout = FORWARD_TIMEOUT if left is None else min(left, FORWARD_TIMEOUT)

@@ -24,8 +24,9 @@ from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException
 from grpc_helper.generated import Handler, kind_of
+from grpc_helper.metrics import ProxyMeter, endpoint_meter
 from grpc_helper.persist import read_json_object, write_json
-from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Backend, backend_address
+from grpc_helper.proxy.backend import READY, TRANSIENT_FAILURE, Acquired, Backend, backend_address
 from grpc_helper.proxy.forward import Backends, make_forwarder
 from grpc_helper.tls import ClientSecurity
 
@@ -54,11 +55,18 @@ class HealthSetter(Protocol):
 
 
 Endpoint = tuple[str, int]  # a registered (host, port): the host as given, empty meaning `rpc-main-host`
+
 # proxy.json: the key, inside a service's entry, listing its endpoints after the first (2.x ignores it)
 REPLICAS_KEY = "replicas"
 # proxy.json: the key marking the entry of a dynamic service (registered by its gRPC name, no descriptor in
 # main): `"grpc_service": true`. 2.x reads only the entries of its descriptors' names: it ignores these
 DYNAMIC_KEY = "grpc_service"
+
+
+def endpoint_label(endpoint: Endpoint) -> str:
+    """An endpoint's `endpoint` metrics label: "host:port", the host resolved (as its channel's `address`)."""
+    host, port = backend_address(*endpoint)
+    return f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,8 @@ class ProxyRegistry:
         self._dynamic: set[str] = set()
         # What a dynamic registration may not name: the gRPC services this server serves or declares itself
         self.reserved: frozenset[str] = frozenset()
+        # Main's proxy families (`metrics`), with metrics on: nothing is measured (nor paid) otherwise
+        self._meter = ProxyMeter() if RpcStaticConfig.METRICS_PORT.int_val > 0 else None
 
     # --- handlers ---
     def handlers(
@@ -278,9 +288,9 @@ class ProxyRegistry:
     # --- backends, for calls ---
     def acquire(
         self, name: str, method: str, context: grpc.ServicerContext, endpoint: Endpoint | None = None
-    ) -> Backend | Result:
-        """The connected backend serving `name` (to `release` after the call), or an error `Result`;
-        with `endpoint`, the channel to that one endpoint of it only.
+    ) -> Acquired | Result:
+        """The connected backend serving `name` (to `release` after the call) and the meter of its calls for
+        `name` (None: metrics off), or an error `Result`; with `endpoint`, the channel to that one endpoint only.
 
         Waits up to `rpc-client-timeout` (bounded by the caller's deadline) for a registration and
         for an endpoint to be connected and serving, following registration changes meanwhile.
@@ -290,12 +300,23 @@ class ProxyRegistry:
             backend = self._current(name, endpoint)
             if backend is not None and backend.connected():  # the usual case: no wait
                 backend.users += 1
-                return backend
-        return self._wait(name, method, context, endpoint)
+                return backend, backend.meters.get(name)
+        meter = self._meter
+        if meter is None:
+            return self._wait(name, method, context, endpoint)
+        waiting = meter.waiting(name)
+        waiting.inc()
+        try:
+            acquired = self._wait(name, method, context, endpoint)
+        finally:
+            waiting.dec()
+        if isinstance(acquired, Result):
+            meter.unforwarded(name, registered=acquired.code != ResultCode.ERROR_PROXY_UNREGISTERED)
+        return acquired
 
     def _wait(
         self, name: str, method: str, context: grpc.ServicerContext, endpoint: Endpoint | None
-    ) -> Backend | Result:
+    ) -> Acquired | Result:
         start = time.monotonic()
         limit = RpcStaticConfig.CLIENT_TIMEOUT.float_val
         left = remaining(context)
@@ -309,7 +330,7 @@ class ProxyRegistry:
                 backend = self._current(name, endpoint)
                 if backend is not None and backend.connected(try_to_connect=True):
                     backend.users += 1
-                    return backend
+                    return backend, backend.meters.get(name)
                 now = time.monotonic()
                 # Closed: no backend; caller gone (cancelled): no need to wait any longer
                 if now >= deadline or self._closed or not context.is_active():
@@ -478,10 +499,11 @@ class ProxyRegistry:
         with self._changed:
             for name in names:
                 endpoints = self._targets.get(name, {})
-                if endpoint is None:
-                    endpoints.clear()
-                else:
-                    endpoints.pop(endpoint, None)
+                gone = list(endpoints) if endpoint is None else [endpoint] if endpoint in endpoints else []
+                for e in gone:
+                    del endpoints[e]
+                    if self._meter is not None:
+                        self._meter.removed(name, endpoint_label(e))
                 if not endpoints:
                     self._targets.pop(name, None)
                     self._serving.pop(name, None)
@@ -497,6 +519,8 @@ class ProxyRegistry:
                 endpoints = self._targets.setdefault(name, {})
                 endpoints.pop(target.endpoint, None)  # a refreshed endpoint becomes the newest
                 endpoints[target.endpoint] = target
+                if self._meter is not None:
+                    self._meter.added(name, endpoint_label(target.endpoint))
                 self._versions[name] = target.version
                 if name not in self._serving:
                     # Until the watcher has seen its channel, trust the registration (it comes from the backend)
@@ -518,7 +542,9 @@ class ProxyRegistry:
             for group in (list(endpoints), *([e] for e in endpoints)):
                 used.add(self._key(name, group))
                 if not self._closed:
-                    self._channel(name, group)
+                    channel = self._channel(name, group)
+                    if self._meter is not None and name not in channel.meters:
+                        channel.meters[name] = endpoint_meter(name, channel.address)  # released by its close
         used_addresses = {backend_address(*e) for endpoints in self._targets.values() for e in endpoints}
         to_close: list[Backend | _ConfigLink] = []
         for key in [k for k in self._channels if k not in used]:
@@ -562,6 +588,8 @@ class ProxyRegistry:
                     return
                 stale = self._observe(time.monotonic())
             for name, target in stale:
+                if self._meter is not None:
+                    self._meter.forgotten(name)
                 self.logger.warning(
                     "Forgetting endpoint %s:%s of %s: not serving for over %gs, other endpoints registered",
                     target.host,
@@ -590,6 +618,8 @@ class ProxyRegistry:
                         name,
                         "serving" if monitor.serving else "unreachable or not serving",
                     )
+                if self._meter is not None:
+                    self._meter.health(name, monitor.address, serving=monitor.serving is not False)
                 if monitor.down_since is not None and now - monitor.down_since > expiry:
                     down.append((monitor.down_since, target))
             if len(down) == len(endpoints):
@@ -674,6 +704,8 @@ class ProxyRegistry:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+            if self._meter is not None:
+                self._meter.close()
             to_close: list[Backend | _ConfigLink] = [
                 *self._channels.values(),
                 *self._retired,

@@ -17,7 +17,7 @@ import grpc
 from grpc_helper.api import Result, ResultCode
 from grpc_helper.generated import Handler
 from grpc_helper.metadata import KEY_ROUTE_ENDPOINT, KEY_ROUTE_SERVICE
-from grpc_helper.proxy.backend import Backend
+from grpc_helper.proxy.backend import Acquired, Backend
 from grpc_helper.proxy.registry import Endpoint, ProxyRegistry
 
 _MAX_PORT = 65535
@@ -38,7 +38,7 @@ class RoutedBackends:
         self._registry = registry
         self.logger: logging.Logger = registry.logger
 
-    def acquire(self, _name: str, method: str, context: grpc.ServicerContext) -> Backend | Result:
+    def acquire(self, _name: str, method: str, context: grpc.ServicerContext) -> Acquired | Result:
         route = {k: v for k, v in context.invocation_metadata() if k in (KEY_ROUTE_SERVICE, KEY_ROUTE_ENDPOINT)}
         service = str(route.get(KEY_ROUTE_SERVICE, ""))
         if not self._registry.is_proxied(service):
