@@ -11,7 +11,7 @@ A caller is identified by `authorization: Bearer <token>` metadata (the token's 
 constant time with each identity's: the server never holds a token itself), or else, when the server
 requires client certificates (mTLS), by its certificate's names (SANs, then CN) matching an identity's
 `certificate`. Roles nest: `user` < `service` < `admin` (see `required_role` for what each may call).
-Health is open to all. No or unknown credentials: UNAUTHENTICATED; known but not allowed:
+Health is open to all; channelz is for admins. No or unknown credentials: UNAUTHENTICATED; known but not allowed:
 PERMISSION_DENIED; both logged at INFO with the caller's identity (never its token).
 
 Forwarded calls keep their caller. An identity marked `"proxy": true` (main) forwards calls for others: it
@@ -59,6 +59,7 @@ _METHOD_ROLES = {
     "/RpcServerService/shutdown": "admin",
     "/RpcServerService/proxy_register": "service",
     "/RpcServerService/proxy_forget": "service",
+    "/RpcServerService/stat": "user",
     "/ConfigService/get": "user",
     "/ConfigService/set": "admin",
     "/ConfigService/reset": "admin",
@@ -71,6 +72,8 @@ _METHOD_ROLES = {
     "/EventService/send": "service",
 }
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# Services of admins only: channelz tells every connection of the process (peers' addresses, certificates)
+_ADMIN_PREFIXES = ("/grpc.channelz.v1.Channelz/",)
 
 # The identity of the call being served, and the policy that let it through (set by the server's
 # `Authorizer` for each call it lets through: a policy reloaded meanwhile decides nothing of that call)
@@ -120,6 +123,8 @@ def required_role(path: str) -> int:
         return _RANK[role]
     if path.startswith(_OPEN_PREFIXES):
         return OPEN
+    if path.startswith(_ADMIN_PREFIXES):
+        return _RANK["admin"]
     service = path.split("/")[1] if path.count("/") >= 2 else ""
     return _RANK["admin" if service in _DEFAULT_SERVICES else "user"]
 

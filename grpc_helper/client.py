@@ -37,16 +37,17 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 
-def balanced_channel(security: ClientSecurity, addresses: Sequence[Address]) -> grpc.Channel:
+def balanced_channel(security: ClientSecurity, addresses: Sequence[Address], target: str | None = None) -> grpc.Channel:
     """A channel to every one of `addresses`, balanced and health-checked by gRPC (`SERVICE_CONFIG`): main's
-    channels to a service's replicas, and direct mode's; servers we may not configure (`Peer.ANY`)."""
+    channels to a service's replicas, and direct mode's; servers we may not configure (`Peer.ANY`). `target`:
+    `channel_target(addresses)`, when the caller made it already."""
     options = channel_options(Peer.ANY, SERVICE_CONFIG)
     if len(addresses) > 1 and not (security.tls and security.server_name):
         # The authority of an `ipv4:a,b` target would be the whole list: give the first server's. Never with
         # TLS's checked name: that name is the authority then, and TLS refuses a call whose authority the
         # server's certificate does not carry ("call host does not match SSL server name")
         options = [*options, ("grpc.default_authority", f"{addresses[0][0]}:{addresses[0][1]}")]
-    return security.channel(channel_target(addresses), options)
+    return security.channel(target or channel_target(addresses), options)
 
 
 class _Stub:

@@ -22,6 +22,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +59,7 @@ from grpc_helper.api import (
     ServerApiVersion,
     ServiceInfo,
     ShutdownRequest,
+    StatRequest,
 )
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
@@ -67,6 +69,18 @@ from grpc_helper.backoff import Backoff
 from grpc_helper.client import RpcClient
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.errors import RpcException, RpcTransportError, rc_name
+from grpc_helper.live import DEFAULT_WINDOW, MAX_WINDOW
+from grpc_helper.liveview import (
+    CHANNEL_HEADERS,
+    StatRow,
+    channel_rows,
+    channel_services,
+    fit,
+    now_stamp,
+    stat_lines,
+    stat_rows,
+    stat_table,
+)
 from grpc_helper.metadata import RpcMetadata
 from grpc_helper.tls import ClientSecurity
 
@@ -83,6 +97,13 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # shell convention for "ended by SIGINT"
+
+# `top`: how often it refreshes (seconds), and the terminal sequences of its full-screen view (the alternate
+# screen, left as it was on exit, as `less` or `linkerd viz top` do; the cursor hidden meanwhile)
+TOP_REFRESH = 1.0
+_SCREEN_ON = "\x1b[?1049h\x1b[?25l"
+_SCREEN_OFF = "\x1b[?25h\x1b[?1049l"
+_CLEAR = "\x1b[H\x1b[2J"
 
 # LoggerLevel is an EnumTypeWrapper: it has keys() but cannot be iterated (hence the noqa)
 _LEVELS = [name.removeprefix("LVL_") for name in LoggerLevel.keys() if name != "LVL_UNKNOWN"]  # noqa: SIM118
@@ -124,6 +145,13 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"not a positive integer: {value!r}")
+    return v
+
+
+def _window(value: str) -> int:
+    v = _positive_int(value)
+    if v > MAX_WINDOW:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WINDOW} seconds (what a server keeps): {value!r}")
     return v
 
 
@@ -219,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="largest message sent or received (default: rpc-max-*-message-size, 4 MiB)",
     )
-    route = p.add_argument_group("routing through main (info, config, log, events, shutdown, proxy)")
+    route = p.add_argument_group("routing through main (info, config, log, events, shutdown, proxy, stat, channelz)")
     route.add_argument(
         "--service",
         dest="route_service",
@@ -333,6 +361,32 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "service", nargs="?", default="", metavar="SERVICE", help="gRPC service name, e.g. EchoService (default: all)"
     )
+    live = (
+        ("stat", Ctl.stat, "calls per method over the last --window seconds: rate, success rate, latency"),
+        ("top", Ctl.top, "the stat table refreshed every second until Ctrl-C (plain lines when not on a terminal)"),
+    )
+    for name, handler, what in live:
+        sub = leaf(cmds, name, handler, what)
+        sub.add_argument("names", nargs="*", metavar="SERVICE", help="services as `info` names them (default: all)")
+        sub.add_argument(
+            "--window",
+            type=_window,
+            default=DEFAULT_WINDOW,
+            metavar="S",
+            help=f"seconds looked back (default: {DEFAULT_WINDOW}, at most {MAX_WINDOW})",
+        )
+        sub.add_argument(
+            "--endpoints",
+            action="store_true",
+            help="main: also each registered endpoint's own figures for its proxied services (through main)",
+        )
+        sub.add_argument("--all", dest="idle", action="store_true", help="methods without calls in the window too")
+        if name == "top":
+            sub.add_argument("--count", type=_positive_int, metavar="N", help="stop after N refreshes")
+    channelz = leaf(
+        cmds, "channelz", Ctl.channelz, "main's channels to its backends (channelz): subchannels, states, calls"
+    )
+    channelz.add_argument("--all", dest="everything", action="store_true", help="every channel of the server's process")
     return p
 
 
@@ -393,6 +447,7 @@ class Ctl:
         # The retry window for an unreachable server (each call passes its own deadline, --timeout)
         self.connect_timeout = args.timeout if getattr(args, "wait", False) else min(args.timeout, CONNECT_TIMEOUT)
         self._client: RpcClient | None = None
+        self._routed: dict[tuple[str, str], RpcClient] = {}  # stat --endpoints: by (service, endpoint)
         if getattr(args, "max_message_size", None):  # process-wide items: the CLI's own channels read them
             for item in (RpcStaticConfig.MAX_RECEIVE_MESSAGE, RpcStaticConfig.MAX_SEND_MESSAGE):
                 item.update(str(args.max_message_size))
@@ -436,6 +491,29 @@ class Ctl:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+        for client in self._routed.values():
+            client.close()
+
+    def _client_for(self, stubs: dict[str, tuple[type, int | None]], service: str, endpoint: str) -> RpcClient:
+        """A client of the server given (or, through main, of `service`'s server at `endpoint`, when given)."""
+        return RpcClient(
+            self.args.host,
+            self.args.port,
+            stubs,
+            timeout=self.connect_timeout,
+            name=RpcMetadata(client=CLIENT_NAME, route_service=service, route_endpoint=endpoint),
+            security=self.security,
+        )
+
+    def routed(self, service: str, endpoint: str) -> RpcClient:
+        """A `srv` client whose calls main routes to `service`'s server at `endpoint` (kept for `top`'s refreshes)."""
+        client = self._routed.get((service, endpoint))
+        if client is None:
+            stubs: dict[str, tuple[type, int | None]] = {
+                "srv": (RpcServerServiceStub, ServerApiVersion.SERVER_API_CURRENT)
+            }
+            client = self._routed[service, endpoint] = self._client_for(stubs, service, endpoint)
+        return client
 
     def out(self, msg: Message, text: Callable[[], str]) -> int:
         """Print the response as JSON, or as `text()`."""
@@ -600,6 +678,101 @@ class Ctl:
             print(json.dumps(response) if self.args.json else json.dumps(response, indent=2), flush=True)
         return EXIT_OK
 
+    # stat / top
+    def _stat(self) -> list[StatRow]:
+        a = self.args
+        request = StatRequest(names=a.names, window=a.window, idle=a.idle)
+        return stat_rows(self.client, request, self.timeout, self.routed if a.endpoints else None)
+
+    def stat(self) -> int:
+        rows = self._stat()
+        if self.args.json:
+            print(json.dumps({"window": self.args.window, "items": [r.as_json() for r in rows]}, indent=2))
+            return EXIT_OK
+        headers, cells, notes = stat_table(rows, endpoints=self.args.endpoints)
+        if cells:
+            print(table(headers, cells))
+        else:
+            print(f"no calls in the last {self.args.window}s")
+        for note in notes:
+            print(f"error: {note}", file=sys.stderr)
+        return EXIT_OK
+
+    def top(self) -> int:
+        """The stat table, refreshed every second until Ctrl-C (or --count refreshes): full screen on a terminal,
+        plain lines (one per method, time-stamped) otherwise. A server that stops answering once shown is said
+        on the screen and asked again at the next refresh; one that never answered is an error, as for `stat`."""
+        tty = sys.stdout.isatty()
+        shown = 0
+        if tty:
+            sys.stdout.write(_SCREEN_ON)
+        try:
+            while True:
+                tick = time.monotonic()
+                try:
+                    rows, problem = self._stat(), ""
+                except RpcException as exc:
+                    if not shown:
+                        raise
+                    rows, problem = [], _describe(exc, self)
+                self._show(rows, problem, tty=tty)
+                shown += 1
+                if self.args.count and shown >= self.args.count:
+                    return EXIT_OK
+                time.sleep(max(0.0, tick + TOP_REFRESH - time.monotonic()))  # the refresh period, not a sync
+        except KeyboardInterrupt:
+            return EXIT_OK  # how top ends
+        finally:
+            if tty:
+                sys.stdout.write(_SCREEN_OFF)
+                sys.stdout.flush()
+
+    def _show(self, rows: list[StatRow], problem: str, *, tty: bool) -> None:
+        a = self.args
+        stamp = now_stamp()
+        if not tty:
+            if a.json:  # one object per refresh
+                print(json.dumps({"time": stamp, "error": problem, "items": [r.as_json() for r in rows]}), flush=True)
+                return
+            lines = [f"{stamp} error: {problem}"] if problem else list(stat_lines(rows, stamp))
+            print("\n".join(lines), flush=True)
+            return
+        size = shutil.get_terminal_size()
+        headers, cells, notes = stat_table(rows, endpoints=a.endpoints)
+        title = f"grpc-helper top  {a.host}:{a.port}{f' ({a.route_service})' if a.route_service else ''}"
+        title = f"{title}  window {a.window}s  {stamp[11:]}"  # the time of day (UTC) only
+        hint = "  (Ctrl-C to quit)"
+        lines = [title + hint if len(title + hint) <= size.columns else title, ""]
+        if problem:
+            lines.append(f"error: {problem}")
+        elif cells:
+            fitted = fit(headers, cells, size.columns, 3 if a.endpoints else 2, tails=2 if a.endpoints else None)
+            lines.extend(table(fitted[0], fitted[1:]).splitlines())
+        else:
+            lines.append(f"no calls in the last {a.window}s")
+        lines.extend(f"error: {note}" for note in notes)
+        lines = [line[: size.columns] for line in lines[: max(size.lines - 1, 1)]]
+        sys.stdout.write(_CLEAR + "\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+    # channelz
+    def channelz(self) -> int:
+        """A row per subchannel of main's channels to its backends (every channel of the process with --all, or
+        when the server proxies nothing), from the server's channelz service (admins only, with a policy)."""
+        # Imported here only: the rest of the CLI (the container health probe) stays without grpcio-channelz
+        from grpc_channelz.v1 import channelz_pb2_grpc
+
+        a = self.args
+        services = channel_services(self.client.srv.info(Filter(), timeout=self.timeout))
+        stubs: dict[str, tuple[type, int | None]] = {"channelz": (channelz_pb2_grpc.ChannelzStub, None)}
+        with self._client_for(stubs, a.route_service, a.route_endpoint) as client:
+            rows = channel_rows(client.channelz, services, self.timeout, everything=a.everything or not services)
+        if a.json:
+            print(json.dumps([r.as_json() for r in rows], indent=2))
+        else:
+            print(table(CHANNEL_HEADERS, [r.cells() for r in rows]))
+        return EXIT_OK
+
     # health
     def health(self) -> int:
         """One attempt, bounded by --timeout: a health probe must answer fast, not wait for the server."""
@@ -724,6 +897,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.route_endpoint and not args.route_service:
             parser.error("--endpoint needs --service")
+        if getattr(args, "endpoints", False) and args.route_service:
+            parser.error("--endpoints asks main for each endpoint itself: name the services instead of --service")
     except SystemExit as exc:  # usage error (2), or --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     ctl = Ctl(args)

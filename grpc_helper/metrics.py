@@ -10,6 +10,10 @@ The hot path stays cheap: a method's labelled children are looked up once, at re
 (`MethodMetrics`), an endpoint's when main makes its channel (`EndpointMeter`), so a call costs a few
 `inc()`/`observe()` on objects it already holds. What is a state rather than an event (the events service's
 queues and bytes) is read when scraped (`EventQueues`), costing nothing in between.
+
+The same wrapper feeds the server's live view (`live`, `srv.stat`): every registered method of every server
+is wrapped, its call recorded in its sliding window; the Prometheus families only when the server serves
+them (`rpc-metrics-port`), else their children are `_OFF`, which counts nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from grpc_helper.api import ResultCode
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, make_handler, response_class
+from grpc_helper.live import MethodWindow
 
 _log = logging.getLogger("grpc_helper.metrics")
 
@@ -205,50 +210,101 @@ _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
+class _Off:
+    """What a Prometheus child is when the server serves no metrics: it counts nothing."""
+
+    __slots__ = ()
+
+    def inc(self, *_: float) -> None:
+        pass
+
+    def dec(self, *_: float) -> None:
+        pass
+
+    def observe(self, *_: float) -> None:
+        pass
+
+
+_OFF = _Off()
+
+
 class MethodMetrics:
-    """The labelled children of one served method, bound once at registration."""
+    """The labelled children of one served method, bound once at registration, and its live window."""
 
-    __slots__ = ("_durations", "_labels", "_results", "in_flight", "received", "sent", "started")
+    __slots__ = (
+        "_durations",
+        "_labels",
+        "_prometheus",
+        "_results",
+        "_window",
+        "in_flight",
+        "received",
+        "sent",
+        "started",
+    )
 
-    def __init__(self, service: str, method: str) -> None:
+    def __init__(
+        self, service: str, method: str, window: MethodWindow | None = None, *, prometheus: bool = True
+    ) -> None:
+        """`window`: where the calls are also recorded (`srv.stat`); `prometheus`: the families are updated
+        (False: the server serves no metrics, the children are `_OFF`)."""
         self._labels = (service, f"{service}/{method}")  # grpc_method as A66: service/method
-        self.started = SERVER_STARTED.labels(*self._labels)
-        self.in_flight = SERVER_IN_FLIGHT.labels(*self._labels)
-        self.sent = SERVER_SENT.labels(*self._labels)
-        self.received = SERVER_RECEIVED.labels(*self._labels)
+        self._prometheus = prometheus
+        self._window = window
         self._durations: dict[grpc.StatusCode, Any] = {}
         self._results: dict[int, Any] = {}
-        self.duration(_OK)
-        self.result(0)
+        if prometheus:
+            self.started: Any = SERVER_STARTED.labels(*self._labels)
+            self.in_flight: Any = SERVER_IN_FLIGHT.labels(*self._labels)
+            self.sent: Any = SERVER_SENT.labels(*self._labels)
+            self.received: Any = SERVER_RECEIVED.labels(*self._labels)
+            self.duration(_OK)
+            self.result(0)
+        else:
+            self.started = self.in_flight = self.sent = self.received = _OFF
 
     def duration(self, code: grpc.StatusCode) -> Any:
         """The duration child of gRPC status `code` (17 at most, made on first use)."""
         child = self._durations.get(code)
         if child is None:
-            child = self._durations[code] = SERVER_DURATION.labels(*self._labels, code.name)
+            child = SERVER_DURATION.labels(*self._labels, code.name) if self._prometheus else _OFF
+            self._durations[code] = child
         return child
 
     def result(self, code: int) -> Any:
         """The result counter child of `Result` code `code`."""
         child = self._results.get(code)
         if child is None:
-            child = self._results[code] = RESULTS.labels(*self._labels, result_name(code))
+            child = self._results[code] = RESULTS.labels(*self._labels, result_name(code)) if self._prometheus else _OFF
         return child
 
-    def finished(self, context: grpc.ServicerContext, start: float, *, failed: bool) -> None:
-        """Record the end of a call begun at `start` (perf_counter), its status as the context tells it."""
+    def finished(self, context: grpc.ServicerContext, start: float, *, failed: bool, rc: int = 0) -> None:
+        """Record the end of a call begun at `start` (perf_counter), its status as the context tells it; `rc`:
+        the `Result` code it answered (0 when none)."""
         # An abort() sets the code; an unexpected error is UNKNOWN (code(): grpcio has it, its stubs do not)
         code = context.code() or (_UNKNOWN if failed else _OK)  # type: ignore[attr-defined]
-        self.duration(code).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.duration(code).observe(elapsed)
         self.in_flight.dec()
+        if self._window is not None:
+            self._window.record(elapsed, ok=code is _OK and not rc)
 
 
-def instrument(handler: Handler, service: str, method: str, *, results: bool = True) -> Handler:
+def instrument(
+    handler: Handler,
+    service: str,
+    method: str,
+    *,
+    results: bool = True,
+    window: MethodWindow | None = None,
+    prometheus: bool = True,
+) -> Handler:
     """`handler` with its calls measured under `service`/`method` (its behavior's grpcio options kept).
-    `results`: the responses are messages whose `Result r` may be counted (False: raw bytes, main's forwarders)."""
+    `results`: the responses are messages whose `Result r` may be counted (False: raw bytes, main's forwarders);
+    `window`: the method's live window, fed too; `prometheus`: the Prometheus families are updated."""
     kind = kind_of(handler)
     behavior: Behavior = getattr(handler, kind)
-    site = MethodMetrics(service, method)
+    site = MethodMetrics(service, method, window, prometheus=prometheus)
     counts = results and has_result_field(response_class(service, method))
     if getattr(behavior, "experimental_non_blocking", False):
         measured = _pushed(site, behavior)
@@ -299,16 +355,18 @@ def _unary(site: MethodMetrics, behavior: Behavior, *, counts: bool, request_str
         in_flight.inc()
         start = perf()
         failed = True
+        rc = 0
         try:
             if request_streaming:
                 request = _Counted(request, received)
             response = behavior(request, context)
             failed = False
             if counts and isinstance(response, Message):
-                result(response.r.code).inc()  # type: ignore[attr-defined]  # checked: has_result_field
+                rc = response.r.code  # type: ignore[attr-defined]  # checked: has_result_field
+                result(rc).inc()
             return response
         finally:
-            finished(context, start, failed=failed)
+            finished(context, start, failed=failed, rc=rc)
 
     return measured_unary
 
@@ -337,9 +395,11 @@ def _stream(site: MethodMetrics, behavior: Behavior, *, counts: bool, request_st
             if hasattr(responses, "close"):
                 responses.close()  # a cancelled stream ends the manager's iterator now, not at garbage collection
             sent.inc(n)
+            rc = 0
             if counts and not failed and isinstance(last, Message):
-                result(last.r.code).inc()  # type: ignore[attr-defined]  # checked: has_result_field
-            finished(context, start, failed=failed)
+                rc = last.r.code  # type: ignore[attr-defined]  # checked: has_result_field
+                result(rc).inc()
+            finished(context, start, failed=failed, rc=rc)
 
     return measured_stream
 
@@ -370,9 +430,11 @@ def _pushed(site: MethodMetrics, behavior: Behavior) -> Behavior:
 
         def done() -> None:
             site.sent.inc(state.sent)
+            rc = 0
             if isinstance(state.last, Message) and has_result_field(type(state.last)):
-                site.result(state.last.r.code).inc()  # type: ignore[attr-defined]
-            site.finished(context, start, failed=False)
+                rc = state.last.r.code  # type: ignore[attr-defined]
+                site.result(rc).inc()
+            site.finished(context, start, failed=False, rc=rc)
 
         if not context.add_callback(done):  # already over
             done()

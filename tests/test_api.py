@@ -134,8 +134,8 @@ MESSAGES = {
     "Result": {"code": (1, "ResultCode", False), "msg": (2, "string", False), "stack": (3, "string", False)},
     "ResultStatus": {"r": (1, "Result", False)},
     "Empty": {},
-    # New fields of 3 (after 2.x's, with new numbers only): Filter.endpoint, ServiceInfo.endpoints and
-    # .renewable, ProxyRegisterRequest.renew and .grpc_services
+    # New fields of 3 (after 2.x's, with new numbers only): Filter.endpoint, ServiceInfo.endpoints, .renewable and
+    # .channel_target, ProxyEndpoint.channel_target, ProxyRegisterRequest.renew and .grpc_services
     "Filter": {"names": (1, "string", True), "ignore_unknown": (2, "bool", False), "endpoint": (3, "Endpoint", False)},
     "Endpoint": {"host": (1, "string", False), "port": (2, "uint32", False)},
     "ServiceInfo": {
@@ -143,11 +143,20 @@ MESSAGES = {
         "supported_api_version": (4, "uint32", False), "is_proxy": (5, "bool", False),
         "proxy_host": (6, "string", False), "proxy_port": (7, "uint32", False),
         "endpoints": (8, "ProxyEndpoint", True), "renewable": (9, "bool", False),
+        "channel_target": (10, "string", False),
     },
     "ProxyEndpoint": {
         "host": (1, "string", False), "port": (2, "uint32", False), "version": (3, "string", False),
-        "serving": (4, "bool", False),
+        "serving": (4, "bool", False), "channel_target": (5, "string", False),
     },
+    # New messages of 3: the live view (srv.stat)
+    "StatRequest": {"names": (1, "string", True), "window": (2, "uint32", False), "idle": (3, "bool", False)},
+    "MethodStat": {
+        "service": (1, "string", False), "method": (2, "string", False), "seconds": (3, "double", False),
+        "calls": (4, "uint64", False), "failures": (5, "uint64", False), "p50": (6, "double", False),
+        "p95": (7, "double", False), "p99": (8, "double", False),
+    },
+    "StatStatus": {"r": (1, "Result", False), "items": (2, "MethodStat", True)},
     "MultiServiceInfo": {"r": (1, "Result", False), "items": (2, "ServiceInfo", True)},
     "ShutdownRequest": {"timeout": (1, "int32", False)},
     "ProxyRegisterRequest": {
@@ -183,6 +192,7 @@ SERVICES = {
         "info": ("Filter", "MultiServiceInfo", False), "shutdown": ("ShutdownRequest", "ResultStatus", False),
         "proxy_register": ("ProxyRegisterRequest", "ResultStatus", False),
         "proxy_forget": ("Filter", "ResultStatus", False),
+        "stat": ("StatRequest", "StatStatus", False),  # new in 3
     },
     "ConfigService": {
         "get": ("Filter", "ConfigStatus", False), "set": ("ConfigUpdate", "ConfigStatus", False),
@@ -198,7 +208,7 @@ SERVICES = {
     },
 }  # fmt: skip
 
-_SCALARS = {9: "string", 8: "bool", 13: "uint32", 5: "int32", 4: "uint64"}
+_SCALARS = {9: "string", 8: "bool", 13: "uint32", 5: "int32", 4: "uint64", 1: "double"}
 
 
 @pytest.mark.parametrize("name", sorted(ENUMS))

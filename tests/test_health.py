@@ -26,7 +26,7 @@ def test_reflection_lists_every_service(servers: Servers) -> None:
         names = {s.name for s in next(responses).list_services_response.service}
     assert {
         "RpcServerService", "ConfigService", "LoggerService", "EventService", "EchoService",
-        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.channelz.v1.Channelz",
     } <= names  # fmt: skip
 
 

@@ -58,6 +58,8 @@ from grpc_helper.api import (
     ResultStatus,
     ServerApiVersion,
     ShutdownRequest,
+    StatRequest,
+    StatStatus,
 )
 from grpc_helper.errors import rc_name
 from grpc_helper.limits import MAX_NAME_LENGTH, MAX_NAMES, MAX_VALUE_LENGTH
@@ -131,6 +133,7 @@ SRV, CONFIG, LOG, EVENTS = "RpcServerService", "ConfigService", "LoggerService",
 INFO = Method("srv", SRV, "info", MultiServiceInfo, ServerApiVersion.SERVER_API_CURRENT)
 REGISTER = Method("srv", SRV, "proxy_register", ResultStatus, ServerApiVersion.SERVER_API_CURRENT)
 FORGET = Method("srv", SRV, "proxy_forget", ResultStatus, ServerApiVersion.SERVER_API_CURRENT)
+STAT = Method("srv", SRV, "stat", StatStatus, ServerApiVersion.SERVER_API_CURRENT)
 SHUTDOWN = Method("shutdown", SRV, "shutdown", ResultStatus, ServerApiVersion.SERVER_API_CURRENT)
 CONFIG_GET = Method("config", CONFIG, "get", ConfigStatus, ConfigApiVersion.CONFIG_API_CURRENT)
 CONFIG_SET = Method("config", CONFIG, "set", ConfigStatus, ConfigApiVersion.CONFIG_API_CURRENT)
@@ -267,6 +270,13 @@ def srv_cases() -> list[Case]:
         *common_cases(FORGET, Filter(), MISSING),
         *name_cases(FORGET, Names(lambda n: Filter(names=n), "echo", "echo", UNKNOWN)),
         Case(FORGET, "malformed-utf8", invalid_utf8(), DESERIALIZER),
+        *common_cases(STAT, StatRequest(), OK),
+        # A service by its name as `info` gives it (or its gRPC name): "" names none
+        *name_cases(STAT, Names(lambda n: StatRequest(names=n), "srv", "srv", UNKNOWN, empty_name=UNKNOWN)),
+        Case(STAT, "malformed-utf8", invalid_utf8(), DESERIALIZER),
+        Case(STAT, "window-300", lambda: StatRequest(window=300), OK),  # what a server keeps
+        Case(STAT, "window-301", lambda: StatRequest(window=301), INVALID),
+        Case(STAT, "window-2^32-1", lambda: StatRequest(window=2**32 - 1), INVALID),
     ]
     return cases
 

@@ -34,6 +34,7 @@ from grpc_helper.api import (
     ProxyRegisterRequest,
     ResultCode,
     ShutdownRequest,
+    StatRequest,
 )
 from grpc_helper.auth import token_hash
 from grpc_helper.client import balanced_channel
@@ -605,6 +606,7 @@ def client_as(srv: RpcServer, token: str | None, timeout: float = 5) -> RpcClien
 # (stub, method, request, the least role allowed); each is called by nobody, a user, and an admin
 CONTROL_METHODS: list[tuple[str, str, Callable[[], Any], str]] = [
     ("srv", "info", Filter, "user"),
+    ("srv", "stat", StatRequest, "user"),
     (
         "srv",
         "proxy_register",

@@ -24,12 +24,15 @@ from grpc_helper.api.events_pb2 import (
 )
 from grpc_helper.api.logger_pb2 import LoggerApiVersion, LoggerConfig, LoggerLevel, LoggerStatus, LoggerUpdate
 from grpc_helper.api.server_pb2 import (
+    MethodStat,
     MultiServiceInfo,
     ProxyEndpoint,
     ProxyRegisterRequest,
     ServerApiVersion,
     ServiceInfo,
     ShutdownRequest,
+    StatRequest,
+    StatStatus,
 )
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "LoggerLevel",
     "LoggerStatus",
     "LoggerUpdate",
+    "MethodStat",
     "MultiServiceInfo",
     "ProxyEndpoint",
     "ProxyRegisterRequest",
@@ -63,4 +67,6 @@ __all__ = [
     "ServerApiVersion",
     "ServiceInfo",
     "ShutdownRequest",
+    "StatRequest",
+    "StatStatus",
 ]

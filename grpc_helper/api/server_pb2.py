@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from grpc_helper.api import common_pb2 as grpc__helper_dot_api_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgrpc_helper/api/server.proto\x1a\x1cgrpc_helper/api/common.proto\"\xd8\x01\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1b\n\x13\x63urrent_api_version\x18\x03 \x01(\r\x12\x1d\n\x15supported_api_version\x18\x04 \x01(\r\x12\x10\n\x08is_proxy\x18\x05 \x01(\x08\x12\x12\n\nproxy_host\x18\x06 \x01(\t\x12\x12\n\nproxy_port\x18\x07 \x01(\r\x12!\n\tendpoints\x18\x08 \x03(\x0b\x32\x0e.ProxyEndpoint\x12\x11\n\trenewable\x18\t \x01(\x08\"M\n\rProxyEndpoint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07serving\x18\x04 \x01(\x08\"C\n\x10MultiServiceInfo\x12\x12\n\x01r\x18\x01 \x01(\x0b\x32\x07.Result\x12\x1b\n\x05items\x18\x02 \x03(\x0b\x32\x0c.ServiceInfo\"\"\n\x0fShutdownRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x05\"x\n\x14ProxyRegisterRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\r\n\x05renew\x18\x05 \x01(\x08\x12\x15\n\rgrpc_services\x18\x06 \x03(\t*`\n\x10ServerApiVersion\x12\x16\n\x12SERVER_API_UNKNOWN\x10\x00\x12\x18\n\x14SERVER_API_SUPPORTED\x10\x01\x12\x16\n\x12SERVER_API_CURRENT\x10\x01\x1a\x02\x10\x01\x32\xc3\x01\n\x10RpcServerService\x12\"\n\x04info\x12\x07.Filter\x1a\x11.MultiServiceInfo\x12+\n\x08shutdown\x12\x10.ShutdownRequest\x1a\r.ResultStatus\x12\x36\n\x0eproxy_register\x12\x15.ProxyRegisterRequest\x1a\r.ResultStatus\x12&\n\x0cproxy_forget\x12\x07.Filter\x1a\r.ResultStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgrpc_helper/api/server.proto\x1a\x1cgrpc_helper/api/common.proto\"\xf0\x01\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1b\n\x13\x63urrent_api_version\x18\x03 \x01(\r\x12\x1d\n\x15supported_api_version\x18\x04 \x01(\r\x12\x10\n\x08is_proxy\x18\x05 \x01(\x08\x12\x12\n\nproxy_host\x18\x06 \x01(\t\x12\x12\n\nproxy_port\x18\x07 \x01(\r\x12!\n\tendpoints\x18\x08 \x03(\x0b\x32\x0e.ProxyEndpoint\x12\x11\n\trenewable\x18\t \x01(\x08\x12\x16\n\x0e\x63hannel_target\x18\n \x01(\t\"e\n\rProxyEndpoint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07serving\x18\x04 \x01(\x08\x12\x16\n\x0e\x63hannel_target\x18\x05 \x01(\t\"C\n\x10MultiServiceInfo\x12\x12\n\x01r\x18\x01 \x01(\x0b\x32\x07.Result\x12\x1b\n\x05items\x18\x02 \x03(\x0b\x32\x0c.ServiceInfo\"\"\n\x0fShutdownRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x05\"x\n\x14ProxyRegisterRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\r\n\x05renew\x18\x05 \x01(\x08\x12\x15\n\rgrpc_services\x18\x06 \x03(\t\":\n\x0bStatRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06window\x18\x02 \x01(\r\x12\x0c\n\x04idle\x18\x03 \x01(\x08\"\x86\x01\n\nMethodStat\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x04\x12\x0b\n\x03p50\x18\x06 \x01(\x01\x12\x0b\n\x03p95\x18\x07 \x01(\x01\x12\x0b\n\x03p99\x18\x08 \x01(\x01\"<\n\nStatStatus\x12\x12\n\x01r\x18\x01 \x01(\x0b\x32\x07.Result\x12\x1a\n\x05items\x18\x02 \x03(\x0b\x32\x0b.MethodStat*`\n\x10ServerApiVersion\x12\x16\n\x12SERVER_API_UNKNOWN\x10\x00\x12\x18\n\x14SERVER_API_SUPPORTED\x10\x01\x12\x16\n\x12SERVER_API_CURRENT\x10\x01\x1a\x02\x10\x01\x32\xe6\x01\n\x10RpcServerService\x12\"\n\x04info\x12\x07.Filter\x1a\x11.MultiServiceInfo\x12+\n\x08shutdown\x12\x10.ShutdownRequest\x1a\r.ResultStatus\x12\x36\n\x0eproxy_register\x12\x15.ProxyRegisterRequest\x1a\r.ResultStatus\x12&\n\x0cproxy_forget\x12\x07.Filter\x1a\r.ResultStatus\x12!\n\x04stat\x12\x0c.StatRequest\x1a\x0b.StatStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVERAPIVERSION']._loaded_options = None
   _globals['_SERVERAPIVERSION']._serialized_options = b'\020\001'
-  _globals['_SERVERAPIVERSION']._serialized_start=587
-  _globals['_SERVERAPIVERSION']._serialized_end=683
+  _globals['_SERVERAPIVERSION']._serialized_start=894
+  _globals['_SERVERAPIVERSION']._serialized_end=990
   _globals['_SERVICEINFO']._serialized_start=63
-  _globals['_SERVICEINFO']._serialized_end=279
-  _globals['_PROXYENDPOINT']._serialized_start=281
-  _globals['_PROXYENDPOINT']._serialized_end=358
-  _globals['_MULTISERVICEINFO']._serialized_start=360
-  _globals['_MULTISERVICEINFO']._serialized_end=427
-  _globals['_SHUTDOWNREQUEST']._serialized_start=429
-  _globals['_SHUTDOWNREQUEST']._serialized_end=463
-  _globals['_PROXYREGISTERREQUEST']._serialized_start=465
-  _globals['_PROXYREGISTERREQUEST']._serialized_end=585
-  _globals['_RPCSERVERSERVICE']._serialized_start=686
-  _globals['_RPCSERVERSERVICE']._serialized_end=881
+  _globals['_SERVICEINFO']._serialized_end=303
+  _globals['_PROXYENDPOINT']._serialized_start=305
+  _globals['_PROXYENDPOINT']._serialized_end=406
+  _globals['_MULTISERVICEINFO']._serialized_start=408
+  _globals['_MULTISERVICEINFO']._serialized_end=475
+  _globals['_SHUTDOWNREQUEST']._serialized_start=477
+  _globals['_SHUTDOWNREQUEST']._serialized_end=511
+  _globals['_PROXYREGISTERREQUEST']._serialized_start=513
+  _globals['_PROXYREGISTERREQUEST']._serialized_end=633
+  _globals['_STATREQUEST']._serialized_start=635
+  _globals['_STATREQUEST']._serialized_end=693
+  _globals['_METHODSTAT']._serialized_start=696
+  _globals['_METHODSTAT']._serialized_end=830
+  _globals['_STATSTATUS']._serialized_start=832
+  _globals['_STATSTATUS']._serialized_end=892
+  _globals['_RPCSERVERSERVICE']._serialized_start=993
+  _globals['_RPCSERVERSERVICE']._serialized_end=1223
 # @@protoc_insertion_point(module_scope)

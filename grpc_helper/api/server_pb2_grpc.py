@@ -55,6 +55,11 @@ class RpcServerServiceStub:
                 request_serializer=grpc__helper_dot_api_dot_common__pb2.Filter.SerializeToString,
                 response_deserializer=grpc__helper_dot_api_dot_common__pb2.ResultStatus.FromString,
                 _registered_method=True)
+        self.stat = channel.unary_unary(
+                '/RpcServerService/stat',
+                request_serializer=grpc__helper_dot_api_dot_server__pb2.StatRequest.SerializeToString,
+                response_deserializer=grpc__helper_dot_api_dot_server__pb2.StatStatus.FromString,
+                _registered_method=True)
 
 
 class RpcServerServiceServicer:
@@ -88,6 +93,13 @@ class RpcServerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def stat(self, request, context):
+        """New in 3: calls served per method over the last seconds (rate, success, latency)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RpcServerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +122,11 @@ def add_RpcServerServiceServicer_to_server(servicer, server):
                     servicer.proxy_forget,
                     request_deserializer=grpc__helper_dot_api_dot_common__pb2.Filter.FromString,
                     response_serializer=grpc__helper_dot_api_dot_common__pb2.ResultStatus.SerializeToString,
+            ),
+            'stat': grpc.unary_unary_rpc_method_handler(
+                    servicer.stat,
+                    request_deserializer=grpc__helper_dot_api_dot_server__pb2.StatRequest.FromString,
+                    response_serializer=grpc__helper_dot_api_dot_server__pb2.StatStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +237,33 @@ class RpcServerService:
             '/RpcServerService/proxy_forget',
             grpc__helper_dot_api_dot_common__pb2.Filter.SerializeToString,
             grpc__helper_dot_api_dot_common__pb2.ResultStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def stat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/RpcServerService/stat',
+            grpc__helper_dot_api_dot_server__pb2.StatRequest.SerializeToString,
+            grpc__helper_dot_api_dot_server__pb2.StatStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,8 @@ class RpcServerServiceStub:
     """Register proxied services"""
     proxy_forget: _grpc.UnaryUnaryMultiCallable[_common_pb2.Filter, _common_pb2.ResultStatus]
     """Forget proxied services"""
+    stat: _grpc.UnaryUnaryMultiCallable[_server_pb2.StatRequest, _server_pb2.StatStatus]
+    """New in 3: calls served per method over the last seconds (rate, success, latency)"""
 
 class RpcServerServiceServicer:
     def info(
@@ -51,5 +53,12 @@ class RpcServerServiceServicer:
         context: _grpc.ServicerContext,
     ) -> _common_pb2.ResultStatus:
         """Forget proxied services"""
+
+    def stat(
+        self,
+        request: _server_pb2.StatRequest,
+        context: _grpc.ServicerContext,
+    ) -> _server_pb2.StatStatus:
+        """New in 3: calls served per method over the last seconds (rate, success, latency)"""
 
 def add_RpcServerServiceServicer_to_server(servicer: RpcServerServiceServicer, server: _grpc.Server) -> None: ...

@@ -12,7 +12,7 @@ import grpc
 # of the connectivity states that the core channel reports (see `Backend.__init__`)
 from grpc._cython import cygrpc  # type: ignore[attr-defined]  # a compiled module: no type information
 
-from grpc_helper.balancing import Address
+from grpc_helper.balancing import Address, channel_target
 from grpc_helper.client import balanced_channel
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.metadata import Metadata
@@ -74,7 +74,9 @@ class Backend:
         # By the proxied service that uses it (channels are shared by the services registered at the same
         # endpoints): what its forwarded calls are measured with, with metrics on (released at close)
         self.meters: dict[str, EndpointMeter] = {}
-        self.channel = balanced_channel(security or PLAINTEXT, addresses)
+        # The gRPC target, as channelz shows the channel (`srv.info` tells it: `grpc-helper channelz`)
+        self.target = channel_target(addresses)
+        self.channel = balanced_channel(security or PLAINTEXT, addresses, self.target)
         # Added to every forwarded call: the server's own token (`rpc-auth-token-file`), if any, never a caller's
         self.credentials: Metadata = security.metadata() if security is not None else ()
         # gRPC's public API reports connectivity through subscriptions only, whose polling thread

@@ -128,6 +128,7 @@ class EndpointState:
 
     target: ProxyTarget
     serving: bool
+    channel_target: str = ""  # the gRPC target of main's channel to it alone (channelz), "" if none
 
 
 class _ConfigLink:
@@ -226,13 +227,14 @@ class ProxyRegistry:
         return self._forwarders(d.name, service, generated, versions, self)
 
     def routed_handlers(
-        self, service: str, generated: dict[str, Handler], versions: VersionRange, backends: Backends
+        self, service: str, generated: dict[str, Handler], versions: VersionRange | None, backends: Backends
     ) -> dict[str, Handler]:
-        """Forwarders of a default service's methods to the server `backends` picks per call (routing)."""
+        """Forwarders of a default service's methods to the server `backends` picks per call (routing); `versions`
+        None: a service without our API versions (channelz), its errors plain gRPC statuses."""
         return self._forwarders("", service, generated, versions, backends)
 
     def _forwarders(
-        self, name: str, service: str, generated: dict[str, Handler], versions: VersionRange, backends: Backends
+        self, name: str, service: str, generated: dict[str, Handler], versions: VersionRange | None, backends: Backends
     ) -> dict[str, Handler]:
         return {
             method: make_forwarder(name, service, method, kind_of(original), versions, backends, self._streams)
@@ -651,8 +653,16 @@ class ProxyRegistry:
             states = []
             for endpoint, target in endpoints.items():
                 monitor = None if self._closed else self._channels.get(self._key(name, [endpoint]))
-                states.append(EndpointState(target, monitor is None or monitor.serving is not False))
+                serving = monitor is None or monitor.serving is not False
+                states.append(EndpointState(target, serving, monitor.target if monitor is not None else ""))
             return states
+
+    def channel_target(self, name: str) -> str:
+        """The gRPC target of the balanced channel to every endpoint of `name` (channelz), "" when unregistered."""
+        with self._changed:
+            endpoints = self._targets.get(name)
+            backend = None if self._closed or not endpoints else self._channels.get(self._key(name, endpoints))
+            return backend.target if backend is not None else ""
 
     def version(self, name: str) -> str | None:
         """The version `name` last registered with (kept after `forget`), None if it never registered."""

@@ -1,6 +1,6 @@
-"""Routing: the default services (srv, config, log, events) of a proxied service's server, through main.
+"""Routing: the default services (srv, config, log, events) and channelz of a proxied service's server, through main.
 
-Only main is published, so an operator reaches a backend's own `srv`/`config`/`log`/`events` through it:
+Only main is published, so an operator reaches a backend's own `srv`/`config`/`log`/`events`/channelz through it:
 a call to a default service carrying the `route-service` metadata key (a proxied service's name, and
 optionally `route-endpoint`, one of its endpoints as "host:port") is forwarded, as a proxied call is,
 to that service's server. Without the key, main answers itself, as before.

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from grpc_channelz.v1 import channelz, channelz_pb2, channelz_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -48,6 +49,7 @@ from grpc_helper.generated import (
     response_class,
     run_on,
 )
+from grpc_helper.live import LiveStats
 from grpc_helper.logs import LoggersConfig, RollingLogs, default_console
 from grpc_helper.manager import RpcManager
 from grpc_helper.options import server_options
@@ -69,11 +71,12 @@ _log = logging.getLogger("grpc_helper.server")
 # Logger names of the default managers: those of grpc-helper 2.x (named after its manager classes),
 # which existing loggers.json files and `log.set` calls address
 DEFAULT_LOGGERS = {"srv": "RpcServer", "config": "ConfigManager", "log": "LogsManager", "events": "EventsManager"}
-# Threads of a server's control pool: health checks and watches, `srv.info` and `srv.shutdown` run
-# there, so that they answer while every worker is busy; so do the rejections of calls over `rpc-max-calls`
+# Threads of a server's control pool: health checks and watches, `srv.info`, `srv.stat`, `srv.shutdown` and
+# channelz run there, so that they answer while every worker is busy (when an operator looks); so do the
+# rejections of calls over `rpc-max-calls`
 _CONTROL_THREADS = 4
 # Methods of the default services served on the control pool (by descriptor name)
-_CONTROL_METHODS = {"srv": ("info", "shutdown")}
+_CONTROL_METHODS = {"srv": ("info", "shutdown", "stat")}
 # Forwarders of dynamic services' methods kept at most (made again when dropped)
 _MAX_DYNAMIC = 1024
 # How often wait_shutdown() lets the main thread run pending signal handlers (seconds)
@@ -256,6 +259,8 @@ class RpcServer:
             self.logger,
         )
         self.authorizer = self._authorizer()
+        # The live view of the calls served (`srv.stat`): a window per registered method, fed by `metrics.instrument`
+        self.live = LiveStats()
         # Authorization first: a refused call is never counted against the limit
         # Routed calls (a backend's default services, through main) are forwarded, never counted as ours;
         # `_routes` is filled once the default services are registered
@@ -293,7 +298,13 @@ class RpcServer:
         for d in self.descriptors:
             self._set_health(d.name, serving=False)
         self._register_health()
-        own = [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        self._register_channelz()
+        own = [
+            *services,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            channelz_pb2.DESCRIPTOR.services_by_name["Channelz"].full_name,
+            reflection.SERVICE_NAME,
+        ]
         self._register_reflection(own)
         # Dynamic services (registered by their gRPC names): whatever no handler above serves, looked up per call
         self.proxies.reserved = frozenset([*own, *names])
@@ -403,10 +414,21 @@ class RpcServer:
                     run_on(behavior, self._control)
                 handlers[method] = make_handler(original, behavior)
         handlers = self.fairness.wrap_service(service, handlers)
-        if RpcStaticConfig.METRICS_PORT.int_val > 0:
-            # Every registered method is measured (its labels bound here, once), its fairness refusals included;
-            # forwarded bytes have no `Result`. Without a metrics port nothing reads them: nothing is paid
-            handlers = {m: metrics.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
+        # Every registered method is measured (its labels and live window bound here, once), its fairness refusals
+        # included; forwarded bytes have no `Result`. The Prometheus families only with a metrics port (else nothing
+        # reads them: nothing is paid for them); the live window always (`srv.stat`)
+        prometheus = RpcStaticConfig.METRICS_PORT.int_val > 0
+        handlers = {
+            m: metrics.instrument(
+                h,
+                service,
+                m,
+                results=not d.is_proxy,
+                window=self.live.window(d.name, m, service),
+                prometheus=prometheus,
+            )
+            for m, h in handlers.items()
+        }
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -414,11 +436,15 @@ class RpcServer:
         return service
 
     def _register_routes(self, defaults: list[RpcServiceDescriptor]) -> None:
-        """Forwarders of the default services' methods, for calls routed to a proxied service's server."""
+        """Forwarders of the default services' methods, and channelz's, for calls routed to a proxied service's
+        server."""
         backends = RoutedBackends(self.proxies)
-        for d in defaults:
-            service, generated = capture_service(d.register_method, d.manager)
-            versions = VersionRange(d.supported_version, d.current_version)
+        services: list[tuple[Callable[[Any, Any], None], object, VersionRange | None]] = [
+            (d.register_method, d.manager, VersionRange(d.supported_version, d.current_version)) for d in defaults
+        ]
+        services.append((channelz_pb2_grpc.add_ChannelzServicer_to_server, channelz.ChannelzServicer(), None))
+        for register, servicer, versions in services:
+            service, generated = capture_service(register, servicer)
             routed = self.proxies.routed_handlers(service, generated, versions, backends)
             routed = self.fairness.wrap_service(service, routed)
             self._routes.update({f"/{service}/{method}": handler for method, handler in routed.items()})
@@ -435,6 +461,20 @@ class RpcServer:
             behavior = _delegate(getattr(self.health, name))
             if name == "Watch":
                 non_blocking(behavior)
+            run_on(behavior, self._control)
+            handlers[name] = make_handler(original, behavior)
+        assert self._grpc is not None
+        self._grpc.add_registered_method_handlers(service, handlers)
+        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+    def _register_channelz(self) -> None:
+        """grpcio-channelz's servicer (the process's channels, subchannels, servers and sockets, from gRPC's core),
+        on the control pool: it answers however busy the workers are. The policy gives it to admins only."""
+        servicer = channelz.ChannelzServicer()
+        service, generated = capture_service(channelz_pb2_grpc.add_ChannelzServicer_to_server, servicer)
+        handlers = {}
+        for name, original in generated.items():
+            behavior = _delegate(getattr(servicer, name))
             run_on(behavior, self._control)
             handlers[name] = make_handler(original, behavior)
         assert self._grpc is not None

@@ -1,4 +1,5 @@
-"""Manager of the default `srv` service (RpcServerService): info, remote shutdown, proxy registrations."""
+"""Manager of the default `srv` service (RpcServerService): info, remote shutdown, proxy registrations, and the
+live view of the calls served (stat)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ from grpc_helper.api import (
     Event,
     EventProperty,
     Filter,
+    MethodStat,
     MultiServiceInfo,
     ProxyRegisterRequest,
     ResultCode,
     ResultStatus,
     ServiceInfo,
     ShutdownRequest,
+    StatRequest,
+    StatStatus,
 )
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceServicer
 from grpc_helper.config.static import RpcStaticConfig
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.errors import RpcException
 from grpc_helper.limits import check_request, quote, quote_names
+from grpc_helper.live import DEFAULT_WINDOW, MAX_WINDOW, LiveStats
 from grpc_helper.manager import RpcManager
 from grpc_helper.proxy.registry import ProxyRegistry
 
@@ -53,13 +58,16 @@ class ServerControl(Protocol):
     @property
     def descriptors(self) -> list[RpcServiceDescriptor]: ...
 
+    @property
+    def live(self) -> LiveStats: ...
+
     def shutdown_remotely(self, timeout: int) -> None: ...
 
     def send_event(self, event: Event) -> None: ...
 
 
 class ServerServiceManager(RpcServerServiceServicer, RpcManager):
-    """`srv`: server information, remote shutdown, proxy registrations."""
+    """`srv`: server information, remote shutdown, proxy registrations, live view."""
 
     def __init__(self, control: ServerControl, proxies: ProxyRegistry) -> None:
         super().__init__()
@@ -112,9 +120,42 @@ class ServerServiceManager(RpcServerServiceServicer, RpcManager):
             info.proxy_host, info.proxy_port = newest.host, newest.port
         for e in proxies.endpoints(info.name):
             t = e.target
-            info.endpoints.add(host=t.host, port=t.port, version=t.version, serving=e.serving)
+            info.endpoints.add(
+                host=t.host, port=t.port, version=t.version, serving=e.serving, channel_target=e.channel_target
+            )
+        info.channel_target = proxies.channel_target(info.name)
         info.renewable = True  # renewals of endpoints forgotten on purpose are refused here
         return info
+
+    def stat(self, request: StatRequest) -> StatStatus:
+        """The calls each method of the named services (all if none) ended within the last `window` seconds."""
+        check_request(request)
+        window = request.window or DEFAULT_WINDOW
+        if window > MAX_WINDOW:
+            raise RpcException(
+                f"Window {window}s is over the {MAX_WINDOW}s a server keeps", ResultCode.ERROR_PARAM_INVALID
+            )
+        live = self._control.live
+        # A service by its name or its full gRPC name (what a dynamic registration at main names it by); a dynamic
+        # service of this main is known but has no window (its calls' paths come from callers): no rows
+        names = [live.service_of(n) or n for n in request.names]
+        unknown = [n for n in names if live.service_of(n) is None and not self._proxies.is_dynamic(n)]
+        if unknown:
+            raise RpcException(f"Unknown service(s): {quote_names(unknown)}", ResultCode.ERROR_ITEM_UNKNOWN)
+        items = [
+            MethodStat(
+                service=f.service,
+                method=f.method,
+                seconds=f.seconds,
+                calls=f.calls,
+                failures=f.failures,
+                p50=f.quantiles[0],
+                p95=f.quantiles[1],
+                p99=f.quantiles[2],
+            )
+            for f in live.figures(window, names or None, idle=request.idle)
+        ]
+        return StatStatus(items=items)
 
     def shutdown(self, request: ShutdownRequest) -> ResultStatus:
         # Bounded: a process that no longer listens but lingers for days is never restarted by its supervisor
