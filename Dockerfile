@@ -26,7 +26,8 @@ RUN mkdir -p /build \
         printf '[global]\n' > "$PIP_CONFIG_FILE"; \
     fi \
  && python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["deploy"]))' > /build/requirements.txt \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["deploy"] + p["optional-dependencies"]["otel"]))' \
+    > /build/requirements.txt \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -r /build/requirements.txt \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
@@ -34,7 +35,7 @@ COPY README.md /src/
 COPY protos /src/protos
 COPY grpc_helper /src/grpc_helper
 COPY services /src/services
-RUN /opt/venv/bin/pip install "/src[deploy]" \
+RUN /opt/venv/bin/pip install "/src[deploy,otel]" \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}

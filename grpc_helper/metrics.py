@@ -29,6 +29,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.metrics import MetricWrapperBase
 
 from grpc_helper.api import ResultCode
+from grpc_helper.errors import served_status
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, make_handler, response_class
 
 _log = logging.getLogger("grpc_helper.metrics")
@@ -130,7 +131,6 @@ def result_name(code: int) -> str:
 
 
 _OK = grpc.StatusCode.OK
-_UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
 class MethodMetrics:
@@ -165,9 +165,7 @@ class MethodMetrics:
 
     def finished(self, context: grpc.ServicerContext, start: float, *, failed: bool) -> None:
         """Record the end of a call begun at `start` (perf_counter), its status as the context tells it."""
-        # An abort() sets the code; an unexpected error is UNKNOWN (code(): grpcio has it, its stubs do not)
-        code = context.code() or (_UNKNOWN if failed else _OK)  # type: ignore[attr-defined]
-        self.duration(code).observe(time.perf_counter() - start)
+        self.duration(served_status(context, failed=failed)).observe(time.perf_counter() - start)
         self.in_flight.dec()
 
 

@@ -42,14 +42,15 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import grpc
 
+from grpc_helper import tracing
 from grpc_helper.api import Result
 from grpc_helper.auth import caller_metadata, current_identity
 from grpc_helper.calls import VersionRange, cancelled_after_end, error_answer, remaining
-from grpc_helper.errors import RpcTransportError, rpc_error_to_exception
+from grpc_helper.errors import RpcTransportError, error_status, rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, method_handler, response_class, run_on
 from grpc_helper.metadata import (
     KEY_API_VERSION,
@@ -61,6 +62,9 @@ from grpc_helper.metadata import (
     reads_results,
 )
 from grpc_helper.proxy.backend import Backend
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 _PROXIED_SUFFIX = "(proxied)"
 # The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
@@ -207,6 +211,9 @@ class _ForwardSite:
         self.response_cls = response_class(service, method) if versions is not None else None
         self.can_answer = self.response_cls is not None and has_result_field(self.response_cls)
         self.request_streaming = kind.startswith("stream_")
+        # Traced (decided once, here): the backend call's own span, the parent of the backend's
+        traced = tracing.configured()
+        self.upstream = traced.upstream(service, method) if traced is not None else None
 
     def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata, bool] | bytes:
         """(backend, metadata to forward with, whether the caller reads `Result`s) (phase 1), or the bytes of
@@ -265,7 +272,7 @@ def _trailers(exc: grpc.RpcError) -> Metadata:
 
 def _unary_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
-    path, request_streaming = site.path, site.request_streaming
+    path, request_streaming, upstream = site.path, site.request_streaming, site.upstream
     wire_kind = "stream_stream" if request_streaming else "unary_stream"
 
     def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
@@ -277,6 +284,10 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
         if not context.add_callback(cancel):  # the caller is already gone
             cancel()
         key = started(context, backend)
+        span: Span | None = None
+        code = grpc.StatusCode.OK
+        if upstream is not None:
+            span, md = upstream.start(md)
         try:
             if request_streaming:
                 request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
@@ -293,19 +304,22 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
             response: bytes = answers[0]
             return response
         except grpc.RpcError as exc:
+            code = error_status(exc)
             if cancel.wanted:
                 return b""  # the caller went away (cancelled, or its deadline passed): nobody to answer
             return failed(context, backend, exc, results=results)
         finally:
             IN_FLIGHT.pop(key, None)
             release(backend)
+            if span is not None and upstream is not None:
+                upstream.end(span, code)
 
     return unary_response
 
 
 def _stream_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
-    kind, path, request_streaming = site.kind, site.path, site.request_streaming
+    kind, path, request_streaming, upstream = site.kind, site.path, site.request_streaming, site.upstream
 
     def stream_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         prepared = prepare(context)
@@ -317,6 +331,10 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
         if not context.add_callback(cancel):  # the caller is already gone
             cancel()
         key = started(context, backend)
+        span: Span | None = None
+        code = grpc.StatusCode.OK
+        if upstream is not None:
+            span, md = upstream.start(md)
         try:
             if request_streaming:
                 request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
@@ -331,12 +349,15 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
                 if trailers:
                     context.set_trailing_metadata(trailers)
             except grpc.RpcError as exc:
+                code = error_status(exc)
                 if cancel.wanted:
                     return  # the caller went away
                 yield failed(context, backend, exc, results=results)  # 2.x: the stream's last message
         finally:
             IN_FLIGHT.pop(key, None)
             release(backend)
+            if span is not None and upstream is not None:
+                upstream.end(span, code)
 
     return stream_response
 
