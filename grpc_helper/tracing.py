@@ -99,6 +99,7 @@ _SERVER_ERRORS = frozenset(
     )
 )
 _OK = grpc.StatusCode.OK
+_RESULT_OK = int(ResultCode.OK)  # looked up once: an enum wrapper's attribute is a slow lookup
 _TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
 _EXPORTERS_GROUP = "opentelemetry_traces_exporter"  # the SDK's entry points naming exporters
 
@@ -206,11 +207,11 @@ class _Site:
     def start(self, parent: Context | None = None) -> Span:
         return self.tracing.tracer.start_span(self.name, parent, self.kind, self.attributes)
 
-    def injected(self, span: Span, metadata: Metadata, drop: frozenset[str] = frozenset()) -> Metadata:
-        """`metadata` (less the keys of `drop`) with `span`'s context."""
+    def injected(self, span: Span | None, metadata: Metadata, drop: frozenset[str] = frozenset()) -> Metadata:
+        """`metadata` (less the keys of `drop`) with `span`'s context (None: the current one)."""
         carrier: dict[str, str] = {}
         t = self.tracing
-        t.inject(carrier, context=t.set_span_in_context(span))
+        t.inject(carrier, context=t.set_span_in_context(span) if span is not None else None)
         kept = tuple((k, v) for k, v in metadata if k not in drop) if drop else metadata
         return kept + tuple(carrier.items())
 
@@ -223,8 +224,8 @@ class _Site:
 
     def result(self, span: Span, response: object) -> None:
         """A 2.x error answer (gRPC OK, `r.code` set): ERROR, with the code's name."""
-        code = response.r.code if isinstance(response, Message) else 0  # type: ignore[attr-defined]
-        if code != ResultCode.OK and span.is_recording():
+        code = response.r.code if isinstance(response, Message) else _RESULT_OK  # type: ignore[attr-defined]
+        if code != _RESULT_OK and span.is_recording():
             name = rc_name(code)
             span.set_attribute(RESULT_CODE, name)
             span.set_status(self.tracing.error(name))
@@ -253,18 +254,42 @@ class Tracing:
         self.inject, self.extract = propagate.inject, propagate.extract
         self.set_span_in_context, self.current_span = trace.set_span_in_context, trace.get_current_span
         self.use_span, self.link, self.kinds = trace.use_span, trace.Link, trace.SpanKind
-        self.root = context.Context  # an empty context: a new trace
+        self.empty = context.Context()  # no parent: a new trace
         self._status, self._error = Status, StatusCode.ERROR
         # The keys the propagators set (traceparent, tracestate, baggage...), replaced when forwarding
         self.fields = frozenset(propagate.get_global_textmap().fields)
         self._getter = _MetadataGetter()
+        # Whether the sampler drops whatever an unsampled parent starts (the SDK's ParentBased, by default): such a
+        # span need not be made (see `child`). Its description is the sampler's public account of its rules
+        sampler = getattr(tracer, "sampler", None)
+        rules = sampler.get_description() if sampler is not None else ""
+        self._follows = all(f"{p}ParentNotSampled:AlwaysOffSampler" in rules for p in ("remote", "local"))
 
     def error(self, description: str) -> Any:
         return self._status(self._error, description)
 
     def server_context(self, metadata: Iterable[tuple[str, str | bytes]]) -> Context:
-        """The caller's context, from its call metadata."""
+        """The caller's context, from its call metadata (none sent: an empty one, extracted at no cost)."""
+        fields = self.fields
+        if not any(key in fields for key, _ in metadata):
+            return self.empty
         return self.extract(metadata, getter=self._getter)  # type: ignore[arg-type]  # a Getter, duck-typed
+
+    def child(self, site: _Site, parent: Context | None) -> Span | None:
+        """A span of `site`, the child of `parent` (None: the current context); None when the sampler would drop it
+        for its unsampled parent: made, such a span records nothing and costs about as much as a recorded one's
+        start; the parent's context, passed on instead, carries the same decision downstream."""
+        if self._follows:
+            context = self.current_span(parent).get_span_context()
+            if context.is_valid and not context.trace_flags.sampled:
+                return None
+        return site.start(parent)
+
+    def served(self, site: _Site, metadata: Iterable[tuple[str, str | bytes]]) -> tuple[Span | None, Context]:
+        """A served call's span (see `child`) and the context its code runs in."""
+        parent = self.server_context(metadata)
+        span = self.child(site, parent)
+        return span, (self.set_span_in_context(span, parent) if span is not None else parent)
 
     # --- served calls ---
     def instrument(self, handler: Handler, service: str, method: str, *, results: bool) -> Handler:
@@ -283,34 +308,32 @@ class Tracing:
         return make_handler(handler, traced)
 
     def _unary(self, site: _Site, behavior: Behavior, *, results: bool) -> Behavior:
-        attach, detach, in_context, parent_of = self.attach, self.detach, self.set_span_in_context, self.server_context
-        start, end, result = site.start, site.end, site.result
+        attach, detach, served = self.attach, self.detach, self.served
+        end, result = site.end, site.result
 
         def traced_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            parent = parent_of(context.invocation_metadata())
-            span = start(parent)
-            token = attach(in_context(span, parent))
+            span, current = served(site, context.invocation_metadata())
+            token = attach(current)
             failed = True
             try:
                 response = behavior(request, context)
                 failed = False
-                if results:
+                if results and span is not None:
                     result(span, response)
                 return response
             finally:
                 detach(token)
-                end(span, served_status(context, failed=failed), server=True)
+                if span is not None:
+                    end(span, served_status(context, failed=failed), server=True)
 
         return traced_unary
 
     def _stream(self, site: _Site, behavior: Behavior, *, results: bool) -> Behavior:
-        attach, detach, in_context, parent_of = self.attach, self.detach, self.set_span_in_context, self.server_context
-        start, end, result = site.start, site.end, site.result
+        attach, detach, served = self.attach, self.detach, self.served
+        end, result = site.end, site.result
 
         def traced_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            parent = parent_of(context.invocation_metadata())
-            span = start(parent)
-            current = in_context(span, parent)
+            span, current = served(site, context.invocation_metadata())
             failed = True
             last = None
             # Current only while the manager's code runs (each next()): between messages, gRPC's thread is not ours
@@ -330,29 +353,31 @@ class Tracing:
                         detach(token)
                     yield last
                 failed = False
-                if results:
+                if results and span is not None:
                     result(span, last)
             finally:
                 if hasattr(responses, "close"):
                     responses.close()  # a cancelled stream ends the manager's iterator now
-                end(span, served_status(context, failed=failed), server=True)
+                if span is not None:
+                    end(span, served_status(context, failed=failed), server=True)
 
         return traced_stream
 
     def _pushed(self, site: _Site, behavior: Behavior) -> Behavior:
         """A non-blocking server stream (`calls.pushed_stream`): its span ends with the call (gRPC's callback)."""
-        attach, detach, in_context, parent_of = self.attach, self.detach, self.set_span_in_context, self.server_context
+        attach, detach, served = self.attach, self.detach, self.served
 
         def traced_pushed(request: Any, context: grpc.ServicerContext, respond: Callable[[Any], None]) -> None:
-            parent = parent_of(context.invocation_metadata())
-            span = site.start(parent)
+            span, current = served(site, context.invocation_metadata())
+            if span is not None:
+                recorded = span
 
-            def done() -> None:
-                site.end(span, served_status(context, failed=False), server=True)
+                def done() -> None:
+                    site.end(recorded, served_status(context, failed=False), server=True)
 
-            if not context.add_callback(done):  # already over
-                done()
-            token = attach(in_context(span, parent))
+                if not context.add_callback(done):  # already over
+                    done()
+            token = attach(current)
             try:
                 behavior(request, context, respond)
             finally:
@@ -402,9 +427,7 @@ class Tracing:
         }
         if seq:
             attributes[MESSAGING_MESSAGE_ID] = str(seq)
-        span = self.tracer.start_span(
-            f"process {event.name}", self.root(), self.kinds.CONSUMER, attributes, links
-        )  # fmt: skip
+        span = self.tracer.start_span(f"process {event.name}", self.empty, self.kinds.CONSUMER, attributes, links)
         return self.use_span(span, end_on_exit=True)
 
 
@@ -417,10 +440,11 @@ class Upstream:
     def __init__(self, site: _Site) -> None:
         self._site = site
 
-    def start(self, metadata: Metadata) -> tuple[Span, Metadata]:
-        """A span for a backend call, and `metadata` carrying it (the caller's context keys replaced)."""
+    def start(self, metadata: Metadata) -> tuple[Span | None, Metadata]:
+        """A span for a backend call (see `Tracing.child`), and `metadata` carrying it, or the current context (the
+        caller's context keys replaced)."""
         site = self._site
-        span = site.start()
+        span = site.tracing.child(site, None)
         return span, site.injected(span, metadata, site.tracing.fields)
 
     def end(self, span: Span, code: grpc.StatusCode) -> None:
@@ -439,9 +463,12 @@ class _TracedCall:
         self, request: Any, timeout: float | None = None, metadata: Metadata | None = None, **kwargs: Any
     ) -> Any:
         site = self._site
-        span = site.start()
+        span = site.tracing.child(site, None)
+        md = site.injected(span, metadata or ())
+        if span is None:  # an unsampled trace: its context is passed on, nothing recorded
+            return self._call(request, timeout=timeout, metadata=md, **kwargs)
         try:
-            response = self._call(request, timeout=timeout, metadata=site.injected(span, metadata or ()), **kwargs)
+            response = self._call(request, timeout=timeout, metadata=md, **kwargs)
         except grpc.RpcError as exc:
             site.end(span, error_status(exc), server=False)
             raise
