@@ -441,11 +441,14 @@ class Upstream:
         self._site = site
 
     def start(self, metadata: Metadata) -> tuple[Span | None, Metadata]:
-        """A span for a backend call (see `Tracing.child`), and `metadata` carrying it, or the current context (the
-        caller's context keys replaced)."""
+        """A span for a backend call (see `Tracing.child`), and `metadata` carrying it (the caller's context keys
+        replaced). No span: the current context is passed on; when it is the caller's own, as it came."""
         site = self._site
-        span = site.tracing.child(site, None)
-        return span, site.injected(span, metadata, site.tracing.fields)
+        tracing = site.tracing
+        span = tracing.child(site, None)
+        if span is None and tracing.current_span().get_span_context().is_remote:
+            return None, metadata  # main made no span of the call: the caller's context is in `metadata` already
+        return span, site.injected(span, metadata, tracing.fields)
 
     def end(self, span: Span, code: grpc.StatusCode) -> None:
         self._site.end(span, code, server=False)

@@ -155,15 +155,23 @@ def traced(tmp_path: Path, receiver: tuple[Receiver, int]) -> Iterator[Traced]:
         stack.stop()
 
 
+def run_client(traced: Traced, tmp_path: Path, **env: str) -> dict[str, str]:
+    """Run tests/programs/traced_client.py against main (`env`: added to its environment), then stop main and
+    echo; the properties of the event the client received."""
+    environment = {**clean_env(), "TRACED_SPANS": str(tmp_path / "client.jsonl"), **env}
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), str(traced.main_port)], env=environment, capture_output=True, text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert traced.stop() == [0, 0]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1])["properties"])
+
+
 def test_one_trace_across_client_main_and_backend(
     traced: Traced, receiver: tuple[Receiver, int], tmp_path: Path
 ) -> None:
-    env = {**clean_env(), "TRACED_SPANS": str(tmp_path / "client.jsonl")}
-    done = subprocess.run(
-        [sys.executable, str(CLIENT), str(traced.main_port)], env=env, capture_output=True, text=True, timeout=90
-    )
-    assert done.returncode == 0, done.stderr
-    assert traced.stop() == [0, 0]
+    properties = run_client(traced, tmp_path)
     client, main = read_jsonl(tmp_path / "client.jsonl"), read_jsonl(tmp_path / "main.jsonl")
     echo = receiver[0].spans  # exported at the latest when echo stopped
     assert {s["service"] for s in echo} == {"echo"}  # OTEL_SERVICE_NAME, read by the SDK from the environment
@@ -191,7 +199,6 @@ def test_one_trace_across_client_main_and_backend(
     sent = one(client, name="EventService/send", kind="CLIENT", trace=trace, parent=work["span"])
     send = one(main, name="EventService/send", kind="SERVER", trace=trace, parent=sent["span"])
     rpc_attributes(send, "EventService", "send")
-    properties = dict(json.loads(done.stdout.strip().splitlines()[-1])["properties"])
     version, carried_trace, parent, flags = properties["traceparent"].split("-")
     assert (version, carried_trace, parent) == ("00", trace, send["span"])
     assert int(flags, 16) & 1  # sampled
@@ -200,6 +207,24 @@ def test_one_trace_across_client_main_and_backend(
     assert process["parent"] is None  # a trace of its own
     assert process["trace"] != trace
     assert process["attributes"]["messaging.destination.name"] == "TRACED"
+
+
+def test_an_unsampled_trace_is_followed_and_recorded_nowhere(
+    traced: Traced, receiver: tuple[Receiver, int], tmp_path: Path
+) -> None:
+    """The client samples nothing (`parentbased_always_off`): main and echo, which sample what comes without a
+    sampled parent, follow its decision (main passing the caller's context on as it came): only the readiness
+    call, untraced, is recorded there; the event still carries the (unsampled) trace."""
+    properties = run_client(traced, tmp_path, OTEL_TRACES_SAMPLER="parentbased_always_off")
+    client, main = read_jsonl(tmp_path / "client.jsonl"), read_jsonl(tmp_path / "main.jsonl")
+    assert client == []
+    _, trace, _, flags = properties["traceparent"].split("-")
+    assert not int(flags, 16) & 1  # not sampled
+    assert find(main, trace=trace) == []
+    assert find(receiver[0].spans, trace=trace) == []
+    for spans in (main, receiver[0].spans):  # the readiness call's, a trace of its own
+        assert len(find(spans, name="EchoService/echo", kind="SERVER")) == 1
+    assert find(main, name="EventService/send") == []
 
 
 def test_unconfigured_means_untouched(tmp_path: Path) -> None:
