@@ -14,8 +14,9 @@ of OpenTelemetry is even imported). Configured means either of OpenTelemetry's s
   `otlp` is OTLP/gRPC, or OTLP/HTTP with `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL=http/protobuf`), each exporter
   behind a `BatchSpanProcessor`.
 
-`OTEL_SDK_DISABLED=true` turns it off either way. A provider that samples nothing (`always_off`) still has
-every span made, not recorded, and the context propagated: what "installed but not sampling" costs.
+`OTEL_SDK_DISABLED=true` turns it off either way. Installed but not sampling (e.g. `parentbased_always_off`),
+a trace's first span is made, not recorded, and its context propagated; a span the sampler would drop for its
+unsampled parent is not made at all (`Tracing.child`): the parent's context goes on instead.
 
 Spans, with the rpc semantic conventions' attributes (`rpc.system`, `rpc.service`, `rpc.method`,
 `rpc.grpc.status_code`), named `<service>/<method>`:
@@ -264,6 +265,8 @@ class Tracing:
         sampler = getattr(tracer, "sampler", None)
         rules = sampler.get_description() if sampler is not None else ""
         self._follows = all(f"{p}ParentNotSampled:AlwaysOffSampler" in rules for p in ("remote", "local"))
+        # Whether it drops every trace's first span (always_off, parentbased_always_off): no trace is started here
+        self._no_roots = rules == "AlwaysOffSampler" or rules.startswith("ParentBased{root:AlwaysOffSampler,")
 
     def error(self, description: str) -> Any:
         return self._status(self._error, description)
@@ -276,12 +279,16 @@ class Tracing:
         return self.extract(metadata, getter=self._getter)  # type: ignore[arg-type]  # a Getter, duck-typed
 
     def child(self, site: _Site, parent: Context | None) -> Span | None:
-        """A span of `site`, the child of `parent` (None: the current context); None when the sampler would drop it
-        for its unsampled parent: made, such a span records nothing and costs about as much as a recorded one's
-        start; the parent's context, passed on instead, carries the same decision downstream."""
-        if self._follows:
+        """A span of `site`, the child of `parent` (None: the current context); None instead of a span the sampler
+        would drop anyway (made, it records nothing and costs about what a recorded span's start does): one whose
+        parent is not sampled (its context, passed on instead, carries the same decision downstream), or, with a
+        sampler that drops every root, one without a parent (no trace starts here: the next hop decides)."""
+        if self._follows or self._no_roots:
             context = self.current_span(parent).get_span_context()
-            if context.is_valid and not context.trace_flags.sampled:
+            if context.is_valid:
+                if self._follows and not context.trace_flags.sampled:
+                    return None
+            elif self._no_roots:
                 return None
         return site.start(parent)
 
@@ -446,8 +453,10 @@ class Upstream:
         site = self._site
         tracing = site.tracing
         span = tracing.child(site, None)
-        if span is None and tracing.current_span().get_span_context().is_remote:
-            return None, metadata  # main made no span of the call: the caller's context is in `metadata` already
+        if span is None:
+            current = tracing.current_span().get_span_context()
+            if current.is_remote or not current.is_valid:
+                return None, metadata  # no span of main's: the caller's context (if any) is in `metadata` already
         return span, site.injected(span, metadata, tracing.fields)
 
     def end(self, span: Span, code: grpc.StatusCode) -> None:
@@ -466,10 +475,13 @@ class _TracedCall:
         self, request: Any, timeout: float | None = None, metadata: Metadata | None = None, **kwargs: Any
     ) -> Any:
         site = self._site
-        span = site.tracing.child(site, None)
-        md = site.injected(span, metadata or ())
-        if span is None:  # an unsampled trace: its context is passed on, nothing recorded
+        tracing = site.tracing
+        span = tracing.child(site, None)
+        if span is None:  # an unsampled trace's context is passed on, nothing recorded; none: nothing to pass on
+            valid = tracing.current_span().get_span_context().is_valid
+            md = site.injected(None, metadata or ()) if valid else metadata
             return self._call(request, timeout=timeout, metadata=md, **kwargs)
+        md = site.injected(span, metadata or ())
         try:
             response = self._call(request, timeout=timeout, metadata=md, **kwargs)
         except grpc.RpcError as exc:
