@@ -29,7 +29,7 @@ RUN mkdir -p /build \
         printf '[global]\n' > "$PIP_CONFIG_FILE"; \
     fi \
  && python3 -c 'import tomllib; d = tomllib.load(open("/src/pyproject.toml", "rb")); p = d["project"]; \
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["deploy"] + d["build-system"]["requires"]))' \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["deploy"] + p["optional-dependencies"]["otel"] + d["build-system"]["requires"]))' \
     > /build/requirements.txt \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -r /build/requirements.txt \
@@ -38,7 +38,7 @@ COPY README.md /src/
 COPY protos /src/protos
 COPY grpc_helper /src/grpc_helper
 COPY services /src/services
-RUN /opt/venv/bin/pip install "/src[deploy]" \
+RUN /opt/venv/bin/pip install "/src[deploy,otel]" \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}

@@ -12,6 +12,8 @@ Kinds:
   forwarding raw bytes with blocking calls on one channel; a lower bound for `proxy`;
 - `rawevents` (diagnostic, `--extra`): the events service as a plain grpcio user would write it
   (a `SimpleQueue` per listener, `send` puts into each); a lower bound for `events`.
+- `<kind>-otel`, `<kind>-otel-idle`: the same, traced with OpenTelemetry at 100% sampling, or installed but
+  sampling nothing; `raw-otel`: plain grpcio with the official instrumentation (see `otel.py`);
 - `aioproxy`, `aioevents` (diagnostics, `--extra`): the same two minimal servers written with
   `grpc.aio` coroutines (one event loop, no thread per call or stream): the floor of the other
   grpcio API.
@@ -33,6 +35,7 @@ from queue import SimpleQueue
 from typing import Any
 
 import grpc
+import otel
 import secure
 
 import grpc_helper_samples
@@ -234,12 +237,16 @@ def _free_port() -> int:
 
 def _serve(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
     """Child process body: start a server of `kind`, report its port, serve until `stop` is set."""
+    kind, sampled = otel.traced_kind(kind)
+    if sampled is not None:
+        otel.configure(sampled)
     if kind in ("aioproxy", "aioevents"):
         asyncio.run(_serve_aio(kind, ports, stop, backends))
         return
     if kind in ("raw", "rawproxy", "rawevents"):
         # Event listeners each hold a thread for the whole stream
-        server = grpc.server(futures.ThreadPoolExecutor(200 if kind == "rawevents" else 30))
+        interceptors = otel.server_interceptors() if sampled is not None else []  # raw-otel: the official one
+        server = grpc.server(futures.ThreadPoolExecutor(200 if kind == "rawevents" else 30), interceptors=interceptors)
         if kind == "raw":
             add_EchoServiceServicer_to_server(RawEcho(), server)
         elif kind == "rawevents":

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import otel
 import secure
 from stats import CpuMeter, Result, percentile_ms
 
@@ -40,10 +41,15 @@ def _echo_loop(
 
     `ports`: the server's; for a `raw` client, several are plain grpcio replicas, balanced by gRPC's
     round_robin over one channel (what a grpcio user does with several servers)."""
+    client_kind, sampled = otel.traced_kind(client_kind)
+    if sampled is not None:
+        otel.configure(sampled)  # before the client is made
     if client_kind in ("raw", "raw-st"):
         # raw-st (diagnostic): the plain stub with the channel options RpcClient uses
         options = channel_options(Peer.OURS) if client_kind == "raw-st" else None
-        stub: Any = EchoServiceStub(secure.channel(ports, options))
+        channel = secure.channel(ports, options)
+        # raw-otel: the official instrumentation's client interceptor
+        stub: Any = EchoServiceStub(otel.intercepted(channel) if sampled is not None else channel)
     else:
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
         # direct: RpcClient's direct mode, given main's port (it calls the backends past main)
@@ -64,7 +70,8 @@ def _echo_loop(
         for _ in responses:
             counts[i] += 1
             if stop.is_set():  # the window is over: don't wait for the end of the stream
-                responses.cancel()
+                # raw-otel: the official client interceptor makes the stream a generator, which has no cancel()
+                getattr(responses, "cancel", None) or responses.close()
                 return
 
     return stream
@@ -139,7 +146,8 @@ def echo(
     pids: dict[str, int] | None = None,
 ) -> Result:
     """Measure `workload` ("unary" or "stream") with a `client_kind` client ("raw", "raw-st", "helper",
-    "direct") of the server at `ports` (several: plain grpcio replicas, for a raw client)."""
+    "direct"; "-otel" or "-otel-idle" added: traced, see otel.py) of the server at `ports` (several: plain
+    grpcio replicas, for a raw client)."""
     return run_in_process(_run_echo, client_kind, ports, workload, threads, duration, warmup, pids or {})
 
 

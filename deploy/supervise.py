@@ -55,10 +55,13 @@ def program_section(
         output = f"stdout_logfile={logdir}/{name}.log\nstdout_logfile_maxbytes=10MB\nredirect_stderr=true"
     # supervisord expands %(...)s: escape literal percent signs
     cmd = " ".join(shlex.quote(c) for c in command).replace("%", "%%")
+    # Each program's traces (OpenTelemetry's service.name, when tracing is configured) name it, unless the
+    # environment names one already (compose and the manifests do, per container)
+    environment = "" if "OTEL_SERVICE_NAME" in os.environ else f'environment=OTEL_SERVICE_NAME="{name}"\n'
     return f"""
 [program:{name}]
 command={cmd}
-; main starts first and stops last, so samples can forget their registrations on it
+{environment}; main starts first and stops last, so samples can forget their registrations on it
 priority={100 if name == "main" else 200}
 autostart=true
 ; restarted whatever the exit (a remote shutdown too); supervisord backs off between failed starts

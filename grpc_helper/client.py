@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
+from grpc_helper import tracing
 from grpc_helper.api import Filter, ResultCode, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
@@ -100,6 +101,8 @@ class RpcClient:
         self.logger = logger or logging.getLogger("grpc_helper.client")
         self.exception = exception
         self.custom_exception = custom_exception
+        # OpenTelemetry, when configured (decided once, here): a span per call, its context sent along
+        self._tracing = tracing.configured()
         self.channel = self._new_channel()
         self.direct = direct
         self._routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}  # stub -> its replicas' channel
@@ -311,6 +314,8 @@ class RpcClient:
         multicallable: Callable[..., Any] = factory(
             spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True
         )
+        if self._tracing is not None:
+            return self._tracing.client_call(multicallable, spec.path, streaming=spec.kind.endswith("_stream"))
         return multicallable
 
 

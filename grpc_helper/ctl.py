@@ -34,6 +34,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpc_helper import tracing
 from grpc_helper._version import installed_version
 from grpc_helper.api import (
     ConfigApiVersion,
@@ -901,6 +902,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--endpoints asks main for each endpoint itself: name the services instead of --service")
     except SystemExit as exc:  # usage error (2), or --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # The operator's commands are not traced, whatever OTEL_* the environment has (a container's health probe
+    # every few seconds would be a trace each, and set up an exporter each)
+    tracing.disable()
     ctl = Ctl(args)
     try:
         return int(args.handler(ctl))

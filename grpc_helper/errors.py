@@ -111,12 +111,22 @@ def result_status(result: Result, *, plain: bool = False) -> tuple[grpc.StatusCo
     return code or grpc.StatusCode.FAILED_PRECONDITION, f"{rc_name(result.code)}: {result.msg}"
 
 
+def served_status(context: grpc.ServicerContext, *, failed: bool) -> grpc.StatusCode:
+    """The status a served call ends with, as its context tells it: the code an `abort()` or `set_code()` gave,
+    else UNKNOWN for a behavior that raised (`failed`), OK otherwise."""
+    code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]  # grpcio has it, its stubs do not
+    return code or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
+
+
+def error_status(exc: grpc.RpcError) -> grpc.StatusCode:
+    """The status of a failed gRPC call (UNKNOWN for an error not raised by a call: grpcio raises none such today)."""
+    return exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+
+
 def rpc_error_to_exception(exc: grpc.RpcError, what: str) -> RpcTransportError:
     """Map a failed gRPC call to the library's exception, keeping its status (raise it `from exc`)."""
-    if isinstance(exc, grpc.Call):
-        status, details = exc.code(), exc.details() or ""
-    else:  # not raised by a call (grpcio raises none such today): no status to keep
-        status, details = grpc.StatusCode.UNKNOWN, str(exc)
+    status = error_status(exc)
+    details = (exc.details() or "") if isinstance(exc, grpc.Call) else str(exc)
     return RpcTransportError(f"RPC error on {what}: {status.name}: {details}", status, details)
 
 

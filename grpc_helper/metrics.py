@@ -36,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
 from grpc_helper.api import ResultCode
+from grpc_helper.errors import served_status
 from grpc_helper.generated import Behavior, Handler, has_result_field, kind_of, make_handler, response_class
 from grpc_helper.live import MethodWindow
 
@@ -207,7 +208,6 @@ def result_name(code: int) -> str:
 
 
 _OK = grpc.StatusCode.OK
-_UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
 class _Off:
@@ -281,8 +281,7 @@ class MethodMetrics:
     def finished(self, context: grpc.ServicerContext, start: float, *, failed: bool, rc: int = 0) -> None:
         """Record the end of a call begun at `start` (perf_counter), its status as the context tells it; `rc`:
         the `Result` code it answered (0 when none)."""
-        # An abort() sets the code; an unexpected error is UNKNOWN (code(): grpcio has it, its stubs do not)
-        code = context.code() or (_UNKNOWN if failed else _OK)  # type: ignore[attr-defined]
+        code = served_status(context, failed=failed)
         elapsed = time.perf_counter() - start
         self.duration(code).observe(elapsed)
         self.in_flight.dec()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install the project editable with its dev extras, at the versions
+# Create .venv (if needed) and install the project editable with its dev and otel extras, at the versions
 # pinned in constraints.txt. Runs pip only when pyproject.toml or constraints.txt changed since the
 # last successful setup (a stamp in .venv), so the scripts that call it (stack.sh up, test.sh) do
 # not touch the network or the venv once it is set up.
@@ -18,7 +18,7 @@ fi
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 if ! { .venv/bin/python -m pip install --quiet --upgrade pip \
-    && .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"; } >"$LOG" 2>&1; then
+    && .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,otel]"; } >"$LOG" 2>&1; then
     cat "$LOG" >&2
     exit 1
 fi

@@ -11,12 +11,12 @@ PYTHON=${PYTHON:-python3}
 mkdir -p wheelhouse
 
 if [ -f pyproject.toml ]; then
-    # Requirements straight from pyproject.toml: dependencies + the deploy extra + the build backend
+    # Requirements straight from pyproject.toml: dependencies + the deploy and otel extras + the build backend
     mapfile -t REQS < <("$PYTHON" - <<'PY'
 import tomllib
 data = tomllib.load(open("pyproject.toml", "rb"))
-for req in [*data["project"]["dependencies"], *data["project"]["optional-dependencies"]["deploy"],
-            *data["build-system"]["requires"]]:
+extras = data["project"]["optional-dependencies"]
+for req in [*data["project"]["dependencies"], *extras["deploy"], *extras["otel"], *data["build-system"]["requires"]]:
     print(req)
 PY
     )

@@ -141,9 +141,11 @@ LISTENING = re.compile(r"listening on port (\d+)")  # what a sample logs once it
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without anything that would act as a config layer or change registration."""
+    """The environment without anything that would act as a config layer, change registration or trace calls."""
     return {
-        k: v for k, v in os.environ.items() if not k.startswith(("RPC_", "NOTES_")) and k != PROXY_USE_CURRENT_HOST_ENV
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RPC_", "NOTES_", "OTEL_")) and k != PROXY_USE_CURRENT_HOST_ENV
     }
 
 

@@ -7,6 +7,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
+from grpc_helper import tracing
 from grpc_helper.api import Event, EventFilter, EventInterrupt, EventStatus, ResultCode
 from grpc_helper.backoff import Backoff
 from grpc_helper.client import ResponseStream, RpcClient
@@ -71,6 +72,7 @@ class EventsListener(ABC):
         self._stopping = False
         self._stream: ResponseStream | None = None
         self._wakeup = threading.Event()  # cuts a backoff sleep short on interrupt()
+        self._tracing = tracing.configured()  # when configured: on_event runs in a span linked to the sender's
         self._watchdog = threading.Timer(0, lambda: None)  # the current stream's (see FIRST_STATUS_TIMEOUT)
         self._thread = threading.Thread(target=self._run, name=f"events-listener-{id(self):x}", daemon=True)
         self._thread.start()
@@ -157,7 +159,11 @@ class EventsListener(ABC):
                         continue  # sent again after a lost stream, and received before it was lost
                     self.last_seq = status.seq
                 try:
-                    self.on_event(status.event)
+                    if self._tracing is None:
+                        self.on_event(status.event)
+                    else:
+                        with self._tracing.processing(status.event, status.seq):
+                            self.on_event(status.event)
                 except Exception:
                     self.logger.exception("Event handler failed on %s", status.event.name)
 

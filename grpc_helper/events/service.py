@@ -66,6 +66,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grpc_helper import tracing
 from grpc_helper.api import (
     Empty,
     Event,
@@ -133,6 +134,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
         self._deliveries: Deliveries | None = None
+        self._tracing: tracing.Tracing | None = None  # set at load when configured: events carry the trace
 
     # --- lifecycle ---
     def _load(self) -> None:
@@ -141,6 +143,7 @@ class EventsManager(EventServiceServicer, RpcManager):
         self._path = wks / QUEUES_FILE if wks is not None else None
         self._filters_path = wks / FILTERS_FILE if wks is not None else None
         self._deliveries = Deliveries(_DELIVERY_THREADS, RpcStaticConfig.MAX_STREAMS.int_val, "events-delivery")
+        self._tracing = tracing.configured()
         self._restore()
         self._janitor = threading.Thread(target=self._background, name="events-janitor", daemon=True)
         self._janitor.start()
@@ -398,6 +401,8 @@ class EventsManager(EventServiceServicer, RpcManager):
         EVENTS_SENT.inc()
         name = request.name
         limit, max_bytes = RpcStaticConfig.EVENT_QUEUE_MAX.int_val, RpcStaticConfig.EVENT_QUEUE_MAX_BYTES.int_val
+        if self._tracing is not None:
+            request = self._tracing.carry(request)  # the sender's context, as properties every listener gets
         item = pending_of(request)  # one object, however many queues hold it
         retained = False
         for q in self._fanout:

@@ -42,14 +42,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import grpc
 
+from grpc_helper import tracing
 from grpc_helper.api import Result
 from grpc_helper.auth import caller_metadata, current_identity
 from grpc_helper.calls import VersionRange, cancelled_after_end, error_answer, remaining
-from grpc_helper.errors import RpcTransportError, rpc_error_to_exception
+from grpc_helper.errors import RpcTransportError, error_status, rpc_error_to_exception
 from grpc_helper.generated import Behavior, Handler, has_result_field, method_handler, response_class, run_on
 from grpc_helper.metadata import (
     KEY_API_VERSION,
@@ -62,6 +63,9 @@ from grpc_helper.metadata import (
 )
 from grpc_helper.metrics import EndpointMeter
 from grpc_helper.proxy.backend import CANCELLABLE_UNARY, Acquired, Backend
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 _PROXIED_SUFFIX = "(proxied)"
 # The routing keys are main's to act on, never passed on (a backend that is itself a main won't route again)
@@ -209,6 +213,9 @@ class _ForwardSite:
         self.response_cls = response_class(service, method) if versions is not None else None
         self.can_answer = self.response_cls is not None and has_result_field(self.response_cls)
         self.request_streaming = kind.startswith("stream_")
+        # Traced (decided once, here): the backend call's own span, the parent of the backend's
+        traced = tracing.configured()
+        self.upstream = traced.upstream(service, method) if traced is not None else None
 
     def prepare(self, context: grpc.ServicerContext) -> tuple[Backend, Metadata, bool, EndpointMeter | None] | bytes:
         """(backend, metadata to forward with, whether the caller reads `Result`s, the meter of the call) (phase 1),
@@ -266,12 +273,6 @@ def _trailers(exc: grpc.RpcError) -> Metadata:
     return tuple(trailers or ())
 
 
-def _status(exc: grpc.RpcError) -> grpc.StatusCode:
-    """The status a backend call failed with."""
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    return code if isinstance(code, grpc.StatusCode) else _UNKNOWN
-
-
 # The status of an upstream call, as measured (`EndpointMeter.done`)
 _OK, _UNKNOWN, _INTERNAL = grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -279,7 +280,7 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 
 def _unary_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
-    path, request_streaming = site.path, site.request_streaming
+    path, request_streaming, upstream = site.path, site.request_streaming, site.upstream
     perf = time.perf_counter
 
     def unary_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> bytes:
@@ -291,8 +292,11 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
         if not context.add_callback(cancel):  # the caller is already gone
             cancel()
         key = started(context, backend)
-        code = _UNKNOWN  # how the backend call ended (measured, with metrics on)
+        code = _UNKNOWN  # how the backend call ended (measured, with metrics on; its span's status, traced)
         start = perf()
+        span: Span | None = None
+        if upstream is not None:
+            span, md = upstream.start(md)
         try:
             if not request_streaming:  # a blocking call the caller's termination callback can cancel
                 answer: tuple[bytes, Metadata, Metadata] = backend.method(CANCELLABLE_UNARY, path)(
@@ -318,7 +322,7 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
             streamed: bytes = answers[0]
             return streamed
         except grpc.RpcError as exc:
-            code = _status(exc)
+            code = error_status(exc)
             if cancel.wanted:
                 return b""  # the caller went away (cancelled, or its deadline passed): nobody to answer
             return failed(context, backend, exc, results=results)
@@ -327,13 +331,15 @@ def _unary_forwarder(site: _ForwardSite) -> Behavior:
                 meter.done(start, code)
             IN_FLIGHT.pop(key, None)
             release(backend)
+            if span is not None and upstream is not None:
+                upstream.end(span, code)
 
     return unary_response
 
 
 def _stream_forwarder(site: _ForwardSite) -> Behavior:
     prepare, failed, release, started = site.prepare, site.failed, site.registry.release, site.started
-    kind, path, request_streaming = site.kind, site.path, site.request_streaming
+    kind, path, request_streaming, upstream = site.kind, site.path, site.request_streaming, site.upstream
     perf = time.perf_counter
 
     def stream_response(request: bytes | Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -348,6 +354,9 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
         key = started(context, backend)
         code = _CANCELLED  # how the backend call ended; a stream closed before its end: the caller went away
         start = perf()
+        span: Span | None = None
+        if upstream is not None:
+            span, md = upstream.start(md)
         try:
             if request_streaming:
                 request = _caller_requests(request, cancel)  # type: ignore[arg-type]  # an iterator when streaming
@@ -363,7 +372,7 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
                 if trailers:
                     context.set_trailing_metadata(trailers)
             except grpc.RpcError as exc:
-                code = _status(exc)
+                code = error_status(exc)
                 if cancel.wanted:
                     return  # the caller went away
                 yield failed(context, backend, exc, results=results)  # 2.x: the stream's last message
@@ -372,6 +381,8 @@ def _stream_forwarder(site: _ForwardSite) -> Behavior:
                 meter.done(start, code)
             IN_FLIGHT.pop(key, None)
             release(backend)
+            if span is not None and upstream is not None:
+                upstream.end(span, code)
 
     return stream_response
 

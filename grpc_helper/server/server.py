@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from grpc_helper import client as client_module
-from grpc_helper import metrics
+from grpc_helper import metrics, tracing
 from grpc_helper.api import ConfigApiVersion, Event, EventApiVersion, LoggerApiVersion, ResultCode, ServerApiVersion
 from grpc_helper.api.config_pb2_grpc import ConfigServiceStub, add_ConfigServiceServicer_to_server
 from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceServicer_to_server
@@ -145,8 +145,8 @@ class _DynamicServices(grpc.GenericRpcHandler):
     """Forwarders of the dynamic services' calls: `/<service>/<method>` for a service registered by its gRPC name
     (see `ProxyRegistry.register`), any method, made on a call's first use and kept (up to `_MAX_DYNAMIC`)."""
 
-    def __init__(self, registry: ProxyRegistry, fairness: Fairness) -> None:
-        self._registry, self._fairness = registry, fairness
+    def __init__(self, registry: ProxyRegistry, fairness: Fairness, traced: tracing.Tracing | None) -> None:
+        self._registry, self._fairness, self._tracing = registry, fairness, traced
         self._handlers: dict[str, Handler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
@@ -161,7 +161,10 @@ class _DynamicServices(grpc.GenericRpcHandler):
             self._handlers.clear()
         # Counted in the caller's share of the streams like any forwarded call (not measured: no metrics
         # labels made of whatever method a caller names)
-        handler = self._handlers[path] = self._fairness.wrap(path, self._registry.dynamic_forwarder(service, method))
+        handler = self._fairness.wrap(path, self._registry.dynamic_forwarder(service, method))
+        if self._tracing is not None:  # traced like any forwarded call (a span's name is no label: any method)
+            handler = self._tracing.instrument(handler, service, method, results=False)
+        self._handlers[path] = handler
         return handler
 
 
@@ -212,6 +215,7 @@ class RpcServer:
         self._service_names: dict[str, str] = {}  # descriptor name -> full gRPC service name
         self._loaded: list[RpcManager] = []  # managers whose _load ran, to shut down in reverse
         self._metrics: tuple[str, int] | None = None  # the metrics endpoint's (address, port), once serving
+        self.tracing: tracing.Tracing | None = None  # OpenTelemetry's, when configured (see grpc_helper.tracing)
         try:
             self._start(port, list(descriptors or []), cli_config, static_items, user_items, with_events=with_events)
         except BaseException as exc:
@@ -261,6 +265,8 @@ class RpcServer:
         self.authorizer = self._authorizer()
         # The live view of the calls served (`srv.stat`): a window per registered method, fed by `metrics.instrument`
         self.live = LiveStats()
+        # Decided once, here: unconfigured, no call is wrapped (and OpenTelemetry is not even imported)
+        self.tracing = tracing.configured()
         # Authorization first: a refused call is never counted against the limit
         # Routed calls (a backend's default services, through main) are forwarded, never counted as ours;
         # `_routes` is filled once the default services are registered
@@ -308,7 +314,7 @@ class RpcServer:
         self._register_reflection(own)
         # Dynamic services (registered by their gRPC names): whatever no handler above serves, looked up per call
         self.proxies.reserved = frozenset([*own, *names])
-        self._grpc.add_generic_rpc_handlers((_DynamicServices(self.proxies, self.fairness),))
+        self._grpc.add_generic_rpc_handlers((_DynamicServices(self.proxies, self.fairness, self.tracing),))
         # Persisted registrations are restored before the port opens: forwarded calls have no gap
         self.proxies.load()
 
@@ -429,6 +435,9 @@ class RpcServer:
             )
             for m, h in handlers.items()
         }
+        traced = self.tracing
+        if traced is not None:  # outermost: the span is current while the call is checked, counted and served
+            handlers = {m: traced.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -447,6 +456,8 @@ class RpcServer:
             service, generated = capture_service(register, servicer)
             routed = self.proxies.routed_handlers(service, generated, versions, backends)
             routed = self.fairness.wrap_service(service, routed)
+            if self.tracing is not None:
+                routed = {m: self.tracing.instrument(h, service, m, results=False) for m, h in routed.items()}
             self._routes.update({f"/{service}/{method}": handler for method, handler in routed.items()})
 
     def _register_health(self) -> None:
