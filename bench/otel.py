@@ -1,7 +1,7 @@
 """OpenTelemetry in the benchmarks' traced processes (`bench/run.py --only otel`).
 
 A kind ending in `-otel` is traced at 100% sampling, `-otel-idle` installed but sampling nothing (the SDK's
-provider with `ParentBased(ALWAYS_OFF)`: every span made, none recorded, the context still propagated). Spans
+provider with `ParentBased(ALWAYS_OFF)`: grpc-helper then starts no trace and makes no span). Spans
 go through a `BatchSpanProcessor`, as a deployment's do, to an exporter that drops them: what tracing costs a
 process short of the export itself (encoding and sending, on the processor's own thread; no collector runs
 here). `raw-otel` is plain grpcio with the official instrumentation's interceptors
