@@ -63,6 +63,9 @@ TARGETS = [
     Target("metrics unary", "raw unary", 0.95, p99_ratio=1.2),
     Target("metrics stream", "raw stream", 0.95, p99_ratio=1.2),
     Target("proxied unary", "raw unary", 0.6, p99_ratio=2.0),
+    # Through main with metrics on: no lower than the floor (issue 22: 0.40 unary, 0.50 streams)
+    Target("metrics proxied unary", "raw unary", 0.4),
+    Target("metrics proxied stream", "raw stream", 0.5),
     Target("proxied stream", "raw stream", 0.6),
     Target("direct unary", "raw unary", 0.9, p99_ratio=1.2),
     Target("direct stream", "raw stream", 0.9),
@@ -128,6 +131,8 @@ def echo_variants(groups: list[str], workload: str, extra: bool) -> list[Variant
     if "proxy" in groups:
         variants.append(("proxied", "helper", ("proxy", "backend")))
         variants.append(("direct", "direct", ("proxy", "backend")))  # given main, calls the backend
+        if "core" in groups:  # the reference stack's setting: main and its backend serve their metrics
+            variants.append(("metrics proxied", "helper", ("proxy-metrics", "backend-metrics")))
     if "replicas" in groups:
         replicas = ("proxy3", "backend", "backend2", "backend3")
         variants.append(("raw x3", "raw", ("raw", "raw2", "raw3")))
@@ -208,6 +213,8 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "backend2": ("helper", ()),
     "backend3": ("helper", ()),
     "proxy": ("proxy", ("backend",)),
+    "backend-metrics": ("helper-metrics", ()),
+    "proxy-metrics": ("proxy-metrics", ("backend-metrics",)),
     "proxy3": ("proxy", ("backend", "backend2", "backend3")),  # echo with 3 replicas
     "rawproxy": ("rawproxy", ("backend",)),
     "aioproxy": ("aioproxy", ("backend",)),
@@ -224,7 +231,7 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 GROUP_SERVERS = {
     "core": {"helper", "helper-metrics"},
-    "proxy": {"backend", "proxy"},
+    "proxy": {"backend", "proxy"} | {"backend-metrics", "proxy-metrics"},
     "replicas": {"raw2", "raw3", "backend", "backend2", "backend3", "proxy3"},
     "fanout": {"events"},
     "otel": {"helper", "helper-otel", "helper-otel-idle", "raw-otel", "backend", "proxy"}

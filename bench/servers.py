@@ -51,7 +51,18 @@ from grpc_helper_samples.api.echo_pb2_grpc import (
     add_EchoServiceServicer_to_server,
 )
 
-KINDS = ("raw", "helper", "helper-metrics", "proxy", "events", "rawproxy", "rawevents", "aioproxy", "aioevents")
+KINDS = (
+    "raw",
+    "helper",
+    "helper-metrics",
+    "proxy",
+    "proxy-metrics",
+    "events",
+    "rawproxy",
+    "rawevents",
+    "aioproxy",
+    "aioevents",
+)
 
 
 class RawEcho(EchoServiceServicer):
@@ -264,7 +275,9 @@ def _serve(kind: str, ports: Any, stop: Any, backends: tuple[int, ...]) -> None:
     elif kind == "helper-metrics":  # the reference stack's setting: metrics measured and served
         config = {**config, "rpc-metrics-port": str(_free_port())}
         srv = RpcServer(0, [echo_descriptor()], cli_config=config, with_debug_signal=False)
-    elif kind == "proxy":
+    elif kind in ("proxy", "proxy-metrics"):
+        if kind == "proxy-metrics":  # main with its metrics served too (its proxy families measured)
+            config = {**config, "rpc-metrics-port": str(_free_port())}
         srv = RpcServer(0, [echo_descriptor(is_proxy=True)], cli_config=config, with_debug_signal=False)
         for port in backends:  # each one an endpoint (a replica) of echo
             request = ProxyRegisterRequest(names=["echo"], version="bench", host="127.0.0.1", port=port)
