@@ -273,6 +273,17 @@ def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
     return check()
 
 
+# What a stack's Prometheus holds once 5 echo calls and 1 notes put went through main (the observability tests):
+# a series from each service, main forwarding the calls and each backend serving its own
+STACK_SERIES = [
+    ('sum(grpc_server_call_started_total{job="main", grpc_method="EchoService/echo"})', 5),
+    ('sum(grpc_helper_proxy_upstream_call_duration_seconds_count{job="main", proxied_service="echo"})', 5),
+    ('grpc_helper_proxy_endpoints{job="main", proxied_service="echo"}', 1),
+    ('sum(grpc_server_call_started_total{job="echo", grpc_method="EchoService/echo"})', 5),
+    ('sum(grpc_server_call_started_total{job="notes", grpc_method="NotesService/put"})', 1),
+]
+
+
 def prometheus_value(url: str, promql: str) -> float | None:
     """The value of an instant query `promql` on the Prometheus at `url` (its HTTP API): the first series', None
     when there is none or Prometheus does not answer (yet)."""

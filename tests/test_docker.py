@@ -40,7 +40,7 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from helpers import prometheus_value
+from helpers import STACK_SERIES, prometheus_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_CONF = "/tmp/supervisord.conf"
@@ -409,15 +409,7 @@ def test_observability_stack_from_stack_sh(tmp_path: Path) -> None:
             client.notes.put(Note(key="observed", text="x"))
         for job in ("main", "echo", "notes"):
             wait_for(lambda job=job: prometheus_value(url, f'up{{job="{job}"}}') == 1, 120, f"{job} scraped over mTLS")
-        # A series from each service, with the calls made: main forwarded them, each backend served its own
-        expected = [
-            ('sum(grpc_server_call_started_total{job="main", grpc_method="EchoService/echo"})', 5),
-            ('sum(grpc_helper_proxy_upstream_call_duration_seconds_count{job="main", proxied_service="echo"})', 5),
-            ('grpc_helper_proxy_endpoints{job="main", proxied_service="echo"}', 1),
-            ('sum(grpc_server_call_started_total{job="echo", grpc_method="EchoService/echo"})', 5),
-            ('sum(grpc_server_call_started_total{job="notes", grpc_method="NotesService/put"})', 1),
-        ]
-        for promql, count in expected:
+        for promql, count in STACK_SERIES:
             wait_for(lambda promql=promql, count=count: prometheus_value(url, promql) == count, 120, promql)
         down = stack_sh("down")
         assert down.returncode == 0, down.stderr

@@ -18,7 +18,7 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from helpers import prometheus_value, wait_until
+from helpers import STACK_SERIES, prometheus_value, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,14 +145,7 @@ def test_local_stack_with_observability(tmp_path: Path) -> None:
             client.notes.put(Note(key="observed", text="x"))
         for job in ("main", "echo", "notes"):
             assert wait_until(lambda job=job: prometheus_value(url, f'up{{job="{job}"}}') == 1, 60), job
-        expected = [
-            ('sum(grpc_server_call_started_total{job="main", grpc_method="EchoService/echo"})', 5),
-            ('sum(grpc_helper_proxy_upstream_call_duration_seconds_count{job="main", proxied_service="echo"})', 5),
-            ('grpc_helper_proxy_endpoints{job="main", proxied_service="echo"}', 1),
-            ('sum(grpc_server_call_started_total{job="echo", grpc_method="EchoService/echo"})', 5),
-            ('sum(grpc_server_call_started_total{job="notes", grpc_method="NotesService/put"})', 1),
-        ]
-        for promql, count in expected:
+        for promql, count in STACK_SERIES:
             assert wait_until(lambda promql=promql, count=count: prometheus_value(url, promql) == count, 60), promql
     finally:
         down = stack("down", env=env)
