@@ -1,7 +1,13 @@
 """OpenTelemetry tracing (grpc_helper.tracing): one trace across a client, main and a backend, three processes,
 events carrying it; configured by the application (the SDK's in-memory exporter: main and the client) and by
 the OTEL_* variables (the OTLP/gRPC exporter, to a receiver of the test's: the backend); nothing at all when
-unconfigured."""
+unconfigured.
+
+The three processes run plaintext, and as the reference stack runs them: mTLS with the authorization policy
+(tests/test_hostile.py's CA, certificates, tokens and policy), the client identified by its certificate, or by
+its bearer token over TLS (`IDENTITIES`; main and echo then known by their tokens too); main forwards with its
+own credentials and the caller's identity (`rpc-caller`), proxied and routed calls alike, and the trace goes
+through all the same, no token in any span."""
 
 from __future__ import annotations
 
@@ -17,8 +23,11 @@ from typing import Any
 
 import grpc
 import pytest
+from test_hostile import FORMS, ROLES, Pki, items_args, token_of, write_policy
 
 from grpc_helper import RpcClient
+from grpc_helper.pki import write_private
+from grpc_helper.tls import ClientSecurity
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
@@ -42,6 +51,11 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 TRACED = str(PROGRAMS / "traced.py")
 CLIENT = PROGRAMS / "traced_client.py"
 COMMON = ("-c", "rpc-main-host=127.0.0.1", "-c", "rpc-client-timeout=30", "-c", "rpc-shutdown-grace=5")
+# How the client is identified: None, plaintext (no policy); else mTLS and the policy on, the client the policy's
+# `CALLER` by its certificate, or by its token over TLS (test_hostile's forms; main and echo then by theirs too)
+IDENTITIES = (None, *FORMS)
+CALLER = "svc"  # a service: it may send events too
+TOKENS = [token_of(name) for name in ROLES]  # every token the policy knows
 
 Span = dict[str, Any]
 
@@ -115,15 +129,36 @@ def rpc_attributes(span: Span, service: str, method: str) -> None:
 
 class Traced:
     """main (its tracer provider set by the program: in-memory) and echo (the OTEL_* variables: OTLP to the
-    receiver on `otlp_port`)."""
+    receiver on `otlp_port`); plaintext, or with `identity` (a form of `FORMS`) mTLS with the policy on, the
+    client identified in that form."""
 
-    def __init__(self, root: Path, otlp_port: int) -> None:
-        self.root, self.otlp_port = root, otlp_port
+    def __init__(self, root: Path, otlp_port: int, identity: str | None = None) -> None:
+        self.root, self.otlp_port, self.identity = root, otlp_port, identity
+        self.pki = Pki.create(root / "pki") if identity is not None else None
+        self.policy = write_policy(root / "policy.json") if identity is not None else None
         self.programs: list[Program] = []
+
+    def items(self, server: str) -> list[str]:
+        """A server's options for the setup: plaintext none, else its certificate, mTLS and the policy; in the
+        token form, its own token too (`rpc-auth-token-file`, what it is then known by: echo registers with
+        it, main forwards with it)."""
+        if self.pki is None or self.policy is None:
+            return []
+        extra = {}
+        if self.identity == "token":
+            path = self.root / f"{server}.token"
+            write_private(path, token_of(server).encode() + b"\n")
+            extra["rpc-auth-token-file"] = str(path)
+        return items_args(self.pki.tls_items(server, self.policy, **extra))
+
+    def security(self, name: str, form: str) -> ClientSecurity | None:
+        return self.pki.security(name, form) if self.pki is not None else None
 
     def start(self) -> None:
         env = {"TRACED_MODULE": "grpc_helper_samples.main", "TRACED_SPANS": str(self.root / "main.jsonl")}
-        main = Program("main", self.root, *COMMON, module=TRACED, env={**env, "OTEL_SERVICE_NAME": "main"})
+        main = Program(
+            "main", self.root, *COMMON, *self.items("main"), module=TRACED, env={**env, "OTEL_SERVICE_NAME": "main"}
+        )
         self.programs.append(main)
         self.main_port = main.wait_port()
         env = {
@@ -132,13 +167,38 @@ class Traced:
             "OTEL_SERVICE_NAME": "echo",
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds between exports
         }
-        echo = Program("echo", self.root, *COMMON, "-c", f"rpc-main-port={self.main_port}", env=env)
+        main_port = ("-c", f"rpc-main-port={self.main_port}")
+        echo = Program("echo", self.root, *COMMON, *main_port, *self.items("echo"), env=env)
         self.programs.append(echo)
         echo.wait_port()
         # Registered: a proxied call waits for it (main's rpc-client-timeout); this one is not traced here
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
-        with RpcClient("127.0.0.1", self.main_port, stubs, timeout=WAIT) as client:
+        operator = self.security("operator", "certificate")
+        with RpcClient("127.0.0.1", self.main_port, stubs, timeout=WAIT, security=operator) as client:
             assert client.echo.echo(EchoRequest(text="ready")).text == "ready"
+
+    def client_env(self) -> dict[str, str]:
+        """The client program's credentials, as files its `TRACED_*` variables name (tests/programs/
+        traced_client.py): `CALLER`'s in the form of `identity` (none: plaintext)."""
+        if self.identity is None:
+            return {}
+        security = self.security(CALLER, self.identity)
+        assert security is not None
+        assert security.ca is not None
+        folder = self.root / "client"
+        folder.mkdir()
+        given = {
+            "TRACED_CA": ("ca.crt", security.ca),
+            "TRACED_CERT": ("client.crt", security.cert),
+            "TRACED_KEY": ("client.key", security.key),
+            "TRACED_TOKEN_FILE": ("client.token", security.token.encode() if security.token else None),
+        }
+        env = {}
+        for variable, (name, data) in given.items():
+            if data is not None:
+                write_private(folder / name, data)
+                env[variable] = str(folder / name)
+        return env
 
     def stop(self) -> list[int]:
         """Stop echo, then main (their spans are written as they end); their exit codes."""
@@ -146,8 +206,9 @@ class Traced:
 
 
 @pytest.fixture
-def traced(tmp_path: Path, receiver: tuple[Receiver, int]) -> Iterator[Traced]:
-    stack = Traced(tmp_path, receiver[1])
+def traced(request: pytest.FixtureRequest, tmp_path: Path, receiver: tuple[Receiver, int]) -> Iterator[Traced]:
+    """The stack, plaintext unless parametrized (indirectly) with an identity form of `IDENTITIES`."""
+    stack = Traced(tmp_path, receiver[1], getattr(request, "param", None))
     try:
         stack.start()
         yield stack
@@ -158,7 +219,7 @@ def traced(tmp_path: Path, receiver: tuple[Receiver, int]) -> Iterator[Traced]:
 def run_client(traced: Traced, tmp_path: Path, **env: str) -> dict[str, str]:
     """Run tests/programs/traced_client.py against main (`env`: added to its environment), then stop main and
     echo; the properties of the event the client received."""
-    environment = {**clean_env(), "TRACED_SPANS": str(tmp_path / "client.jsonl"), **env}
+    environment = {**clean_env(), "TRACED_SPANS": str(tmp_path / "client.jsonl"), **traced.client_env(), **env}
     done = subprocess.run(
         [sys.executable, str(CLIENT), str(traced.main_port)], env=environment, capture_output=True, text=True,
         timeout=90,
@@ -168,9 +229,21 @@ def run_client(traced: Traced, tmp_path: Path, **env: str) -> dict[str, str]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1])["properties"])
 
 
+def no_token(spans: list[Span]) -> None:
+    """No span carries a token of the policy's, nor any credential: not in an attribute (key or value), nor
+    anywhere else of it."""
+    for span in spans:
+        assert not any("authorization" in key for key in span["attributes"]), span
+        text = json.dumps(span)
+        assert not any(token in text for token in TOKENS), span
+
+
+@pytest.mark.parametrize("traced", IDENTITIES, indirect=True, ids=lambda i: i or "plaintext")
 def test_one_trace_across_client_main_and_backend(
     traced: Traced, receiver: tuple[Receiver, int], tmp_path: Path
 ) -> None:
+    """Through main (proxied and routed calls: forwarded with main's own credentials and, secure, the caller's
+    identity), directly, and in events: one trace, whatever identifies the client."""
     properties = run_client(traced, tmp_path)
     client, main = read_jsonl(tmp_path / "client.jsonl"), read_jsonl(tmp_path / "main.jsonl")
     echo = receiver[0].spans  # exported at the latest when echo stopped
@@ -194,6 +267,14 @@ def test_one_trace_across_client_main_and_backend(
     through_main = one(main, name="EchoService/echo", kind="SERVER", trace=trace)["parent"]
     (direct,) = [c for c in echo_calls if c["span"] != through_main]
     one(echo, name="EchoService/echo", kind="SERVER", trace=trace, parent=direct["span"])
+    # Routed (`route-service`): main forwards a default service's call to echo's own server, the same hop
+    name = "RpcServerService/info"
+    called = one(client, name=name, kind="CLIENT", trace=trace, parent=work["span"])
+    served = one(main, name=name, kind="SERVER", trace=trace, parent=called["span"])
+    upstream = one(main, name=name, kind="CLIENT", trace=trace, parent=served["span"])
+    backend = one(echo, name=name, kind="SERVER", trace=trace, parent=upstream["span"])
+    for span in (called, served, upstream, backend):
+        rpc_attributes(span, "RpcServerService", "info")
 
     # Events: the event sent through main carries main's `send` span; the listener's span links to it
     sent = one(client, name="EventService/send", kind="CLIENT", trace=trace, parent=work["span"])
@@ -207,14 +288,18 @@ def test_one_trace_across_client_main_and_backend(
     assert process["parent"] is None  # a trace of its own
     assert process["trace"] != trace
     assert process["attributes"]["messaging.destination.name"] == "TRACED"
+    assert not any(token in value for value in properties.values() for token in TOKENS)
+    no_token(client + main + echo)
 
 
+@pytest.mark.parametrize("traced", IDENTITIES, indirect=True, ids=lambda i: i or "plaintext")
 def test_an_unsampled_trace_is_followed_and_recorded_nowhere(
     traced: Traced, receiver: tuple[Receiver, int], tmp_path: Path
 ) -> None:
     """The client samples nothing (`parentbased_always_off`): main and echo, which sample what comes without a
-    sampled parent, follow its decision (main passing the caller's context on as it came): only the readiness
-    call, untraced, is recorded there; the event still carries the (unsampled) trace."""
+    sampled parent, follow its decision (main passing the caller's context on as it came, with its own
+    credentials, proxied or routed): only the readiness call, untraced, is recorded there; the event still
+    carries the (unsampled) trace."""
     properties = run_client(traced, tmp_path, OTEL_TRACES_SAMPLER="parentbased_always_off")
     client, main = read_jsonl(tmp_path / "client.jsonl"), read_jsonl(tmp_path / "main.jsonl")
     assert client == []
@@ -224,6 +309,7 @@ def test_an_unsampled_trace_is_followed_and_recorded_nowhere(
     assert find(receiver[0].spans, trace=trace) == []
     for spans in (main, receiver[0].spans):  # the readiness call's, a trace of its own
         assert len(find(spans, name="EchoService/echo", kind="SERVER")) == 1
+    assert find(receiver[0].spans, name="RpcServerService/info", kind="SERVER") == []  # the routed call's
     assert find(main, name="EventService/send") == []
 
 
