@@ -80,18 +80,30 @@ mode() {
     if [ -f "$STATE/mode" ]; then cat "$STATE/mode"; elif have_docker; then echo docker; else echo local; fi
 }
 
-wait_ready() {
-    # Up when main answers and both samples are registered on it (bounded wait)
-    local deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180}))
-    until .venv/bin/grpc-helper --host "$MAIN_HOST" --port "$MAIN_PORT" --timeout 2 --json info echo notes 2>/dev/null \
-        | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not all(i.get("proxy_port") for i in d["items"]))' 2>/dev/null
-    do
+poll_until() {
+    # Run the probe "$2..." every second until it succeeds, for up to GRPC_HELPER_STACK_TIMEOUT seconds
+    # (180 by default); past that, say "stack: $1 after Ns" and fail
+    local what=$1 limit=${GRPC_HELPER_STACK_TIMEOUT:-180}
+    shift
+    local deadline=$((SECONDS + limit))
+    until "$@"; do
         if [ $SECONDS -ge $deadline ]; then
-            echo "stack: not ready after ${GRPC_HELPER_STACK_TIMEOUT:-180}s" >&2
+            echo "stack: $what after ${limit}s" >&2
             return 1
         fi
         sleep 1
     done
+}
+
+samples_registered() {
+    # Main answers, and both samples are registered on it
+    .venv/bin/grpc-helper --host "$MAIN_HOST" --port "$MAIN_PORT" --timeout 2 --json info echo notes 2>/dev/null \
+        | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not all(i.get("proxy_port") for i in d["items"]))' 2>/dev/null
+}
+
+wait_ready() {
+    # Up when main answers and both samples are registered on it (bounded wait)
+    poll_until "not ready" samples_registered || return 1
     .venv/bin/grpc-helper --host "$MAIN_HOST" --port "$MAIN_PORT" info
 }
 
@@ -187,18 +199,14 @@ local_prometheus_config() {
     echo "$out"
 }
 
+prometheus_ready() {
+    .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/-/ready", timeout=2)' \
+        "$1" 2>/dev/null
+}
+
 wait_prometheus() {
     # Up when its API answers (bounded wait)
-    local url=$1 deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180}))
-    until .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/-/ready", timeout=2)' \
-        "$url" 2>/dev/null
-    do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "stack: Prometheus not ready at $url after ${GRPC_HELPER_STACK_TIMEOUT:-180}s" >&2
-            return 1
-        fi
-        sleep 1
-    done
+    poll_until "Prometheus not ready at $1" prometheus_ready "$1"
 }
 
 operator_env() {
@@ -218,18 +226,17 @@ cli_env() {
     echo "$line"
 }
 
+all_healthy() {
+    # Every container of "$@" healthy by its HEALTHCHECK (one without a HEALTHCHECK counts as healthy)
+    ! docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' "$@" | grep -qv '^healthy$'
+}
+
 wait_healthy() {
     # Every container of the stack healthy, by its HEALTHCHECK (those of `up -f` files too): bounded
-    local deadline=$((SECONDS + ${GRPC_HELPER_STACK_TIMEOUT:-180})) ids
-    ids=$(compose ps -q)
-    # shellcheck disable=SC2086  # one container ID a word
-    while docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' $ids | grep -qv '^healthy$'; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "stack: not every container healthy after ${GRPC_HELPER_STACK_TIMEOUT:-180}s (stack.sh status)" >&2
-            return 1
-        fi
-        sleep 1
-    done
+    local ids
+    # shellcheck disable=SC2207  # one container ID a word
+    ids=($(compose ps -q))
+    poll_until "not every container healthy (stack.sh status)" all_healthy "${ids[@]}"
 }
 
 service_env() {
