@@ -14,12 +14,14 @@ from typing import Any
 
 import grpc
 import pytest
+import test_hostile as hostile
 from test_security import TOKENS, Pki, client_as, pki, proxied_echo, tls_config, write_policy
 
-from grpc_helper import RpcClient, RpcServer
-from grpc_helper.api import EventFilter
+from grpc_helper import Folders, RpcClient, RpcServer
+from grpc_helper.api import EventFilter, ProxyRegisterRequest
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.errors import RpcTransportError
+from grpc_helper.metadata import RpcMetadata
 from grpc_helper.server.fairness import Share, peer_host
 from grpc_helper_samples.api import EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
@@ -209,3 +211,58 @@ def test_the_call_limit_is_decided_per_call_for_certificate_callers(servers: Ser
         busy.release.set()
         held.join(10)
         assert answered_quickly(lambda: client.echo.echo(EchoRequest())).text == "done"
+
+
+@pytest.mark.parametrize("form", hostile.FORMS)
+def test_a_greedy_identity_through_main_in_each_form(servers: Servers, tmp_path: Path, form: str) -> None:
+    """mTLS and the policy on, as the reference stack runs, the greedy identity in `form`: its unread streams
+    through main (proxied `echo.repeat`, and listeners routed to the backend) get main's
+    `rpc-max-streams-per-caller`, and hold the backend's workers as that identity's, not main's; beyond, it is
+    refused at once; another identity, in either form, is served as usual; its share is back once it left."""
+    pki = hostile.Pki.create(tmp_path / "pki")
+    policy = hostile.write_policy(tmp_path / "policy.json")
+    backend_items = pki.tls_items("echo", policy)
+    backend = servers(0, [echo_descriptor()], Folders(workspace=tmp_path / "backend"), backend_items, with_events=True)
+    main_items = pki.tls_items("main", policy, **{"rpc-max-streams-per-caller": "4"})
+    main = servers(
+        0, [echo_descriptor(is_proxy=True)], Folders(workspace=tmp_path / "main"), main_items, with_events=True
+    )
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    )
+
+    def client(name: str, form: str, route: str = "") -> RpcClient:
+        metadata = RpcMetadata(client=f"fair-{name}", route_service=route)
+        return RpcClient(
+            "127.0.0.1", main.port, hostile.STUBS, timeout=None, name=metadata, security=pki.security(name, form)
+        )
+
+    greedy, routed = client("app", form), client("app", form, route="echo")
+    request = EchoRequest(text="greedy", count=10**9, payload=b"x" * 1024)
+    share = main.fairness.streams
+    streams = [greedy.echo.repeat(request) for _ in range(3)]  # started, never read
+    streams.append(routed.events.listen(EventFilter()))
+    try:
+        assert wait_until(lambda: share.count("app") == 4, 10), share.count("app")
+        # At the backend, main's forwarded calls are the caller's: its workers held for app, none for main
+        assert wait_until(lambda: backend.fairness.calls.count("app") == 3, 10)
+        assert backend.fairness.calls.count("main") == 0
+        for start in (lambda: greedy.echo.repeat(request), lambda: routed.events.listen(EventFilter())):
+            with pytest.raises(RpcTransportError) as refused:
+                answered_quickly(lambda: next(start()))  # noqa: B023
+            assert refused.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "for caller app (rpc-max-streams-per-caller=4)" in str(refused.value)
+        for other in hostile.FORMS:
+            with client("app2", other) as honest:
+                for _ in range(10):
+                    assert answered_quickly(lambda: honest.echo.echo(EchoRequest(text="hi"))).text == "hi"
+    finally:
+        for stream in streams:
+            stream.cancel()
+    assert wait_until(lambda: share.count("app") == 0, QUICK)
+    assert wait_until(lambda: backend.fairness.calls.count("app") == 0, QUICK)  # main cancelled its backend calls
+    stream = greedy.echo.repeat(request)
+    assert next(stream).text == "greedy"
+    stream.cancel()
+    greedy.close()
+    routed.close()

@@ -330,6 +330,9 @@ class RpcServer:
             timeout=RpcStaticConfig.CLIENT_TIMEOUT.float_val,
             name="auto-client",
             security=self._own_security(),
+            # Direct mode: main's replicas are called as main calls its backends, never with the auto-client's
+            # token, which makes its holder this server's admin
+            route_security=lambda service: self.client_security(backend_name(service)) or PLAINTEXT,
             # Its routes are read once every service is loaded (see below): srv answers only then
         )
         managers = self.managers
