@@ -497,7 +497,9 @@ class RpcServer:
 
     def _register_reflection(self, services: list[str]) -> None:
         """grpcio-reflection's servicer for `services`, extended to the dynamic services (`ProxiedReflection`),
-        on the streams pool: a request about a dynamic service waits for its backend's answer."""
+        on the streams pool: a request about a dynamic service waits for its backend's answer. A reflection
+        stream holds a thread of that pool for its whole life, read or not: counted in its caller's share of
+        streams (`rpc-max-streams-per-caller`), as a proxied stream is."""
         servicer = ProxiedReflection(reflection.ReflectionServicer(services), self.proxies)
         service, generated = capture_service(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer)
         handlers = {}
@@ -505,6 +507,7 @@ class RpcServer:
             behavior = _delegate(getattr(servicer, name))
             run_on(behavior, self.streams)
             handlers[name] = make_handler(original, behavior)
+        handlers = self.fairness.wrap_service(service, handlers)
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
