@@ -56,7 +56,8 @@ class _Stub:
 
     def __init__(self, client: RpcClient, name: str, stub_class: type[Any], version: int | None) -> None:
         self._name = name
-        metadata: Metadata = client.metadata.as_metadata() + client.security.metadata()
+        # The credentials are the channel's each call goes on (`RpcClient._multicallable`), not part of this
+        metadata: Metadata = client.metadata.as_metadata()
         if version is not None:
             metadata += ((KEY_API_VERSION, str(int(version))),)
         for method, spec in stub_methods(stub_class).items():
@@ -79,6 +80,9 @@ class RpcClient:
       `PlaintextTokenError` (a `ValueError`), here or wherever a channel is made (see `refresh_routes`)
     - `direct`: for stubs of services this server (a main) proxies, call their replicas directly,
       balanced by gRPC (round_robin, health-checked), instead of through it; see `refresh_routes`
+    - `route_security(service)`: direct mode, the credentials for `service`'s replicas (None: `security`,
+      checking each replica's certificate against the service's name). A server's auto-client gives its own:
+      its token is for its server only
     """
 
     def __init__(
@@ -94,9 +98,12 @@ class RpcClient:
         *,
         security: ClientSecurity | None = None,
         direct: bool = False,
+        route_security: Callable[[str], ClientSecurity] | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.security = security or PLAINTEXT
+        self._credentials = self.security.metadata()  # sent on this client's own channel only
+        self._route_security = route_security
         self.metadata = name if isinstance(name, RpcMetadata) else RpcMetadata(client=name)
         self.logger = logger or logging.getLogger("grpc_helper.client")
         self.exception = exception
@@ -105,7 +112,8 @@ class RpcClient:
         self._tracing = tracing.configured()
         self.channel = self._new_channel()
         self.direct = direct
-        self._routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}  # stub -> its replicas' channel
+        # Stub -> its replicas' addresses, their channel, and the credentials sent on it
+        self._routes: dict[str, tuple[tuple[Address, ...], grpc.Channel, Metadata]] = {}
         self._routes_read = 0.0  # when `refresh_routes` last asked main (monotonic)
         self._channel_lock = threading.Lock()  # serializes close() and route changes: never taken by calls
         self._rebinders: list[Callable[[], None]] = []  # one per bound method: rebinds it to self.channel
@@ -156,13 +164,13 @@ class RpcClient:
             for rebind in self._rebinders:
                 rebind()
         old.close()
-        for _, channel in routes.values():
+        for _, channel, _ in routes.values():
             channel.close()
 
     @property
     def routes(self) -> dict[str, tuple[Address, ...]]:
         """Direct mode: the stubs whose calls go straight to their replicas, and those replicas' addresses."""
-        return {name: endpoints for name, (endpoints, _) in self._routes.items()}
+        return {name: endpoints for name, (endpoints, _, _) in self._routes.items()}
 
     def refresh_routes(self) -> None:
         """Direct mode: ask this client's server (a main) where the proxied services of this client's stubs
@@ -174,7 +182,8 @@ class RpcClient:
         that does not answer changes nothing (the routes read before, if any, are kept: replicas serve on
         while main is unreachable). Called at construction, and again (at most once a second) when a
         call fails with UNAVAILABLE. With TLS, a replica's certificate is checked against its service's
-        name (main's default `rpc-tls-backend-name`).
+        name (main's default `rpc-tls-backend-name`). Calls to replicas carry the credentials of
+        `route_security` when given (see the class doc), else this client's.
 
         A token never travels in plaintext off loopback: with a token and no TLS, a service with any
         endpoint not on loopback gets no direct route (logged once, at WARNING): its calls keep going
@@ -183,7 +192,7 @@ class RpcClient:
         names = [n for n in self.stubs if n not in _MAIN_STUBS]
         if not names:
             return
-        metadata = self.metadata.as_metadata() + self.security.metadata()
+        metadata = self.metadata.as_metadata() + self._credentials
         metadata += ((KEY_API_VERSION, str(int(ServerApiVersion.SERVER_API_CURRENT))),)
         try:
             request = Filter(names=names, ignore_unknown=True)
@@ -199,28 +208,36 @@ class RpcClient:
                 # down and take them back once they serve again (a route read while one was down would
                 # otherwise never send it a call again)
                 found[item.name] = tuple((e.host or self.host, e.port) for e in item.endpoints)
-        routes: dict[str, tuple[tuple[Address, ...], grpc.Channel]] = {}
+        routes: dict[str, tuple[tuple[Address, ...], grpc.Channel, Metadata]] = {}
         for name, endpoints in found.items():
             current = self._routes.get(name)
             if current is not None and current[0] == endpoints:
                 routes[name] = current
                 continue
-            channel = self._replicas_channel(name, endpoints)
+            security = self._replicas_security(name)
+            channel = self._replicas_channel(name, endpoints, security)
             if channel is None:
                 continue
-            routes[name] = (endpoints, channel)
+            routes[name] = (endpoints, channel, security.metadata())
         with self._channel_lock:
             old, self._routes = self._routes, routes
             for rebind in self._rebinders:
                 rebind()
         for name, route in old.items():
-            if routes.get(name) is not route:  # a kept route is the very same (endpoints, channel) pair
+            if routes.get(name) is not route:  # a kept route is the very same (endpoints, channel, credentials)
                 route[1].close()
 
-    def _replicas_channel(self, service: str, endpoints: tuple[Address, ...]) -> grpc.Channel | None:
-        """A balanced channel to `endpoints`, once connected; None if none can be reached in time, or if
-        it would carry this client's token in plaintext (`PlaintextTokenError`: through main instead)."""
-        security = replace(self.security, server_name=service) if self.security.tls else self.security
+    def _replicas_security(self, service: str) -> ClientSecurity:
+        """The credentials of `service`'s replicas (see `route_security`)."""
+        if self._route_security is not None:
+            return self._route_security(service)
+        return replace(self.security, server_name=service) if self.security.tls else self.security
+
+    def _replicas_channel(
+        self, service: str, endpoints: tuple[Address, ...], security: ClientSecurity
+    ) -> grpc.Channel | None:
+        """A balanced channel to `endpoints` with `security`, once connected; None if none can be reached in
+        time, or if it would carry a token in plaintext (`PlaintextTokenError`: through main instead)."""
         try:
             channel = balanced_channel(security, endpoints)
         except PlaintextTokenError:
@@ -304,10 +321,12 @@ class RpcClient:
         self._rebinders.append(rebind)
         return method
 
-    def _multicallable(self, spec: MethodSpec, stub: str) -> Callable[..., Any]:
-        """`spec`'s gRPC multi-callable on the current channel of `stub`."""
+    def _multicallable(self, spec: MethodSpec, stub: str, metadata: Metadata) -> tuple[Callable[..., Any], Metadata]:
+        """`spec`'s gRPC multi-callable on the current channel of `stub`, and the metadata to call it with:
+        `metadata` and the credentials of that channel (one pair: a call never mixes two channels' credentials)."""
         route = self._routes.get(stub)
-        factory = getattr(self.channel if route is None else route[1], spec.kind)
+        channel, credentials = (self.channel, self._credentials) if route is None else route[1:]
+        factory = getattr(channel, spec.kind)
         # `_registered_method=True`: a private parameter of grpcio's method factories (what its generated
         # stubs pass), making calls use the method pre-registered on the channel instead of interning
         # its path on every call (hence grpcio's bound in pyproject.toml)
@@ -315,8 +334,8 @@ class RpcClient:
             spec.path, spec.request_serializer, spec.response_deserializer, _registered_method=True
         )
         if self._tracing is not None:
-            return self._tracing.client_call(multicallable, spec.path, streaming=spec.kind.endswith("_stream"))
-        return multicallable
+            multicallable = self._tracing.client_call(multicallable, spec.path, streaming=spec.kind.endswith("_stream"))
+        return multicallable, metadata + credentials
 
 
 class ClientMeter(Protocol):
@@ -364,29 +383,33 @@ def _timed(meter: ClientMeter | None, call: Callable[[], T]) -> T:
         meter.done(start, code)
 
 
-# Each factory below returns (the method, its rebinder). The method calls a multi-callable held in a
-# closure cell, which the rebinder points at the client's current channel: close() swaps the
-# channel at no cost per call. (`check`: raise for a response's non-OK `Result`.)
+# Each factory below returns (the method, its rebinder). The method calls a multi-callable with its metadata,
+# held together in a closure cell, which the rebinder points at the client's current channel: close() swaps
+# the channel at no cost per call. (`check`: raise for a response's non-OK `Result`.)
 _Bound: TypeAlias = tuple[Callable[..., Any], Callable[[], None]]
 
 
 def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
-    call = client._multicallable(spec, stub)
+    bound = client._multicallable(spec, stub, metadata)
     path = spec.path
     meter = METERS(path) if METERS is not None else None
 
     def rebind() -> None:
-        nonlocal call
-        call = client._multicallable(spec, stub)
+        nonlocal bound
+        bound = client._multicallable(spec, stub, metadata)
+
+    def attempt(request: Message, timeout: float | None) -> Any:
+        call, md = bound
+        return call(request, timeout=timeout, metadata=md)
 
     def attempts(request: Message, timeout: float | None) -> Any:
         started = monotonic()
         try:
             # The client's timeout is the call's deadline unless it has its own (see RpcClient)
-            return call(request, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
+            return attempt(request, client.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
-            # `call` read at each attempt: a retry goes where the routes now point (direct mode)
-            again = _measured(meter, lambda left: call(request, timeout=left, metadata=metadata))
+            # `bound` read at each attempt: a retry goes where the routes now point (direct mode)
+            again = _measured(meter, lambda left: attempt(request, left))
             return client._retry(again, exc, path, timeout, started)
 
     def unary(request: Message, timeout: float | None = None) -> Any:
@@ -399,23 +422,27 @@ def _unary_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub:
 
 
 def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
-    call = client._multicallable(spec, stub)
+    bound = client._multicallable(spec, stub, metadata)
     path = spec.path
     meter = METERS(path) if METERS is not None else None
 
     def rebind() -> None:
-        nonlocal call
-        call = client._multicallable(spec, stub)
+        nonlocal bound
+        bound = client._multicallable(spec, stub, metadata)
+
+    def attempt(requests: _TrackedIterator, timeout: float | None) -> Any:
+        call, md = bound
+        return call(requests, timeout=timeout, metadata=md)
 
     def attempts(requests: Iterable[Message], timeout: float | None) -> Any:
         tracked = _TrackedIterator(requests)
         started = monotonic()
         try:
-            return call(tracked, timeout=client.timeout if timeout is None else timeout, metadata=metadata)
+            return attempt(tracked, client.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             if tracked.started:  # can't replay a consumed request stream
                 raise rpc_error_to_exception(exc, path) from exc
-            again = _measured(meter, lambda left: call(tracked, timeout=left, metadata=metadata))
+            again = _measured(meter, lambda left: attempt(tracked, left))
             return client._retry(again, exc, path, timeout, started)
 
     def client_stream(requests: Iterable[Message], timeout: float | None = None) -> Any:
@@ -428,21 +455,24 @@ def _client_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
 
 
 def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadata, stub: str, *, check: bool) -> _Bound:
-    call = client._multicallable(spec, stub)
+    bound = client._multicallable(spec, stub, metadata)
     path = spec.path
     request_streaming = spec.kind == "stream_stream"
 
     def rebind() -> None:
-        nonlocal call
-        call = client._multicallable(spec, stub)
+        nonlocal bound
+        bound = client._multicallable(spec, stub, metadata)
 
     # `request`: a message, or an iterable of them for a bidirectional stream
     def server_stream(request: Any, timeout: float | None = None) -> ResponseStream:
         tracked = _TrackedIterator(request) if request_streaming else None
         arg = tracked if tracked is not None else request
-        return ResponseStream(
-            client, lambda: call(arg, timeout=timeout, metadata=metadata), path, timeout, check=check, requests=tracked
-        )
+
+        def start() -> _StreamCall:
+            call, md = bound
+            return call(arg, timeout=timeout, metadata=md)  # type: ignore[no-any-return]
+
+        return ResponseStream(client, start, path, timeout, check=check, requests=tracked)
 
     return server_stream, rebind
 

@@ -9,17 +9,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import test_hostile as hostile
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from test_security import TOKENS, Pki, client_as, pki, proxied_echo, tls_config, write_policy
 
-from grpc_helper import RpcClient, RpcServer
-from grpc_helper.api import EventFilter
+from grpc_helper import Folders, RpcClient, RpcServer
+from grpc_helper.api import EventFilter, Filter, ProxyRegisterRequest
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.errors import RpcTransportError
+from grpc_helper.metadata import RpcMetadata
 from grpc_helper.server.fairness import Share, peer_host
 from grpc_helper_samples.api import EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
@@ -209,3 +213,117 @@ def test_the_call_limit_is_decided_per_call_for_certificate_callers(servers: Ser
         busy.release.set()
         held.join(10)
         assert answered_quickly(lambda: client.echo.echo(EchoRequest())).text == "done"
+
+
+@dataclass
+class SecureProxy:
+    """main (events on, `rpc-max-streams-per-caller=4`) and an echo backend (events on), mTLS and the policy on
+    both, as the reference stack runs them; callers in both identity forms (`hostile.FORMS`)."""
+
+    main: RpcServer
+    backend: RpcServer
+    pki: hostile.Pki
+
+    def client(self, name: str, form: str, route: str = "") -> RpcClient:
+        """Identity `name` in `form`, calling main (routed to `route`'s server if given), one attempt per call."""
+        metadata = RpcMetadata(client=f"fair-{name}", route_service=route)
+        security = self.pki.security(name, form)
+        return RpcClient("127.0.0.1", self.main.port, hostile.STUBS, timeout=None, name=metadata, security=security)
+
+    def honest_calls_answer(self) -> None:
+        """Another identity, in each form, is answered at once, proxied and routed."""
+        for form in hostile.FORMS:
+            with self.client("app2", form) as honest, self.client("app2", form, route="echo") as routed:
+                for _ in range(10):
+                    assert answered_quickly(lambda: honest.echo.echo(EchoRequest(text="hi"))).text == "hi"
+                assert next(answered_quickly(lambda: honest.echo.repeat(EchoRequest(count=1)))).index == 0
+                assert answered_quickly(lambda: routed.srv.info(Filter())).items
+
+
+@pytest.fixture
+def secure_proxy(servers: Servers, tmp_path: Path) -> SecureProxy:
+    pki = hostile.Pki.create(tmp_path / "pki")
+    policy = hostile.write_policy(tmp_path / "policy.json")
+    backend_items = pki.tls_items("echo", policy)
+    backend = servers(0, [echo_descriptor()], Folders(workspace=tmp_path / "backend"), backend_items, with_events=True)
+    main_items = pki.tls_items("main", policy, **{"rpc-max-streams-per-caller": "4"})
+    main = servers(
+        0, [echo_descriptor(is_proxy=True)], Folders(workspace=tmp_path / "main"), main_items, with_events=True
+    )
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    )
+    return SecureProxy(main, backend, pki)
+
+
+def refused_share(start: Callable[[], Any], item: str) -> None:
+    """A new call of the greedy caller's (`start()`, iterated) is refused RESOURCE_EXHAUSTED at once, naming `item`."""
+    with pytest.raises(RpcTransportError) as refused:
+        answered_quickly(lambda: next(iter(start())))
+    assert refused.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert item in str(refused.value)
+
+
+@pytest.mark.parametrize("form", hostile.FORMS)
+def test_a_greedy_identity_through_main_in_each_form(secure_proxy: SecureProxy, form: str) -> None:
+    """The greedy identity in `form`: its unread streams through main (proxied `echo.repeat`, and listeners routed
+    to the backend) get main's `rpc-max-streams-per-caller`, and hold the backend's workers as that identity's,
+    not main's; beyond, it is refused at once; another identity, in either form, is served as usual; its share
+    is back once it left."""
+    main, backend = secure_proxy.main, secure_proxy.backend
+    greedy, routed = secure_proxy.client("app", form), secure_proxy.client("app", form, route="echo")
+    request = EchoRequest(text="greedy", count=10**9, payload=b"x" * 1024)
+    share = main.fairness.streams
+    streams = [greedy.echo.repeat(request) for _ in range(3)]  # started, never read
+    streams.append(routed.events.listen(EventFilter()))
+    try:
+        assert wait_until(lambda: share.count("app") == 4, 10), share.count("app")
+        # At the backend, main's forwarded calls are the caller's: its workers held for app, none for main
+        assert wait_until(lambda: backend.fairness.calls.count("app") == 3, 10)
+        assert backend.fairness.calls.count("main") == 0
+        for start in (lambda: greedy.echo.repeat(request), lambda: routed.events.listen(EventFilter())):
+            refused_share(start, "for caller app (rpc-max-streams-per-caller=4)")
+        secure_proxy.honest_calls_answer()
+    finally:
+        for stream in streams:
+            stream.cancel()
+    assert wait_until(lambda: share.count("app") == 0, QUICK)
+    assert wait_until(lambda: backend.fairness.calls.count("app") == 0, QUICK)  # main cancelled its backend calls
+    stream = greedy.echo.repeat(request)
+    assert next(stream).text == "greedy"
+    stream.cancel()
+    greedy.close()
+    routed.close()
+
+
+@pytest.mark.parametrize("form", hostile.FORMS)
+def test_idle_reflection_streams(secure_proxy: SecureProxy, form: str) -> None:
+    """A reflection stream (bidirectional, on main's stream pool) held open without a request holds a thread of
+    that pool: one identity gets its share of them, not the pool (it once took all of it: every proxied and
+    routed call of the others waited to its deadline)."""
+    main = secure_proxy.main
+    greedy = secure_proxy.client("app", form)
+    channel, stop = greedy.channel, threading.Event()
+    metadata = (*greedy.metadata.as_metadata(), *greedy.security.metadata())
+
+    def idle() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        stop.wait(30)  # no request: the server's reader waits
+        yield from ()
+
+    def start() -> Any:
+        return reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(idle(), metadata=metadata)
+
+    streams = [start() for _ in range(4)]
+    try:
+        assert wait_until(lambda: main.fairness.streams.count("app") == 4, 10), main.fairness.streams.count("app")
+        with pytest.raises(grpc.RpcError) as refused:
+            answered_quickly(lambda: next(start()))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "for caller app (rpc-max-streams-per-caller=4)" in (refused.value.details() or "")
+        secure_proxy.honest_calls_answer()
+    finally:
+        stop.set()
+        for stream in streams:
+            stream.cancel()
+    assert wait_until(lambda: main.fairness.streams.count("app") == 0, QUICK)
+    greedy.close()

@@ -12,16 +12,18 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from test_security import TokenRecorder, write_token
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer
+from grpc_helper import Config, Folders, RpcClient, RpcException, RpcServer
 from grpc_helper.api import (
     ConfigApiVersion,
+    ConfigItemUpdate,
     ConfigUpdate,
     Empty,
     EventApiVersion,
@@ -56,6 +58,7 @@ FORMS = ("certificate", "token")
 # Identities of the policy: role, and whether they forward calls for others (main)
 ROLES = {
     "operator": "admin",
+    "chief": "admin",
     "app": "user",
     "app2": "user",
     "svc": "service",
@@ -202,6 +205,25 @@ def refusal(call: Callable[[], Any]) -> grpc.StatusCode | int | None:
     return None
 
 
+def refused_as(code: grpc.StatusCode, call: Callable[[], Any]) -> bool:
+    """Whether `call()` was refused with `code`: by main (a gRPC status), or by the backend behind it (passed
+    on by main: a status, or a 2.x-shaped `Result` error quoting it)."""
+    try:
+        call()
+    except RpcTransportError as exc:
+        return exc.status == code
+    except RpcException as exc:
+        return code.name in str(exc)
+    except grpc.RpcError as exc:  # a raw stub's
+        return exc.code() == code  # type: ignore[no-any-return]
+    return False
+
+
+def denied(call: Callable[[], Any]) -> bool:
+    """Whether `call()` was refused PERMISSION_DENIED (see `refused_as`)."""
+    return refused_as(grpc.StatusCode.PERMISSION_DENIED, call)
+
+
 # --- defect 1: one call's authorization never decides another's ---
 
 
@@ -287,27 +309,55 @@ def test_a_routed_registration_never_stops_the_real_backend(tmp_path: Path, form
         stack.close()
 
 
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("held_by", FORMS)
+def test_over_the_backends_limit_through_main_decides_no_later_call(
+    servers: Servers, tmp_path: Path, held_by: str, form: str
+) -> None:
+    """Defect 1 through main, which reaches its backend by its certificate: the backend's room for 2 calls is
+    held by callers in `held_by` form, so main's call (the first certificate call of the path there, when they
+    are tokens) is refused RESOURCE_EXHAUSTED at once, and decides nothing for main's calls once it is idle."""
+    pki = Pki.create(tmp_path / "pki")
+    policy = write_policy(tmp_path / "policy.json")
+    busy = BlockingEcho()
+    backend_items = pki.tls_items("echo", policy, **{"rpc-max-calls": "2"})
+    backend = servers(0, [echo_descriptor(busy)], Folders(workspace=tmp_path / "backend"), backend_items)
+    main = servers(
+        0, [echo_descriptor(is_proxy=True)], Folders(workspace=tmp_path / "main"), pki.tls_items("main", policy)
+    )
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    )
+    holder = RpcClient("127.0.0.1", backend.port, STUBS, timeout=None, security=pki.security("app", held_by))
+    held = [threading.Thread(target=refusal, args=(lambda: holder.echo.echo(EchoRequest()),)) for _ in range(2)]
+    caller = RpcClient("127.0.0.1", main.port, STUBS, timeout=None, security=pki.security("app2", form))
+    try:
+        for thread in held:
+            thread.start()
+        assert wait_until(lambda: backend._workers.pending >= 2, WAIT)
+        over = lambda: caller.echo.echo(EchoRequest(text="over"), timeout=WAIT)  # noqa: E731
+        assert refused_as(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
+    finally:
+        busy.release.set()
+        for thread in held:
+            thread.join(WAIT)
+        holder.close()
+    for other in FORMS:  # released, idle: answered at once
+        with RpcClient("127.0.0.1", main.port, STUBS, timeout=WAIT, security=pki.security("app2", other)) as client:
+            assert client.echo.echo(EchoRequest(text="idle")).text == "done"
+    caller.close()
+
+
 # --- defect 2: a route never lends main's rights ---
 
 
-def denied(call: Callable[[], Any]) -> bool:
-    """Whether `call()` was refused PERMISSION_DENIED: by main (a gRPC status), or by the backend behind it
-    (passed on by main: a status, or a 2.x-shaped `Result` error quoting it)."""
-    try:
-        call()
-    except RpcTransportError as exc:
-        return exc.status == grpc.StatusCode.PERMISSION_DENIED
-    except RpcException as exc:
-        return "PERMISSION_DENIED" in str(exc)
-    except grpc.RpcError as exc:  # a raw stub's
-        return exc.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[no-any-return]
-    return False
+LIMIT = "hostile-limit"  # the backend's user config item
 
 
 @dataclass
 class Routed:
-    """main, and behind it a backend serving echo and events, proxying notes, with a policy of its own
-    where the operator is only a user."""
+    """main, and behind it a backend serving echo and events, proxying notes, with a user config item (`LIMIT`)
+    and a policy of its own where the operator is only a user (chief is admin on both)."""
 
     main: RpcServer
     backend: RpcServer
@@ -317,6 +367,11 @@ class Routed:
         port = self.backend.port if direct else self.main.port
         metadata = RpcMetadata(client=f"hostile-{name}", route_service="" if direct else route)
         return RpcClient("127.0.0.1", port, STUBS, timeout=WAIT, name=metadata, security=self.pki.security(name, form))
+
+    def limit(self) -> str:
+        """The backend's `LIMIT`, as it tells it."""
+        with self.client("chief", "token", direct=True) as chief:
+            return str(chief.config.get(Filter(names=[LIMIT])).items[0].value)
 
     def raw(self, client: RpcClient, stub: type[Any], method: str, request: Any, **metadata: str) -> Any:
         """`method` called on `client`'s channel with its own metadata plus `metadata` (as a forger would)."""
@@ -334,6 +389,7 @@ def routed(servers: Servers, tmp_path: Path) -> Routed:
         [echo_descriptor(EchoManager()), notes.descriptor(proxy=True)],
         Folders(workspace=tmp_path / "backend"),
         pki.tls_items("echo", backend_policy),
+        user_items=[Config(LIMIT, "A user item of the backend", "5")],
         with_events=True,
     )
     main = servers(
@@ -374,6 +430,8 @@ class TestRoutedCallsKeepTheirCaller:
         assert denied(lambda: other.srv.proxy_forget(Filter(names=["notes"])))
         hijack = ProxyRegisterRequest(names=["notes"], version="1", host="127.0.0.1", port=6666)
         assert denied(lambda: other.srv.proxy_register(hijack))
+        assert denied(lambda: routed.client("operator", form).srv.proxy_register(hijack))  # admin on main only
+        assert routed.backend.proxies.target("notes").port == 1234
         assert denied(lambda: routed.client("app", form).srv.proxy_register(request))  # a user: refused by main
 
     def test_the_backends_policy_applies_to_routed_callers(self, routed: Routed, form: str) -> None:
@@ -387,6 +445,45 @@ class TestRoutedCallsKeepTheirCaller:
         assert routed.backend.is_running
         with routed.client("operator", form, route="") as on_main:  # and on main, it is admin
             on_main.log.set(level)
+
+    def test_routed_config_and_log_changes_by_every_role(self, routed: Routed, form: str) -> None:
+        """Routed, each role is what the backend's policy says: only an admin there changes its levels and items
+        (the operator, admin on main, is a user there; a user or a service is refused by main already)."""
+        for name, admin_there in (("app", False), ("svc", False), ("operator", False), ("chief", True)):
+            client = routed.client(name, form)
+            logger = f"hostile.{name}.{form}"
+            level = LoggerUpdate(items=[LoggerConfig(name=logger, enabled=True, level=LoggerLevel.LVL_DEBUG)])
+            item = ConfigUpdate(items=[ConfigItemUpdate(name=LIMIT, value="7")])
+            if admin_there:
+                client.log.set(level)
+                assert client.log.get(Filter(names=[logger])).items[0].level == LoggerLevel.LVL_DEBUG
+                client.config.set(item)
+                assert routed.limit() == "7"
+                client.config.reset(Filter(names=[LIMIT]))
+                assert routed.limit() == "5"
+            else:
+                assert denied(lambda: client.log.set(level)), name  # noqa: B023
+                assert denied(lambda: client.log.reset(Filter(names=[logger]))), name  # noqa: B023
+                assert denied(lambda: client.config.set(item)), name  # noqa: B023
+                assert denied(lambda: client.config.reset(Filter(names=[LIMIT]))), name  # noqa: B023
+                assert routed.limit() == "5"
+
+    def test_mains_merged_config_changes_are_the_callers(self, routed: Routed, form: str) -> None:
+        """main's own config service sets and resets its backends' items too, unrouted: on each backend as the
+        caller, under that backend's policy, never with main's rights there."""
+        item = ConfigUpdate(items=[ConfigItemUpdate(name=LIMIT, value="7")])
+        for name in ("app", "svc", "operator"):  # refused by main (a user, a service) or by the backend
+            on_main = routed.client(name, form, route="")
+            assert denied(lambda: on_main.config.set(item)), name  # noqa: B023
+            assert denied(lambda: on_main.config.reset(Filter(names=[LIMIT]))), name  # noqa: B023
+            assert routed.limit() == "5"
+        operator = routed.client("operator", form, route="")
+        assert [i.value for i in operator.config.get(Filter(names=[LIMIT])).items] == ["5"]  # a user may read it
+        chief = routed.client("chief", form, route="")
+        chief.config.set(item)
+        assert routed.limit() == "7"
+        chief.config.reset(Filter(names=[LIMIT]))
+        assert routed.limit() == "5"
 
     def test_a_forged_caller_is_refused_or_replaced(self, routed: Routed, form: str) -> None:
         operator = routed.client("operator", form)
@@ -402,6 +499,44 @@ class TestRoutedCallsKeepTheirCaller:
             assert client_id not in app.events.inspect(Empty()).client_ids
         finally:
             stream.cancel()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_mains_own_token_never_leaves_it(servers: Servers, tmp_path: Path, form: str) -> None:
+    """Main's auto-client calls main as `self`, an admin, with a token only main knows. In direct mode
+    (`rpc-client-direct`) it calls a proxied service's replicas itself: as main, the way main forwards calls (its
+    certificate, or in token form its `rpc-auth-token-file` token), never with that token (a replica given it
+    could call main as its admin)."""
+    pki = Pki.create(tmp_path / "pki")
+    policy = write_policy(tmp_path / "policy.json")
+    replica = TokenRecorder()
+    backend = servers(
+        0, [echo_descriptor(replica)], Folders(workspace=tmp_path / "backend"), pki.tls_items("echo", policy)
+    )
+    items = {"rpc-client-direct": "true"}
+    if form == "token":
+        items["rpc-auth-token-file"] = write_token(tmp_path / "main.token", token_of("main"))
+    main = servers(
+        0,
+        [echo_descriptor(is_proxy=True)],
+        Folders(workspace=tmp_path / "main"),
+        pki.tls_items("main", policy, **items),
+    )
+    main.client.srv.proxy_register(
+        ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+    )
+    main.client.refresh_routes()
+    assert main.client.routes == {"echo": (("127.0.0.1", backend.port),)}
+    assert main.client.echo.echo(EchoRequest(text="direct")).text == "direct"
+    assert replica.callers == ["main"]
+    assert replica.received == [None if form == "certificate" else f"Bearer {token_of('main')}"]
+    assert main.authorizer is not None
+    assert main.authorizer.own_token not in str(replica.received)
+    stolen = replace(pki.security("stranger", "token"), token=main.authorizer.own_token)
+    with RpcClient("127.0.0.1", main.port, STUBS, timeout=WAIT, security=stolen) as thief:  # what it would give
+        thief.log.set(
+            LoggerUpdate(items=[LoggerConfig(name="hostile.thief", enabled=True, level=LoggerLevel.LVL_DEBUG)])
+        )
 
 
 # --- defect 5: service names belong to identities ---
@@ -426,7 +561,9 @@ class TestServiceNames:
         # The real echo is still the one registered, and answering
         assert stack.client("app", form).echo.echo(EchoRequest(text="still echo")).text == "still echo"
 
-    def test_a_rogue_registration_before_the_owner_starts_is_refused(self, tmp_path: Path, form: str) -> None:
+    def test_a_rogue_registration_before_the_owner_starts_or_after_it_stopped_is_refused(
+        self, tmp_path: Path, form: str
+    ) -> None:
         stack = SecureStack(tmp_path)
         try:
             request = ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=1)
@@ -434,6 +571,13 @@ class TestServiceNames:
             echo = stack.start_echo()
             stack.wait_echo_registered()  # the real one registers, and serves
             assert echo.proc.poll() is None
+            # Its graceful shutdown forgets its registration: the name stays echo's
+            assert echo.stop() == 0
+            assert not stack.client("operator", form).srv.info(Filter(names=["echo"])).items[0].endpoints
+            assert denied(lambda: stack.client("svc2", form).srv.proxy_register(request))
+            assert denied(lambda: stack.client("svc", form).srv.proxy_register(request))
+            stack.start_echo()
+            stack.wait_echo_registered()
         finally:
             stack.close()
 

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helper import Folders, RpcClient, RpcException, RpcServer, RpcStaticConfig, current_call
+from grpc_helper import Folders, RpcClient, RpcException, RpcServer, RpcStaticConfig, current_call, current_identity
 from grpc_helper.api import (
     ConfigUpdate,
     Empty,
@@ -849,16 +849,20 @@ def own_ip() -> str:
 
 
 class TokenRecorder(EchoManager):
-    """An echo replica recording the `authorization` metadata each echo call brought it (None: none)."""
+    """An echo replica recording the `authorization` metadata each echo call brought it (None: none), and who it
+    served it for (`current_identity()`'s name; None without a policy)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.received: list[str | None] = []
+        self.callers: list[str | None] = []
 
     def echo(self, request: EchoRequest) -> EchoResponse:
         call = current_call()
         assert call is not None
         self.received.append(next((str(v) for k, v in call.metadata if k == "authorization"), None))
+        identity = current_identity()
+        self.callers.append(identity.name if identity is not None else None)
         return super().echo(request)
 
 
@@ -906,8 +910,9 @@ class TestTokenNeverInPlaintext:
         self, servers: Servers, tmp_path: Path, own_ip: str, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A plaintext client with a token, direct: no route to the replica (it used to get one, and the
-        token with every call); its calls go through main, which never forwards a caller's token. The
-        same for main's auto-client (its own admin token, plaintext, `rpc-client-direct`)."""
+        token with every call); its calls go through main, which never forwards a caller's token. Main's
+        auto-client (`rpc-client-direct`), whose admin token is for main only, calls the replica directly
+        the way main forwards calls: as main, here plaintext without any token (it once sent that one)."""
         config = {"rpc-auth-policy": str(write_policy(tmp_path)), "rpc-client-direct": "true"}
         main = servers(0, [echo_descriptor(is_proxy=True)], cli_config=config)
         replica, port = replica_at(servers, main, own_ip)
@@ -925,13 +930,13 @@ class TestTokenNeverInPlaintext:
             assert client.routes == {}
             assert client.echo.echo(EchoRequest(text="again")).text == "again"
         main.client.refresh_routes()  # the auto-client
-        assert main.client.routes == {}
+        assert main.client.routes == {"echo": ((own_ip, port),)}
         assert main.client.echo.echo(EchoRequest(text="auto")).text == "auto"
 
         assert replica.received == [None, None, None]  # all three served by the replica, none with a token
         told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Direct routes")]
         reason = "through main: not all on loopback, and a token needs TLS off it"
-        assert told == [f"Direct routes: echo at (('{own_ip}', {port}),) {reason}"] * 2  # once per client
+        assert told == [f"Direct routes: echo at (('{own_ip}', {port}),) {reason}"]  # once, for the user's client
         assert TOKENS["app"] not in caplog.text
 
     def test_a_tls_client_with_a_token_goes_direct_to_a_replica_elsewhere(

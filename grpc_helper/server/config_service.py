@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import grpc
 
 from grpc_helper.api import (
+    ConfigApiVersion,
     ConfigItem,
     ConfigItemUpdate,
     ConfigStatus,
@@ -15,14 +16,16 @@ from grpc_helper.api import (
     Filter,
     ResultCode,
 )
-from grpc_helper.api.config_pb2_grpc import ConfigServiceServicer
+from grpc_helper.api.config_pb2_grpc import ConfigServiceServicer, ConfigServiceStub
+from grpc_helper.auth import caller_metadata
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import builtin_validator, check_value
 from grpc_helper.config.manager import ConfigManager, check_names
 from grpc_helper.config.static import RpcStaticConfig
-from grpc_helper.errors import RpcException, RpcTransportError
+from grpc_helper.errors import RpcException, RpcTransportError, rpc_error_to_exception
 from grpc_helper.limits import check_request, quote
 from grpc_helper.manager import RpcManager
+from grpc_helper.metadata import KEY_API_VERSION
 from grpc_helper.proxy.registry import ProxyRegistry
 
 # The longest a merged config call waits for one proxied server (seconds; `rpc-client-timeout` if
@@ -38,7 +41,8 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
     where servers disagree on a value. Names are checked first, the same way with or without proxied servers
     (`check_names`), and values the same way for local and remote items (`check_value`).
 
-    Each call to a proxied server is bounded by `BACKEND_CONFIG_TIMEOUT` (one attempt, never resent).
+    Each call to a proxied server is bounded by `BACKEND_CONFIG_TIMEOUT` (one attempt, never resent), and made
+    for the caller: the server applies its own policy to it, as to the calls main forwards (see `_as_caller`).
     A server without a config service (UNIMPLEMENTED: not a grpc-helper server) has no items, and is left
     out of every call (one INFO line names it).
     `get` answers with what the reachable servers have (a WARNING names each unreachable one);
@@ -83,7 +87,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
                 mine = [ConfigItemUpdate(name=n, value=v) for n, v in updates if n in items]
                 if mine:
                     with _naming(client):
-                        status = client.config.set(ConfigUpdate(items=mine, ignore_unknown=True), timeout=_timeout())
+                        status = _as_caller(client, "set", ConfigUpdate(items=mine, ignore_unknown=True))
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
@@ -102,7 +106,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
                 mine = [n for n in names if n in items]
                 if mine:
                     with _naming(client):
-                        status = client.config.reset(Filter(names=mine, ignore_unknown=True), timeout=_timeout())
+                        status = _as_caller(client, "reset", Filter(names=mine, ignore_unknown=True))
                     out.update({i.name: i for i in status.items})
             return ConfigStatus(items=list(out.values()))
 
@@ -116,7 +120,7 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
         for client in clients:
             try:
                 with _naming(client):
-                    out.append((client, {i.name: i for i in client.config.get(flt, timeout=_timeout()).items}))
+                    out.append((client, {i.name: i for i in _as_caller(client, "get", flt).items}))
             except RpcTransportError as exc:
                 if exc.status == grpc.StatusCode.UNIMPLEMENTED:  # no config service: a foreign server
                     self._without_config(client)
@@ -148,6 +152,25 @@ def _naming(client: RpcClient) -> Iterator[None]:
 
 def _timeout() -> float:
     return min(RpcStaticConfig.CLIENT_TIMEOUT.float_val, BACKEND_CONFIG_TIMEOUT)
+
+
+def _as_caller(client: RpcClient, method: str, request: Filter | ConfigUpdate) -> ConfigStatus:
+    """`client.config.<method>(request)` (one attempt, bounded by `_timeout()`), made for the caller being served:
+    with main's credentials (the client's) and the caller's `rpc-caller` (`auth.caller_metadata`), as a call main
+    forwards. The proxied server then applies its own policy to that caller, never main's rights there: an admin
+    of main who is a user on a backend can't set that backend's items through main. Main's own calls (its
+    auto-client's) carry none: they are main's."""
+    version = ((KEY_API_VERSION, str(int(ConfigApiVersion.CONFIG_API_CURRENT))),)
+    metadata = client.metadata.as_metadata() + client.security.metadata() + version + caller_metadata()
+    call = getattr(ConfigServiceStub(client.channel), method)
+    try:
+        status: ConfigStatus = call(request, timeout=_timeout(), metadata=metadata)
+    except grpc.RpcError as exc:
+        raise rpc_error_to_exception(exc, f"/ConfigService/{method}") from exc
+    r = status.r
+    if r.code != ResultCode.OK and r.code < ResultCode.ERROR_CUSTOM:  # as RpcClient checks a Result
+        raise RpcException(r.msg, r.code)
+    return status
 
 
 def _known(local: Iterable[str], remote: list[tuple[RpcClient, dict[str, ConfigItem]]]) -> set[str]:

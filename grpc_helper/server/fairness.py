@@ -14,7 +14,7 @@ share at the backend: keep main's `rpc-max-streams-per-caller` below the backend
 - *calls*, `rpc-max-calls-per-caller`: calls running on the workers (`rpc-max-workers`), unary or
   streamed; a generator stream holds its worker until it ends, read or not;
 - *streams*, `rpc-max-streams-per-caller`: calls on the stream pool (proxied and routed calls,
-  long-lived methods) and pushed streams (event listeners, which hold no thread but a queue),
+  long-lived methods, reflection streams) and pushed streams (event listeners, which hold no thread but a queue),
   the ones `rpc-max-streams` bounds in total.
 
 Control calls (health, `srv.info`, `srv.shutdown`) are not counted. A call is counted from when its

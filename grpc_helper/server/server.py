@@ -330,6 +330,9 @@ class RpcServer:
             timeout=RpcStaticConfig.CLIENT_TIMEOUT.float_val,
             name="auto-client",
             security=self._own_security(),
+            # Direct mode: main's replicas are called as main calls its backends, never with the auto-client's
+            # token, which makes its holder this server's admin
+            route_security=lambda service: self.client_security(backend_name(service)) or PLAINTEXT,
             # Its routes are read once every service is loaded (see below): srv answers only then
         )
         managers = self.managers
@@ -494,7 +497,9 @@ class RpcServer:
 
     def _register_reflection(self, services: list[str]) -> None:
         """grpcio-reflection's servicer for `services`, extended to the dynamic services (`ProxiedReflection`),
-        on the streams pool: a request about a dynamic service waits for its backend's answer."""
+        on the streams pool: a request about a dynamic service waits for its backend's answer. A reflection
+        stream holds a thread of that pool for its whole life, read or not: counted in its caller's share of
+        streams (`rpc-max-streams-per-caller`), as a proxied stream is."""
         servicer = ProxiedReflection(reflection.ReflectionServicer(services), self.proxies)
         service, generated = capture_service(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer)
         handlers = {}
@@ -502,6 +507,7 @@ class RpcServer:
             behavior = _delegate(getattr(servicer, name))
             run_on(behavior, self.streams)
             handlers[name] = make_handler(original, behavior)
+        handlers = self.fairness.wrap_service(service, handlers)
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
