@@ -49,7 +49,7 @@ from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub
 from grpc_helper.auth import token_hash
 from grpc_helper.generated import method_handler
-from grpc_helper.server.fairness import Fairness
+from grpc_helper.server.fairness import CALLS_ITEM, STREAMS_ITEM, WATCHES_ITEM, Fairness
 from grpc_helper_samples.api import EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub, add_EchoServiceServicer_to_server
 
@@ -321,7 +321,9 @@ def counting_cost(calls: int = 200_000) -> float:
     def behavior(request: object, _context: object) -> object:
         return request
 
-    shares = Fairness(futures.ThreadPoolExecutor(1), 24, 16, logging.getLogger("bench"))
+    shares = Fairness(
+        futures.ThreadPoolExecutor(1), {CALLS_ITEM: 24, STREAMS_ITEM: 16, WATCHES_ITEM: 100}, logging.getLogger("bench")
+    )
     counted = shares.wrap("/S/m", method_handler("unary_unary", behavior)).unary_unary
     assert counted is not None
     context: Any = Context()  # what the count reads of a grpc.ServicerContext: peer()

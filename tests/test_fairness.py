@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import test_hostile as hostile
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from test_security import TOKENS, Pki, client_as, pki, proxied_echo, tls_config, write_policy
 
@@ -327,3 +328,32 @@ def test_idle_reflection_streams(secure_proxy: SecureProxy, form: str) -> None:
             stream.cancel()
     assert wait_until(lambda: main.fairness.streams.count("app") == 0, QUICK)
     greedy.close()
+
+
+def test_health_watches_are_bounded_per_caller(servers: Servers) -> None:
+    """Health is open to anybody, and a Watch holds no thread but its call's memory (10,000 from one client once
+    took 190 MB of main's): one caller (its address: health has no identity) gets `rpc-max-watches-per-caller`
+    of them, the next is refused at once, health checks still answer, and a watch that ends frees its place."""
+    srv = servers(0, [echo_descriptor()], cli_config={"rpc-max-watches-per-caller": "3"})
+    share = srv.fairness.watches
+    request = health_pb2.HealthCheckRequest(service="")
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(request) for _ in range(3)]
+        try:
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            assert share.count("127.0.0.1") == 3
+            with pytest.raises(grpc.RpcError) as refused:
+                answered_quickly(lambda: next(health.Watch(request)))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "for caller 127.0.0.1 (rpc-max-watches-per-caller=3)" in (refused.value.details() or "")
+            assert answered_quickly(lambda: health.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
+            watches.pop().cancel()
+            assert wait_until(lambda: share.count("127.0.0.1") == 2, QUICK)
+            watches.append(health.Watch(request))
+            assert next(watches[-1]).status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for watch in watches:
+                watch.cancel()
+    assert wait_until(lambda: share.count("127.0.0.1") == 0, QUICK)

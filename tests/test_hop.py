@@ -9,6 +9,7 @@ gRPC stub (which reads gRPC statuses only).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from grpc_helper.calls import cancelled_after_end
 from grpc_helper.errors import RpcTransportError
 from grpc_helper.metadata import RpcMetadata
 from grpc_helper.proxy import forward
+from grpc_helper.server.debug import render_dump
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
     EchoServiceServicer,
@@ -240,6 +242,26 @@ class TestCancellation:
             responses.cancel()
             release.set()
         assert wait_until(no_call_in_flight, 5)
+
+
+def test_a_debug_dump_lists_the_forwarded_calls_in_flight(servers: Servers) -> None:
+    """Main's debug dump names each forwarded call in flight: its method, its caller (the peer's address without
+    a policy, asked of the call only when the dump is made) and the backend it went to."""
+    hop, backend = start_hop(servers, "main")
+    try:
+        with hop.plain() as channel:
+            call = EchoServiceStub(channel).echo.future(EchoRequest(text="sleep:10"))
+            assert wait_until(lambda: "echo" in hop.recorder.started, 5)
+            dump = render_dump(id(hop.front))
+            call.cancel()
+        section = dump.split("Forwarded calls in flight:")[1].split("Pending RPC calls:")[0]
+        line = re.search(r"-- /EchoService/echo from (\S+) to 127\.0\.0\.1:(\d+), [\d.]+s old", section)
+        assert line is not None, section
+        assert line[1].startswith("ipv4:127.0.0.1:")
+        assert int(line[2]) == hop.backend_port
+        assert wait_until(no_call_in_flight, 5)
+    finally:
+        backend.stop(0)
 
 
 # --- 3. metadata both ways; 4. statuses for each kind of caller ---

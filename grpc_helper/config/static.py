@@ -197,6 +197,13 @@ class RpcStaticConfig(ConfigHolder):
         "16",
         validator=ConfigValidator.CONFIG_VALID_POS_INT,
     )
+    MAX_WATCHES_PER_CALLER = Config(
+        "rpc-max-watches-per-caller",
+        "Maximum concurrent health Watch streams of one caller (its IP address: health is open to all); beyond it,"
+        " RESOURCE_EXHAUSTED at once",
+        "100",
+        validator=ConfigValidator.CONFIG_VALID_POS_INT,
+    )
     CLIENT_DIRECT = Config(
         "rpc-client-direct",
         "Whether the auto-client and proxied managers' clients of main call proxied services' replicas"

@@ -147,9 +147,16 @@ class ForwardedCall(NamedTuple):
     """A forwarded call in flight, as debug dumps list it."""
 
     method: str
-    caller: str  # its identity, or its peer address
+    identity: str | None  # its caller's identity (with a policy)
+    context: grpc.ServicerContext  # else the caller's address is asked of it, for a dump only (see `caller`)
     backend: str
     start: float  # time.time()
+
+    @property
+    def caller(self) -> str:
+        """The caller's identity, or its peer address (`context.peer()` releases the GIL twice: a cost per call
+        on a busy main, paid here only when a dump is made)."""
+        return self.identity if self.identity is not None else self.context.peer()
 
 
 # Thread ident -> the forwarded call it runs (a forwarded call holds one thread of the streams pool throughout)
@@ -263,8 +270,8 @@ class _ForwardSite:
         """Record the call in `IN_FLIGHT` (for debug dumps); returns the key to `done` with."""
         key = threading.get_ident()
         caller = current_identity()
-        who = caller.name if caller is not None else context.peer()
-        IN_FLIGHT[key] = ForwardedCall(self.path, who, backend.address, time.time())
+        name = caller.name if caller is not None else None
+        IN_FLIGHT[key] = ForwardedCall(self.path, name, context, backend.address, time.time())
         return key
 
 

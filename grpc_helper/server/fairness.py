@@ -17,10 +17,14 @@ share at the backend: keep main's `rpc-max-streams-per-caller` below the backend
   long-lived methods, reflection streams) and pushed streams (event listeners, which hold no thread but a queue),
   the ones `rpc-max-streams` bounds in total.
 
-Control calls (health, `srv.info`, `srv.shutdown`) are not counted. A call is counted from when its
-behavior starts, on the thread it runs on (a certificate caller's identity is only known there), until
-it returns (unary responses) or the call terminates (streamed responses: gRPC's termination callback,
-run as soon as the client cancels or goes away, read or not). Beyond its share, a call is answered
+A third share bounds health Watch streams, `rpc-max-watches-per-caller`: a Watch holds no thread, but each one
+costs the server its call's memory (about 20 KB), and health is open to anybody (10,000 of them from one client
+took 190 MB of main's). gRPC's client-side health checking opens one per channel and endpoint, so the share is
+wide (100 by default). Other control calls (health checks, `srv.info`, `srv.shutdown`) are not counted.
+
+A call is counted from when its behavior starts, on the thread it runs on (a certificate caller's identity
+is only known there), until it returns (unary responses) or the call terminates (streamed responses: gRPC's
+termination callback, run as soon as the client cancels or goes away, read or not). Beyond its share, a call is answered
 RESOURCE_EXHAUSTED at once, naming the item, and nothing else runs.
 """
 
@@ -40,6 +44,7 @@ from grpc_helper.generated import Behavior, Handler, copy_options, kind_of, make
 
 CALLS_ITEM = "rpc-max-calls-per-caller"
 STREAMS_ITEM = "rpc-max-streams-per-caller"
+WATCHES_ITEM = "rpc-max-watches-per-caller"
 _MAPPED_V4 = "::ffff:"
 
 
@@ -59,34 +64,73 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-def caller_of(context: grpc.ServicerContext) -> str:
-    """Who is calling, for fair sharing: the identity's name with a policy on, else the peer's IP address."""
-    identity = current_identity()
-    return identity.name if identity is not None else peer_host(context.peer())
+class _Ticket:
+    """One call counted in a share: its caller's name, or None while it need not be known (its context then)."""
+
+    __slots__ = ("caller", "context")
+
+    def __init__(self, caller: str | None, context: grpc.ServicerContext | None) -> None:
+        self.caller, self.context = caller, context
 
 
 class Share:
-    """Concurrent calls per caller, at most `limit` each; beyond it, RESOURCE_EXHAUSTED naming `item`."""
+    """Concurrent calls per caller, at most `limit` each; beyond it, RESOURCE_EXHAUSTED naming `item`.
+
+    Without a policy, a caller is its address, which only `context.peer()` tells, and that call costs: grpcio
+    releases the GIL twice in it, which on a busy server cost about 50 us of CPU per call and a sixth of a
+    unary echo's throughput (measured). So it is asked only when it matters: while fewer than `limit` calls of
+    the share are in progress, none of their callers can be at its share, and a call is admitted without
+    knowing whose it is; from `limit` calls on, the callers of those in progress are looked up (their calls
+    are still running) and every call is counted by its caller, as with a policy."""
 
     def __init__(self, item: str, limit: int, what: str, logger: logging.Logger) -> None:
         self.item, self.limit = item, limit
         self._what = what
         self._logger = logger
         self._counts: dict[str, int] = {}  # only callers with calls in progress: it never grows past them
+        self._unknown: set[_Ticket] = set()  # calls in progress whose caller was not needed yet
+        self._total = 0  # calls in progress
         self._lock = threading.Lock()
         self.refused = 0
 
     def count(self, caller: str) -> int:
         """Calls of `caller` in progress."""
-        return self._counts.get(caller, 0)
-
-    def acquire(self, caller: str, context: grpc.ServicerContext, path: str) -> None:
-        """Count one more call of `caller` (to `path`), or abort it with RESOURCE_EXHAUSTED (it raises)."""
         with self._lock:
+            self._know_all()
+            return self._counts.get(caller, 0)
+
+    def _know_all(self) -> None:
+        """Count every call in progress by its caller (the lock held; their contexts are of calls not released)."""
+        counts = self._counts
+        for ticket in self._unknown:
+            assert ticket.context is not None
+            caller = ticket.caller = peer_host(ticket.context.peer())
+            ticket.context = None
+            counts[caller] = counts.get(caller, 0) + 1
+        self._unknown.clear()
+
+    def acquire(self, context: grpc.ServicerContext, path: str) -> _Ticket:
+        """Count one more call (to `path`), or abort it with RESOURCE_EXHAUSTED (it raises); `release` the
+        ticket returned when it ends."""
+        identity = current_identity()
+        caller = identity.name if identity is not None else None
+        with self._lock:
+            if self._total < self.limit:  # nobody can be at its share yet
+                self._total += 1
+                if caller is None:
+                    ticket = _Ticket(None, context)
+                    self._unknown.add(ticket)
+                    return ticket
+                self._counts[caller] = self._counts.get(caller, 0) + 1
+                return _Ticket(caller, None)
+            self._know_all()
+            if caller is None:
+                caller = peer_host(context.peer())
             n = self._counts.get(caller, 0)
             if n < self.limit:
                 self._counts[caller] = n + 1
-                return
+                self._total += 1
+                return _Ticket(caller, None)
             self.refused += 1
             refused = self.refused
         if refused & (refused - 1) == 0:  # 1, 2, 4, 8...: a flood of refusals can't flood the log
@@ -104,8 +148,14 @@ class Share:
             f"Too many concurrent {self._what} for caller {caller} ({self.item}={self.limit})",
         )
 
-    def release(self, caller: str) -> None:
+    def release(self, ticket: _Ticket) -> None:
         with self._lock:
+            self._total -= 1
+            caller = ticket.caller
+            if caller is None:
+                self._unknown.discard(ticket)
+                ticket.context = None
+                return
             n = self._counts[caller] - 1
             if n:
                 self._counts[caller] = n
@@ -116,10 +166,12 @@ class Share:
 class Fairness:
     """The two shares of a server (see the module doc), and the wrapper counting its handlers' calls."""
 
-    def __init__(self, streams_pool: ThreadPoolExecutor, calls: int, streams: int, logger: logging.Logger) -> None:
+    def __init__(self, streams_pool: ThreadPoolExecutor, limits: Mapping[str, int], logger: logging.Logger) -> None:
+        """`limits`: each share's limit, by its item (`CALLS_ITEM`, `STREAMS_ITEM`, `WATCHES_ITEM`)."""
         self._streams_pool = streams_pool
-        self.calls = Share(CALLS_ITEM, calls, "calls", logger)
-        self.streams = Share(STREAMS_ITEM, streams, "streams", logger)
+        self.calls = Share(CALLS_ITEM, limits[CALLS_ITEM], "calls", logger)
+        self.streams = Share(STREAMS_ITEM, limits[STREAMS_ITEM], "streams", logger)
+        self.watches = Share(WATCHES_ITEM, limits[WATCHES_ITEM], "health watches", logger)
 
     def wrap_service(self, service: str, handlers: Mapping[str, Handler]) -> dict[str, Handler]:
         """`wrap` for each of a service's handlers, by method name."""
@@ -133,23 +185,31 @@ class Fairness:
         share = self.calls if pool is None else self.streams if pool is self._streams_pool else None
         if share is None:
             return handler
-        streamed = handler.response_streaming
-        counted = (_until_terminated if streamed else _until_return)(behavior, share, path)
-        copy_options(behavior, counted)
-        return make_handler(handler, counted)
+        return _counted(path, handler, share)
+
+    def wrap_watch(self, path: str, handler: Handler) -> Handler:
+        """`handler` (health's Watch) with its streams counted in the caller's share of watches."""
+        return _counted(path, handler, self.watches)
+
+
+def _counted(path: str, handler: Handler, share: Share) -> Handler:
+    """`handler` with its calls counted in `share`, until they return or (a streamed response) terminate."""
+    behavior = getattr(handler, kind_of(handler))
+    counted = (_until_terminated if handler.response_streaming else _until_return)(behavior, share, path)
+    copy_options(behavior, counted)
+    return make_handler(handler, counted)
 
 
 def _until_return(behavior: Behavior, share: Share, path: str) -> Behavior:
     """A unary response is answered once the behavior returns: counted until then (the hot path: locals only)."""
-    acquire, release, caller = share.acquire, share.release, caller_of
+    acquire, release = share.acquire, share.release
 
     def counted(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
-        key = caller(context)
-        acquire(key, context, path)
+        ticket = acquire(context, path)
         try:
             return behavior(request, context, *args)
         finally:
-            release(key)
+            release(ticket)
 
     return counted
 
@@ -157,13 +217,12 @@ def _until_return(behavior: Behavior, share: Share, path: str) -> Behavior:
 def _until_terminated(behavior: Behavior, share: Share, path: str) -> Behavior:
     """A streamed response (an iterator, or a pushed stream that returns at once) lasts until the call
     terminates: counted until gRPC's termination callback."""
-    acquire, release, caller = share.acquire, share.release, caller_of
+    acquire, release = share.acquire, share.release
 
     def counted(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
-        key = caller(context)
-        acquire(key, context, path)
-        if not context.add_callback(lambda: release(key)):
-            release(key)  # already terminated (the client went away meanwhile)
+        ticket = acquire(context, path)
+        if not context.add_callback(lambda: release(ticket)):
+            release(ticket)  # already terminated (the client went away meanwhile)
         return behavior(request, context, *args)
 
     return counted

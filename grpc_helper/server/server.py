@@ -58,7 +58,7 @@ from grpc_helper.proxy.registry import ProxyRegistry
 from grpc_helper.proxy.route import RoutedBackends, RouteInterceptor
 from grpc_helper.server import debug
 from grpc_helper.server.config_service import ConfigServiceManager
-from grpc_helper.server.fairness import Fairness
+from grpc_helper.server.fairness import CALLS_ITEM, STREAMS_ITEM, WATCHES_ITEM, Fairness
 from grpc_helper.server.health import NOT_SERVING, SERVING, HealthService
 from grpc_helper.server.logger_service import LoggerServiceManager
 from grpc_helper.server.srv_service import ServerServiceManager
@@ -256,12 +256,12 @@ class RpcServer:
         limit = _CallLimit(self._workers, RpcStaticConfig.MAX_CALLS.int_val, self._control)
         # Each caller's share of the workers and of the streams: counted inside the behaviors (wrapped as
         # they are registered), where the identity of a certificate caller is known
-        self.fairness = Fairness(
-            self.streams,
-            RpcStaticConfig.MAX_CALLS_PER_CALLER.int_val,
-            RpcStaticConfig.MAX_STREAMS_PER_CALLER.int_val,
-            self.logger,
-        )
+        shares = {
+            CALLS_ITEM: RpcStaticConfig.MAX_CALLS_PER_CALLER.int_val,
+            STREAMS_ITEM: RpcStaticConfig.MAX_STREAMS_PER_CALLER.int_val,
+            WATCHES_ITEM: RpcStaticConfig.MAX_WATCHES_PER_CALLER.int_val,
+        }
+        self.fairness = Fairness(self.streams, shares, self.logger)
         self.authorizer = self._authorizer()
         # The live view of the calls served (`srv.stat`): a window per registered method, fed by `metrics.instrument`
         self.live = LiveStats()
@@ -477,6 +477,8 @@ class RpcServer:
                 non_blocking(behavior)
             run_on(behavior, self._control)
             handlers[name] = make_handler(original, behavior)
+            if name == "Watch":  # no thread held, but memory: bounded per caller (health is open to anybody)
+                handlers[name] = self.fairness.wrap_watch(f"/{service}/{name}", handlers[name])
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
