@@ -4,11 +4,11 @@
     python bench/run.py [--duration S] [--rounds N] [--only NAME]... [--json FILE] [--extra]
 
 NAME: core (raw vs RpcServer + RpcClient), proxy (raw vs proxied, and RpcClient's direct mode past the
-proxy), replicas (the same with 3 replicas of the backend, against 3 plain grpcio servers balanced by
-round_robin), fanout (events vs raw streaming), otel (OpenTelemetry tracing installed but sampling nothing,
-and at 100%, direct and proxied, beside plain grpcio with the official instrumentation; see otel.py), or a
-workload: unary, stream. Every server and every
-client runs in its own process.
+proxy), metrics (the same servers serving their Prometheus metrics, the reference stack's setting), replicas
+(the same with 3 replicas of the backend, against 3 plain grpcio servers balanced by round_robin), fanout
+(events vs raw streaming), otel (OpenTelemetry tracing installed but sampling nothing, and at 100%, direct
+and proxied, beside plain grpcio with the official instrumentation; see otel.py), or a workload: unary,
+stream. Every server and every client runs in its own process.
 Raw and helper measurements alternate (order rotated each round) over several rounds on the same
 servers, and the median of each is reported with the helper/raw ratio against its target.
 """
@@ -32,7 +32,7 @@ from workloads import STREAM_COUNT, echo, fanout
 
 THREADS = 8
 LISTENERS = 100
-GROUPS = ("core", "proxy", "replicas", "fanout", "otel")
+GROUPS = ("core", "proxy", "metrics", "replicas", "fanout", "otel")
 WORKLOADS = ("unary", "stream")
 FOREIGN_WARNING = 0.2  # cores used by other processes during a measurement: results are suspect
 
@@ -127,12 +127,12 @@ def echo_variants(groups: list[str], workload: str, extra: bool) -> list[Variant
     variants: list[Variant] = [("raw", "raw", ("raw",))]
     if "core" in groups:
         variants.append(("helper", "helper", ("helper",)))
-        variants.append(("metrics", "helper", ("helper-metrics",)))
     if "proxy" in groups:
         variants.append(("proxied", "helper", ("proxy", "backend")))
         variants.append(("direct", "direct", ("proxy", "backend")))  # given main, calls the backend
-        if "core" in groups:  # the reference stack's setting: main and its backend serve their metrics
-            variants.append(("metrics proxied", "helper", ("proxy-metrics", "backend-metrics")))
+    if "metrics" in groups:  # the reference stack's setting: the servers (main and its backend) serve their metrics
+        variants.append(("metrics", "helper", ("helper-metrics",)))
+        variants.append(("metrics proxied", "helper", ("proxy-metrics", "backend-metrics")))
     if "replicas" in groups:
         replicas = ("proxy3", "backend", "backend2", "backend3")
         variants.append(("raw x3", "raw", ("raw", "raw2", "raw3")))
@@ -230,8 +230,9 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aioevents": ("aioevents", ()),
 }
 GROUP_SERVERS = {
-    "core": {"helper", "helper-metrics"},
-    "proxy": {"backend", "proxy"} | {"backend-metrics", "proxy-metrics"},
+    "core": {"helper"},
+    "proxy": {"backend", "proxy"},
+    "metrics": {"helper-metrics", "backend-metrics", "proxy-metrics"},
     "replicas": {"raw2", "raw3", "backend", "backend2", "backend3", "proxy3"},
     "fanout": {"events"},
     "otel": {"helper", "helper-otel", "helper-otel-idle", "raw-otel", "backend", "proxy"}
