@@ -403,14 +403,6 @@ def _stream(site: MethodMetrics, behavior: Behavior, *, counts: bool, request_st
     return measured_stream
 
 
-@dataclass
-class _Pushed:
-    """A pushed stream's count of messages and last message, until its end."""
-
-    sent: int = 0
-    last: Any = None
-
-
 def _pushed(site: MethodMetrics, behavior: Behavior) -> Behavior:
     """A non-blocking server stream (`calls.pushed_stream`): measured from its start to the call's end
     (gRPC's termination callback), its messages counted as `respond` sends them."""
@@ -419,19 +411,20 @@ def _pushed(site: MethodMetrics, behavior: Behavior) -> Behavior:
         site.started.inc()
         site.in_flight.inc()
         start = time.perf_counter()
-        state = _Pushed()
+        sent, last = 0, None
 
-        def counting(message: Any) -> None:
+        def counting(message: Any) -> None:  # on every message: closure cells, cheaper than attributes
+            nonlocal sent, last
             if message is not None:
-                state.sent += 1
-                state.last = message
+                sent += 1
+                last = message
             respond(message)
 
         def done() -> None:
-            site.sent.inc(state.sent)
+            site.sent.inc(sent)
             rc = 0
-            if isinstance(state.last, Message) and has_result_field(type(state.last)):
-                rc = state.last.r.code  # type: ignore[attr-defined]
+            if isinstance(last, Message) and has_result_field(type(last)):
+                rc = last.r.code  # type: ignore[attr-defined]
                 site.result(rc).inc()
             site.finished(context, start, failed=False, rc=rc)
 

@@ -154,6 +154,7 @@ class EventQueue:
         "owner",
         "recent",
         "recent_times",
+        "redeliver",
         "retained_since",
         "size",
     )
@@ -178,6 +179,7 @@ class EventQueue:
         self.next_seq = time.time_ns() // 1000  # see the class doc
         self.recent: deque[Pending] = deque()  # the last sent, newest last
         self.recent_times: deque[list[Any]] = deque()  # [sent at, how many] per batch of `recent`, oldest first
+        self.redeliver = redeliver_window()  # read once: static items, and this runs on every delivery
         self._logger = logger or _log
         self._lock = Lock()
         self._schedule = schedule or _run_now
@@ -274,7 +276,7 @@ class EventQueue:
     def _requeue_recent(self) -> None:
         """Put back in front of the pending events those sent within `redeliver_window()`, with the numbers
         they were sent with (caller holds self._lock): they may never have reached a listener that vanished."""
-        self._forget(time.monotonic() - redeliver_window())
+        self._forget(time.monotonic() - self.redeliver)
         recent = self.recent
         if not recent:
             return
@@ -349,7 +351,7 @@ class EventQueue:
         now = time.monotonic()
         self.recent.extend(sent)
         self.recent_times.append([now, len(sent)])
-        self._forget(now - redeliver_window())
+        self._forget(now - self.redeliver)
 
     def refilter(self, names: frozenset[str]) -> int:
         """Replace the filter by a non-empty `names`, dropping pending events it does not accept; how many."""
