@@ -44,6 +44,7 @@ from grpc_helper import metrics
 from grpc_helper.api import ResultCode
 from grpc_helper.errors import AccessDenied, RpcException
 from grpc_helper.generated import Handler, copy_options, kind_of, make_handler
+from grpc_helper.limits import LogBudget, left_out_note
 from grpc_helper.metadata import KEY_CALLER, Metadata
 from grpc_helper.persist import file_stamp
 
@@ -316,6 +317,7 @@ class Authorizer(grpc.ServerInterceptor):
         self._reject = reject
         self._logger = logger
         self.refused = 0
+        self._log_budget = LogBudget()  # a flood of refused calls can't flood the log
         # The server's own clients (its auto-client) call as this admin identity, with a token nobody else has
         self.own_token = secrets.token_urlsafe(32)
         self._stamp = file_stamp(path)
@@ -424,7 +426,17 @@ class Authorizer(grpc.ServerInterceptor):
         who = f"{identity.name} (role {identity.role})" if identity is not None else "an unidentified caller"
         if identity is not None and identity.via is not None:
             who += f" through {identity.via}"
-        self._logger.info("Refused %s to %s: %s, %s (%s refused so far)", path, who, code.name, why, self.refused)
+        left_out = self._log_budget.take()
+        if left_out is not None:
+            self._logger.info(
+                "Refused %s to %s: %s, %s (%s refused so far%s)",
+                path,
+                who,
+                code.name,
+                why,
+                self.refused,
+                left_out_note(left_out),
+            )
         if code is grpc.StatusCode.UNAUTHENTICATED:
             return code, f"{path}: {why}: give a known bearer token or client certificate"
         return code, f"{path}: {who} may not call it ({why})"

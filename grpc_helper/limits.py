@@ -7,7 +7,9 @@ any real use and small enough that no single request can cost the server much.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -27,6 +29,40 @@ MAX_VALUE_LENGTH = 64 * 1024
 
 MAX_QUOTED = 200
 """Characters of a request's input quoted back in an error message or a log line (then `...`)."""
+
+LOG_LINES_PER_SECOND = 10
+"""Lines a second one kind of refusal may log (`LogBudget`): a flood of refused calls can't flood the log."""
+
+
+class LogBudget:
+    """At most `per_second` log lines a second for one kind of message (a refusal: callers decide how many
+    there are); the ones left out are counted, and the next line logged says how many."""
+
+    def __init__(self, per_second: int = LOG_LINES_PER_SECOND, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._second = -1.0  # the start of the current second
+        self._used = 0  # lines logged in it
+        self._left_out = 0  # lines not logged since the last one logged
+
+    def take(self) -> int | None:
+        """None: don't log this one (counted); else log it, saying this many were left out before it."""
+        now = self._clock()
+        with self._lock:
+            if now - self._second >= 1.0:
+                self._second, self._used = now, 0
+            if self._used >= self.per_second:
+                self._left_out += 1
+                return None
+            self._used += 1
+            left_out, self._left_out = self._left_out, 0
+            return left_out
+
+
+def left_out_note(left_out: int) -> str:
+    """What a log line taken from a `LogBudget` adds: "" or "; 12 more not logged"."""
+    return f"; {left_out} more not logged" if left_out else ""
 
 
 def quote(value: object, limit: int = MAX_QUOTED) -> str:

@@ -62,7 +62,7 @@ from grpc_helper.api import (
     StatStatus,
 )
 from grpc_helper.errors import rc_name
-from grpc_helper.limits import MAX_NAME_LENGTH, MAX_NAMES, MAX_VALUE_LENGTH
+from grpc_helper.limits import MAX_NAME_LENGTH, MAX_NAMES, MAX_VALUE_LENGTH, LogBudget, left_out_note
 from grpc_helper.testing import TemporaryFolders, serve
 
 from helpers import Servers, echo_descriptor
@@ -716,3 +716,17 @@ def test_persisted_files_stay_json(targets: Targets) -> None:
         assert wks is not None
         for path in wks.glob("*.json"):
             json.loads(path.read_text())
+
+
+def test_a_log_budget_says_what_it_left_out() -> None:
+    """`LogBudget`: at most `per_second` lines in any second; the next line logged after some were left out
+    says how many (a clock of our own: the seconds pass when the test says so)."""
+    now = [100.0]
+    budget = LogBudget(per_second=3, clock=lambda: now[0])
+    assert [budget.take() for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] += 0.5  # the same second
+    assert budget.take() is None
+    now[0] += 0.6  # a new second: the first line says the 3 left out
+    assert [budget.take() for _ in range(4)] == [3, 0, 0, None]
+    assert left_out_note(3) == "; 3 more not logged"
+    assert left_out_note(0) == ""

@@ -39,6 +39,7 @@ from grpc_helper.api import (
 from grpc_helper.auth import token_hash
 from grpc_helper.client import balanced_channel
 from grpc_helper.errors import PlaintextTokenError, RpcTransportError
+from grpc_helper.limits import LOG_LINES_PER_SECOND
 from grpc_helper.pki import CertificateAuthority, Issued, write_private
 from grpc_helper.proxy.registry import PROXY_FILE
 from grpc_helper.tls import _SETTLE_NS, ClientSecurity, ServerTls, loopback_target
@@ -695,6 +696,22 @@ class TestAuthorization:
         assert "Refused /RpcServerService/info to an unidentified caller: UNAUTHENTICATED" in text
         assert TOKENS["app"] not in text
         assert "wrong-token-value" not in text
+
+    def test_a_flood_of_refusals_is_not_a_flood_of_log_lines(
+        self, guarded: RpcServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """300 refused calls as fast as one client makes them: at most `LOG_LINES_PER_SECOND` lines a second
+        of the flood's duration, each refusal still counted."""
+        caplog.set_level(logging.INFO)
+        before = guarded.authorizer.refused
+        started = time.monotonic()
+        with client_as(guarded, "wrong-token-value") as client:
+            for _ in range(300):
+                transport_status(lambda: client.srv.info(Filter(), timeout=5))
+        seconds = time.monotonic() - started
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Refused /")]
+        assert guarded.authorizer.refused - before == 300
+        assert len(lines) <= LOG_LINES_PER_SECOND * (int(seconds) + 1), (len(lines), seconds)
 
     def test_certificate_identities(self, servers: Servers, pki: Pki, tmp_path: Path) -> None:
         policy = write_policy(tmp_path, certificate_service="echo")

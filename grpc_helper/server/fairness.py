@@ -41,6 +41,7 @@ import grpc
 
 from grpc_helper.auth import current_identity
 from grpc_helper.generated import Behavior, Handler, copy_options, kind_of, make_handler
+from grpc_helper.limits import LogBudget, left_out_note
 
 CALLS_ITEM = "rpc-max-calls-per-caller"
 STREAMS_ITEM = "rpc-max-streams-per-caller"
@@ -92,6 +93,7 @@ class Share:
         self._total = 0  # calls in progress
         self._lock = threading.Lock()
         self.refused = 0
+        self._log_budget = LogBudget()  # a flood of refusals can't flood the log
 
     def count(self, caller: str) -> int:
         """Calls of `caller` in progress."""
@@ -133,15 +135,17 @@ class Share:
                 return _Ticket(caller, None)
             self.refused += 1
             refused = self.refused
-        if refused & (refused - 1) == 0:  # 1, 2, 4, 8...: a flood of refusals can't flood the log
+        left_out = self._log_budget.take()
+        if left_out is not None:
             self._logger.info(
-                "Refused %s %s to caller %s: %s=%s reached (%s refused so far)",
+                "Refused %s %s to caller %s: %s=%s reached (%s refused so far%s)",
                 self._what[:-1],
                 path,
                 caller,
                 self.item,
                 self.limit,
                 refused,
+                left_out_note(left_out),
             )
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
