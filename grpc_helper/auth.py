@@ -25,6 +25,7 @@ With no policy, nobody is asked for anything (grpc-helper 2.x's behaviour).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -329,6 +330,11 @@ class Authorizer(grpc.ServerInterceptor):
     def _load(self) -> Policy:
         policy = Policy.load(self.path)
         policy.add_token(Identity(SELF, "admin"), self.own_token)
+        with contextlib.suppress(OSError):  # read a moment ago: gone since, the next look tells
+            mode = self.path.stat().st_mode
+            if mode & 0o022:  # re-read when it changes: whoever may write it may make themselves admin
+                warning = "The authorization policy %s is writable by others (mode %o): whoever can write it is admin;"
+                self._logger.warning(warning + " make it 0600 or 0644", self.path, mode & 0o777)
         return policy
 
     def reload(self) -> bool:

@@ -644,3 +644,21 @@ class TestPolicyReload:
             assert wait_until(lambda: len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2, WAIT)
             assert "a role among user, service, admin is needed" in caplog.records[-1].getMessage()
             assert self.answered(srv, pki, "app", form) is None
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o600, 0o644])
+def test_a_policy_writable_by_others_is_warned_of(
+    servers: Servers, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    """The policy is re-read when it changes: whoever may write it may make themselves admin. A server warns
+    when its group or others may (its path and mode, nothing of its content)."""
+    policy = write_policy(tmp_path / "policy.json")
+    policy.chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        servers(0, [echo_descriptor()], Folders(workspace=tmp_path / "wks"), {"rpc-auth-policy": str(policy)})
+    warnings = [r.getMessage() for r in caplog.records if "writable by others" in r.getMessage()]
+    if mode & 0o022:
+        assert len(warnings) == 1, warnings
+        assert f"{policy} is writable by others (mode {mode:o})" in warnings[0]
+    else:
+        assert warnings == []
