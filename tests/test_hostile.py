@@ -662,3 +662,43 @@ def test_a_policy_writable_by_others_is_warned_of(
         assert f"{policy} is writable by others (mode {mode:o})" in warnings[0]
     else:
         assert warnings == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_merged_config_change_refused_somewhere_changes_nothing(servers: Servers, tmp_path: Path, form: str) -> None:
+    """main and two replicas of echo all hold `LIMIT`; the operator is admin on main and on the first replica, a
+    user on the second, which refuses its change. A merged `set` or `reset` through main then changes nothing anywhere
+    (it once left main's own value changed): main puts back what it had changed before the refusal."""
+    pki = Pki.create(tmp_path / "pki")
+    policy = write_policy(tmp_path / "policy.json")
+    strict = write_policy(tmp_path / "strict-policy.json", operator={"role": "user"})
+    limit = [Config(LIMIT, "A user item of every server here", "5")]
+    backends = [
+        servers(0, [echo_descriptor(EchoManager())], Folders(workspace=tmp_path / name), items, user_items=limit)
+        for name, items in (("lenient", pki.tls_items("echo", policy)), ("strict", pki.tls_items("echo", strict)))
+    ]
+    main_items = pki.tls_items("main", policy)
+    main = servers(
+        0,
+        [echo_descriptor(is_proxy=True)],
+        Folders(workspace=tmp_path / "main"),
+        main_items,
+        user_items=limit,
+    )
+    for backend in backends:
+        main.client.srv.proxy_register(
+            ProxyRegisterRequest(names=["echo"], version="1", host="127.0.0.1", port=backend.port)
+        )
+
+    def values() -> list[str]:
+        return [srv.config.get_user([LIMIT])[0].value for srv in (main, *backends)]
+
+    operator = RpcClient("127.0.0.1", main.port, STUBS, timeout=WAIT, security=pki.security("operator", form))
+    chief = RpcClient("127.0.0.1", main.port, STUBS, timeout=WAIT, security=pki.security("chief", form))
+    with operator, chief:
+        assert denied(lambda: operator.config.set(ConfigUpdate(items=[ConfigItemUpdate(name=LIMIT, value="7")])))
+        assert values() == ["5", "5", "5"]
+        chief.config.set(ConfigUpdate(items=[ConfigItemUpdate(name=LIMIT, value="9")]))  # admin everywhere
+        assert values() == ["9", "9", "9"]
+        assert denied(lambda: operator.config.reset(Filter(names=[LIMIT])))
+        assert values() == ["9", "9", "9"]

@@ -82,13 +82,20 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
                 for _, items in remote:
                     if name in items:
                         _validate_remote(items[name], value)
+            before = _values(config.get_user([name for name, _ in local])) if local else {}
             out = {i.name: i for i in config.set_user(local)} if local else {}
-            for client, items in remote:
-                mine = [ConfigItemUpdate(name=n, value=v) for n, v in updates if n in items]
-                if mine:
-                    with _naming(client):
-                        status = _as_caller(client, "set", ConfigUpdate(items=mine, ignore_unknown=True))
-                    out.update({i.name: i for i in status.items})
+            changed: list[tuple[RpcClient, dict[str, str]]] = []  # the servers changed, with their values before
+            try:
+                for client, items in remote:
+                    mine = [ConfigItemUpdate(name=n, value=v) for n, v in updates if n in items]
+                    if mine:
+                        with _naming(client):
+                            status = _as_caller(client, "set", ConfigUpdate(items=mine, ignore_unknown=True))
+                        changed.append((client, {u.name: items[u.name].value for u in mine}))
+                        out.update({i.name: i for i in status.items})
+            except RpcException:
+                self._undo(before, changed)
+                raise
             return ConfigStatus(items=list(out.values()))
 
     def reset(self, request: Filter) -> ConfigStatus:
@@ -101,14 +108,36 @@ class ConfigServiceManager(ConfigServiceServicer, RpcManager):
             remote = self._remote_items(clients, names)
             _check_unknown(config, names, _known(config.user_items, remote), ignore_unknown=request.ignore_unknown)
             local = [n for n in names if n in config.user_items]
+            before = _values(config.get_user(local)) if local else {}
             out = {i.name: i for i in config.reset_user(local)} if local else {}
-            for client, items in remote:
-                mine = [n for n in names if n in items]
-                if mine:
-                    with _naming(client):
-                        status = _as_caller(client, "reset", Filter(names=mine, ignore_unknown=True))
-                    out.update({i.name: i for i in status.items})
+            changed: list[tuple[RpcClient, dict[str, str]]] = []
+            try:
+                for client, items in remote:
+                    mine = [n for n in names if n in items]
+                    if mine:
+                        with _naming(client):
+                            status = _as_caller(client, "reset", Filter(names=mine, ignore_unknown=True))
+                        changed.append((client, {n: items[n].value for n in mine}))
+                        out.update({i.name: i for i in status.items})
+            except RpcException:
+                self._undo(before, changed)
+                raise
             return ConfigStatus(items=list(out.values()))
+
+    def _undo(self, before: dict[str, str], changed: list[tuple[RpcClient, dict[str, str]]]) -> None:
+        """A merged change refused by a server (its policy, an error): put back the values it had changed already,
+        this server's and those of the servers that took it (as the same caller, who could change them), so that
+        it changes all of them or none."""
+        if before:
+            self._config.set_user(list(before.items()))
+        for client, values in changed:
+            items = [ConfigItemUpdate(name=n, value=v) for n, v in values.items()]
+            undo = ConfigUpdate(items=items, ignore_unknown=True)
+            try:
+                with _naming(client):
+                    _as_caller(client, "set", undo)
+            except RpcException as exc:  # unreachable since: say so, the refusal is what the caller gets
+                self.logger.error("A refused config change could not be undone: %s", exc)
 
     def _remote_items(
         self, clients: list[RpcClient], names: Iterable[str], *, skip_unreachable: bool = False
@@ -148,6 +177,10 @@ def _naming(client: RpcClient) -> Iterator[None]:
         raise RpcTransportError(where, exc.status, exc.details) from exc
     except RpcException as exc:
         raise RpcException(f"Config service of proxied server {client.host}:{client.port}: {exc}", exc.rc) from exc
+
+
+def _values(items: Iterable[ConfigItem]) -> dict[str, str]:
+    return {i.name: i.value for i in items}
 
 
 def _timeout() -> float:
