@@ -441,9 +441,7 @@ class RpcServer:
         traced = self.tracing
         if traced is not None:  # outermost: the span is current while the call is checked, counted and served
             handlers = {m: traced.instrument(h, service, m, results=not d.is_proxy) for m, h in handlers.items()}
-        assert self._grpc is not None
-        self._grpc.add_registered_method_handlers(service, handlers)
-        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self._add_service(service, handlers)
         self._service_names[d.name] = service
         return service
 
@@ -463,39 +461,43 @@ class RpcServer:
                 routed = {m: self.tracing.instrument(h, service, m, results=False) for m, h in routed.items()}
             self._routes.update({f"/{service}/{method}": handler for method, handler in routed.items()})
 
-    def _register_health(self) -> None:
-        """Serve `self.health` on the control pool: Check and Watch never wait for a worker.
-
-        Per-instance behaviors carry the pool. Watch is non-blocking (grpcio's `experimental_non_blocking`):
-        it registers its stream and returns, holding no thread meanwhile.
-        """
-        service, generated = capture_service(health_pb2_grpc.add_HealthServicer_to_server, self.health)
-        handlers = {}
-        for name, original in generated.items():
-            behavior = _delegate(getattr(self.health, name))
-            if name == "Watch":
-                non_blocking(behavior)
-            run_on(behavior, self._control)
-            handlers[name] = make_handler(original, behavior)
-            if name == "Watch":  # no thread held, but memory: bounded per caller (health is open to anybody)
-                handlers[name] = self.fairness.wrap_watch(f"/{service}/{name}", handlers[name])
+    def _add_service(self, service: str, handlers: dict[str, Handler]) -> None:
+        """Serve `handlers` (by method name) as `service`: registered methods (grpcio's fast lookup), and a generic
+        handler for callers that name them otherwise."""
         assert self._grpc is not None
         self._grpc.add_registered_method_handlers(service, handlers)
         self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+    def _library_service(
+        self, register: Callable[[Any, Any], None], servicer: object, pool: IdlePool, *, pushed: str = ""
+    ) -> tuple[str, dict[str, Handler]]:
+        """The handlers of a library's servicer (health, channelz, reflection) as `register` (its generated
+        `add_*_to_server`) makes them, each with a behavior of its own run on `pool`; `pushed`: the method made
+        non-blocking (grpcio's `experimental_non_blocking`: it holds no thread while its stream is open)."""
+        service, generated = capture_service(register, servicer)
+        handlers = {}
+        for name, original in generated.items():
+            behavior = _delegate(getattr(servicer, name))
+            if name == pushed:
+                non_blocking(behavior)
+            run_on(behavior, pool)
+            handlers[name] = make_handler(original, behavior)
+        return service, handlers
+
+    def _register_health(self) -> None:
+        """Serve `self.health` on the control pool: Check and Watch never wait for a worker. Watch is non-blocking:
+        it registers its stream and returns, holding no thread meanwhile, but its call's memory: bounded per caller
+        (health is open to anybody)."""
+        add = health_pb2_grpc.add_HealthServicer_to_server
+        service, handlers = self._library_service(add, self.health, self._control, pushed="Watch")
+        handlers["Watch"] = self.fairness.wrap_watch(f"/{service}/Watch", handlers["Watch"])
+        self._add_service(service, handlers)
 
     def _register_channelz(self) -> None:
         """grpcio-channelz's servicer (the process's channels, subchannels, servers and sockets, from gRPC's core),
         on the control pool: it answers however busy the workers are. The policy gives it to admins only."""
-        servicer = channelz.ChannelzServicer()
-        service, generated = capture_service(channelz_pb2_grpc.add_ChannelzServicer_to_server, servicer)
-        handlers = {}
-        for name, original in generated.items():
-            behavior = _delegate(getattr(servicer, name))
-            run_on(behavior, self._control)
-            handlers[name] = make_handler(original, behavior)
-        assert self._grpc is not None
-        self._grpc.add_registered_method_handlers(service, handlers)
-        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        add = channelz_pb2_grpc.add_ChannelzServicer_to_server
+        self._add_service(*self._library_service(add, channelz.ChannelzServicer(), self._control))
 
     def _register_reflection(self, services: list[str]) -> None:
         """grpcio-reflection's servicer for `services`, extended to the dynamic services (`ProxiedReflection`),
@@ -503,16 +505,9 @@ class RpcServer:
         stream holds a thread of that pool for its whole life, read or not: counted in its caller's share of
         streams (`rpc-max-streams-per-caller`), as a proxied stream is."""
         servicer = ProxiedReflection(reflection.ReflectionServicer(services), self.proxies)
-        service, generated = capture_service(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer)
-        handlers = {}
-        for name, original in generated.items():
-            behavior = _delegate(getattr(servicer, name))
-            run_on(behavior, self.streams)
-            handlers[name] = make_handler(original, behavior)
-        handlers = self.fairness.wrap_service(service, handlers)
-        assert self._grpc is not None
-        self._grpc.add_registered_method_handlers(service, handlers)
-        self._grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        add = reflection_pb2_grpc.add_ServerReflectionServicer_to_server
+        service, handlers = self._library_service(add, servicer, self.streams)
+        self._add_service(service, self.fairness.wrap_service(service, handlers))
 
     def _manager_logger(self, manager: object) -> logging.Logger:
         """The logger a manager's calls are traced on, given its rolling file: an `RpcManager`'s
