@@ -29,6 +29,7 @@ import grpc_helper_samples
 from grpc_helper import EventsListener, Folders, RpcClient, RpcException, RpcManager, RpcServer, RpcServiceDescriptor
 from grpc_helper.api import Event, EventFilter, EventProperty, ResultCode
 from grpc_helper.testing import serve
+from grpc_helper.tls import ClientSecurity
 from grpc_helper_samples._run import PROXY_USE_CURRENT_HOST_ENV
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import (
@@ -261,6 +262,16 @@ def start_echo(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "grpc_helper_samples.echo", *args]
     return subprocess.Popen(command, env=env, stderr=stderr, stdout=subprocess.DEVNULL, text=True)
+
+
+def operator_security(creds: Mapping[str, str]) -> ClientSecurity:
+    """The operator's credentials as `stack.sh env` exports them (its certificate, and its token besides)."""
+    return ClientSecurity.from_files(
+        creds["GRPC_HELPER_TLS_CA"],
+        creds["GRPC_HELPER_TLS_CERT"],
+        creds["GRPC_HELPER_TLS_KEY"],
+        token_file=creds["GRPC_HELPER_TOKEN_FILE"],
+    )
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_helper import ClientSecurity, EventsListener, RpcClient, RpcException
+from grpc_helper import EventsListener, RpcClient, RpcException
 from grpc_helper.api import (
     ConfigApiVersion,
     ConfigItemUpdate,
@@ -40,7 +40,7 @@ from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, 
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from helpers import STACK_SERIES, prometheus_value
+from helpers import STACK_SERIES, operator_security, prometheus_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISOR_CONF = "/tmp/supervisord.conf"
@@ -311,12 +311,7 @@ def test_secure_stack_from_stack_sh(tmp_path: Path) -> None:
         creds = dict(item.split("=", 1) for item in exported.split())
         target = {"GRPC_HELPER_HOST": "127.0.0.1", "GRPC_HELPER_PORT": str(port)}
         assert {k: creds[k] for k in target} == target  # the CLI's target: IPv4, as Docker published it
-        security = ClientSecurity.from_files(
-            creds["GRPC_HELPER_TLS_CA"],
-            creds["GRPC_HELPER_TLS_CERT"],
-            creds["GRPC_HELPER_TLS_KEY"],
-            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
-        )
+        security = operator_security(creds)
         stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
         # 127.0.0.1, not localhost: with a Docker-picked port, [::1]:port may be another stack's (Docker 20.10
         # picks IPv4 and IPv6 ports apart), as it was once in CI
@@ -393,12 +388,7 @@ def test_observability_stack_from_stack_sh(tmp_path: Path) -> None:
         url = creds["GRPC_HELPER_PROMETHEUS_URL"]
         assert url.startswith("http://127.0.0.1:")  # the host's loopback only
         assert f"Prometheus on {url}" in up.stdout
-        security = ClientSecurity.from_files(
-            creds["GRPC_HELPER_TLS_CA"],
-            creds["GRPC_HELPER_TLS_CERT"],
-            creds["GRPC_HELPER_TLS_KEY"],
-            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
-        )
+        security = operator_security(creds)
         stubs = {
             "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
             "notes": (NotesServiceStub, NotesApiVersion.NOTES_API_CURRENT),

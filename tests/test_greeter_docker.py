@@ -19,10 +19,10 @@ from test_docker import compose_cmd, wait_for
 from test_samples import normalized
 from test_stack_services import GREETER_STEPS, SERVICE, SRV, STACK_SH, GreeterProcess, readme_greeter_steps
 
-from grpc_helper import ClientSecurity, RpcClient
+from grpc_helper import RpcClient
 from grpc_helper.pki import CertificateAuthority
 
-from helpers import clean_env
+from helpers import clean_env, operator_security
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDE = "examples/greeter/compose.greeter.yaml"  # as the README has it: relative to the repository
@@ -166,12 +166,7 @@ def test_greeter_added_to_the_running_secure_stack(greeter_stack: GreeterStack, 
     ).stdout.strip()
     run = 'eval "$("$STACK" env --service greeter)" && exec "$PY" -m greeter.server -p 0 -w "$WORKSPACE"'
     local = GreeterProcess(tmp_path, run, s.env)
-    security = ClientSecurity.from_files(
-        creds["GRPC_HELPER_TLS_CA"],
-        creds["GRPC_HELPER_TLS_CERT"],
-        creds["GRPC_HELPER_TLS_KEY"],
-        token_file=creds["GRPC_HELPER_TOKEN_FILE"],
-    )
+    security = operator_security(creds)
     try:
         with RpcClient("127.0.0.1", port, SRV, timeout=30, security=security) as client:
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from grpc_helper import ClientSecurity, RpcClient
+from grpc_helper import RpcClient
 from grpc_helper.api import Filter, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, Note, NoteKey, NotesApiVersion
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2_grpc import NotesServiceStub
 
-from helpers import STACK_SERIES, prometheus_value, wait_until
+from helpers import STACK_SERIES, operator_security, prometheus_value, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,12 +93,7 @@ def test_local_stack_up_and_down(tmp_path: Path) -> None:
         refused = ctl("--host", "127.0.0.1", "--timeout", "2", "info", env=no_cert)
         assert refused.returncode == 1
         assert "connection closed" in refused.stderr  # no client certificate: the handshake is refused
-        security = ClientSecurity.from_files(
-            creds["GRPC_HELPER_TLS_CA"],
-            creds["GRPC_HELPER_TLS_CERT"],
-            creds["GRPC_HELPER_TLS_KEY"],
-            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
-        )
+        security = operator_security(creds)
         client = RpcClient("localhost", port, STUBS, timeout=30, security=security)
         info = {i.name: i for i in client.srv.info(Filter(names=["echo", "notes"])).items}
         assert (info["echo"].proxy_port, info["notes"].proxy_port) == (port + 1, port + 2)
@@ -133,12 +128,7 @@ def test_local_stack_with_observability(tmp_path: Path) -> None:
         creds = operator_env(env)
         url = creds["GRPC_HELPER_PROMETHEUS_URL"]
         assert url == f"http://127.0.0.1:{port + 6}"
-        security = ClientSecurity.from_files(
-            creds["GRPC_HELPER_TLS_CA"],
-            creds["GRPC_HELPER_TLS_CERT"],
-            creds["GRPC_HELPER_TLS_KEY"],
-            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
-        )
+        security = operator_security(creds)
         with RpcClient("127.0.0.1", port, STUBS, timeout=30, security=security) as client:
             for i in range(5):
                 assert client.echo.echo(EchoRequest(text=f"o{i}")).text == f"o{i}"

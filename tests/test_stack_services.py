@@ -26,12 +26,12 @@ from cryptography import x509
 from test_docker import served_certificate, wait_for
 from test_stack_local import ctl, free_port_range, operator_env, stack
 
-from grpc_helper import ClientSecurity, RpcClient
+from grpc_helper import RpcClient
 from grpc_helper.api import Filter, ServerApiVersion
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.auth import Policy, token_hash
 
-from helpers import clean_env
+from helpers import clean_env, operator_security
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_SH = ROOT / "scripts" / "stack.sh"
@@ -252,12 +252,7 @@ def test_an_added_service_joins_the_local_stack(tmp_path: Path) -> None:
         assert "reloaded: 5 identities" in (state / "logs" / "main.log").read_text()  # operator, main, samples, greeter
         creds = operator_env(env)
         with_creds = {**env, **creds}
-        security = ClientSecurity.from_files(
-            creds["GRPC_HELPER_TLS_CA"],
-            creds["GRPC_HELPER_TLS_CERT"],
-            creds["GRPC_HELPER_TLS_KEY"],
-            token_file=creds["GRPC_HELPER_TOKEN_FILE"],
-        )
+        security = operator_security(creds)
         with RpcClient("127.0.0.1", port, SRV, timeout=30, security=security) as client:
             # By its certificate, from the environment variables (`eval`, as the README shows)
             run = 'eval "$("$STACK" env --service greeter)" && exec "$PY" -m greeter.server -p 0 -w "$WORKSPACE"'
