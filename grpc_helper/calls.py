@@ -473,22 +473,29 @@ class PushStream:
     one message in flight): the manager serializes them.
     """
 
-    __slots__ = ("_ended", "_logger", "_name", "_peer", "_respond", "context")
+    __slots__ = ("_ended", "_respond", "_trace", "context")
 
-    def __init__(
-        self, respond: Callable[[Message | None], None], context: grpc.ServicerContext, trace: tuple[Any, str, str]
-    ) -> None:
+    def __init__(self, respond: Callable[[Message | bytes | None], None], context: grpc.ServicerContext) -> None:
         self._respond = respond
         self.context = context
-        self._logger, self._peer, self._name = trace  # logger None: no tracing for this call
+        self._trace: tuple[logging.Logger, str, str, type[Message]] | None = None  # set by `traced`
         self._ended = False
 
-    def send(self, message: Message) -> bool:
-        """Send `message`, blocking until gRPC took it; False once the call is over (nothing sent)."""
-        if self._ended or not self.context.is_active():
+    def traced(self, logger: logging.Logger, peer: str, name: str, response_cls: type[Message]) -> None:
+        """Trace each message sent on `logger` (DEBUG), as from `peer` for method `name`."""
+        self._trace = (logger, peer, name, response_cls)
+
+    def send(self, message: Message | bytes) -> bool:
+        """Send `message`, blocking until gRPC took it; False once the call is over (nothing sent, or maybe
+        not received). `bytes`: the message already serialized (its wire form), e.g. one built for many
+        streams without a message object per stream (the method's handler passes bytes through as they are).
+        """
+        if self._ended:
             return False
-        if self._logger is not None:
-            self._logger.debug(exit_trace(self._peer, self._name, message))
+        if self._trace is not None:
+            logger, peer, name, cls = self._trace
+            logger.debug(exit_trace(peer, name, cls.FromString(message) if isinstance(message, bytes) else message))
+        # No `is_active()` first: gRPC sends nothing on a call that is over, and that costs a lock per message
         self._respond(message)
         return self.context.is_active()
 
@@ -508,13 +515,13 @@ def _pushed_behavior(site: CallSite, fn: Callable[[Any, PushStream], None]) -> B
     (Once per stream, not per message: no copies into locals as in the wrappers above.)"""
     name = method_name(site.path)
 
-    def pushed(request: Any, context: grpc.ServicerContext, respond: Callable[[Message | None], None]) -> None:
+    def pushed(request: Any, context: grpc.ServicerContext, respond: Callable[[Message | bytes | None], None]) -> None:
         md = context.invocation_metadata()
-        trace: tuple[Any, str, str] = (None, "", name)
+        stream = PushStream(respond, context)
         if site.logger.isEnabledFor(logging.DEBUG):
-            trace = (site.logger, trace_peer(md), name)
-            site.logger.debug(entry_trace(trace[1], name, request))
-        stream = PushStream(respond, context, trace)
+            peer = trace_peer(md)
+            site.logger.debug(entry_trace(peer, name, request))
+            stream.traced(site.logger, peer, name, site.response_cls)
         err = site.versions.check(md)
         if err is not None:
             stream.end(site.error_response(context, err))

@@ -98,6 +98,19 @@ def make_handler(original: Handler, behavior: Behavior) -> Handler:
     return method_handler(kind_of(original), behavior, original.request_deserializer, original.response_serializer)
 
 
+def sending_serialized(original: Handler, behavior: Behavior) -> Handler:
+    """`make_handler`, and the responses may also be given already serialized (`bytes`, sent as they are):
+    a message built once for many streams (`calls.PushStream.send`)."""
+    serializer = original.response_serializer
+    if serializer is None:  # raw bytes already
+        return make_handler(original, behavior)
+
+    def serialize(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serializer(response)
+
+    return method_handler(kind_of(original), behavior, original.request_deserializer, serialize)
+
+
 # --- servicers ---
 
 

@@ -15,7 +15,8 @@ import pytest
 
 import grpc_helper_samples
 from grpc_helper import Folders, RpcClient, RpcManager, RpcMetadata, RpcServer, RpcServiceDescriptor
-from grpc_helper.api import Event, Filter, LoggerLevel
+from grpc_helper.api import Event, EventApiVersion, EventFilter, EventInterrupt, EventProperty, Filter, LoggerLevel
+from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 from grpc_helper_samples.api.notes_pb2 import Note, NotesApiVersion, NoteStatus
@@ -188,6 +189,28 @@ class TestCallTraces:
             f'[RPC] {PEER} <<< EchoService.repeat: EchoResponse{{text: "r" }}',
             f'[RPC] {PEER} <<< EchoService.repeat: EchoResponse{{text: "r" index: 1 }}',
             f'[RPC] {PEER} <<< EchoService.repeat: EchoResponse{{text: "r" index: 2 }}',
+        ]
+
+    def test_event_stream_traces_each_status(self, servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+        # Deliveries go to gRPC already serialized (one status per listener, no message object): the trace
+        # still shows each one as the message it is
+        caplog.set_level(logging.DEBUG, logger="EventsManager")
+        srv = servers(0, [], with_events=True)
+        stubs = {"events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT)}
+        client = RpcClient("127.0.0.1", srv.port, stubs, name=CALLER, timeout=30)
+        stream = client.events.listen(EventFilter(names=["TRACED"]))
+        cid = next(stream).client_id
+        client.events.send(Event(name="TRACED", properties=[EventProperty(name="k", value="v")]))
+        seq = next(stream).seq
+        client.events.interrupt(EventInterrupt(client_id=cid))
+        assert list(stream) == []
+        peer = PEER.replace(f"api:{CURRENT}", f"api:{int(EventApiVersion.EVENT_API_CURRENT)}")
+        prefix = f"[RPC] {peer} <<< EventService.listen: EventStatus"
+        event = 'event {   name: "TRACED"   properties {     name: "k"     value: "v"   } }'
+        assert [line for line in rpc_lines(caplog, "EventsManager") if "EventService.listen" in line] == [
+            f'[RPC] {peer} >>> EventService.listen (EventFilter{{names: "TRACED" }})',
+            f"{prefix}{{client_id: {cid} }}",
+            f"{prefix}{{{event} client_id: {cid} seq: {seq} }}",
         ]
 
     def test_client_stream_traces_each_received_message(

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+import typing
 from typing import Any
 
 import pytest
@@ -18,10 +19,14 @@ from grpc_helper.api import (
     EventApiVersion,
     EventFilter,
     EventInterrupt,
+    EventProperty,
+    EventStatus,
     Filter,
     ResultCode,
 )
 from grpc_helper.api.events_pb2_grpc import EventServiceStub
+from grpc_helper.calls import PushStream
+from grpc_helper.events.queues import REDELIVER_MAX, EventQueue, Listener, Pending, event_field, pending_of
 from grpc_helper.persist import file_stamp
 from grpc_helper.testing import rc_of
 
@@ -42,6 +47,32 @@ class TestService:
         got = [s.next_event() for _ in range(5)]
         assert [e.properties[0].value for e in got] == ["0", "1", "2", "3", "4"]
         srv.client.events.interrupt(EventInterrupt(client_id=s.client_id))
+
+    def test_events_of_every_size_arrive_whole_and_numbered(self, srv: RpcServer) -> None:
+        # Deliveries are written on the wire by hand (queues.event_field): sizes across each step of the
+        # length's varint (1, 2 and 3 bytes), up to the largest property value a request may carry
+        values = ["", "v" * 100, "w" * 200, "x" * 16_000, "y" * 20_000, "z" * (64 * 1024)]
+        it = srv.client.events.listen(EventFilter(names=["SIZED"]))
+        cid = next(it).client_id
+        for v in values:
+            srv.client.events.send(event("SIZED", v=v))
+        statuses = [next(it) for _ in values]
+        assert [st.event for st in statuses] == [event("SIZED", v=v) for v in values]
+        assert {st.client_id for st in statuses} == {cid}
+        seqs = [st.seq for st in statuses]
+        assert seqs[0] > 0
+        assert seqs == list(range(seqs[0], seqs[0] + len(values)))
+        srv.client.events.interrupt(EventInterrupt(client_id=cid))
+
+    @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 2_097_151, 2_097_152])
+    def test_a_delivery_is_the_status_protobuf_writes(self, size: int) -> None:
+        data = Event(name="E", properties=[EventProperty(name="p", value="x" * size)]).SerializeToString()
+        for cid, seq in [(1, 1), (0xFFFFFFFF, 2**63 - 1), (437, time.time_ns() // 1000)]:
+            status = EventStatus(client_id=cid, seq=seq)
+            status.event.MergeFromString(data)
+            assert event_field(data) + EventStatus(client_id=cid, seq=seq).SerializeToString() == (
+                status.SerializeToString()
+            )
 
     def test_filter_by_name(self, srv: RpcServer) -> None:
         s = Stream(srv.client, ["WANTED"])
@@ -268,6 +299,58 @@ class TestJournalI20:
         # The janitor may have compacted it into queues.json already: then it is there
         queues = folders.workspace / "queues.json"
         assert wait_until(lambda: journaled() or (queues.exists() and "JOURNALED" in queues.read_text()))
+
+
+class _Unsent:
+    """Stands in for a listener's stream where the queue is driven by hand: nothing is sent."""
+
+    def end(self, last: EventStatus | None = None) -> None:
+        pass
+
+
+def _listener(q: EventQueue) -> Listener:
+    return Listener(q, typing.cast(PushStream, _Unsent()), lambda _: None)
+
+
+class TestRedelivery:
+    """What a queue sends again when its stream is lost (unit: the queue driven by hand, no stream)."""
+
+    @staticmethod
+    def taken(q: EventQueue, listener: Listener, count: int) -> tuple[list[Pending], int]:
+        for i in range(count):
+            q.push(pending_of(event("E", i=str(i))), 10_000, 1 << 30)
+        batch, seq, _, _ = q._work_for(listener)
+        return batch, seq
+
+    def test_a_lost_stream_gets_its_last_events_again_with_their_numbers(self) -> None:
+        q = EventQueue(7)
+        listener = _listener(q)
+        q.attach(listener)
+        first, seq = self.taken(q, listener, 600)
+        second, _ = self.taken(q, listener, 600)
+        assert q.detach(listener, lost=True)
+        # At most REDELIVER_MAX of the newest: the first batch's last 200, then the whole second one
+        assert list(q.events) == first[600 - (REDELIVER_MAX - 600) :] + second
+        assert q.next_seq == seq + 1200 - REDELIVER_MAX
+        assert q.size == sum(len(data) for _, data in q.events)
+        listener.finish()
+
+    def test_an_interrupted_stream_or_an_old_batch_is_not_sent_again(self) -> None:
+        q = EventQueue(8)
+        listener = _listener(q)
+        q.attach(listener)
+        self.taken(q, listener, 3)
+        assert q.detach(listener)  # interrupted: it got what was sent
+        assert not q.events
+        again = _listener(q)
+        q.attach(again)
+        self.taken(q, again, 3)
+        q.redeliver = -1.0  # every batch sent is older than the window
+        assert q.detach(again, lost=True)
+        assert not q.events
+        assert q.recent_count == 0
+        listener.finish()
+        again.finish()
 
 
 class TestListener:

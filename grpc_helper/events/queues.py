@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from threading import Lock
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from grpc_helper.api import Event, EventStatus, Result, ResultCode
 from grpc_helper.calls import PushStream
@@ -35,6 +35,27 @@ Pending: TypeAlias = tuple[str, bytes]
 def pending_of(event: Event) -> Pending:
     """The shared form of `event` (its name interned: every event of a name shares one string)."""
     return sys.intern(event.name), event.SerializeToString()
+
+
+# The head of an `EventStatus`'s `event` field (field 2, length-delimited) for events under 128 bytes
+_EVENT_HEADS = [bytes((0x12, size)) for size in range(0x80)]
+
+
+def event_field(data: bytes) -> bytes:
+    """`EventStatus.event` on the wire, for the serialized event `data`: followed by the status's other
+    fields (client_id, seq: numbers 3 and 4, after 2 as protobuf writes them), a whole `EventStatus`.
+
+    Deliveries are built so, without a message per listener (parsing the event into one, then serializing
+    it again, cost more than a third of a delivery)."""
+    size = len(data)
+    if size < 0x80:
+        return _EVENT_HEADS[size] + data
+    head = bytearray(b"\x12")
+    while size > 0x7F:  # a varint: 7 bits a byte, least significant first
+        head.append(size & 0x7F | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + data
 
 
 def _run_now(task: Callable[[], None]) -> None:
@@ -63,7 +84,7 @@ class Listener:
     is True from the moment a run is asked for until it finds nothing left to do.
     """
 
-    __slots__ = ("_ended", "keepalive_due", "last_sent", "on_end", "queue", "scheduled", "stream")
+    __slots__ = ("_ended", "_numbered", "keepalive_due", "last_sent", "on_end", "queue", "scheduled", "stream")
 
     def __init__(self, queue: EventQueue, stream: PushStream, on_end: Callable[[Listener], None]) -> None:
         self.queue = queue
@@ -73,6 +94,9 @@ class Listener:
         self.keepalive_due = False
         self.last_sent = time.monotonic()
         self._ended = False
+        # The fields after the event in each status sent (client id, the event's number): one message per
+        # listener, only its `seq` set per event (by `run`, one at a time)
+        self._numbered = EventStatus(client_id=queue.client_id)
         EVENT_LISTENERS.inc()  # until `finish`
 
     def run(self) -> None:
@@ -81,6 +105,7 @@ class Listener:
         q = self.queue
         cid = q.client_id
         stream = self.stream
+        numbered = self._numbered
         while True:
             batch, seq, keepalive, must_end = q._work_for(self)
             if must_end:
@@ -88,9 +113,8 @@ class Listener:
             if not batch and not keepalive:
                 return  # no longer scheduled
             for n, (_, data) in enumerate(batch, seq):
-                status = EventStatus(client_id=cid, seq=n)
-                status.event.MergeFromString(data)
-                if not stream.send(status):
+                numbered.seq = n
+                if not stream.send(event_field(data) + numbered.SerializeToString()):
                     EVENTS_DELIVERED.inc(n - seq)
                     break  # the client is gone: its callback detaches the queue, ending this listener
             else:
@@ -132,8 +156,8 @@ class EventQueue:
 
     Deliveries are numbered (`EventStatus.seq`): `next_seq` is the number of the next event sent, starting
     from the microseconds since the epoch when the queue is made or restored, so that numbers only grow,
-    across restarts too. What was sent lately stays in `recent` (shared, not copied), to be queued again
-    if the stream it went to is lost (`requeue_recent`; their times in `recent_times`, one per batch): sending
+    across restarts too. What was sent lately stays in `recent`, batch by batch (shared, not copied), to be
+    queued again if the stream it went to is lost (`requeue_recent`): sending
     on a stream only hands the event to the connection, and a connection whose peer vanished takes events
     until keepalive closes it. A listener
     resuming says the last number it got (`skip_through`): it gets each event once, and a 2.x client, which
@@ -153,7 +177,7 @@ class EventQueue:
         "next_seq",
         "owner",
         "recent",
-        "recent_times",
+        "recent_count",
         "redeliver",
         "retained_since",
         "size",
@@ -177,8 +201,8 @@ class EventQueue:
         self.closed = False  # the service shuts down: the owner must end (the queue itself is kept)
         self.dropped = 0  # events dropped since the queue was last drained
         self.next_seq = time.time_ns() // 1000  # see the class doc
-        self.recent: deque[Pending] = deque()  # the last sent, newest last
-        self.recent_times: deque[list[Any]] = deque()  # [sent at, how many] per batch of `recent`, oldest first
+        self.recent: deque[tuple[float, list[Pending]]] = deque()  # (sent at, batch) of the last sent, oldest first
+        self.recent_count = 0  # events in `recent`
         self.redeliver = redeliver_window()  # read once: static items, and this runs on every delivery
         self._logger = logger or _log
         self._lock = Lock()
@@ -269,7 +293,7 @@ class EventQueue:
                 self._requeue_recent()
             # An interrupted listener got what was sent; a retained queue keeps no `recent` (it costs memory)
             self.recent.clear()
-            self.recent_times.clear()
+            self.recent_count = 0
             self._kick(owner)
         return True
 
@@ -277,27 +301,27 @@ class EventQueue:
         """Put back in front of the pending events those sent within `redeliver_window()`, with the numbers
         they were sent with (caller holds self._lock): they may never have reached a listener that vanished."""
         self._forget(time.monotonic() - self.redeliver)
-        recent = self.recent
-        if not recent:
-            return
-        self.next_seq -= len(recent)  # `recent` is the tail of what was sent: the same numbers again
-        self.events.extendleft(reversed(recent))
-        self.size += sum(len(data) for _, data in recent)
+        recent, events = self.recent, self.events
+        self.next_seq -= self.recent_count  # `recent` is the tail of what was sent: the same numbers again
+        for _, batch in reversed(recent):
+            events.extendleft(reversed(batch))
+            self.size += sum(len(data) for _, data in batch)
         recent.clear()
-        self.recent_times.clear()
+        self.recent_count = 0
 
     def _forget(self, oldest: float) -> None:
         """Drop from `recent` the batches sent before `oldest`, and its oldest events beyond `REDELIVER_MAX`
         (caller holds self._lock)."""
-        recent, times = self.recent, self.recent_times
-        while times and (times[0][0] < oldest or len(recent) > REDELIVER_MAX):
-            first = times[0]
-            n = first[1] if first[0] < oldest else min(first[1], len(recent) - REDELIVER_MAX)
-            for _ in range(n):
-                recent.popleft()
-            first[1] -= n
-            if not first[1]:
-                times.popleft()
+        recent = self.recent
+        while recent and (recent[0][0] < oldest or self.recent_count > REDELIVER_MAX):
+            sent_at, batch = recent[0]
+            beyond = self.recent_count - REDELIVER_MAX
+            if sent_at >= oldest and beyond < len(batch):  # the batch's newest are within both bounds
+                recent[0] = (sent_at, batch[beyond:])
+                self.recent_count = REDELIVER_MAX
+                return
+            recent.popleft()
+            self.recent_count -= len(batch)
 
     def skip_through(self, seq: int) -> int:
         """Drop the pending events numbered up to `seq` (a resuming listener got them already); how many."""
@@ -349,8 +373,8 @@ class EventQueue:
         """Keep what is being sent in `recent`, within `REDELIVER_MAX` events and `redeliver_window()` seconds
         (caller holds self._lock)."""
         now = time.monotonic()
-        self.recent.extend(sent)
-        self.recent_times.append([now, len(sent)])
+        self.recent.append((now, sent))
+        self.recent_count += len(sent)
         self._forget(now - self.redeliver)
 
     def refilter(self, names: frozenset[str]) -> int:

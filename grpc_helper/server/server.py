@@ -27,7 +27,7 @@ from grpc_helper.api.events_pb2_grpc import EventServiceStub, add_EventServiceSe
 from grpc_helper.api.logger_pb2_grpc import LoggerServiceStub, add_LoggerServiceServicer_to_server
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub, add_RpcServerServiceServicer_to_server
 from grpc_helper.auth import Authorizer
-from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_method, wrap_method
+from grpc_helper.calls import CallSite, LoadGate, VersionRange, implemented_method, is_pushed_stream, wrap_method
 from grpc_helper.client import RpcClient
 from grpc_helper.config.items import ConfigItems
 from grpc_helper.config.manager import ConfigManager
@@ -48,6 +48,7 @@ from grpc_helper.generated import (
     non_blocking,
     response_class,
     run_on,
+    sending_serialized,
 )
 from grpc_helper.live import LiveStats
 from grpc_helper.logs import LoggersConfig, RollingLogs, default_console
@@ -421,7 +422,9 @@ class RpcServer:
                     run_on(behavior, self.streams)
                 elif method in _CONTROL_METHODS.get(d.name, ()):
                     run_on(behavior, self._control)
-                handlers[method] = make_handler(original, behavior)
+                # A pushed stream may send messages built once for many streams (the events service does)
+                wrap = sending_serialized if is_pushed_stream(fn) else make_handler
+                handlers[method] = wrap(original, behavior)
         handlers = self.fairness.wrap_service(service, handlers)
         # Every registered method is measured (its labels and live window bound here, once), its fairness refusals
         # included; forwarded bytes have no `Result`. The Prometheus families only with a metrics port (else nothing
