@@ -14,7 +14,8 @@ Reported, baseline beside current, the median over the rounds of:
 - `bench/fanout_load.py --only RpcServer` (500 listeners, 10 events/s, 20 unary calls/s): the p99 of
   `send` and of the unary calls, in ms.
 
-Run it on a quiet machine: it takes about `rounds` x 2 x (3-4 minutes) + `fanout-rounds` x 2 x 40 s.
+Run it on a quiet machine: it takes about `rounds` x 2 x (3-4 minutes)
++ `fanout-rounds` x 2 x (`fanout-duration` + 30 s).
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def _core_proxy(tree: Path, duration: float) -> dict[str, tuple[float, float]]:
     return {r["scenario"]: (r.get("ratio", float("nan")), r["server_cpu_us"]) for r in rows}
 
 
-def _fanout(tree: Path) -> tuple[float, float]:
+def _fanout(tree: Path, duration: float) -> tuple[float, float]:
     """One `bench/fanout_load.py --only RpcServer` in `tree`: (send p99, unary p99) in ms."""
     command = [str(tree / ".venv/bin/python"), "bench/fanout_load.py", "--only", "RpcServer"]
+    command += ["--duration", str(duration)]
     output = subprocess.run(command, cwd=tree, check=True, capture_output=True, text=True).stdout
     found = _FANOUT.search(output)
     if found is None:
@@ -72,6 +74,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of run.py (default 3)")
     parser.add_argument("--duration", type=float, default=3, help="measured seconds per scenario (default 3)")
     parser.add_argument("--fanout-rounds", type=int, default=2, help="alternating fan-out runs (default 2, 0: none)")
+    parser.add_argument(
+        "--fanout-duration", type=float, default=10, help="measured seconds per fan-out run (default 10: 100 sends)"
+    )
     args = parser.parse_args()
     trees = {"baseline": _baseline(args.baseline), "current": ROOT}
     sides = list(trees)
@@ -84,7 +89,7 @@ def main() -> int:
     for round_ in range(args.fanout_rounds):
         for side in sides[round_ % 2 :] + sides[: round_ % 2]:
             print(f"fan-out {round_ + 1}/{args.fanout_rounds}: {side}", flush=True)
-            fanout[side].append(_fanout(trees[side]))
+            fanout[side].append(_fanout(trees[side], args.fanout_duration))
 
     print(f"\nbaseline {args.baseline} against this checkout, medians of {args.rounds} alternating rounds")
     print(f"{'scenario':22s} {'ratio base':>10s} {'ratio now':>10s} {'cpu base':>9s} {'cpu now':>9s}")
