@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, SimpleQueue
 from types import FrameType
@@ -248,12 +248,6 @@ class Deliveries:
     def put(self, task: Callable[[], object]) -> None:
         """Run `task()` on one of the threads, after those queued before it (exceptions are logged)."""
         self._tasks.put(task)
-
-    def put_all(self, tasks: Iterable[Callable[[], object]]) -> None:
-        """`put` each of `tasks`, in order."""
-        put = self._tasks.put
-        for task in tasks:
-            put(task)
 
     def check_stalls(self) -> None:
         """Start a thread for each one stuck in a task for more than `stall` seconds (up to `limit`)."""

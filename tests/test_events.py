@@ -318,7 +318,7 @@ class TestRedelivery:
     @staticmethod
     def taken(q: EventQueue, listener: Listener, count: int) -> tuple[list[Pending], int]:
         for i in range(count):
-            q.push(pending_of(event("E", i=str(i))), 10_000, 1 << 30, [])
+            q.push(pending_of(event("E", i=str(i))), 10_000, 1 << 30)
         batch, seq, _, _ = q._work_for(listener)
         return batch, seq
 

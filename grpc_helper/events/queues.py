@@ -151,7 +151,7 @@ class EventQueue:
     A stream attaching with the same id takes the queue over: the previous owner ends.
 
     Hot path: `push` is one short lock and an append, plus, only if the owner has no delivery
-    scheduled, its run for the sender to hand to the delivery threads, which then send everything
+    scheduled, one task handed to the delivery threads (`schedule`), which then sends everything
     pending at once.
 
     Deliveries are numbered (`EventStatus.seq`): `next_seq` is the number of the next event sent, starting
@@ -212,15 +212,12 @@ class EventQueue:
         return not self.names or name in self.names
 
     # --- producer side ---
-    def push(self, item: Pending, limit: int, max_bytes: int, runs: list[Callable[[], None]]) -> bool:
+    def push(self, item: Pending, limit: int, max_bytes: int) -> bool:
         """Append `item` (shared by every queue it goes to); a queue holding more than `limit` events or
         `max_bytes` bytes drops its oldest ones (a sender is never blocked). The newest event is always
-        kept. True if the queue is retained (nobody listens: the event is worth persisting).
-
-        The owner's run, if it must be scheduled, is appended to `runs`, for the sender to hand over to the
-        delivery threads once the event is in every queue: woken earlier, they would compete with the
-        sender for the GIL while it pushes to the next hundreds of queues."""
+        kept. True if the queue is retained (nobody listens: the event is worth persisting)."""
         dropped = by_count = by_bytes = 0
+        task = None
         with self._lock:
             events = self.events
             events.append(item)
@@ -237,7 +234,9 @@ class EventQueue:
             owner = self.owner
             if owner is not None and not owner.scheduled:
                 owner.scheduled = True
-                runs.append(owner.run)
+                task = owner.run
+        if task is not None:
+            self._schedule(task)
         if by_count:
             DROPPED_QUEUE_MAX.inc(by_count)
         if by_bytes:

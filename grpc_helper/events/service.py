@@ -3,8 +3,8 @@
 Threads and locking:
 - `send` (worker pool, or a plain call from other managers) walks an immutable tuple of the queues
   (replaced, never mutated, under `self.lock` when queues come and go), so it takes no manager
-  lock: per accepting queue, one short queue lock and an append; then the listeners that had no
-  delivery scheduled are handed to the delivery threads, all at once.
+  lock: per accepting queue, one short queue lock, an append, and a task for the delivery threads
+  if its listener has none scheduled yet.
   O(listeners), never blocking: a full queue drops its oldest event with a warning.
 - `listen` is a pushed stream (`calls.pushed_stream`): the call opens or resumes its queue, sends the
   first status and returns; it holds no thread while it lasts. Its events are sent by two delivery
@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -406,14 +405,10 @@ class EventsManager(EventServiceServicer, RpcManager):
             request = self._tracing.carry(request)  # the sender's context, as properties every listener gets
         item = pending_of(request)  # one object, however many queues hold it
         retained = False
-        runs: list[Callable[[], None]] = []  # the listeners to wake, once the event is everywhere
         for q in self._fanout:
             names = q.names
-            if (not names or name in names) and q.push(item, limit, max_bytes, runs):
+            if (not names or name in names) and q.push(item, limit, max_bytes):
                 retained = True
-        if runs:
-            assert self._deliveries is not None  # made by _load, with the queues
-            self._deliveries.put_all(runs)
         if retained and self._journal is not None:
             self._journal.append(("ev", item))  # kept for an absent listener: worth persisting (encoded later)
         return ResultStatus()
