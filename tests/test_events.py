@@ -348,7 +348,7 @@ class TestRedelivery:
         q.redeliver = -1.0  # every batch sent is older than the window
         assert q.detach(again, lost=True)
         assert not q.events
-        assert q.recent_count == 0
+        assert not q.recent
         listener.finish()
         again.finish()
 
