@@ -352,6 +352,19 @@ class TestRedelivery:
         listener.finish()
         again.finish()
 
+    def test_what_was_sent_before_the_window_is_forgotten_by_the_janitor(self) -> None:
+        q = EventQueue(9)
+        listener = _listener(q)
+        q.attach(listener)
+        self.taken(q, listener, 3)
+        q.tick(time.monotonic(), keepalive_timeout=3600)
+        assert len(q.recent) == len(q.recent_times) == 3  # within the window
+        q.redeliver = -1.0
+        q.tick(time.monotonic(), keepalive_timeout=3600)
+        assert not q.recent
+        assert not q.recent_times
+        listener.finish()
+
 
 class TestListener:
     def test_receives_and_interrupts(self, srv: RpcServer) -> None:

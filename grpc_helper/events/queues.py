@@ -8,6 +8,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from itertools import repeat
 from threading import Lock
 from typing import TypeAlias
@@ -85,7 +86,18 @@ class Listener:
     is True from the moment a run is asked for until it finds nothing left to do.
     """
 
-    __slots__ = ("_ended", "_numbered", "keepalive_due", "last_sent", "on_end", "queue", "scheduled", "stream")
+    __slots__ = (
+        "_ended",
+        "_numbered",
+        "delivered",
+        "keepalive_due",
+        "last_sent",
+        "on_end",
+        "queue",
+        "reported",
+        "scheduled",
+        "stream",
+    )
 
     def __init__(self, queue: EventQueue, stream: PushStream, on_end: Callable[[Listener], None]) -> None:
         self.queue = queue
@@ -98,6 +110,11 @@ class Listener:
         # The fields after the event in each status sent (client id, the event's number): one message per
         # listener, only its `seq` set per event (by `run`, one at a time)
         self._numbered = EventStatus(client_id=queue.client_id)
+        # Events written to the stream (by `run` only), and how many of them are counted in EVENTS_DELIVERED (under
+        # the queue's lock: by the janitor while this listener owns its queue, then by `finish`): the metric
+        # lags by up to a janitor's period instead of costing a locked increment per delivery
+        self.delivered = 0
+        self.reported = 0
         EVENT_LISTENERS.inc()  # until `finish`
 
     def run(self) -> None:
@@ -116,16 +133,21 @@ class Listener:
             for n, (_, data) in enumerate(batch, seq):
                 numbered.seq = n
                 if not stream.send(event_field(data) + numbered.SerializeToString()):
-                    EVENTS_DELIVERED.inc(n - seq)
+                    self.delivered += n - seq
                     break  # the client is gone: its callback detaches the queue, ending this listener
             else:
-                if batch:
-                    EVENTS_DELIVERED.inc(len(batch))  # once per batch
+                self.delivered += len(batch)
             if keepalive and not batch:
                 # An empty event, present on the wire (as 2.x sends it)
                 stream.send(EventStatus(client_id=cid, event=Event()))
             self.last_sent = time.monotonic()
         self.finish()
+
+    def unreported(self) -> int:
+        """The deliveries not counted in EVENTS_DELIVERED yet, now counted (caller holds the queue's lock)."""
+        delivered = self.delivered  # read once: `run` may be adding to it
+        unreported, self.reported = delivered - self.reported, delivered
+        return unreported
 
     def finish(self) -> None:
         """End the stream, once (a last ERROR_STREAM_SHUTDOWN status if the service shuts down)."""
@@ -134,6 +156,8 @@ class Listener:
                 return
             self._ended = True
             shutting_down = self.queue.closed and self.queue.owner is self
+            unreported = self.unreported()
+        EVENTS_DELIVERED.inc(unreported)
         EVENT_LISTENERS.dec()
         last = None
         if shutting_down:
@@ -202,11 +226,13 @@ class EventQueue:
         self.closed = False  # the service shuts down: the owner must end (the queue itself is kept)
         self.dropped = 0  # events dropped since the queue was last drained
         self.next_seq = time.time_ns() // 1000  # see the class doc
-        # The last sent, oldest first, and when each was sent. Nothing in them is tracked by the garbage collector
-        # (a tuple or list per batch here, ~100k objects in all at 500 listeners, made its full collections take
-        # 45 ms instead of 15: a pause for every call)
-        self.recent: deque[Pending] = deque()
-        self.recent_times: deque[float] = deque()
+        # The last sent, oldest first, and when each was sent: at most REDELIVER_MAX, dropped from the left by the
+        # deques themselves (in lockstep); those older than the window are forgotten by the janitor (`tick`) and
+        # before a redelivery. Nothing in them is tracked by the garbage collector (a tuple or list per batch here,
+        # ~100k objects in all at 500 listeners, made its full collections take 45 ms instead of 15: a pause for
+        # every call)
+        self.recent: deque[Pending] = deque(maxlen=REDELIVER_MAX)
+        self.recent_times: deque[float] = deque(maxlen=REDELIVER_MAX)
         self.redeliver = redeliver_window()  # read once: static items, and this runs on every delivery
         self._logger = logger or _log
         self._lock = Lock()
@@ -262,11 +288,24 @@ class EventQueue:
             listener.scheduled = True
             self._schedule(listener.run)
 
-    def keepalive(self, now: float, timeout: float) -> None:
-        """Have the owner send a keep-alive if it sent nothing for `timeout` seconds."""
+    def tick(self, now: float, keepalive_timeout: float) -> None:
+        """The janitor's periodic work on the queue, without its lock in the common case: the owner sends a
+        keep-alive if it sent nothing for `keepalive_timeout` seconds, its deliveries are counted, and what
+        was sent before the redelivery window is forgotten."""
         owner = self.owner
-        if owner is None or owner.scheduled or now - owner.last_sent < timeout:
-            return  # the common case, without the lock
+        times = self.recent_times
+        with suppress(IndexError):  # empty (a deque's operations are atomic: read without the lock)
+            if times[0] < now - self.redeliver:
+                with self._lock:
+                    self._forget(now - self.redeliver)
+        if owner is None:
+            return
+        if owner.delivered != owner.reported:
+            with self._lock:
+                unreported = owner.unreported() if self.owner is owner else 0  # else counted by `finish`
+            EVENTS_DELIVERED.inc(unreported)
+        if owner.scheduled or now - owner.last_sent < keepalive_timeout:
+            return
         with self._lock:
             if self.owner is owner and not owner.scheduled:
                 owner.keepalive_due = True
@@ -313,10 +352,9 @@ class EventQueue:
         self.recent_times.clear()
 
     def _forget(self, oldest: float) -> None:
-        """Drop from `recent` the events sent before `oldest`, and its oldest beyond `REDELIVER_MAX` (caller
-        holds self._lock)."""
+        """Drop from `recent` the events sent before `oldest` (caller holds self._lock)."""
         recent, times = self.recent, self.recent_times
-        while times and (times[0] < oldest or len(times) > REDELIVER_MAX):
+        while times and times[0] < oldest:
             times.popleft()
             recent.popleft()
 
@@ -367,12 +405,9 @@ class EventQueue:
         return batch, seq, keepalive, False
 
     def _remember(self, sent: list[Pending]) -> None:
-        """Keep what is being sent in `recent`, within `REDELIVER_MAX` events and `redeliver_window()` seconds
-        (caller holds self._lock)."""
-        now = time.monotonic()
+        """Keep what is being sent in `recent` (caller holds self._lock)."""
         self.recent.extend(sent)
-        self.recent_times.extend(repeat(now, len(sent)))
-        self._forget(now - self.redeliver)
+        self.recent_times.extend(repeat(time.monotonic(), len(sent)))
 
     def refilter(self, names: frozenset[str]) -> int:
         """Replace the filter by a non-empty `names`, dropping pending events it does not accept; how many."""

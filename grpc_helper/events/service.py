@@ -322,11 +322,12 @@ class EventsManager(EventServiceServicer, RpcManager):
             self._journal.append(("keep", q.client_id, q.pending()))
 
     def _keepalives(self) -> None:
-        """Live listeners that sent nothing for `rpc-event-keepalive-timeout` send a keep-alive; a delivery
-        thread stuck on a listener that stopped reading is relieved by another one."""
+        """Each queue's periodic work (`EventQueue.tick`: live listeners that sent nothing for
+        `rpc-event-keepalive-timeout` send a keep-alive, ...); a delivery thread stuck on a listener that
+        stopped reading is relieved by another one."""
         now, timeout = time.monotonic(), RpcStaticConfig.EVENT_KEEPALIVE_TIMEOUT.int_val
         for q in self._fanout:
-            q.keepalive(now, timeout)
+            q.tick(now, timeout)
         if self._deliveries is not None:
             self._deliveries.check_stalls()
 
