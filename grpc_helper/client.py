@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import Message
 
 from grpc_helper import tracing
-from grpc_helper.api import Filter, ResultCode, ServerApiVersion
+from grpc_helper.api import Filter, ResultCode, ServerApiVersion, StatRequest
 from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper.backoff import Backoff
 from grpc_helper.balancing import SERVICE_CONFIG, Address, channel_target
@@ -27,6 +27,8 @@ from grpc_helper.tls import PLAINTEXT, ClientSecurity
 # Direct mode: how long a replica's channel may take to connect before main is used instead (seconds),
 # and how often at most routes are read again after an UNAVAILABLE call
 DIRECT_CONNECT_TIMEOUT = 1.0
+# How long the question "is this server ours?" (`RpcClient._learn_server`) may take before a streamed call
+_PROBE_TIMEOUT = 2.0
 _ROUTES_REFRESH = 1.0
 # Stubs of main's own services: never routed directly
 _MAIN_STUBS = frozenset(("srv", "config", "log", "events", "health"))
@@ -110,6 +112,9 @@ class RpcClient:
         self.custom_exception = custom_exception
         # OpenTelemetry, when configured (decided once, here): a span per call, its context sent along
         self._tracing = tracing.configured()
+        # Whether this client's server is ours (None: not known yet, see `_learn_server`): how its channel pings
+        self._server_is_ours: bool | None = None
+        self._learning = threading.Lock()  # one question at a time
         self.channel = self._new_channel()
         self.direct = direct
         # Stub -> its replicas' addresses, their channel, and the credentials sent on it
@@ -192,11 +197,11 @@ class RpcClient:
         names = [n for n in self.stubs if n not in _MAIN_STUBS]
         if not names:
             return
-        metadata = self.metadata.as_metadata() + self._credentials
-        metadata += ((KEY_API_VERSION, str(int(ServerApiVersion.SERVER_API_CURRENT))),)
         try:
             request = Filter(names=names, ignore_unknown=True)
-            info = RpcServerServiceStub(self.channel).info(request, timeout=DIRECT_CONNECT_TIMEOUT, metadata=metadata)
+            info = RpcServerServiceStub(self.channel).info(
+                request, timeout=DIRECT_CONNECT_TIMEOUT, metadata=self._srv_metadata()
+            )
         except grpc.RpcError as exc:
             # Keep what was read before: main cut off or lost says nothing about the replicas
             self.logger.debug("Direct routes: main %s:%s did not answer (%s): unchanged", self.host, self.port, exc)
@@ -254,9 +259,47 @@ class RpcClient:
             return None
         return channel
 
+    def _srv_metadata(self) -> Metadata:
+        """The metadata of this client's own calls to its server's `srv` service."""
+        version = ((KEY_API_VERSION, str(int(ServerApiVersion.SERVER_API_CURRENT))),)
+        return self.metadata.as_metadata() + self._credentials + version
+
     def _new_channel(self) -> grpc.Channel:
-        # Our server (main, usually): pinged while any call is open, an event listener's silent stream too
-        return self.security.channel(channel_target([(self.host, self.port)]), channel_options(Peer.OURS))
+        # Our server (main, usually), once known to be: pinged while any call is open, an event listener's silent
+        # stream too. Any other server (or not known yet) is pinged once after each message sent only: a 2.x or
+        # plain grpcio server takes pings during a silent call as abuse (a `too_many_pings` GOAWAY, failing every
+        # call on the connection)
+        peer = Peer.OURS if self._server_is_ours else Peer.ANY
+        return self.security.channel(channel_target([(self.host, self.port)]), channel_options(peer))
+
+    def _learn_server(self) -> None:
+        """Before a call that may stay silent for long (a streamed response), learn whether this client's
+        server is ours, if not known yet: it is if it answers `srv.stat` (new in 3; a 2.x or foreign server:
+        UNIMPLEMENTED). Ours, calls move to a channel that pings throughout (`Peer.OURS`): a vanished server
+        is noticed within `keepalive_bound()` even by a listener waiting for events. One short call per
+        client, the first time only (asked again after an answer that tells nothing: unreachable, refused)."""
+        if self._server_is_ours is not None:
+            return
+        with self._learning:
+            if self._server_is_ours is not None:
+                return
+            try:
+                stub = RpcServerServiceStub(self.channel)
+                stub.stat(StatRequest(window=1), timeout=_PROBE_TIMEOUT, metadata=self._srv_metadata())
+            except grpc.RpcError as exc:
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    self._server_is_ours = False
+                    self.logger.debug(
+                        "%s:%s is not a grpc-helper 3 server: pinged after messages only", self.host, self.port
+                    )
+                return
+            self._server_is_ours = True
+            with self._channel_lock:
+                # Not closed (it would cancel them): calls in progress on the old channel hold it, and its
+                # connection closes once the last of them ends and the channel is released
+                self.channel = self._new_channel()
+                for rebind in self._rebinders:
+                    rebind()
 
     def __enter__(self) -> RpcClient:
         return self
@@ -469,6 +512,7 @@ def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
         arg = tracked if tracked is not None else request
 
         def start() -> _StreamCall:
+            client._learn_server()  # before the call: it may move `bound` to a channel that pings throughout
             call, md = bound
             return call(arg, timeout=timeout, metadata=md)  # type: ignore[no-any-return]
 

@@ -12,9 +12,10 @@ caller that vanished (an event listener's queue is then retained).
 gRPC servers refuse pings that come too often without data (`too_many_pings` GOAWAY); gRPC's default is at
 most one every 5 minutes, with 2 strikes. Two client profiles keep clear of that:
 
-- `Peer.OURS` (an `RpcClient`'s channel to its server, usually a main): pings while any call is open,
-  however long it stays silent (an event listener waiting for events). Our servers accept a ping a
-  second (`MIN_KEEPALIVE`).
+- `Peer.OURS` (an `RpcClient`'s channel to its server, usually a main, once that server answered the
+  client's `srv.stat`, new in 3: see `RpcClient._learn_server`): pings while any call is open, however
+  long it stays silent (an event listener waiting for events). Our servers accept a ping a second
+  (`MIN_KEEPALIVE`). Until then, or for a server that is not ours, an `RpcClient` is `Peer.ANY`.
 - `Peer.ANY` (main's channels to its backends, direct mode's to replicas: servers we may not configure,
   2.x and plain grpcio ones included): one ping after each message or call the client sends, which finds
   a dead peer under any traffic; a connection left silent is watched by main's bounded health checks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,21 +15,23 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helper import Config, RpcException, RpcServer, RpcStaticConfig
+from grpc_helper import Config, RpcClient, RpcException, RpcServer, RpcStaticConfig
 from grpc_helper.api import (
     ConfigItemUpdate,
     ConfigUpdate,
     ConfigValidator,
+    EventApiVersion,
     EventFilter,
     Filter,
     ProxyRegisterRequest,
     ResultCode,
     ShutdownRequest,
 )
+from grpc_helper.api.events_pb2_grpc import EventServiceStub
 from grpc_helper.proxy import registry
 from grpc_helper.testing import rc_of
 from grpc_helper.threads import current_frames
-from grpc_helper_samples.api import EchoRequest, EchoResponse
+from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
 from helpers import BlockingEcho, Servers, echo_descriptor, wait_until, with_metadata
@@ -248,3 +251,33 @@ def test_remote_shutdown_timeout_is_bounded(servers: Servers) -> None:
     assert main.is_running
     main.stop(0)  # ends the linger
     assert not main.is_running
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections to `port` on this machine (`ss`)."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"( dport = :{port} )"], capture_output=True, text=True)
+    return len(out.stdout.splitlines())
+
+
+def test_a_call_in_progress_when_the_client_learns_its_server_is_ours_goes_on(servers: Servers) -> None:
+    """An RpcClient moves its calls to a channel that pings throughout once it learns that its server is ours
+    (before its first streamed call): a call in progress on the channel it leaves ends normally, and that
+    channel's connection closes once the call is over."""
+    blocking = BlockingEcho()
+    srv = servers(0, [echo_descriptor(blocking)], with_events=True)
+    stubs = {
+        "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+        "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
+    }
+    with RpcClient("127.0.0.1", srv.port, stubs, timeout=30) as client:
+        answered: list[str] = []
+        call = threading.Thread(target=lambda: answered.append(client.echo.echo(EchoRequest(text="x")).text))
+        call.start()
+        assert blocking.started.wait(10)
+        stream = client.events.listen(EventFilter())
+        assert next(stream).client_id > 0  # on the new channel: two connections while the call goes on
+        assert _connections_to(srv.port) == 2
+        blocking.release.set()
+        call.join(10)
+        assert answered == ["done"]
+        assert wait_until(lambda: _connections_to(srv.port) == 1, 10)
