@@ -29,6 +29,10 @@ from grpc_helper.tls import PLAINTEXT, ClientSecurity
 DIRECT_CONNECT_TIMEOUT = 1.0
 # How long the question "is this server ours?" (`RpcClient._learn_server`) may take before a streamed call
 _PROBE_TIMEOUT = 2.0
+# Its answers that settle it: not ours (or not known to be, for good)
+_NOT_OURS = frozenset(
+    (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+)
 _ROUTES_REFRESH = 1.0
 # Stubs of main's own services: never routed directly
 _MAIN_STUBS = frozenset(("srv", "config", "log", "events", "health"))
@@ -272,26 +276,27 @@ class RpcClient:
         peer = Peer.OURS if self._server_is_ours else Peer.ANY
         return self.security.channel(channel_target([(self.host, self.port)]), channel_options(peer))
 
-    def _learn_server(self) -> None:
-        """Before a call that may stay silent for long (a streamed response), learn whether this client's
-        server is ours, if not known yet: it is if it answers `srv.stat` (new in 3; a 2.x or foreign server:
-        UNIMPLEMENTED). Ours, calls move to a channel that pings throughout (`Peer.OURS`): a vanished server
-        is noticed within `keepalive_bound()` even by a listener waiting for events. One short call per
-        client, the first time only (asked again after an answer that tells nothing: unreachable, refused)."""
-        if self._server_is_ours is not None:
+    def _learn_server(self, stub: str) -> None:
+        """Before a call of `stub` that may stay silent for long (a streamed response) to this client's server,
+        learn whether that server is ours, if not known yet: it is if it answers `srv.stat` (new in 3; a 2.x or
+        foreign server: UNIMPLEMENTED). Ours, calls move to a channel that pings throughout (`Peer.OURS`): a
+        vanished server is noticed within `keepalive_bound()` even by a listener waiting for events. One short
+        call per client, the first time only; asked again after an answer that tells nothing (unreachable,
+        busy), never for a call that goes to replicas directly (main may be unreachable: they serve on)."""
+        if self._server_is_ours is not None or stub in self._routes:
             return
         with self._learning:
             if self._server_is_ours is not None:
                 return
             try:
-                stub = RpcServerServiceStub(self.channel)
-                stub.stat(StatRequest(window=1), timeout=_PROBE_TIMEOUT, metadata=self._srv_metadata())
+                srv = RpcServerServiceStub(self.channel)
+                srv.stat(StatRequest(window=1), timeout=_PROBE_TIMEOUT, metadata=self._srv_metadata())
             except grpc.RpcError as exc:
-                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                # Refused (no policy role for it, or a foreign server's own checks): not known to be ours, for good
+                if exc.code() in _NOT_OURS:
                     self._server_is_ours = False
-                    self.logger.debug(
-                        "%s:%s is not a grpc-helper 3 server: pinged after messages only", self.host, self.port
-                    )
+                    why = "%s:%s: not known to be a grpc-helper 3 server (%s): pinged after each message only"
+                    self.logger.debug(why, self.host, self.port, exc.code().name)
                 return
             self._server_is_ours = True
             with self._channel_lock:
@@ -512,7 +517,7 @@ def _server_stream_method(client: RpcClient, spec: MethodSpec, metadata: Metadat
         arg = tracked if tracked is not None else request
 
         def start() -> _StreamCall:
-            client._learn_server()  # before the call: it may move `bound` to a channel that pings throughout
+            client._learn_server(stub)  # before the call: it may move `bound` to a channel that pings throughout
             call, md = bound
             return call(arg, timeout=timeout, metadata=md)  # type: ignore[no-any-return]
 

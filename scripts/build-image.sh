@@ -14,6 +14,11 @@ LOCAL_BASE=${LOCAL_BASE_IMAGE:-grpc-helper-base:bookworm}
 LOG=${GRPC_HELPER_BUILD_LOG:-.stack/build.log}   # the whole build output; shown when it fails
 mkdir -p "$(dirname "$LOG")"
 
+# One build at a time from this clone (e.g. two test workers each needing the image): the second waits, then
+# finds every layer cached. Two at once ran two debootstraps whose apt runs failed on each other's lock
+exec 9>>"$(dirname "$LOG")/build-image.lock"
+flock 9
+
 discard() { cat >/dev/null; }
 
 build() {
