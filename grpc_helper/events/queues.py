@@ -233,7 +233,7 @@ class EventQueue:
         # every call)
         self.recent: deque[Pending] = deque(maxlen=REDELIVER_MAX)
         self.recent_times: deque[float] = deque(maxlen=REDELIVER_MAX)
-        self.redeliver = redeliver_window()  # read once: static items, and this runs on every delivery
+        self.redeliver = redeliver_window()  # read once: static items
         self._logger = logger or _log
         self._lock = Lock()
         self._schedule = schedule or _run_now
