@@ -309,7 +309,10 @@ class _Unsent:
 
 
 def _listener(q: EventQueue) -> Listener:
-    return Listener(q, typing.cast(PushStream, _Unsent()), lambda _: None)
+    """A listener of `q`, now its owner."""
+    listener = Listener(q, typing.cast(PushStream, _Unsent()), lambda _: None)
+    q.attach(listener)
+    return listener
 
 
 class TestRedelivery:
@@ -325,7 +328,6 @@ class TestRedelivery:
     def test_a_lost_stream_gets_its_last_events_again_with_their_numbers(self) -> None:
         q = EventQueue(7)
         listener = _listener(q)
-        q.attach(listener)
         first, seq = self.taken(q, listener, 600)
         second, _ = self.taken(q, listener, 600)
         assert q.detach(listener, lost=True)
@@ -338,12 +340,10 @@ class TestRedelivery:
     def test_an_interrupted_stream_or_an_old_batch_is_not_sent_again(self) -> None:
         q = EventQueue(8)
         listener = _listener(q)
-        q.attach(listener)
         self.taken(q, listener, 3)
         assert q.detach(listener)  # interrupted: it got what was sent
         assert not q.events
         again = _listener(q)
-        q.attach(again)
         self.taken(q, again, 3)
         q.redeliver = -1.0  # every batch sent is older than the window
         assert q.detach(again, lost=True)
@@ -355,7 +355,6 @@ class TestRedelivery:
     def test_what_was_sent_before_the_window_is_forgotten_by_the_janitor(self) -> None:
         q = EventQueue(9)
         listener = _listener(q)
-        q.attach(listener)
         self.taken(q, listener, 3)
         q.tick(time.monotonic(), keepalive_timeout=3600)
         assert len(q.recent) == len(q.recent_times) == 3  # within the window
