@@ -281,3 +281,26 @@ def test_a_call_in_progress_when_the_client_learns_its_server_is_ours_goes_on(se
         call.join(10)
         assert answered == ["done"]
         assert wait_until(lambda: _connections_to(srv.port) == 1, 10)
+
+
+def test_our_client_and_server_keep_a_silent_call(servers: Servers) -> None:
+    """Our RpcClient pings our RpcServer every `rpc-keepalive-time` (2 s) during a call, which our servers accept
+    (down to one a second): a bidirectional stream silent for 12 s after its first exchange ends normally, never
+    a `too_many_pings` GOAWAY (gRPC's default enforcement strikes a ping without data under 5 minutes apart: the
+    server option setting it had a misspelt key, and every silent call of ours failed after about 6 s)."""
+    srv = servers(0, [echo_descriptor()], with_events=True)
+    silence = threading.Event()  # never set: waiting on it is the silence, bounded
+    stubs = {
+        "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
+        "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
+    }
+    with RpcClient("127.0.0.1", srv.port, stubs, timeout=None) as client:
+        next(client.events.listen(EventFilter()))  # a streamed call first: the client learns its server is ours
+
+        def requests() -> Iterator[EchoRequest]:
+            yield EchoRequest(text="first")
+            silence.wait(12)
+            yield EchoRequest(text="last")
+
+        assert [r.text for r in client.echo.chat(requests(), timeout=30)] == ["FIRST", "LAST"]
+        assert client._server_is_ours
