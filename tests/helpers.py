@@ -348,6 +348,19 @@ def connections_to(port: int) -> int:
     return count
 
 
+def silent_chat(client: RpcClient, seconds: float = 12) -> list[str]:
+    """The texts answered on `client.echo.chat` to "first", then, after `seconds` of silence (nothing sent
+    either way but pings), "last": an echo that upper-cases answers ["FIRST", "LAST"] if the call survived."""
+    silence = threading.Event()  # never set: waiting on it is the silence, bounded
+
+    def requests() -> Iterator[EchoRequest]:
+        yield EchoRequest(text="first")
+        silence.wait(seconds)
+        yield EchoRequest(text="last")
+
+    return [r.text for r in client.echo.chat(requests(), timeout=seconds + 18)]
+
+
 # --- events ---
 
 

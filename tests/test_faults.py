@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from grpc_helper.threads import current_frames
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest, EchoResponse
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import BlockingEcho, Servers, echo_descriptor, wait_until, with_metadata
+from helpers import BlockingEcho, Servers, connections_to, echo_descriptor, silent_chat, wait_until, with_metadata
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -253,12 +252,6 @@ def test_remote_shutdown_timeout_is_bounded(servers: Servers) -> None:
     assert not main.is_running
 
 
-def _connections_to(port: int) -> int:
-    """Established TCP connections to `port` on this machine (`ss`)."""
-    out = subprocess.run(["ss", "-tnH", "state", "established", f"( dport = :{port} )"], capture_output=True, text=True)
-    return len(out.stdout.splitlines())
-
-
 def test_a_call_in_progress_when_the_client_learns_its_server_is_ours_goes_on(servers: Servers) -> None:
     """An RpcClient moves its calls to a channel that pings throughout once it learns that its server is ours
     (before its first streamed call): a call in progress on the channel it leaves ends normally, and that
@@ -276,11 +269,11 @@ def test_a_call_in_progress_when_the_client_learns_its_server_is_ours_goes_on(se
         assert blocking.started.wait(10)
         stream = client.events.listen(EventFilter())
         assert next(stream).client_id > 0  # on the new channel: two connections while the call goes on
-        assert _connections_to(srv.port) == 2
+        assert connections_to(srv.port) == 2
         blocking.release.set()
         call.join(10)
         assert answered == ["done"]
-        assert wait_until(lambda: _connections_to(srv.port) == 1, 10)
+        assert wait_until(lambda: connections_to(srv.port) == 1, 10)
 
 
 def test_our_client_and_server_keep_a_silent_call(servers: Servers) -> None:
@@ -289,18 +282,11 @@ def test_our_client_and_server_keep_a_silent_call(servers: Servers) -> None:
     a `too_many_pings` GOAWAY (gRPC's default enforcement strikes a ping without data under 5 minutes apart: the
     server option setting it had a misspelt key, and every silent call of ours failed after about 6 s)."""
     srv = servers(0, [echo_descriptor()], with_events=True)
-    silence = threading.Event()  # never set: waiting on it is the silence, bounded
     stubs = {
         "echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT),
         "events": (EventServiceStub, EventApiVersion.EVENT_API_CURRENT),
     }
     with RpcClient("127.0.0.1", srv.port, stubs, timeout=None) as client:
         next(client.events.listen(EventFilter()))  # a streamed call first: the client learns its server is ours
-
-        def requests() -> Iterator[EchoRequest]:
-            yield EchoRequest(text="first")
-            silence.wait(12)
-            yield EchoRequest(text="last")
-
-        assert [r.text for r in client.echo.chat(requests(), timeout=30)] == ["FIRST", "LAST"]
+        assert silent_chat(client) == ["FIRST", "LAST"]
         assert client._server_is_ours

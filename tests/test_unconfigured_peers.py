@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -33,7 +32,7 @@ from grpc_helper.api.server_pb2_grpc import RpcServerServiceStub
 from grpc_helper_samples.api import EchoApiVersion, EchoRequest
 from grpc_helper_samples.api.echo_pb2_grpc import EchoServiceStub
 
-from helpers import LISTENING, Program, clean_env, wait_until
+from helpers import LISTENING, Program, clean_env, silent_chat, wait_until
 
 pytestmark = pytest.mark.compat2x  # needs .venv-2x (deselect with -m "not compat2x")
 
@@ -167,17 +166,9 @@ def test_our_client_keeps_a_silent_call_to_a_plain_server(tmp_path: Path, proces
     plain = Process(tmp_path, "plain_echo.py", "127.0.0.1")
     processes.append(plain)
     port = plain.wait_port()
-    silence = threading.Event()  # never set: waiting on it is the silence, bounded
-
-    def requests() -> Iterator[EchoRequest]:
-        yield EchoRequest(text="first")
-        silence.wait(12)
-        yield EchoRequest(text="last")
-
     stubs = {"echo": (EchoServiceStub, EchoApiVersion.ECHO_API_CURRENT)}
     with RpcClient("127.0.0.1", port, stubs, timeout=None, name="silent") as client:
-        texts = [r.text for r in client.echo.chat(requests(), timeout=30)]
-    assert texts == ["FIRST", "LAST"]
+        assert silent_chat(client) == ["FIRST", "LAST"]
 
 
 def test_our_listener_keeps_its_silent_stream_on_a_2x_server(
